@@ -1,0 +1,149 @@
+"""Chat with any OpenAI-compatible server from Python and Jupyter.
+
+``%load_ext jupyter_llmchat`` adds the ``%%chat`` magics; ``chat_openai_compatible()`` is the
+Python API (a port of R's ellmer). Names are imported on first use, so ``import jupyter_llmchat``
+costs next to nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._chat import Chat
+    from ._errors import (
+        APIStatusError,
+        AuthenticationError,
+        ConfigurationError,
+        LLMChatError,
+        RateLimitError,
+        ServerError,
+        StreamError,
+        TransportError,
+    )
+    from ._params import params
+    from ._presets import (
+        chat_deepseek,
+        chat_groq,
+        chat_llamacpp,
+        chat_lmstudio,
+        chat_ollama,
+        chat_openai,
+        chat_openai_compatible,
+        chat_openrouter,
+        chat_vllm,
+    )
+    from ._sessions import session, use
+    from ._turns import (
+        ContentImage,
+        ContentText,
+        ContentThinking,
+        ContentToolRequest,
+        ContentToolResult,
+        Tokens,
+        Turn,
+    )
+    from ._usage import token_usage
+    from ._widget import panel
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "Chat",
+    "ConfigurationError",
+    "ContentImage",
+    "ContentText",
+    "ContentThinking",
+    "ContentToolRequest",
+    "ContentToolResult",
+    "LLMChatError",
+    "RateLimitError",
+    "ServerError",
+    "StreamError",
+    "Tokens",
+    "TransportError",
+    "Turn",
+    "__version__",
+    "chat_deepseek",
+    "chat_groq",
+    "chat_llamacpp",
+    "chat_lmstudio",
+    "chat_ollama",
+    "chat_openai",
+    "chat_openai_compatible",
+    "chat_openrouter",
+    "chat_vllm",
+    "load_ipython_extension",
+    "panel",
+    "params",
+    "session",
+    "token_usage",
+    "unload_ipython_extension",
+    "use",
+]
+
+_LAZY = {
+    "Chat": "_chat",
+    "APIStatusError": "_errors",
+    "AuthenticationError": "_errors",
+    "ConfigurationError": "_errors",
+    "LLMChatError": "_errors",
+    "RateLimitError": "_errors",
+    "ServerError": "_errors",
+    "StreamError": "_errors",
+    "TransportError": "_errors",
+    "params": "_params",
+    "chat_deepseek": "_presets",
+    "chat_groq": "_presets",
+    "chat_llamacpp": "_presets",
+    "chat_lmstudio": "_presets",
+    "chat_ollama": "_presets",
+    "chat_openai": "_presets",
+    "chat_openai_compatible": "_presets",
+    "chat_openrouter": "_presets",
+    "chat_vllm": "_presets",
+    "session": "_sessions",
+    "use": "_sessions",
+    "ContentImage": "_turns",
+    "ContentText": "_turns",
+    "ContentThinking": "_turns",
+    "ContentToolRequest": "_turns",
+    "ContentToolResult": "_turns",
+    "Tokens": "_turns",
+    "Turn": "_turns",
+    "token_usage": "_usage",
+    "panel": "_widget",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jupyter_llmchat' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_llmchat``: register the chat magics."""
+    from ._magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from ._magics import unload
+
+    unload(ipython)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "jupyter-llmchat"}]

@@ -1,0 +1,169 @@
+"""Streaming an answer into one cell output.
+
+One display per answer (``display_id``), updated at most ``rate_hz`` times a second and less
+often as the text grows: after an update of ``n`` characters the next one waits at least
+``n / BYTES_PER_SECOND`` seconds. Intermediate updates therefore total at most
+``BYTES_PER_SECOND`` per second of streaming plus the last update, so bytes stay linear in the
+answer whatever its length, and the message rate never exceeds ``rate_hz``.
+The final update is the full bundle (text/markdown + text/plain) with the turn's metadata.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle"]
+
+#: Budget for intermediate updates (characters re-sent per second of streaming).
+BYTES_PER_SECOND = 32_000
+
+
+class StreamDisplay:
+    """One answer's output in a notebook: status line, throttled updates, final bundle."""
+
+    def __init__(
+        self,
+        rate_hz: float = 10.0,
+        *,
+        display: Callable[..., Any] | None = None,
+        update: Callable[..., Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if display is None or update is None:
+            from IPython.display import display as _display
+            from IPython.display import update_display as _update
+
+            display, update = display or _display, update or _update
+        self._display = display
+        self._update = update
+        self._clock = clock
+        self._min_interval = 1.0 / max(0.1, float(rate_hz))
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._chars = 0
+        self._next = 0.0
+        self._shown = False
+        self.display_id: str | None = None
+        self.updates = 0
+
+    def status(self, line: str) -> None:
+        """Show (or replace) a one-line status, e.g. "starting local model..."."""
+        bundle = {"text/markdown": f"*{_md_escape(line)}*", "text/plain": line}
+        self._show(bundle, {})
+
+    def _show(self, bundle: dict[str, str], metadata: dict[str, Any]) -> None:
+        if self.display_id is None:
+            handle = self._display(bundle, raw=True, metadata=metadata, display_id=True)
+            self.display_id = getattr(handle, "display_id", None) or str(id(self))
+        else:
+            self._update(bundle, raw=True, metadata=metadata, display_id=self.display_id)
+
+    def delta(self, kind: str, piece: str) -> None:
+        """Add streamed text ("text" or "thinking"); maybe send an update. The hot path."""
+        if kind == "text":
+            self._text.append(piece)
+        else:
+            self._thinking.append(piece)
+        self._chars += len(piece)
+        now = self._clock()
+        if now >= self._next:
+            self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        md = self.markdown(partial_cursor=True)
+        self._show({"text/markdown": md}, {})
+        self.updates += 1
+        self._next = now + max(self._min_interval, len(md) / BYTES_PER_SECOND)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def markdown(self, partial_cursor: bool = False) -> str:
+        parts = []
+        thinking = "".join(self._thinking)
+        if thinking:
+            parts.append(
+                "<details><summary>Thinking</summary>\n\n" + html.escape(thinking) + "\n\n</details>\n\n"
+            )
+        parts.append(self.text)
+        if partial_cursor:
+            parts.append(" ▍")
+        return "".join(parts)
+
+    def final(
+        self,
+        fmt: str,
+        metadata: dict[str, Any],
+        note: str | None = None,
+    ) -> None:
+        """The last update: the whole answer, as Markdown and plain text, with the turn's metadata."""
+        text = self.text
+        md = self.markdown()
+        if note:
+            md += f"\n\n*{_md_escape(note)}*"
+        if fmt == "text":
+            bundle = {"text/plain": text + (f"\n[{note}]" if note else "")}
+        else:
+            bundle = {"text/markdown": md, "text/plain": text}
+        self._show(bundle, metadata)
+
+    def error(self, message: str, hint: str = "") -> None:
+        """A short red message: in place of the status line, or below the text that arrived."""
+        bundle = error_bundle(message, hint)
+        if self._chars or self.display_id is None:
+            self._display(bundle, raw=True)
+        else:
+            self._show(bundle, {})
+
+
+def error_bundle(message: str, hint: str = "") -> dict[str, str]:
+    line = message + (f" ({hint})" if hint else "")
+    red = (
+        '<div class="jupyter-llmchat-error" style="color: var(--jp-error-color1, #c62828);">'
+        f"<b>chat error:</b> {html.escape(line)}</div>"
+    )
+    return {"text/html": red, "text/plain": f"chat error: {line}"}
+
+
+class TerminalDisplay:
+    """Plain streamed text for terminal IPython (no rich display there)."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+
+    def status(self, line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def delta(self, kind: str, piece: str) -> None:
+        if kind == "text":
+            self._text.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def final(self, fmt: str, metadata: dict[str, Any], note: str | None = None) -> None:
+        sys.stdout.write("\n" + (f"[{note}]\n" if note else ""))
+        sys.stdout.flush()
+
+    def error(self, message: str, hint: str = "") -> None:
+        sys.stdout.write("\n")
+        sys.stderr.write(f"chat error: {message}" + (f" ({hint})" if hint else "") + "\n")
+
+
+def _md_escape(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in "\\`*_{}[]<>()#+-.!|":
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)

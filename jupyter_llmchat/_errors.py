@@ -1,0 +1,93 @@
+"""The exceptions jupyter_llmchat raises.
+
+One tree, one root::
+
+    LLMChatError
+    ├── ConfigurationError        bad option, unknown model, missing extra
+    ├── TransportError            server unreachable, timeout, connection dropped
+    ├── APIStatusError            the server answered with an HTTP error status
+    │   ├── AuthenticationError   401, 403
+    │   ├── RateLimitError        429
+    │   └── ServerError           5xx
+    └── StreamError               the answer's stream broke or could not be decoded
+
+Messages name the URL, the status and a hint; they never carry a key or a header value.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "LLMChatError",
+    "RateLimitError",
+    "ServerError",
+    "StreamError",
+    "TransportError",
+]
+
+
+class LLMChatError(Exception):
+    """Root of every error raised by jupyter_llmchat."""
+
+    #: A short, actionable suggestion shown after the message (magics and panel show it too).
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        self.message = message
+        if hint:
+            self.hint = hint
+        super().__init__(f"{message} ({self.hint})" if self.hint else message)
+
+
+class ConfigurationError(LLMChatError, ValueError):
+    """A wrong option, an unknown model or a missing optional dependency."""
+
+
+class TransportError(LLMChatError):
+    """The server could not be reached, timed out, or dropped the connection."""
+
+    hint = "is the server running and is base_url right?"
+
+
+class APIStatusError(LLMChatError):
+    """The server answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        url: str,
+        body: str = "",
+        hint: str = "",
+    ) -> None:
+        self.status_code = status_code
+        self.url = url
+        self.body = body
+        super().__init__(message, hint=hint)
+
+
+class AuthenticationError(APIStatusError):
+    """401 or 403: the credentials were missing, wrong or not allowed."""
+
+    hint = "check credentials (api key)"
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests, still refused after the retries."""
+
+    hint = "rate limited: wait a little, or lower the request rate"
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed, still failing after the retries."""
+
+    hint = "the server failed; try again later"
+
+
+class StreamError(LLMChatError):
+    """The streamed answer was cut, malformed, or reported an error mid-stream."""
+
+    hint = "the answer so far is kept and marked partial"

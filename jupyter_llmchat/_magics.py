@@ -1,0 +1,471 @@
+"""The ``%%chat`` family of magics.
+
+``ChatMagics`` is a traitlets ``Configurable`` (every ``Magics`` is), so its settings work from
+``ipython_config.py`` and ``%config ChatMagics.x = ...``. Sessions live in ``_sessions``; the
+answer's display in ``_display``; this module parses, templates and wires them together.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Dict, Enum, Float, Unicode, default, observe, validate
+from traitlets import TraitError
+
+from . import _sessions
+from ._errors import ConfigurationError, LLMChatError
+
+__all__ = ["ChatMagics", "load", "unload"]
+
+FORMATS = ("markdown", "text", "code", "json")
+_SECRET_KEY = re.compile(r"key|token|secret|auth|password|cookie", re.IGNORECASE)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET_KEY.search(str(k)) else _mask(v)) for k, v in value.items()}
+    return value
+
+
+@magics_class
+class ChatMagics(Magics):
+    """Chat with an OpenAI-compatible server from notebook cells."""
+
+    base_url = Unicode(
+        help="Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1. "
+        "Default: $OPENAI_BASE_URL; empty starts the bundled local model."
+    ).tag(config=True)
+    model = Unicode(
+        help="Model name. Default: $OPENAI_MODEL; empty asks the server's /models for its only model."
+    ).tag(config=True)
+    system_prompt = Unicode(
+        "", help="System prompt for new sessions (%%chat --system changes one session's)."
+    ).tag(config=True)
+    provider_name = Unicode(
+        "OpenAI-compatible", help="Provider name shown in usage and cost tables, and used to find prices."
+    ).tag(config=True)
+    params = Dict(
+        help="Model parameters for new sessions, as in jupyter_llmchat.params(): "
+        "{'temperature': 0.2, 'max_tokens': 512}."
+    ).tag(config=True)
+    api_args = Dict(
+        help="Extra fields deep-merged into every request body (a None value deletes a field)."
+    ).tag(config=True)
+    api_headers = Dict(help="Extra HTTP headers sent with every request.").tag(config=True)
+    credentials_env = Unicode(
+        "OPENAI_API_KEY",
+        help="Name of the environment variable holding the API key (read at every request; "
+        "the key itself is never stored).",
+    ).tag(config=True)
+    default_format = Enum(
+        FORMATS, "markdown", help="How answers are rendered when %%chat has no -f."
+    ).tag(config=True)
+    display_rate_hz = Float(
+        10.0, help="Most display updates per second while an answer streams."
+    ).tag(config=True)
+    record_metadata = Bool(
+        True, help="Record turns, tokens and cost in the notebook's metadata (needs the JupyterLab extension)."
+    ).tag(config=True)
+
+    @default("base_url")
+    def _default_base_url(self) -> str:
+        return os.environ.get("OPENAI_BASE_URL", "")
+
+    @default("model")
+    def _default_model(self) -> str:
+        return os.environ.get("OPENAI_MODEL", "")
+
+    @validate("params")
+    def _validate_params(self, proposal: Any) -> dict[str, Any]:
+        from ._params import params
+
+        try:
+            return params(**proposal["value"])
+        except (ConfigurationError, TypeError) as exc:
+            raise TraitError(f"ChatMagics.params: {exc}") from None
+
+    @validate("display_rate_hz")
+    def _validate_rate(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not 0.1 <= value <= 60:
+            raise TraitError("ChatMagics.display_rate_hz must be between 0.1 and 60")
+        return value
+
+    @validate("base_url")
+    def _validate_base_url(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise TraitError(f"ChatMagics.base_url must be an http(s) URL, e.g. http://127.0.0.1:11434/v1")
+        return value
+
+    @observe("base_url", "model", "system_prompt", "provider_name", "params", "api_args", "api_headers", "credentials_env")
+    def _config_changed(self, change: Any) -> None:
+        self._changed_since_sessions = True
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._changed_since_sessions = False
+        self._from_config: set[str] = set()
+        _sessions.set_factory(self._make_session)
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def _make_session(self, name: str) -> Any:
+        from ._presets import chat_openai_compatible
+        from ._provider import env_credentials
+
+        common: dict[str, Any] = {
+            "system_prompt": self.system_prompt or None,
+            "params": self.params,
+            "api_args": self.api_args,
+        }
+        self._from_config.add(name)
+        self._changed_since_sessions = False
+        if not self.base_url:
+            return _sessions.local_chat(name, **common)
+        return chat_openai_compatible(
+            base_url=self.base_url,
+            name=self.provider_name,
+            credentials=env_credentials(self.credentials_env) if self.credentials_env else None,
+            model=self.model or None,
+            api_headers=self.api_headers,
+            **common,
+        )
+
+    def _existing(self, name: str | None) -> list[str]:
+        names = _sessions.session_names()
+        if name is None:
+            return names
+        if name not in names:
+            raise UsageError(f"no session named {name!r} (sessions: {', '.join(names) or 'none yet'})")
+        return [name]
+
+    # -- %%chat -------------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-s", "--session", default="default", help="Session name (default: default).")
+    @argument("-m", "--model", help="Model for this cell only.")
+    @argument("--system", help="Set the session's system prompt from now on.")
+    @argument("-t", "--temperature", type=float, help="Temperature for this cell only (0 to 2).")
+    @argument("--max-tokens", type=int, help="Most tokens in this answer.")
+    @argument("-o", "--output", metavar="VAR", help="Store the answer in variable VAR.")
+    @argument("-f", "--format", choices=FORMATS, help="Render and store as markdown, text, code or json.")
+    @argument("--new", action="store_true", help="Start the session's history afresh.")
+    @argument("--no-history", action="store_true", help="Send this prompt alone and record nothing.")
+    @argument("prompt", nargs="*", help="The prompt (line magic); for %%chat, the cell body.")
+    @line_cell_magic
+    def chat(self, line: str, cell: str | None = None) -> Any:
+        """Send a prompt to the session's model and stream the answer into the output.
+
+        As a cell magic the cell body is the prompt; as a line magic (%chat ...) the rest of the
+        line is. {{ expr }} is replaced by the value of expr in your namespace (\\{{ keeps it
+        literal); single braces are left alone. Examples::
+
+            %%chat -t 0 --max-tokens 200
+            Explain {{ df.shape }} in one sentence.
+
+            %chat -o answer What is a monad?
+        """
+        if cell is None:
+            args, prompt = _split_line(self.chat, line)
+        else:
+            args = parse_argstring(self.chat, line)
+            if args.prompt:
+                raise UsageError(
+                    f"unexpected text on the %%chat line: {' '.join(args.prompt)!r} "
+                    "(the prompt goes in the cell body)"
+                )
+            prompt = cell
+        return self._run(args, prompt)
+
+    def _run(self, args: Any, prompt: str) -> Any:
+        from ._params import params as make_params
+
+        if not prompt.strip():
+            raise UsageError("empty prompt: write your question after %chat, or in the cell below %%chat")
+        if args.system is not None and not args.system.strip():
+            raise UsageError("--system needs a text")
+        try:
+            _sessions.check_name(args.session)
+            overrides = make_params(temperature=args.temperature, max_tokens=args.max_tokens)
+        except ConfigurationError as exc:
+            raise UsageError(str(exc)) from None
+        if args.output is not None and not args.output.isidentifier():
+            raise UsageError(f"-o needs a variable name, not {args.output!r}")
+        text = interpolate(prompt, self.shell.user_ns)
+        fmt = args.format or self.default_format
+        display = self._display()
+        try:
+            chat = _sessions.prepare(args.session, on_status=display.status)
+        except LLMChatError as exc:
+            raise UsageError(str(exc)) from None
+        if chat.busy:
+            raise UsageError(
+                f"session {args.session!r} is busy answering (in the chat panel?): "
+                "wait for it, or stop it there"
+            )
+        if args.new:
+            chat.reset()
+            self._refresh_from_config(args.session)
+            chat = _sessions.prepare(args.session, on_status=display.status)
+        if args.system is not None:
+            chat.system_prompt = args.system
+        meta = {"cell_id": _cell_id(self.shell), "source": "cell"}
+        try:
+            for kind, piece in chat._events(
+                [text], model=args.model or None, params=overrides,
+                history=not args.no_history, meta=meta,
+            ):
+                display.delta(kind, piece)
+        except KeyboardInterrupt:
+            self._finish(display, chat, args, fmt, note="interrupted: partial answer kept")
+            raise
+        except LLMChatError as exc:
+            if display.text:
+                self._finish(display, chat, args, fmt, note="partial: the stream broke")
+            display.error(exc.message, exc.hint)
+            if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
+                raise
+            return None
+        answer = self._finish(display, chat, args, fmt)
+        if args.output:
+            self.shell.user_ns[args.output] = answer
+        return None
+
+    def _finish(self, display: Any, chat: Any, args: Any, fmt: str, note: str | None = None) -> Any:
+        """Final rendering with the turn's metadata; returns the value for -o."""
+        from ._metadata import display_metadata
+
+        exchange = getattr(chat, "last_exchange", None)
+        meta = (
+            display_metadata(args.session, chat, exchange, recorded=not args.no_history, new=args.new)
+            if exchange
+            else {}
+        )
+        display.final(fmt, meta, note=note)
+        text = display.text
+        if fmt == "code":
+            return first_code_block(text)
+        if fmt == "json" and note is None:
+            try:
+                return json.loads(first_code_block(text) if "```" in text else text)
+            except ValueError:
+                raise UsageError("-f json: the answer is not valid JSON (it is kept in the history)") from None
+        return text
+
+    def _display(self) -> Any:
+        from ._display import StreamDisplay, TerminalDisplay
+
+        if getattr(self.shell, "kernel", None) is None:
+            return TerminalDisplay()
+        return StreamDisplay(self.display_rate_hz)
+
+    def _refresh_from_config(self, name: str) -> None:
+        """Rebuild a configuration-made session so new settings apply (its history is empty)."""
+        if name in self._from_config and self._changed_since_sessions:
+            _sessions.drop(name)
+            self._from_config.discard(name)
+
+    # -- reports ------------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-s", "--session", help="Only this session.")
+    @argument("--turns", action="store_true", help="List every answer, not just totals.")
+    @argument("--all", action="store_true", help="Add every Chat of this kernel, not only sessions.")
+    @line_magic
+    def chat_usage(self, line: str) -> Any:
+        """Tokens (input, output, cached) and cost per session and model, with totals.
+
+        Unknown numbers show as n/a, never 0. Includes turns restored from the notebook.
+        """
+        from ._report import UsageReport
+
+        args = parse_argstring(self.chat_usage, line)
+        names = self._existing(args.session)
+        return UsageReport(
+            {n: _sessions.session(n) for n in names}, turns=args.turns, process=args.all
+        )
+
+    @magic_arguments()
+    @argument("-s", "--session", default="default", help="Session name (default: default).")
+    @argument("-n", type=int, default=None, help="Only the last N turns.")
+    @line_magic
+    def chat_history(self, line: str) -> Any:
+        """Show a session's turns."""
+        from ._report import HistoryView
+
+        args = parse_argstring(self.chat_history, line)
+        if args.n is not None and args.n < 1:
+            raise UsageError("-n must be a positive number")
+        (name,) = self._existing(args.session)
+        return HistoryView(name, _sessions.session(name), last=args.n)
+
+    @magic_arguments()
+    @argument("-s", "--session", default="default", help="Session name (default: default).")
+    @argument("--all", action="store_true", help="Reset every session.")
+    @line_magic
+    def chat_reset(self, line: str) -> None:
+        """Forget a session's turns, in the kernel and in the notebook's metadata."""
+        args = parse_argstring(self.chat_reset, line)
+        names = _sessions.session_names() if args.all else self._existing(args.session)
+        for name in names:
+            chat = _sessions.session(name)
+            if chat.busy:
+                raise UsageError(f"session {name!r} is busy answering; stop it first")
+            chat.reset()
+            self._refresh_from_config(name)
+        from IPython.display import display
+
+        # The metadata lets `jupyter-llmchat consolidate` replay the reset without the extension.
+        display(
+            {"text/plain": f"reset: {', '.join(names) or 'no sessions'}"},
+            raw=True,
+            metadata={"jupyter_llmchat": {"reset": names}},
+        )
+
+    @line_magic
+    def chat_config(self, line: str) -> Any:
+        """The effective configuration (secrets masked). Change it with %config ChatMagics.x = ..."""
+        from ._report import ConfigView
+
+        if line.strip():
+            raise UsageError("%chat_config takes no arguments; use %config ChatMagics.name = value")
+        from ._provider import safe_url
+
+        key_set = bool(self.credentials_env and os.environ.get(self.credentials_env))
+        rows = {
+            "base_url": safe_url(self.base_url) if self.base_url else "(none: bundled local model)",
+            "model": self.model or "(ask the server)",
+            "provider_name": self.provider_name,
+            "system_prompt": self.system_prompt or "(none)",
+            "params": self.params,
+            "api_args": _mask(self.api_args),
+            "api_headers": {k: "***" for k in self.api_headers},
+            "credentials_env": f"{self.credentials_env} ({'set' if key_set else 'not set'})",
+            "default_format": self.default_format,
+            "display_rate_hz": self.display_rate_hz,
+            "record_metadata": self.record_metadata,
+        }
+        sessions = {
+            name: f"{chat.provider.name} {chat.provider.model or '(auto)'} at {chat.provider.display_url}, "
+            f"{len(chat.get_turns())} turns"
+            for name, chat in _sessions.sessions().items()
+        }
+        note = (
+            "Settings apply to sessions created afterwards; "
+            "%chat_reset -s NAME (or %%chat --new) rebuilds a session with them."
+        )
+        return ConfigView(rows, sessions, note)
+
+    @magic_arguments()
+    @argument("-s", "--session", default="default", help="Session name (default: default).")
+    @line_magic
+    def chat_panel(self, line: str) -> Any:
+        """Open the chat panel for a session (JupyterLab's right side panel)."""
+        args = parse_argstring(self.chat_panel, line)
+        try:
+            _sessions.check_name(args.session)
+            from ._widget import panel
+
+            return panel(args.session)
+        except LLMChatError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def interpolate(prompt: str, namespace: dict[str, Any]) -> str:
+    """Replace ``{{ expr }}`` by ``str(eval(expr, namespace))``; ``\\{{`` stays a literal ``{{``."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1) is not None:
+            return "{{"
+        expr = m.group(2).strip()
+        if not expr:
+            raise UsageError("empty {{ }} in the prompt")
+        try:
+            return str(eval(expr, namespace))  # noqa: S307 - the user's own expression in their kernel
+        except Exception as exc:
+            raise UsageError(f"{{{{ {expr} }}}} failed: {type(exc).__name__}: {exc}") from None
+
+    return _TEMPLATE.sub(repl, prompt)
+
+
+_TEMPLATE = re.compile(r"(\\\{\{)|\{\{(.*?)\}\}", re.DOTALL)
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def first_code_block(text: str) -> str:
+    m = _FENCE.search(text)
+    return m.group(1).rstrip("\n") if m else text.strip()
+
+
+_VALUE_FLAGS = {"-s", "--session", "-m", "--model", "--system", "-t", "--temperature",
+                "--max-tokens", "-o", "--output", "-f", "--format"}
+_TOKEN = re.compile(r"\s*(\"(?:[^\"\\]|\\.)*\"|'[^']*'|\S+)")
+
+
+def _split_line(func: Any, line: str) -> tuple[Any, str]:
+    """Split ``%chat [options] prompt``: options up front, the rest verbatim (quotes and all)."""
+    opts: list[str] = []
+    pos = 0
+    while True:
+        m = _TOKEN.match(line, pos)
+        if not m:
+            break
+        tok = m.group(1)
+        if tok == "--":
+            pos = m.end()
+            break
+        if not tok.startswith("-") or len(tok) == 1 or re.match(r"^-\d", tok):
+            break
+        opts.append(tok)
+        pos = m.end()
+        if tok in _VALUE_FLAGS:
+            m2 = _TOKEN.match(line, pos)
+            if m2:
+                opts.append(m2.group(1))
+                pos = m2.end()
+    args = parse_argstring(func, " ".join(opts))
+    return args, line[pos:].strip()
+
+
+def _cell_id(shell: Any) -> str | None:
+    try:
+        parent = shell.kernel.get_parent()
+    except Exception:
+        parent = getattr(shell, "parent_header", None) or {}
+    meta = (parent or {}).get("metadata") or {}
+    cid = meta.get("cellId")
+    return cid if isinstance(cid, str) else None
+
+
+_MAGICS: dict[int, ChatMagics] = {}
+
+
+def load(ipython: Any) -> None:
+    magics = ChatMagics(shell=ipython)
+    ipython.register_magics(magics)
+    _MAGICS[id(ipython)] = magics
+    from ._bridge import start_bridge
+
+    start_bridge(ipython, magics)
+
+
+def unload(ipython: Any) -> None:
+    magics = _MAGICS.pop(id(ipython), None)
+    if magics is not None:
+        _sessions.set_factory(None)
+        for kind in ("line", "cell"):
+            for name in ("chat", "chat_usage", "chat_history", "chat_reset", "chat_config", "chat_panel"):
+                ipython.magics_manager.magics[kind].pop(name, None)
+
+
+_ = html  # used by _report for escaping; kept importable here for magics' help rendering

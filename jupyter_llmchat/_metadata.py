@@ -1,0 +1,262 @@
+"""The notebook's record of its chats: ``metadata["jupyter_llmchat"]``, schema version 1.
+
+Built by the kernel, written into the notebook by the JupyterLab extension (``_bridge``), read
+back at ``%load_ext`` to restore sessions after a restart, and rebuilt from cell outputs by
+``jupyter-llmchat consolidate`` where no extension ran. A record read from a notebook is
+untrusted input: ``validate_record`` checks every field and size before anything is used, and
+nothing from it is ever executed or rendered unescaped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from ._chat import Chat
+from ._provider import safe_url
+from ._turns import Turn
+from ._usage import UsageRow
+
+__all__ = [
+    "KEY",
+    "SCHEMA_VERSION",
+    "Ledger",
+    "build_record",
+    "display_metadata",
+    "record_from_outputs",
+    "turns_extend",
+    "validate_record",
+]
+
+KEY = "jupyter_llmchat"
+SCHEMA_VERSION = 1
+
+#: Inline images larger than this (characters of their data: URL) are stored by reference.
+MAX_INLINE_IMAGE = 16_384
+# Limits for records read from a notebook (hostile files must not exhaust the kernel).
+MAX_RECORD_CHARS = 50_000_000
+MAX_SESSIONS = 200
+MAX_TURNS = 20_000
+MAX_TEXT = 2_000_000
+MAX_USAGE_ROWS = 1_000
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class Ledger:
+    """Cumulative spend of this notebook per (provider, model); survives ``%chat_reset``."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], UsageRow] = {}
+
+    def add(self, provider: str, turn: Turn) -> None:
+        model = turn.model or "unknown"
+        row = self.rows.get((provider, model))
+        if row is None:
+            row = self.rows[(provider, model)] = UsageRow(provider, model)
+        row.add(turn.tokens, turn.cost)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [
+            {"provider": r.provider, "model": r.model, "turns": r.turns, "input": r.input,
+             "output": r.output, "cached": r.cached, "cost_usd": r.cost}
+            for r in self.rows.values()
+        ]
+
+    def load(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.rows = {}
+        for d in rows:
+            row = UsageRow(d["provider"], d["model"], turns=d.get("turns") or 0, input=d.get("input"),
+                           output=d.get("output"), cached=d.get("cached"), cost=d.get("cost_usd"))
+            self.rows[(row.provider, row.model)] = row
+
+
+def _bounded_turn(t: Turn) -> dict[str, Any]:
+    d = t.to_dict()
+    for c in d["contents"]:
+        if c.get("type") == "image" and len(c.get("url", "")) > MAX_INLINE_IMAGE:
+            raw = c["url"].encode()
+            c["url"] = f"omitted:sha256:{hashlib.sha256(raw).hexdigest()}"
+            c["bytes"] = len(raw)
+    return d
+
+
+def session_record(chat: Chat) -> dict[str, Any]:
+    p = chat.provider
+    return {
+        "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
+        "system_prompt": chat.system_prompt,
+        "turns": [_bounded_turn(t) for t in chat.get_turns()],
+    }
+
+
+def build_record(sessions: dict[str, Chat], ledger: Ledger) -> dict[str, Any]:
+    """The whole record for the notebook: every session's turns and the usage ledger."""
+    return {
+        "version": SCHEMA_VERSION,
+        "sessions": {name: session_record(chat) for name, chat in sessions.items()},
+        "usage": ledger.to_list(),
+    }
+
+
+def display_metadata(
+    name: str, chat: Chat, exchange: tuple[Turn, Turn], *, recorded: bool, new: bool = False
+) -> dict[str, Any]:
+    """Metadata of an answer's final display: enough to rebuild the record without the extension.
+
+    The answer's text is not repeated (it is the output's text/plain); its thinking is.
+    """
+    user, reply = exchange
+    answer = _bounded_turn(reply)
+    answer["contents"] = [c for c in answer["contents"] if c["type"] != "text"]
+    p = chat.provider
+    return {
+        KEY: {
+            "version": SCHEMA_VERSION,
+            "session": name,
+            "recorded": recorded,
+            "new": new,
+            "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
+            "system_prompt": chat.system_prompt,
+            "user": _bounded_turn(user),
+            "assistant": answer,
+        }
+    }
+
+
+# -- reading untrusted records -------------------------------------------------------------------
+
+
+class RecordError(ValueError):
+    """The notebook's record is not a valid schema-1 record."""
+
+
+def _str_or_none(v: Any, what: str, limit: int = 10_000) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) > limit:
+        raise RecordError(f"{what} must be a string of at most {limit} characters")
+    return v
+
+
+def validate_record(obj: Any) -> dict[str, Any]:
+    """Check a record read from a notebook; return a clean copy, or raise ``RecordError``."""
+    if not isinstance(obj, dict):
+        raise RecordError("the record is not an object")
+    if obj.get("version") != SCHEMA_VERSION:
+        raise RecordError(f"unknown record version {obj.get('version')!r}")
+    try:
+        size = len(json.dumps(obj))
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"the record is not plain JSON: {exc}") from None
+    if size > MAX_RECORD_CHARS:
+        raise RecordError("the record is too large")
+    sessions = obj.get("sessions", {})
+    if not isinstance(sessions, dict) or len(sessions) > MAX_SESSIONS:
+        raise RecordError("sessions must be an object of at most %d sessions" % MAX_SESSIONS)
+    clean: dict[str, Any] = {"version": SCHEMA_VERSION, "sessions": {}, "usage": []}
+    for name, s in sessions.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise RecordError(f"bad session name {str(name)[:40]!r}")
+        if not isinstance(s, dict):
+            raise RecordError(f"session {name!r} is not an object")
+        prov = s.get("provider") or {}
+        if not isinstance(prov, dict):
+            raise RecordError(f"session {name!r}: provider is not an object")
+        turns_raw = s.get("turns", [])
+        if not isinstance(turns_raw, list) or len(turns_raw) > MAX_TURNS:
+            raise RecordError(f"session {name!r}: turns must be a list of at most {MAX_TURNS}")
+        turns = []
+        for i, t in enumerate(turns_raw):
+            if not isinstance(t, dict):
+                raise RecordError(f"session {name!r}: turn {i} is not an object")
+            for c in t.get("contents") or []:
+                if isinstance(c, dict) and any(isinstance(v, str) and len(v) > MAX_TEXT for v in c.values()):
+                    raise RecordError(f"session {name!r}: turn {i} has a text over {MAX_TEXT} characters")
+            try:
+                turn = Turn.from_dict(t)
+            except (ValueError, TypeError) as exc:
+                raise RecordError(f"session {name!r}: turn {i}: {exc}") from None
+            expected = "user" if i % 2 == 0 else "assistant"
+            if turn.role != expected:
+                raise RecordError(f"session {name!r}: turn {i} should be {expected}")
+            turns.append(turn)
+        clean["sessions"][name] = {
+            "provider": {
+                "name": _str_or_none(prov.get("name"), "provider.name", 200),
+                "base_url": _str_or_none(prov.get("base_url"), "provider.base_url", 2000),
+                "model": _str_or_none(prov.get("model"), "provider.model", 500),
+            },
+            "system_prompt": _str_or_none(s.get("system_prompt"), "system_prompt", MAX_TEXT),
+            "turns": turns,
+        }
+    usage = obj.get("usage", [])
+    if not isinstance(usage, list) or len(usage) > MAX_USAGE_ROWS:
+        raise RecordError("usage must be a list")
+    for i, u in enumerate(usage):
+        if not isinstance(u, dict):
+            raise RecordError(f"usage row {i} is not an object")
+        row = {
+            "provider": _str_or_none(u.get("provider"), "usage.provider", 200) or "unknown",
+            "model": _str_or_none(u.get("model"), "usage.model", 500) or "unknown",
+        }
+        for k in ("turns", "input", "output", "cached"):
+            v = u.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise RecordError(f"usage row {i}: {k} must be a non-negative integer")
+            row[k] = v
+        cost = u.get("cost_usd")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0):
+            raise RecordError(f"usage row {i}: cost_usd must be a non-negative number")
+        row["cost_usd"] = cost
+        clean["usage"].append(row)
+    return clean
+
+
+def turns_extend(old: list[Turn], new: list[Turn]) -> bool:
+    """True when ``new`` is ``old`` followed by more turns (compared by role and text)."""
+    if len(new) <= len(old):
+        return False
+    return all(a.role == b.role and a.text == b.text for a, b in zip(old, new))
+
+
+# -- rebuilding from outputs (no extension: nbclient, VS Code, classic) --------------------------
+
+
+def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild the record from the final displays' metadata, in cell order."""
+    sessions: dict[str, dict[str, Any]] = {}
+    ledger = Ledger()
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        for out in cell.get("outputs", []):
+            meta = (out.get("metadata") or {}).get(KEY)
+            if not isinstance(meta, dict):
+                continue
+            if "reset" in meta:
+                for name in meta.get("reset") or []:
+                    if name in sessions:
+                        sessions[name]["turns"] = []
+                continue
+            data = out.get("data") or {}
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else str(text)
+            name = meta.get("session", "default")
+            user = Turn.from_dict(meta["user"])
+            answer = dict(meta["assistant"])
+            answer["contents"] = list(answer.get("contents") or []) + [{"type": "text", "text": text}]
+            reply = Turn.from_dict(answer)
+            provider = meta.get("provider") or {}
+            ledger.add(provider.get("name") or "unknown", reply)
+            if not meta.get("recorded", True):
+                continue
+            s = sessions.setdefault(name, {"provider": provider, "system_prompt": None, "turns": []})
+            if meta.get("new"):
+                s["turns"] = []
+            s["provider"] = provider
+            s["system_prompt"] = meta.get("system_prompt")
+            s["turns"].extend([_bounded_turn(user), _bounded_turn(reply)])
+    return {"version": SCHEMA_VERSION, "sessions": sessions, "usage": ledger.to_list()}

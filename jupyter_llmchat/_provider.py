@@ -1,0 +1,422 @@
+"""The wire: one OpenAI-compatible chat-completions endpoint.
+
+Builds request bodies and headers, sends them with bounded retries, decodes the SSE stream and
+maps every lower-level failure to the ``LLMChatError`` tree in one place (``_map_*``).
+Nothing here knows about turns or history: ``_chat.py`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Union
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from ._errors import (
+    APIStatusError,
+    AuthenticationError,
+    ConfigurationError,
+    LLMChatError,
+    RateLimitError,
+    ServerError,
+    StreamError,
+    TransportError,
+)
+from ._params import wire_params
+
+__all__ = ["Credentials", "OpenAICompatible", "deep_merge", "safe_url"]
+
+#: What ``credentials`` may return: a bearer token, a mapping of headers, or nothing.
+CredentialValue = Union[str, Mapping[str, str], None]
+Credentials = Callable[[], CredentialValue]
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Longest single wait we honour from Retry-After before giving up instead.
+MAX_RETRY_WAIT = 60.0
+_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without userinfo, query or fragment, so it can be shown and stored."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``extra``; a None value in ``extra`` deletes the key."""
+    out = dict(base)
+    for key, value in extra.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        elif isinstance(value, Mapping):
+            out[key] = deep_merge({}, value)
+        else:
+            out[key] = value
+    return out
+
+
+_SECRETISH = re.compile(r"(Bearer\s+)\S+|\b(sk|gsk|xai|pk)-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
+
+
+class OpenAICompatible:
+    """Connection settings and HTTP clients for one chat-completions server."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        name: str,
+        model: str | None,
+        params: Mapping[str, Any] | None,
+        api_args: Mapping[str, Any] | None,
+        api_headers: Mapping[str, str] | None,
+        credentials: Credentials | None,
+        price_provider: str | None = None,
+        max_tries: int = 3,
+        drop_params: frozenset[str] = frozenset(),
+    ) -> None:
+        if not isinstance(base_url, str) or not base_url.strip():
+            raise ConfigurationError("base_url is required", hint='e.g. "http://127.0.0.1:11434/v1"')
+        parts = urlsplit(base_url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                f"base_url {safe_url(base_url)!r} is not an http(s) URL",
+                hint='e.g. "http://127.0.0.1:11434/v1"',
+            )
+        if max_tries < 1:
+            raise ConfigurationError("max_tries must be at least 1")
+        self.base_url = base_url.strip().rstrip("/")
+        self.name = name
+        self.model = model
+        self.params = dict(params or {})
+        self.api_args = dict(api_args or {})
+        self.api_headers = dict(api_headers or {})
+        self.credentials = credentials
+        self.price_provider = price_provider
+        self.max_tries = max_tries
+        self.drop_params = drop_params
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+        # Values sent as secrets in the latest request, scrubbed from any error message.
+        self._secrets: set[str] = set()
+
+    # -- request building ---------------------------------------------------------------------
+
+    @property
+    def display_url(self) -> str:
+        return safe_url(self.base_url)
+
+    def headers(self) -> dict[str, str]:
+        """Headers for one request; ``credentials`` is called every time (rotating tokens)."""
+        headers = {"Content-Type": "application/json"}
+        secrets: set[str] = set()
+        cred = self.credentials() if self.credentials is not None else None
+        if isinstance(cred, str):
+            if cred:
+                headers["Authorization"] = f"Bearer {cred}"
+                secrets.add(cred)
+        elif isinstance(cred, Mapping):
+            for k, v in cred.items():
+                headers[str(k)] = str(v)
+                secrets.add(str(v))
+        elif cred is not None:
+            raise ConfigurationError(
+                "credentials() must return a str, a mapping of headers, or None",
+                hint=f"it returned a {type(cred).__name__}",
+            )
+        headers.update(self.api_headers)
+        secrets.update(v for v in self.api_headers.values() if len(v) >= 8)
+        self._secrets = {s for s in secrets if s}
+        return headers
+
+    def body(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str,
+        stream: bool,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        merged = dict(self.params)
+        merged.update(params or {})
+        for k in self.drop_params:
+            merged.pop(k, None)
+        body.update(wire_params(merged))
+        return deep_merge(body, self.api_args)
+
+    def redact(self, text: str) -> str:
+        for s in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(s, "***")
+        return _SECRETISH.sub(lambda m: (m.group(1) or "") + "***", text)
+
+    # -- clients ------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(timeout=_TIMEOUT, trust_env=True)
+        return self._client
+
+    @property
+    def aclient(self) -> httpx.AsyncClient:
+        if self._aclient is None:
+            self._aclient = httpx.AsyncClient(timeout=_TIMEOUT, trust_env=True)
+        return self._aclient
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        # An AsyncClient can only be closed from its loop; dropping it lets the GC release it.
+        self._aclient = None
+
+    # -- model discovery ----------------------------------------------------------------------
+
+    def list_models(self) -> list[str]:
+        url = f"{self.base_url}/models"
+        try:
+            resp = self.client.get(url, headers=self.headers())
+        except httpx.HTTPError as exc:
+            raise self._map_transport(exc, "GET", url) from None
+        if resp.status_code >= 400:
+            raise self._map_status(resp.status_code, resp.headers, resp.text, "GET", url)
+        try:
+            data = resp.json()["data"]
+            return [str(m["id"]) for m in data]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigurationError(
+                f"GET {safe_url(url)} did not return an OpenAI-style model list",
+                hint="pass model= explicitly",
+            ) from None
+
+    def resolve_model(self) -> str:
+        """The configured model, or the only one the server offers."""
+        if self.model:
+            return self.model
+        ids = self.list_models()
+        if len(ids) == 1:
+            self.model = ids[0]
+            return self.model
+        offered = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "") if ids else "none"
+        raise ConfigurationError(
+            f"no model given and {self.display_url} offers {len(ids)} models: {offered}",
+            hint="pass model=... (or %config ChatMagics.model = ...)",
+        )
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _request(self, client: httpx.Client | httpx.AsyncClient, body: dict[str, Any]) -> httpx.Request:
+        headers = self.headers()
+        if body.get("stream"):
+            headers.setdefault("Accept", "text/event-stream")
+        return client.build_request(
+            "POST", f"{self.base_url}/chat/completions", headers=headers, content=json.dumps(body)
+        )
+
+    @contextmanager
+    def stream(self, body: dict[str, Any]) -> Iterator[Iterator[str]]:
+        """POST ``body`` (retrying as allowed) and yield an iterator over the SSE data fields."""
+        resp = self._send(body)
+        try:
+            yield self._iter_data(resp)
+        finally:
+            resp.close()
+
+    def _send(self, body: dict[str, Any]) -> httpx.Response:
+        url = f"{self.base_url}/chat/completions"
+        for attempt in range(1, self.max_tries + 1):
+            try:
+                resp = self.client.send(self._request(self.client, body), stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt < self.max_tries:
+                    time.sleep(_backoff(attempt, None))
+                    continue
+                raise self._map_transport(exc, "POST", url) from None
+            except httpx.HTTPError as exc:
+                raise self._map_transport(exc, "POST", url) from None
+            if resp.status_code < 400:
+                return resp
+            try:
+                text = resp.read().decode("utf-8", "replace")
+            except httpx.HTTPError:
+                text = ""
+            finally:
+                resp.close()
+            wait = self._retry_wait(attempt, resp)
+            if wait is None:
+                raise self._map_status(resp.status_code, resp.headers, text, "POST", url)
+            time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _iter_data(self, resp: httpx.Response) -> Iterator[str]:
+        url = f"{self.base_url}/chat/completions"
+        if not _is_sse(resp):
+            # A server that ignored "stream": true answers with one JSON document.
+            try:
+                yield resp.read().decode("utf-8", "replace")
+            except httpx.HTTPError as exc:
+                raise self._map_stream(exc, url) from None
+            return
+        try:
+            for sse in EventSource(resp).iter_sse():
+                yield sse.data
+        except (httpx.HTTPError, SSEError) as exc:
+            raise self._map_stream(exc, url) from None
+
+    @asynccontextmanager
+    async def astream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
+        resp = await self._asend(body)
+        try:
+            yield self._aiter_data(resp)
+        finally:
+            await resp.aclose()
+
+    async def _asend(self, body: dict[str, Any]) -> httpx.Response:
+        url = f"{self.base_url}/chat/completions"
+        client = self.aclient
+        for attempt in range(1, self.max_tries + 1):
+            try:
+                resp = await client.send(self._request(client, body), stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt < self.max_tries:
+                    await asyncio.sleep(_backoff(attempt, None))
+                    continue
+                raise self._map_transport(exc, "POST", url) from None
+            except httpx.HTTPError as exc:
+                raise self._map_transport(exc, "POST", url) from None
+            if resp.status_code < 400:
+                return resp
+            try:
+                text = (await resp.aread()).decode("utf-8", "replace")
+            except httpx.HTTPError:
+                text = ""
+            finally:
+                await resp.aclose()
+            wait = self._retry_wait(attempt, resp)
+            if wait is None:
+                raise self._map_status(resp.status_code, resp.headers, text, "POST", url)
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _aiter_data(self, resp: httpx.Response) -> AsyncIterator[str]:
+        url = f"{self.base_url}/chat/completions"
+        try:
+            if not _is_sse(resp):
+                yield (await resp.aread()).decode("utf-8", "replace")
+                return
+            async for sse in EventSource(resp).aiter_sse():
+                yield sse.data
+        except (httpx.HTTPError, SSEError) as exc:
+            raise self._map_stream(exc, url) from None
+
+    def _retry_wait(self, attempt: int, resp: httpx.Response) -> float | None:
+        """Seconds to wait before trying again, or None to give up now."""
+        if resp.status_code not in RETRY_STATUSES or attempt >= self.max_tries:
+            return None
+        wait = _backoff(attempt, resp.headers.get("retry-after"))
+        return wait if wait <= MAX_RETRY_WAIT else None
+
+    # -- error mapping: the one place lower-level errors become LLMChatError --------------------
+
+    def _map_transport(self, exc: httpx.HTTPError, method: str, url: str) -> LLMChatError:
+        where = f"{method} {safe_url(url)}"
+        if isinstance(exc, httpx.TimeoutException):
+            return TransportError(f"{where} timed out ({type(exc).__name__})")
+        if isinstance(exc, httpx.ConnectError):
+            return TransportError(f"cannot connect to {where}: {self.redact(str(exc)) or 'refused'}")
+        return TransportError(f"{where} failed: {type(exc).__name__}: {self.redact(str(exc))}")
+
+    def _map_stream(self, exc: Exception, url: str) -> StreamError:
+        return StreamError(
+            f"the answer's stream from {safe_url(url)} broke: {type(exc).__name__}: "
+            f"{self.redact(str(exc))[:200]}"
+        )
+
+    def _map_status(
+        self, status: int, headers: httpx.Headers, text: str, method: str, url: str
+    ) -> APIStatusError:
+        detail = self.redact(_error_detail(text))
+        reason = httpx.codes.get_reason_phrase(status)
+        msg = f"{status} {reason} from {method} {safe_url(url)}" + (f": {detail}" if detail else "")
+        kwargs: dict[str, Any] = {"status_code": status, "url": safe_url(url), "body": self.redact(text[:2000])}
+        if status in (401, 403):
+            return AuthenticationError(msg, **kwargs)
+        if status == 429:
+            retry = headers.get("retry-after")
+            hint = f"rate limited: retry after {retry} s" if retry else ""
+            return RateLimitError(msg, hint=hint, **kwargs)
+        if status >= 500:
+            return ServerError(msg, **kwargs)
+        if status == 404:
+            return APIStatusError(msg, hint="check the model name and base_url", **kwargs)
+        return APIStatusError(msg, hint="the server refused the request: check model, params and api_args", **kwargs)
+
+
+def _is_sse(resp: httpx.Response) -> bool:
+    return "text/event-stream" in resp.headers.get("content-type", "")
+
+
+def _error_detail(text: str) -> str:
+    """The server's own error message, from the usual JSON shapes or the raw text."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return " ".join(text.split())[:300]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("detail")
+            if isinstance(msg, str):
+                return msg[:300]
+        elif isinstance(err, str):
+            return err[:300]
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])[:300]
+    return " ".join(text.split())[:300]
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    """Exponential backoff with jitter; a Retry-After header (seconds or HTTP date) wins."""
+    if retry_after:
+        try:
+            return max(0.0, float(retry_after))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(retry_after)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return max(0.0, when.timestamp() - time.time())
+    return min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def env_credentials(var: str) -> Credentials:
+    """Credentials read from environment variable ``var`` at every request."""
+
+    def read() -> str | None:
+        return os.environ.get(var) or None
+
+    read.__qualname__ = f"env_credentials({var!r})"
+    return read

@@ -1,0 +1,244 @@
+"""What ``%chat_usage``, ``%chat_history`` and ``%chat_config`` show: HTML with a text twin."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._chat import Chat
+from ._turns import Turn
+
+__all__ = ["ConfigView", "HistoryView", "UsageReport", "usage_rows"]
+
+
+@dataclass
+class _Row:
+    session: str
+    provider: str
+    model: str
+    answers: int = 0
+    input: int | None = None
+    output: int | None = None
+    cached: int | None = None
+    cost: float | None = None
+    unknown_tokens: int = 0
+    unknown_cost: int = 0
+
+    def add(self, t: Turn) -> None:
+        self.answers += 1
+        tok = t.tokens
+        if tok is None or not tok.known:
+            self.unknown_tokens += 1
+        else:
+            self.input = _plus(self.input, tok.input)
+            self.output = _plus(self.output, tok.output)
+            self.cached = _plus(self.cached, tok.cached)
+        if t.cost is None:
+            self.unknown_cost += 1
+        else:
+            self.cost = (self.cost or 0.0) + t.cost
+
+    def merge(self, other: _Row) -> None:
+        self.answers += other.answers
+        self.input = _plus(self.input, other.input)
+        self.output = _plus(self.output, other.output)
+        self.cached = _plus(self.cached, other.cached)
+        self.cost = other.cost if self.cost is None else self.cost + (other.cost or 0.0)
+        self.unknown_tokens += other.unknown_tokens
+        self.unknown_cost += other.unknown_cost
+
+
+def _plus(a: int | None, b: int | None) -> int | None:
+    if b is None:
+        return a
+    return b if a is None else a + b
+
+
+def usage_rows(sessions: dict[str, Chat]) -> list[_Row]:
+    rows: dict[tuple[str, str], _Row] = {}
+    for name, chat in sessions.items():
+        for t in chat.get_turns():
+            if t.role != "assistant":
+                continue
+            model = t.model or chat.provider.model or "unknown"
+            key = (name, model)
+            if key not in rows:
+                rows[key] = _Row(name, chat.provider.name, model)
+            rows[key].add(t)
+    return list(rows.values())
+
+
+def _num(v: int | None, unknown: int) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:,}" + ("+" if unknown else "")
+
+
+def _usd(v: float | None, unknown: int) -> str:
+    if v is None:
+        return "n/a"
+    s = f"${v:.4f}" if v < 1 else f"${v:,.2f}"
+    return s + ("+" if unknown else "")
+
+
+class UsageReport:
+    """Tokens and cost per session and model, with totals (``%chat_usage``)."""
+
+    COLUMNS = ("session", "provider", "model", "answers", "input", "output", "cached", "cost")
+
+    def __init__(self, sessions: dict[str, Chat], *, turns: bool = False, process: bool = False) -> None:
+        self.rows = usage_rows(sessions)
+        self.sessions = sessions
+        self.show_turns = turns
+        self.process = process
+
+    def _cells(self, r: _Row) -> list[str]:
+        return [r.session, r.provider, r.model, str(r.answers), _num(r.input, r.unknown_tokens),
+                _num(r.output, r.unknown_tokens), _num(r.cached, r.unknown_tokens),
+                _usd(r.cost, r.unknown_cost)]
+
+    def _table(self) -> tuple[list[str], list[list[str]], list[str] | None]:
+        body = [self._cells(r) for r in self.rows]
+        total = None
+        if len(self.rows) > 1:
+            t = _Row("total", "", "")
+            for r in self.rows:
+                t.merge(r)
+            total = self._cells(t)
+        return list(self.COLUMNS), body, total
+
+    def _turn_lines(self) -> list[list[str]]:
+        out = []
+        for name, chat in self.sessions.items():
+            for i, t in enumerate(chat.get_turns()):
+                if t.role != "assistant":
+                    continue
+                tok = t.tokens
+                out.append([
+                    name, str(i // 2 + 1), t.model or "", t.meta.get("source", ""),
+                    _num(tok.input if tok else None, 0), _num(tok.output if tok else None, 0),
+                    _num(tok.cached if tok else None, 0), _usd(t.cost, 0),
+                    (t.finish_reason or "") + (" (partial)" if t.partial else ""),
+                ])
+        return out
+
+    _TURN_COLS = ("session", "#", "model", "from", "input", "output", "cached", "cost", "finish")
+
+    def _footnotes(self) -> list[str]:
+        notes = []
+        if not self.rows:
+            notes.append("No answers yet.")
+        if any(r.unknown_tokens for r in self.rows):
+            notes.append("n/a or +: the server did not report tokens for some answers "
+                         "(llama.cpp's server reports none while streaming).")
+        if any(r.unknown_cost for r in self.rows):
+            notes.append("Cost n/a: no known price for this provider and model (local models are free).")
+        return notes
+
+    def _process_rows(self) -> list[list[str]]:
+        from ._usage import token_usage
+
+        return [[r["provider"], r["model"], str(r["turns"]), _num(r["input"], 0), _num(r["output"], 0),
+                 _num(r["cached"], 0), _usd(r["cost_usd"], 0)] for r in token_usage()]
+
+    def _repr_html_(self) -> str:
+        head, body, total = self._table()
+        parts = ['<div class="jupyter-llmchat-usage">', _html_table(head, body, total)]
+        if self.show_turns:
+            parts.append("<p><b>Answers</b></p>" + _html_table(list(self._TURN_COLS), self._turn_lines()))
+        if self.process:
+            parts.append("<p><b>All chats in this kernel</b></p>" + _html_table(
+                ["provider", "model", "answers", "input", "output", "cached", "cost"], self._process_rows()))
+        parts += [f"<p><small>{html.escape(n)}</small></p>" for n in self._footnotes()]
+        parts.append("</div>")
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        head, body, total = self._table()
+        parts = [_text_table(head, body + ([total] if total else []))]
+        if self.show_turns:
+            parts.append(_text_table(list(self._TURN_COLS), self._turn_lines()))
+        if self.process:
+            parts.append(_text_table(["provider", "model", "answers", "input", "output", "cached", "cost"],
+                                     self._process_rows()))
+        parts += self._footnotes()
+        return "\n".join(parts)
+
+
+def _html_table(head: list[str], body: list[list[str]], total: list[str] | None = None) -> str:
+    esc = html.escape
+    rows = ["<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+    rows += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body]
+    if total:
+        rows.append("<tr>" + "".join(f"<td><b>{esc(c)}</b></td>" for c in total) + "</tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _text_table(head: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in body])
+
+
+class HistoryView:
+    """A session's turns (``%chat_history``), as Markdown."""
+
+    def __init__(self, name: str, chat: Chat, last: int | None = None) -> None:
+        self.name = name
+        turns = chat.get_turns()
+        self.turns = turns[-last:] if last else turns
+        self.system = chat.system_prompt
+
+    def _repr_markdown_(self) -> str:
+        if not self.turns:
+            return f"*Session `{self.name}` has no turns yet.*"
+        out = []
+        if self.system:
+            out.append(f"**system:** {_quote(self.system)}")
+        for t in self.turns:
+            label = "**you**" if t.role == "user" else f"**{html.escape(t.model or 'assistant')}**"
+            extra = " *(partial)*" if t.partial else ""
+            src = f" *· {t.meta['source']}*" if t.meta.get("source") == "panel" else ""
+            out.append(f"{label}{extra}{src}\n\n{t.text}")
+        return "\n\n---\n\n".join(out)
+
+    def __repr__(self) -> str:
+        if not self.turns:
+            return f"Session {self.name!r} has no turns yet."
+        return "\n\n".join(
+            f"[{t.role}{' partial' if t.partial else ''}] {t.text}" for t in self.turns
+        )
+
+
+def _quote(s: str) -> str:
+    return s.replace("\n", " ")
+
+
+@dataclass
+class ConfigView:
+    """``%chat_config``: effective settings (secrets masked) and the live sessions."""
+
+    rows: dict[str, Any]
+    sessions: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    @staticmethod
+    def _fmt(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        body = [[f"ChatMagics.{k}", self._fmt(v)] for k, v in self.rows.items()]
+        out = _html_table(["setting", "value"], body)
+        if self.sessions:
+            out += "<p><b>Sessions</b></p>" + _html_table(["session", "provider"], [[k, v] for k, v in self.sessions.items()])
+        return out + f"<p><small>{esc(self.note)}</small></p>"
+
+    def __repr__(self) -> str:
+        out = [_text_table(["setting", "value"], [[f"ChatMagics.{k}", self._fmt(v)] for k, v in self.rows.items()])]
+        if self.sessions:
+            out.append(_text_table(["session", "provider"], [[k, v] for k, v in self.sessions.items()]))
+        out.append(self.note)
+        return "\n".join(out)

@@ -1,0 +1,136 @@
+"""The kernel's named chat sessions, shared by the ``%%chat`` magics and the chat panel.
+
+``_SESSIONS`` is the one registry of this package's global state. A session made from
+configuration is built by the factory the magics install (``ChatMagics`` traits); without the
+extension loaded, from ``$OPENAI_BASE_URL`` / ``$OPENAI_MODEL``, or the bundled local model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+
+from ._chat import Chat
+from ._errors import ConfigurationError
+
+__all__ = ["on_session", "session", "session_names", "use"]
+
+_SESSIONS: dict[str, Chat] = {}
+_lock = threading.Lock()
+#: Builds a Chat for a new session name; replaced by the magics with one that reads traits.
+Factory = Callable[[str], Chat]
+_factory: Factory | None = None
+#: Called with (name, chat) whenever a session is created or replaced.
+_hooks: list[Callable[[str, Chat], None]] = []
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"bad session name {name!r}", hint="use letters, digits, '_', '-' or '.'"
+        )
+    return name
+
+
+#: Sessions on the bundled local model: its server is started (or restarted) by ``prepare``.
+_local: set[str] = set()
+_NOT_STARTED = "http://127.0.0.1:0/v1"  # replaced by the local server's URL before any request
+
+
+def local_chat(name: str, **kwargs: object) -> Chat:
+    """A session on the bundled local model; its server starts on first ``prepare``, not here."""
+    from ._local import MODEL_ALIAS
+    from ._presets import chat_openai_compatible
+
+    chat = chat_openai_compatible(
+        base_url=_NOT_STARTED, name="llama.cpp (local)", model=MODEL_ALIAS, **kwargs  # type: ignore[arg-type]
+    )
+    _local.add(name)
+    return chat
+
+
+def _default_factory(name: str) -> Chat:
+    from ._presets import chat_openai_compatible
+
+    base_url = os.environ.get("OPENAI_BASE_URL")
+    if base_url:
+        return chat_openai_compatible(base_url=base_url, model=os.environ.get("OPENAI_MODEL") or None)
+    return local_chat(name)
+
+
+def prepare(name: str = "default", on_status: Callable[[str], None] | None = None) -> Chat:
+    """The session, ready to send: the local model's server is started first if it is used."""
+    chat = session(name)
+    if name in _local:
+        from ._local import ensure_local_server
+
+        chat.provider.base_url = ensure_local_server(on_status=on_status).base_url
+    return chat
+
+
+def set_factory(factory: Factory | None) -> None:
+    global _factory
+    _factory = factory
+
+
+def session(name: str = "default", *, create: bool = True) -> Chat:
+    """The kernel's chat session ``name``, created from configuration on first use."""
+    check_name(name)
+    with _lock:
+        chat = _SESSIONS.get(name)
+    if chat is not None:
+        return chat
+    if not create:
+        known = ", ".join(sorted(_SESSIONS)) or "none yet"
+        raise ConfigurationError(f"no session named {name!r}", hint=f"sessions: {known}")
+    chat = (_factory or _default_factory)(name)
+    with _lock:
+        # Another thread (the panel) may have made it meanwhile: first one wins.
+        existing = _SESSIONS.setdefault(name, chat)
+    if existing is chat:
+        _run_hooks(name, chat)
+    return existing
+
+
+def use(chat: Chat, name: str = "default") -> Chat:
+    """Make ``chat`` the session ``name``: the magics and the panel will talk through it."""
+    if not isinstance(chat, Chat):
+        raise ConfigurationError(f"use() takes a Chat, not a {type(chat).__name__}")
+    check_name(name)
+    with _lock:
+        _SESSIONS[name] = chat
+        _local.discard(name)
+    _run_hooks(name, chat)
+    return chat
+
+
+def session_names() -> list[str]:
+    with _lock:
+        return list(_SESSIONS)
+
+
+def sessions() -> dict[str, Chat]:
+    with _lock:
+        return dict(_SESSIONS)
+
+
+def drop(name: str) -> None:
+    with _lock:
+        _SESSIONS.pop(name, None)
+        _local.discard(name)
+
+
+def on_session(fn: Callable[[str, Chat], None]) -> None:
+    """Call ``fn(name, chat)`` for every session, now and whenever one is created or replaced."""
+    _hooks.append(fn)
+    for name, chat in sessions().items():
+        fn(name, chat)
+
+
+def _run_hooks(name: str, chat: Chat) -> None:
+    for fn in list(_hooks):
+        fn(name, chat)

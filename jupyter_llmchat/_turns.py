@@ -1,0 +1,220 @@
+"""Turns and their typed contents: the conversation's record, as in ellmer's ``Turn``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+__all__ = [
+    "Content",
+    "ContentImage",
+    "ContentText",
+    "ContentThinking",
+    "ContentToolRequest",
+    "ContentToolResult",
+    "Tokens",
+    "Turn",
+    "content_from_dict",
+]
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ContentText:
+    text: str
+    type: Literal["text"] = field(default="text", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "text", "text": self.text}
+
+
+@dataclass(frozen=True)
+class ContentThinking:
+    """Reasoning the model showed before its answer (``reasoning_content`` deltas)."""
+
+    thinking: str
+    type: Literal["thinking"] = field(default="thinking", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "thinking", "thinking": self.thinking}
+
+
+@dataclass(frozen=True)
+class ContentImage:
+    """An image, by URL (``data:`` URLs included)."""
+
+    url: str
+    type: Literal["image"] = field(default="image", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "image", "url": self.url}
+
+
+@dataclass(frozen=True)
+class ContentToolRequest:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    type: Literal["tool_request"] = field(default="tool_request", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "tool_request", "id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(frozen=True)
+class ContentToolResult:
+    id: str
+    value: Any = None
+    error: str | None = None
+    type: Literal["tool_result"] = field(default="tool_result", init=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "tool_result", "id": self.id, "value": self.value, "error": self.error}
+
+
+Content = Union[ContentText, ContentThinking, ContentImage, ContentToolRequest, ContentToolResult]
+
+
+def content_from_dict(d: dict[str, Any]) -> Content:
+    """Rebuild one content from its ``to_dict()`` form; raises ValueError on anything else."""
+    kind = d.get("type")
+    if kind == "text" and isinstance(d.get("text"), str):
+        return ContentText(d["text"])
+    if kind == "thinking" and isinstance(d.get("thinking"), str):
+        return ContentThinking(d["thinking"])
+    if kind == "image" and isinstance(d.get("url"), str):
+        return ContentImage(d["url"])
+    if kind == "tool_request" and isinstance(d.get("id"), str) and isinstance(d.get("name"), str):
+        args = d.get("arguments") or {}
+        if not isinstance(args, dict):
+            raise ValueError("tool_request arguments must be an object")
+        return ContentToolRequest(d["id"], d["name"], args)
+    if kind == "tool_result" and isinstance(d.get("id"), str):
+        return ContentToolResult(d["id"], d.get("value"), d.get("error"))
+    raise ValueError(f"not a content: type={kind!r}")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token counts of one request; None where the server did not say (never a made-up 0).
+
+    ``input`` counts every prompt token, cached ones included; ``cached`` is the cached part.
+    """
+
+    input: int | None = None
+    output: int | None = None
+    cached: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.input is not None or self.output is not None
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {"input": self.input, "output": self.output, "cached": self.cached}
+
+
+def _iso(t: _dt.datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+@dataclass
+class Turn:
+    """One message of the conversation.
+
+    Assistant turns carry ``tokens`` and ``cost`` of the request that produced them;
+    ``partial`` marks an answer cut short (interrupt, stop, broken stream).
+    ``meta`` holds annotations from the Jupyter layer (``cell_id``, ``source``).
+    """
+
+    role: Role
+    contents: list[Content]
+    tokens: Tokens | None = None
+    cost: float | None = None
+    finish_reason: str | None = None
+    partial: bool = False
+    started_at: _dt.datetime | None = None
+    duration: float | None = None
+    model: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def user(cls, text: str, **kw: Any) -> Turn:
+        return cls("user", [ContentText(text)], **kw)
+
+    @property
+    def text(self) -> str:
+        """The text contents joined (thinking excluded)."""
+        return "".join(c.text for c in self.contents if isinstance(c, ContentText))
+
+    @property
+    def thinking(self) -> str:
+        return "".join(c.thinking for c in self.contents if isinstance(c, ContentThinking))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form used by ``to_json()`` and by the notebook metadata (schema v1)."""
+        d: dict[str, Any] = {"role": self.role, "contents": [c.to_dict() for c in self.contents]}
+        d.update(self.meta)
+        d["started_at"] = _iso(self.started_at)
+        d["duration_s"] = None if self.duration is None else round(self.duration, 3)
+        if self.role == "assistant":
+            d["model"] = self.model
+            d["tokens"] = (self.tokens or Tokens()).to_dict()
+            d["cost_usd"] = self.cost
+            d["finish_reason"] = self.finish_reason
+            d["partial"] = self.partial
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Turn:
+        """Inverse of ``to_dict``; raises ValueError (or TypeError) on a malformed record."""
+        role = d.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"bad role {role!r}")
+        contents_raw = d.get("contents")
+        if not isinstance(contents_raw, list):
+            raise ValueError("contents must be a list")
+        contents = [content_from_dict(c) for c in contents_raw if isinstance(c, dict)]
+        if len(contents) != len(contents_raw):
+            raise ValueError("contents must be objects")
+        tok = d.get("tokens")
+        tokens = None
+        if isinstance(tok, dict):
+            vals = [tok.get(k) for k in ("input", "output", "cached")]
+            if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in vals):
+                raise ValueError("tokens must be non-negative integers or null")
+            tokens = Tokens(*vals)
+        cost = d.get("cost_usd")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0):
+            raise ValueError("cost_usd must be a non-negative number or null")
+        started = d.get("started_at")
+        started_at = _dt.datetime.fromisoformat(started) if isinstance(started, str) else None
+        duration = d.get("duration_s")
+        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
+            raise ValueError("duration_s must be a number or null")
+        finish = d.get("finish_reason")
+        if finish is not None and not isinstance(finish, str):
+            raise ValueError("finish_reason must be a string or null")
+        model = d.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ValueError("model must be a string or null")
+        meta = {k: d[k] for k in ("cell_id", "source") if isinstance(d.get(k), str)}
+        return cls(
+            role=role,
+            contents=contents,
+            tokens=tokens,
+            cost=None if cost is None else float(cost),
+            finish_reason=finish,
+            partial=bool(d.get("partial", False)),
+            started_at=started_at,
+            duration=None if duration is None else float(duration),
+            model=model,
+            meta=meta,
+        )
+
+    def __repr__(self) -> str:
+        text = self.text
+        short = text if len(text) <= 60 else text[:57] + "..."
+        extra = " partial" if self.partial else ""
+        return f"<Turn {self.role}{extra} {short!r}>"
