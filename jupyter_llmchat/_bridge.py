@@ -30,6 +30,8 @@ class Bridge:
         self.magics = magics
         self.comm: Any = None
         self.front_end_path: str | None = None
+        self.hello_received = False
+        self.opened_in: int | None = None
         self.ledger = Ledger()
         self._watched: set[int] = set()
 
@@ -94,6 +96,8 @@ class Bridge:
     # -- live updates -------------------------------------------------------------------------
 
     def _on_change(self, chat: Chat, event: str) -> None:
+        if event not in ("turn", "reset", "set"):
+            return
         if event == "turn":
             exchange = getattr(chat, "last_exchange", None)
             if exchange is not None:
@@ -124,12 +128,23 @@ class Bridge:
         comm.on_msg(self._on_msg)
         comm.on_close(lambda msg: setattr(self, "comm", None))
         self.comm = comm
+        self.opened_in = getattr(self.shell, "execution_count", None)
+
+    def front_end_may_be_ready(self) -> bool:
+        """False once it is clear no extension answered (the chat panel cannot be shown).
+
+        Its hello arrives between cells, so in the cell that opened the comm we cannot know yet.
+        """
+        if self.comm is None:
+            return False
+        return self.hello_received or self.opened_in == getattr(self.shell, "execution_count", None)
 
     def _on_msg(self, msg: dict[str, Any]) -> None:
         data = (msg.get("content") or {}).get("data") or {}
         if not isinstance(data, dict):
             return
         if data.get("type") == "hello":
+            self.hello_received = True
             path = data.get("path")
             self.front_end_path = path if isinstance(path, str) else None
             if data.get("record") is not None:

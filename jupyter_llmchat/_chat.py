@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing, closing
 from typing import Any, Literal
 
 from ._errors import ConfigurationError, LLMChatError, StreamError
@@ -30,7 +31,9 @@ _ECHOES = ("none", "output", "all")
 #: What ``Chat._events`` yields: ("text" | "thinking", the new piece).
 StreamEvent = tuple[str, str]
 
-#: Called after every change of history: (chat, what happened: "turn" | "reset" | "set").
+#: Called on every change: (chat, what happened). "start": an answer begins streaming;
+#: "turn": an exchange was recorded; "abort": an answer failed with nothing to keep;
+#: "reset" and "set": history or system prompt replaced.
 Listener = Callable[["Chat", str], None]
 
 
@@ -56,11 +59,11 @@ class _Answer:
         self.done = False
         self.chunks = 0
 
-    def feed(self, data: str) -> StreamEvent | None:
-        """Decode one SSE data field; return the new text or thinking, if any."""
+    def feed(self, data: str) -> tuple[StreamEvent, ...]:
+        """Decode one SSE data field; return the new thinking and text, if any, in that order."""
         if data == "[DONE]":
             self.done = True
-            return None
+            return ()
         try:
             obj = json.loads(data)
         except ValueError:
@@ -78,7 +81,7 @@ class _Answer:
             self.model = obj["model"]
         choices = obj.get("choices")
         if not choices:
-            return None
+            return ()
         choice = choices[0]
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
@@ -86,15 +89,17 @@ class _Answer:
         if delta is None:  # a whole (non-streamed) completion
             delta = choice.get("message") or {}
             self.done = True
-        content = delta.get("content")
-        if content:
-            self.text.append(content)
-            return ("text", content)
+        # One delta (and always a whole message) may carry both thinking and text.
+        events: list[StreamEvent] = []
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning and isinstance(reasoning, str):
             self.thinking.append(reasoning)
-            return ("thinking", reasoning)
-        return None
+            events.append(("thinking", reasoning))
+        content = delta.get("content")
+        if content and isinstance(content, str):
+            self.text.append(content)
+            events.append(("text", content))
+        return tuple(events)
 
     @property
     def complete(self) -> bool:
@@ -235,17 +240,21 @@ class Chat:
         mode = _check_echo(echo, "none")
         if mode == "all":
             _write(f"> {_prompt_text(args)}\n")
-        for kind, piece in self._events(args, **kwargs):
-            if kind == "text":
-                if mode != "none":
-                    _write(piece)
-                yield piece
+        # Closing this generator early (break, close()) closes the exchange at once: the partial
+        # answer is recorded and the chat freed now, not whenever the inner one is collected.
+        with closing(self._events(args, **kwargs)) as events:
+            for kind, piece in events:
+                if kind == "text":
+                    if mode != "none":
+                        _write(piece)
+                    yield piece
 
     async def chat_async(self, *args: str | Content, echo: Echo | None = None, **kwargs: Any) -> str:
         mode = _check_echo(echo, self._echo)
         if mode == "all":
             _write(f"> {_prompt_text(args)}\n")
         out = []
+        kwargs.setdefault("stream", mode != "none")  # as in chat()
         async for kind, piece in self._aevents(args, **kwargs):
             if kind == "text":
                 out.append(piece)
@@ -259,11 +268,16 @@ class Chat:
         self, *args: str | Content, echo: Echo | None = None, **kwargs: Any
     ) -> AsyncIterator[str]:
         mode = _check_echo(echo, "none")
-        async for kind, piece in self._aevents(args, **kwargs):
-            if kind == "text":
-                if mode != "none":
-                    _write(piece)
-                yield piece
+        if mode == "all":
+            _write(f"> {_prompt_text(args)}\n")
+        # As in stream(); an async generator is only closed by aclose() (or, after a plain
+        # ``break``, by the event loop a moment later), so pass that close on to the exchange.
+        async with aclosing(self._aevents(args, **kwargs)) as events:
+            async for kind, piece in events:
+                if kind == "text":
+                    if mode != "none":
+                        _write(piece)
+                    yield piece
 
     # -- the turn machinery shared by the four methods above ------------------------------------
 
@@ -289,14 +303,13 @@ class Chat:
         """Stream one exchange; yields ("text"|"thinking", piece) and records the turns."""
         with self._guard("chat"):
             user, body = self._prepare(args, **kwargs)
+            self._notify("start")
             answer = _Answer()
             t0 = time.perf_counter()
             try:
                 with self.provider.stream(body) as chunks:
                     for data in chunks:
-                        event = answer.feed(data)
-                        if event is not None:
-                            yield event
+                        yield from answer.feed(data)
                 self._check_complete(answer)
             except BaseException as exc:  # KeyboardInterrupt and GeneratorExit included
                 self._record(user, answer, t0, kwargs, partial=True, exc=exc)
@@ -306,13 +319,13 @@ class Chat:
     async def _aevents(self, args: Sequence[str | Content], **kwargs: Any) -> AsyncIterator[StreamEvent]:
         with self._guard("chat"):
             user, body = self._prepare(args, **kwargs)
+            self._notify("start")
             answer = _Answer()
             t0 = time.perf_counter()
             try:
                 async with self.provider.astream(body) as chunks:
                     async for data in chunks:
-                        event = answer.feed(data)
-                        if event is not None:
+                        for event in answer.feed(data):
                             yield event
                 self._check_complete(answer)
             except BaseException as exc:  # CancelledError and GeneratorExit included
@@ -337,6 +350,7 @@ class Chat:
         exc: BaseException | None = None,
     ) -> None:
         if partial and not answer.has_content:
+            self._notify("abort")
             return  # nothing arrived: leave history as it was
         contents: list[Content] = []
         if answer.thinking:
@@ -448,7 +462,9 @@ class Chat:
         prov.params = _copy.deepcopy(self.provider.params)
         prov.api_args = _copy.deepcopy(self.provider.api_args)
         prov.api_headers = dict(self.provider.api_headers)
-        return Chat(prov, system_prompt=self._system_prompt, echo=self._echo, turns=list(self._turns))
+        # Turns are mutable (the Jupyter layer annotates ``meta``): the copy gets its own.
+        turns = _copy.deepcopy(self._turns)
+        return Chat(prov, system_prompt=self._system_prompt, echo=self._echo, turns=turns)
 
     def __repr__(self) -> str:
         p = self.provider

@@ -7,6 +7,12 @@ parser and a function that runs it and returns the exit code.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -60,7 +66,91 @@ def _run_local(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _consolidate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", help="the .ipynb file to update in place")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the rebuilt record instead of writing it"
+    )
+
+
+def _run_consolidate(args: argparse.Namespace) -> int:
+    """Rebuild metadata.jupyter_llmchat from the answers' output metadata (no extension needed)."""
+    from ._metadata import KEY, record_from_outputs, validate_record
+
+    path = pathlib.Path(args.notebook)
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"jupyter-llmchat: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        record = record_from_outputs(nb)
+        validate_record(record)
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"jupyter-llmchat: {path}: chat outputs are malformed: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps(record, indent=1))
+        return 0
+    nb.setdefault("metadata", {})[KEY] = record
+    # Write next to the file, then rename: a crash never leaves a half-written notebook.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(nb, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    turns = sum(len(s["turns"]) for s in record["sessions"].values())
+    print(f"{path}: {len(record['sessions'])} session(s), {turns} turn(s) recorded in metadata.{KEY}")
+    return 0
+
+
+def _tour_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default=".", help="where to put the tour notebook (default: here)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.add_argument("--port", type=int, default=None, help="JupyterLab's port")
+
+
+def tour_notebook() -> pathlib.Path:
+    """The packaged tour notebook (or the repository's, in a development install)."""
+    here = pathlib.Path(__file__).resolve().parent
+    for candidate in (here / "notebooks" / "01-tour.ipynb", here.parent / "notebooks" / "01-tour.ipynb"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("the tour notebook is not installed")
+
+
+def _run_tour(args: argparse.Namespace) -> int:
+    """Copy the tour notebook here (unless it exists) and open it in JupyterLab."""
+    target = pathlib.Path(args.dir) / "01-tour.ipynb"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tour_notebook(), target)
+    cmd = [sys.executable, "-m", "jupyterlab", str(target), "--ServerApp.ip=127.0.0.1"]
+    if args.no_browser:
+        cmd.append("--no-browser")
+    if args.port:
+        cmd.append(f"--port={args.port}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # JupyterLab refuses root without it
+        cmd.append("--allow-root")
+    print(f"jupyter-llmchat: opening {target} in JupyterLab (the URL with its token follows)", file=sys.stderr)
+    return subprocess.call(cmd)
+
+
 COMMANDS: dict[str, Command] = {
+    "consolidate": Command(
+        help="rebuild a notebook's chat record (its metadata) from the answers in its outputs",
+        add_arguments=_consolidate_arguments,
+        run=_run_consolidate,
+    ),
+    "tour": Command(
+        help="open the tour notebook in JupyterLab",
+        add_arguments=_tour_arguments,
+        run=_run_tour,
+    ),
     "local": Command(
         help="run the bundled local model (gemma-3-270m) as an OpenAI-compatible server",
         add_arguments=_local_arguments,

@@ -136,14 +136,15 @@ class OpenAICompatible:
                 secrets.add(cred)
         elif isinstance(cred, Mapping):
             for k, v in cred.items():
-                headers[str(k)] = str(v)
+                _set_header(headers, str(k), str(v))
                 secrets.add(str(v))
         elif cred is not None:
             raise ConfigurationError(
                 "credentials() must return a str, a mapping of headers, or None",
                 hint=f"it returned a {type(cred).__name__}",
             )
-        headers.update(self.api_headers)
+        for k, v in self.api_headers.items():
+            _set_header(headers, k, v)
         secrets.update(v for v in self.api_headers.values() if len(v) >= 8)
         self._secrets = {s for s in secrets if s}
         return headers
@@ -229,8 +230,8 @@ class OpenAICompatible:
 
     def _request(self, client: httpx.Client | httpx.AsyncClient, body: dict[str, Any]) -> httpx.Request:
         headers = self.headers()
-        if body.get("stream"):
-            headers.setdefault("Accept", "text/event-stream")
+        if body.get("stream") and not any(k.lower() == "accept" for k in headers):
+            headers["Accept"] = "text/event-stream"
         return client.build_request(
             "POST", f"{self.base_url}/chat/completions", headers=headers, content=json.dumps(body)
         )
@@ -372,6 +373,14 @@ class OpenAICompatible:
         if status == 404:
             return APIStatusError(msg, hint="check the model name and base_url", **kwargs)
         return APIStatusError(msg, hint="the server refused the request: check model, params and api_args", **kwargs)
+
+
+def _set_header(headers: dict[str, str], name: str, value: str) -> None:
+    """Set ``name`` replacing any spelling of it: header names are case-insensitive, and a
+    plain dict update would send both ``Authorization`` and ``authorization``."""
+    for old in [k for k in headers if k.lower() == name.lower()]:
+        del headers[old]
+    headers[name] = value
 
 
 def _is_sse(resp: httpx.Response) -> bool:

@@ -1,0 +1,267 @@
+"""The chat panel: an ipywidgets model bound to a session, shown by the labextension's view.
+
+The front end (``labextension/src/panel*``) renders it with ``@jupyter/chat`` in JupyterLab's
+right side area. State that changes rarely is synced as traits (session, busy, model, usage);
+the conversation travels as custom messages so an answer costs bytes linear in its length:
+
+front end -> kernel: ``{"type": "hello"}``, ``{"type": "send", "text"}``, ``{"type": "stop"}``,
+``{"type": "session", "name"}``.
+kernel -> front end: ``{"type": "history", "messages"}``, ``{"type": "user", "message"}``,
+``{"type": "delta", "id", "kind", "text"}`` (appended text, batched at most every 0.1 s),
+``{"type": "done", "message"}`` (the finished turn without its text, which the deltas carried),
+``{"type": "append", "messages"}`` (turns made by ``%%chat`` cells), ``{"type": "error", ...}``.
+
+Panel questions stream in a background thread, so tokens show while the kernel is idle or busy
+with other cells; the session's lock keeps the panel and ``%%chat`` cells from interleaving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import ipywidgets as widgets
+from traitlets import Bool, Dict, List, Unicode
+
+from . import _sessions
+from ._chat import Chat
+from ._errors import LLMChatError
+from ._turns import Turn
+
+__all__ = ["ChatPanel", "panel"]
+
+MODULE = "jupyter-llmchat"
+MODULE_VERSION = "^0.1.0"
+DELTA_INTERVAL = 0.1
+
+
+def _message(turn: Turn, *, with_text: bool = True) -> dict[str, Any]:
+    tok = turn.tokens
+    return {
+        "id": turn.meta.get("panel_id") or uuid.uuid4().hex,
+        "role": turn.role,
+        "text": turn.text if with_text else None,
+        "thinking": (turn.thinking or None) if with_text else None,
+        "partial": turn.partial,
+        "source": turn.meta.get("source", "cell"),
+        "model": turn.model,
+        "time": turn.started_at.timestamp() if turn.started_at else time.time(),
+        "tokens": tok.to_dict() if tok else None,
+        "cost_usd": turn.cost,
+        "finish_reason": turn.finish_reason,
+    }
+
+
+class ChatPanel(widgets.DOMWidget):  # type: ignore[misc]  # ipywidgets is untyped
+    """A chat panel for one session of this kernel."""
+
+    _model_name = Unicode("ChatPanelModel").tag(sync=True)
+    _view_name = Unicode("ChatPanelView").tag(sync=True)
+    _model_module = Unicode(MODULE).tag(sync=True)
+    _view_module = Unicode(MODULE).tag(sync=True)
+    _model_module_version = Unicode(MODULE_VERSION).tag(sync=True)
+    _view_module_version = Unicode(MODULE_VERSION).tag(sync=True)
+
+    session = Unicode("default", help="Name of the session the panel talks through.").tag(sync=True)
+    sessions = List(Unicode(), help="Session names for the picker.").tag(sync=True)
+    busy = Bool(False, help="An answer is streaming (from the panel or a cell).").tag(sync=True)
+    model = Unicode("", help="The session's model.").tag(sync=True)
+    usage = Dict(help="The session's totals: answers, input, output, cached, cost_usd.").tag(sync=True)
+
+    def __init__(self, session: str = "default", **kwargs: Any) -> None:
+        super().__init__(session=session, **kwargs)
+        self._chat: Chat | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_msg(self._on_front_end)
+        self._bind(session)
+
+    # -- binding to a session -----------------------------------------------------------------
+
+    def _bind(self, name: str) -> None:
+        chat = _sessions.session(name)
+        if self._chat is not None:
+            self._chat.remove_listener(self._on_chat)
+        self._chat = chat
+        chat.add_listener(self._on_chat)
+        self.session = name
+        self._refresh()
+
+    def _refresh(self) -> None:
+        chat = self._chat
+        if chat is None:
+            return
+        names = _sessions.session_names()
+        self.sessions = names if self.session in names else [*names, self.session]
+        self.model = chat.provider.model or ""
+        self.busy = chat.busy
+        answers = [t for t in chat.get_turns() if t.role == "assistant"]
+
+        def total(key: str) -> int | None:
+            vals = [getattr(t.tokens, key) for t in answers if t.tokens is not None]
+            known = [v for v in vals if v is not None]
+            return sum(known) if known else None
+
+        costs = [t.cost for t in answers]
+        self.usage = {
+            "answers": len(answers),
+            "input": total("input"),
+            "output": total("output"),
+            "cached": total("cached"),
+            "cost_usd": None if not costs or any(c is None for c in costs) else sum(c for c in costs if c is not None),
+        }
+
+    def _history(self) -> list[dict[str, Any]]:
+        return [_message(t) for t in (self._chat.get_turns() if self._chat else [])]
+
+    def _on_chat(self, chat: Chat, event: str) -> None:
+        if chat is not self._chat:
+            return
+        if event == "start":
+            self.busy = True
+            return
+        if event == "turn" and not self._streaming_here():
+            exchange = getattr(chat, "last_exchange", None)
+            if exchange is not None and exchange[0].meta.get("source") != "panel":
+                self.send({"type": "append", "messages": [_message(t) for t in exchange]})
+        elif event in ("reset", "set"):
+            self.send({"type": "history", "messages": self._history()})
+        self._refresh()
+        if event in ("turn", "abort"):
+            self.busy = False
+
+    def _streaming_here(self) -> bool:
+        return self._thread is not None and self._thread is threading.current_thread()
+
+    # -- messages from the front end ----------------------------------------------------------
+
+    def _on_front_end(self, _: Any, content: dict[str, Any], buffers: Any) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "hello":
+            self._refresh()
+            self.send({"type": "history", "messages": self._history()})
+        elif kind == "send":
+            self.ask(str(content.get("text", "")))
+        elif kind == "stop":
+            self.stop()
+        elif kind == "session":
+            try:
+                _sessions.check_name(str(content.get("name")))
+                self._bind(str(content.get("name")))
+            except LLMChatError as exc:
+                self.send({"type": "error", "message": exc.message, "hint": exc.hint})
+                return
+            self.send({"type": "history", "messages": self._history()})
+
+    def ask(self, text: str) -> None:
+        """Send ``text`` through the session, streaming the answer in a background thread."""
+        if not text.strip():
+            self.send({"type": "error", "message": "the message is empty", "hint": ""})
+            return
+        chat = self._chat
+        if chat is None or chat.busy or (self._thread is not None and self._thread.is_alive()):
+            self.send({"type": "error", "message": f"session {self.session!r} is busy answering",
+                       "hint": "wait for it to finish, or stop it"})
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._stream, args=(text,), daemon=True,
+                                        name=f"jupyter_llmchat panel {self.session}")
+        self.busy = True
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the answer streaming from the panel; what arrived is kept, marked partial."""
+        self._stop.set()
+
+    def _stream(self, text: str) -> None:
+        name = self.session
+        answer_id = uuid.uuid4().hex
+        user_id = uuid.uuid4().hex
+        pending: list[tuple[str, str]] = []
+        last = 0.0
+
+        def flush() -> None:
+            for kind in ("thinking", "text"):
+                piece = "".join(p for k, p in pending if k == kind)
+                if piece:
+                    self.send({"type": "delta", "id": answer_id, "kind": kind, "text": piece})
+            pending.clear()
+
+        try:
+            chat = _sessions.prepare(name, on_status=lambda s: self.send({"type": "status", "text": s}))
+            self.send({"type": "user", "message": {
+                "id": user_id, "role": "user", "text": text, "source": "panel", "time": time.time()}})
+            gen = chat._events([text], meta={"source": "panel", "panel_id": answer_id})
+            try:
+                for kind, piece in gen:
+                    pending.append((kind, piece))
+                    now = time.monotonic()
+                    if now - last >= DELTA_INTERVAL:
+                        flush()
+                        last = now
+                    if self._stop.is_set():
+                        break
+            finally:
+                gen.close()  # on stop: records the partial answer
+            flush()
+            exchange = getattr(chat, "last_exchange", None)
+            if exchange is not None and exchange[0].meta.get("panel_id") == answer_id:
+                msg = _message(exchange[1], with_text=False)
+                msg["id"] = answer_id
+                self.send({"type": "done", "message": msg})
+            else:
+                self.send({"type": "done", "message": {"id": answer_id, "partial": True}})
+        except LLMChatError as exc:
+            flush()
+            self.send({"type": "error", "id": answer_id, "message": exc.message, "hint": exc.hint})
+        except Exception as exc:  # never let the thread die silently
+            self.send({"type": "error", "id": answer_id, "message": f"{type(exc).__name__}: {exc}", "hint": ""})
+        finally:
+            self._refresh()
+            self.busy = False
+
+
+_PANELS: dict[str, ChatPanel] = {}
+
+
+def panel(session: str = "default") -> Any:
+    """Open the chat panel for ``session`` (JupyterLab's right side panel).
+
+    Returns the panel widget to display; calling it again for the same session reuses it.
+    Without the JupyterLab extension, returns one line saying so.
+    """
+    from ._bridge import current_bridge
+
+    _sessions.check_name(session)
+    bridge = current_bridge()
+    if bridge is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            shell.extension_manager.load_extension("jupyter_llmchat")
+            bridge = current_bridge()
+    if bridge is None or not bridge.front_end_may_be_ready():
+        return _NoPanel()
+    existing = _PANELS.get(session)
+    if existing is not None and existing.comm is not None:
+        return existing
+    widget = _PANELS[session] = ChatPanel(session)
+    return widget
+
+
+class _NoPanel:
+    """What %chat_panel shows where the labextension is not installed or not active."""
+
+    MESSAGE = (
+        "The chat panel needs the jupyter_llmchat extension in JupyterLab 4 or Notebook 7; "
+        "it is not active here. Use %%chat cells instead."
+    )
+
+    def __repr__(self) -> str:
+        return self.MESSAGE
+
+    def _repr_html_(self) -> str:
+        return f"<div>{self.MESSAGE}</div>"
