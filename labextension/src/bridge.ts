@@ -1,0 +1,231 @@
+/**
+ * The metadata bridge: the front-end end of the `jupyter_llmchat` comm.
+ *
+ * For each notebook it registers the comm target on the notebook's kernel (and
+ * on the next one after a kernel change), answers the kernel's comm open with
+ * `hello`, and writes `set_metadata` records into the notebook model, so they
+ * are saved with the user's next save. Nothing here throws into the kernel
+ * connection or makes it wait.
+ */
+import type {
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import type { INotebookModel, NotebookPanel } from '@jupyterlab/notebook';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import type { Kernel, KernelMessage } from '@jupyterlab/services';
+import type { JSONObject } from '@lumino/coreutils';
+import { JSONExt } from '@lumino/coreutils';
+import type { ISignal } from '@lumino/signaling';
+import { Signal } from '@lumino/signaling';
+
+import type { HelloMessage } from './protocol';
+import { isChatRecord, isPlainObject } from './protocol';
+import { COMM_TARGET, ILLMChatBridge, METADATA_KEY, PluginIDs } from './tokens';
+
+type CommTargetHandler = (
+  comm: Kernel.IComm,
+  msg: KernelMessage.ICommOpenMsg
+) => void;
+
+interface IPanelState {
+  kernel: Kernel.IKernelConnection | null;
+  comm: Kernel.IComm | null;
+  readonly onCommOpen: CommTargetHandler;
+}
+
+// A restart disposes the connection's comms but keeps its comm targets.
+const COMM_ENDING_STATUSES: ReadonlySet<Kernel.Status> = new Set<Kernel.Status>([
+  'restarting',
+  'autorestarting',
+  'terminating',
+  'dead'
+]);
+
+export class MetadataBridge implements ILLMChatBridge {
+  get commChanged(): ISignal<ILLMChatBridge, ILLMChatBridge.ICommChangedArgs> {
+    return this._commChanged;
+  }
+
+  get messageReceived(): ISignal<ILLMChatBridge, ILLMChatBridge.IMessageArgs> {
+    return this._messageReceived;
+  }
+
+  getComm(panel: NotebookPanel): Kernel.IComm | null {
+    const comm = this._states.get(panel)?.comm ?? null;
+    return comm !== null && !comm.isDisposed ? comm : null;
+  }
+
+  /** Follow a notebook's kernels from now until the panel is disposed. */
+  track(panel: NotebookPanel): void {
+    if (panel.isDisposed || this._states.has(panel)) {
+      return;
+    }
+    const state: IPanelState = {
+      kernel: null,
+      comm: null,
+      onCommOpen: comm => this._onCommOpen(panel, state, comm)
+    };
+    this._states.set(panel, state);
+
+    // The session context is disposed with the panel, which disconnects these.
+    const sessionContext = panel.sessionContext;
+    sessionContext.kernelChanged.connect((_, change) => {
+      this._attach(panel, state, change.newValue);
+    });
+    sessionContext.statusChanged.connect((_, status) => {
+      if (COMM_ENDING_STATUSES.has(status)) {
+        this._setComm(panel, state, null);
+      }
+    });
+    panel.disposed.connect(() => {
+      this._attach(panel, state, null);
+      this._states.delete(panel);
+    });
+
+    this._attach(panel, state, sessionContext.session?.kernel ?? null);
+  }
+
+  private _attach(
+    panel: NotebookPanel,
+    state: IPanelState,
+    kernel: Kernel.IKernelConnection | null
+  ): void {
+    if (state.kernel === kernel) {
+      return;
+    }
+    // A no-op on a disposed connection.
+    state.kernel?.removeCommTarget(COMM_TARGET, state.onCommOpen);
+    state.kernel = kernel;
+    this._setComm(panel, state, null);
+    kernel?.registerCommTarget(COMM_TARGET, state.onCommOpen);
+  }
+
+  private _setComm(
+    panel: NotebookPanel,
+    state: IPanelState,
+    comm: Kernel.IComm | null
+  ): void {
+    if (state.comm === comm) {
+      return;
+    }
+    state.comm = comm;
+    this._commChanged.emit({ panel, comm });
+  }
+
+  private _onCommOpen(
+    panel: NotebookPanel,
+    state: IPanelState,
+    comm: Kernel.IComm
+  ): void {
+    // Returns nothing: a promise returned here would pause the kernel
+    // connection's message processing until it settled.
+    try {
+      comm.onMsg = msg => {
+        this._whenReady(panel, () => this._onCommMsg(panel, comm, msg));
+      };
+      comm.onClose = () => {
+        if (state.comm === comm) {
+          this._setComm(panel, state, null);
+        }
+      };
+      this._setComm(panel, state, comm);
+      this._whenReady(panel, () => this._sendHello(panel, comm));
+    } catch (error) {
+      console.error('jupyter-llmchat: could not open the comm', error);
+    }
+  }
+
+  /** Run `fn` once the notebook is loaded, in call order, logging any error. */
+  private _whenReady(panel: NotebookPanel, fn: () => void): void {
+    panel.context.ready.then(fn).catch(error => {
+      console.error('jupyter-llmchat: comm handler failed', error);
+    });
+  }
+
+  private _sendHello(panel: NotebookPanel, comm: Kernel.IComm): void {
+    const model = panel.model;
+    if (panel.isDisposed || comm.isDisposed || model === null) {
+      return;
+    }
+    const hello: HelloMessage = {
+      type: 'hello',
+      path: panel.context.localPath,
+      saved: !model.dirty,
+      record: Private.readRecord(model)
+    };
+    comm.send(hello);
+  }
+
+  private _onCommMsg(
+    panel: NotebookPanel,
+    comm: Kernel.IComm,
+    msg: KernelMessage.ICommMsgMsg
+  ): void {
+    const data = msg.content.data;
+    if (panel.isDisposed || !isPlainObject(data)) {
+      return;
+    }
+    if (data.type === 'set_metadata') {
+      this._setMetadata(panel, data);
+    }
+    this._messageReceived.emit({ panel, comm, data });
+  }
+
+  private _setMetadata(panel: NotebookPanel, data: JSONObject): void {
+    const model = panel.model;
+    if (model === null) {
+      return;
+    }
+    const value = data.value;
+    if (value === null) {
+      if (Private.readRecord(model) !== null) {
+        model.deleteMetadata(METADATA_KEY);
+      }
+      return;
+    }
+    if (!isChatRecord(value)) {
+      console.warn(
+        'jupyter-llmchat: ignored a set_metadata whose value is not a version 1 record'
+      );
+      return;
+    }
+    // An unchanged record must not mark the notebook dirty.
+    const current = Private.readRecord(model);
+    if (current === null || !JSONExt.deepEqual(current, value)) {
+      model.setMetadata(METADATA_KEY, value);
+    }
+  }
+
+  private readonly _states = new Map<NotebookPanel, IPanelState>();
+  private readonly _commChanged = new Signal<
+    ILLMChatBridge,
+    ILLMChatBridge.ICommChangedArgs
+  >(this);
+  private readonly _messageReceived = new Signal<
+    ILLMChatBridge,
+    ILLMChatBridge.IMessageArgs
+  >(this);
+}
+
+namespace Private {
+  export function readRecord(model: INotebookModel): JSONObject | null {
+    const record: unknown = model.getMetadata(METADATA_KEY);
+    return isPlainObject(record) ? record : null;
+  }
+}
+
+export const metadataBridgePlugin: JupyterFrontEndPlugin<ILLMChatBridge> = {
+  id: PluginIDs.metadataBridge,
+  description:
+    "Keeps the jupyter_llmchat record in the notebook's metadata, from the kernel's comm.",
+  autoStart: true,
+  requires: [INotebookTracker],
+  provides: ILLMChatBridge,
+  activate: (_: JupyterFrontEnd, tracker: INotebookTracker): ILLMChatBridge => {
+    const bridge = new MetadataBridge();
+    tracker.forEach(panel => bridge.track(panel));
+    tracker.widgetAdded.connect((_, panel) => bridge.track(panel));
+    return bridge;
+  }
+};

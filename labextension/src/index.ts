@@ -1,0 +1,7 @@
+import type { JupyterFrontEndPlugin } from '@jupyterlab/application';
+
+import { metadataBridgePlugin } from './bridge';
+
+const plugins: JupyterFrontEndPlugin<unknown>[] = [metadataBridgePlugin];
+
+export default plugins;
