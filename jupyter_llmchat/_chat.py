@@ -14,7 +14,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from contextlib import aclosing, closing
 from typing import Any, Literal
 
@@ -235,8 +235,12 @@ class Chat:
             _write("\n")
         return "".join(out)
 
-    def stream(self, *args: str | Content, echo: Echo | None = None, **kwargs: Any) -> Iterator[str]:
-        """Send a message and yield the answer's text as it arrives."""
+    def stream(
+        self, *args: str | Content, echo: Echo | None = None, **kwargs: Any
+    ) -> Generator[str, None, None]:
+        """Send a message and yield the answer's text as it arrives.
+
+        Stopping early (``break``, ``close()``) keeps the text so far as a partial answer."""
         mode = _check_echo(echo, "none")
         if mode == "all":
             _write(f"> {_prompt_text(args)}\n")
@@ -266,7 +270,7 @@ class Chat:
 
     async def stream_async(
         self, *args: str | Content, echo: Echo | None = None, **kwargs: Any
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         mode = _check_echo(echo, "none")
         if mode == "all":
             _write(f"> {_prompt_text(args)}\n")
@@ -299,7 +303,9 @@ class Chat:
         user.model = resolved
         return user, body
 
-    def _events(self, args: Sequence[str | Content], **kwargs: Any) -> Iterator[StreamEvent]:
+    def _events(
+        self, args: Sequence[str | Content], **kwargs: Any
+    ) -> Generator[StreamEvent, None, None]:
         """Stream one exchange; yields ("text"|"thinking", piece) and records the turns."""
         with self._guard("chat"):
             user, body = self._prepare(args, **kwargs)
@@ -316,7 +322,9 @@ class Chat:
                 raise
             self._record(user, answer, t0, kwargs, partial=False)
 
-    async def _aevents(self, args: Sequence[str | Content], **kwargs: Any) -> AsyncIterator[StreamEvent]:
+    async def _aevents(
+        self, args: Sequence[str | Content], **kwargs: Any
+    ) -> AsyncGenerator[StreamEvent, None]:
         with self._guard("chat"):
             user, body = self._prepare(args, **kwargs)
             self._notify("start")

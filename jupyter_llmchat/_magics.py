@@ -16,9 +16,15 @@ from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, Dict, Enum, Float, Unicode, default, observe, validate
+from IPython.core.magic import (
+    Magics,
+    line_cell_magic,
+    line_magic,
+    magics_class,
+    no_var_expand,
+)
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Dict, Enum, Float, Unicode, default, validate
 from traitlets import TraitError
 
 from . import _sessions
@@ -27,6 +33,11 @@ from ._errors import ConfigurationError, LLMChatError
 __all__ = ["ChatMagics", "load", "unload"]
 
 FORMATS = ("markdown", "text", "code", "json")
+#: The settings a session is built from; changing one makes %chat_reset / --new rebuild it.
+_SESSION_SETTINGS = (
+    "base_url", "model", "system_prompt", "provider_name", "params", "api_args", "api_headers",
+    "credentials_env",
+)
 _SECRET_KEY = re.compile(r"key|token|secret|auth|password|cookie", re.IGNORECASE)
 
 
@@ -107,15 +118,15 @@ class ChatMagics(Magics):
             raise TraitError(f"ChatMagics.base_url must be an http(s) URL, e.g. http://127.0.0.1:11434/v1")
         return value
 
-    @observe("base_url", "model", "system_prompt", "provider_name", "params", "api_args", "api_headers", "credentials_env")
-    def _config_changed(self, change: Any) -> None:
-        self._changed_since_sessions = True
-
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self._changed_since_sessions = False
-        self._from_config: set[str] = set()
+        #: Sessions this object built: name -> (the Chat, the settings it was built with).
+        self._from_config: dict[str, tuple[Any, str]] = {}
         _sessions.set_factory(self._make_session)
+
+    def _session_settings(self) -> str:
+        values = [getattr(self, name) for name in _SESSION_SETTINGS]
+        return json.dumps(values, sort_keys=True, default=str)
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -128,18 +139,19 @@ class ChatMagics(Magics):
             "params": self.params,
             "api_args": self.api_args,
         }
-        self._from_config.add(name)
-        self._changed_since_sessions = False
         if not self.base_url:
-            return _sessions.local_chat(name, **common)
-        return chat_openai_compatible(
-            base_url=self.base_url,
-            name=self.provider_name,
-            credentials=env_credentials(self.credentials_env) if self.credentials_env else None,
-            model=self.model or None,
-            api_headers=self.api_headers,
-            **common,
-        )
+            chat = _sessions.local_chat(name, **common)
+        else:
+            chat = chat_openai_compatible(
+                base_url=self.base_url,
+                name=self.provider_name,
+                credentials=env_credentials(self.credentials_env) if self.credentials_env else None,
+                model=self.model or None,
+                api_headers=self.api_headers,
+                **common,
+            )
+        self._from_config[name] = (chat, self._session_settings())
+        return chat
 
     def _existing(self, name: str | None) -> list[str]:
         names = _sessions.session_names()
@@ -161,7 +173,10 @@ class ChatMagics(Magics):
     @argument("-f", "--format", choices=FORMATS, help="Render and store as markdown, text, code or json.")
     @argument("--new", action="store_true", help="Start the session's history afresh.")
     @argument("--no-history", action="store_true", help="Send this prompt alone and record nothing.")
-    @argument("prompt", nargs="*", help="The prompt (line magic); for %%chat, the cell body.")
+    # argparse formats help with %, so "%%%%" shows as "%%".
+    @argument("prompt", nargs="*", help="The prompt (line magic); for %%%%chat, the cell body.")
+    # IPython would expand $name and {expr} in the line before we see it: prompts stay verbatim.
+    @no_var_expand
     @line_cell_magic
     def chat(self, line: str, cell: str | None = None) -> Any:
         """Send a prompt to the session's model and stream the answer into the output.
@@ -178,7 +193,7 @@ class ChatMagics(Magics):
         if cell is None:
             args, prompt = _split_line(self.chat, line)
         else:
-            args = parse_argstring(self.chat, line)
+            args = _parse_options(self.chat, line)
             if args.prompt:
                 raise UsageError(
                     f"unexpected text on the %%chat line: {' '.join(args.prompt)!r} "
@@ -220,32 +235,42 @@ class ChatMagics(Magics):
         if args.system is not None:
             chat.system_prompt = args.system
         meta = {"cell_id": _cell_id(self.shell), "source": "cell"}
+        before = getattr(chat, "last_exchange", None)
+        events = chat._events(
+            [text], model=args.model or None, params=overrides,
+            history=not args.no_history, meta=meta,
+        )
         try:
-            for kind, piece in chat._events(
-                [text], model=args.model or None, params=overrides,
-                history=not args.no_history, meta=meta,
-            ):
+            for kind, piece in events:
                 display.delta(kind, piece)
         except KeyboardInterrupt:
-            self._finish(display, chat, args, fmt, note="interrupted: partial answer kept")
+            # Ctrl-C may land in display.delta, outside the stream, and this frame keeps `events`
+            # alive as long as the traceback: close it now, so the partial turn is recorded (and
+            # last_exchange set) before _finish, and the session's lock is released.
+            events.close()
+            self._finish(display, chat, args, fmt, before, note="interrupted: partial answer kept")
             raise
         except LLMChatError as exc:
             if display.text:
-                self._finish(display, chat, args, fmt, note="partial: the stream broke")
+                self._finish(display, chat, args, fmt, before, note="partial: the stream broke")
             display.error(exc.message, exc.hint)
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
                 raise
             return None
-        answer = self._finish(display, chat, args, fmt)
+        answer = self._finish(display, chat, args, fmt, before)
         if args.output:
             self.shell.user_ns[args.output] = answer
         return None
 
-    def _finish(self, display: Any, chat: Any, args: Any, fmt: str, note: str | None = None) -> Any:
+    def _finish(
+        self, display: Any, chat: Any, args: Any, fmt: str, before: Any, note: str | None = None
+    ) -> Any:
         """Final rendering with the turn's metadata; returns the value for -o."""
         from ._metadata import display_metadata
 
         exchange = getattr(chat, "last_exchange", None)
+        if exchange is before:  # nothing arrived, so nothing was recorded: not an older exchange
+            exchange = None
         meta = (
             display_metadata(args.session, chat, exchange, recorded=not args.no_history, new=args.new)
             if exchange
@@ -270,10 +295,16 @@ class ChatMagics(Magics):
         return StreamDisplay(self.display_rate_hz)
 
     def _refresh_from_config(self, name: str) -> None:
-        """Rebuild a configuration-made session so new settings apply (its history is empty)."""
-        if name in self._from_config and self._changed_since_sessions:
+        """Rebuild a configuration-made session so new settings apply (its history is empty).
+
+        A Chat given to ``use()`` is the user's own and is never replaced.
+        """
+        made = self._from_config.get(name)
+        if made is None or _sessions.sessions().get(name) is not made[0]:
+            return
+        if made[1] != self._session_settings():
             _sessions.drop(name)
-            self._from_config.discard(name)
+            del self._from_config[name]
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -289,7 +320,7 @@ class ChatMagics(Magics):
         """
         from ._report import UsageReport
 
-        args = parse_argstring(self.chat_usage, line)
+        args = _parse_options(self.chat_usage, line)
         names = self._existing(args.session)
         return UsageReport(
             {n: _sessions.session(n) for n in names}, turns=args.turns, process=args.all
@@ -303,7 +334,7 @@ class ChatMagics(Magics):
         """Show a session's turns."""
         from ._report import HistoryView
 
-        args = parse_argstring(self.chat_history, line)
+        args = _parse_options(self.chat_history, line)
         if args.n is not None and args.n < 1:
             raise UsageError("-n must be a positive number")
         (name,) = self._existing(args.session)
@@ -315,7 +346,7 @@ class ChatMagics(Magics):
     @line_magic
     def chat_reset(self, line: str) -> None:
         """Forget a session's turns, in the kernel and in the notebook's metadata."""
-        args = parse_argstring(self.chat_reset, line)
+        args = _parse_options(self.chat_reset, line)
         names = _sessions.session_names() if args.all else self._existing(args.session)
         for name in names:
             chat = _sessions.session(name)
@@ -371,7 +402,7 @@ class ChatMagics(Magics):
     @line_magic
     def chat_panel(self, line: str) -> Any:
         """Open the chat panel for a session (JupyterLab's right side panel)."""
-        args = parse_argstring(self.chat_panel, line)
+        args = _parse_options(self.chat_panel, line)
         try:
             _sessions.check_name(args.session)
             from ._widget import panel
@@ -433,9 +464,21 @@ def _split_line(func: Any, line: str) -> tuple[Any, str]:
             if m2:
                 opts.append(m2.group(1))
                 pos = m2.end()
-    args = parse_argstring(func, " ".join(opts))
+    args = _parse_options(func, " ".join(opts))
     return args, line[pos:].strip()
 
+
+def _parse_options(func: Any, line: str) -> Any:
+    """Parse a magic's options with shell quoting: ``--system "Be terse."`` gives ``Be terse.``.
+
+    IPython's ``parse_argstring`` splits the non-POSIX way, which keeps the quotes in the value
+    and raises ValueError on an unclosed one; both are user mistakes here, so UsageError.
+    """
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot read the options {line.strip()!r}: {exc}") from None
+    return func.parser.parse_args(argv)
 
 def _cell_id(shell: Any) -> str | None:
     try:

@@ -100,8 +100,9 @@ def params(
     out = {k: v for k, v in known.items() if v is not None}
     for name, value in out.items():
         _check(name, value)
-    if isinstance(out.get("stop_sequences"), tuple):
-        out["stop_sequences"] = list(out["stop_sequences"])
+    stops = out.get("stop_sequences")
+    if isinstance(stops, tuple):
+        out["stop_sequences"] = list(stops)
     candidates = list(KNOWN_PARAMS) + list(KNOWN_PARAMS.values())
     for name in extra:
         if name in candidates:

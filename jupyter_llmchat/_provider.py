@@ -418,7 +418,7 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
                 when = None
             if when is not None:
                 return max(0.0, when.timestamp() - time.time())
-    return min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    return min(8.0, 0.5 * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 def env_credentials(var: str) -> Credentials:

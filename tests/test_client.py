@@ -39,13 +39,21 @@ def new_chat(url: str, **kwargs: Any) -> Chat:
     return chat_openai_compatible(url, **kwargs)
 
 
+def last(chat: Chat) -> Turn:
+    """The chat's last assistant turn (there must be one)."""
+    turn = chat.last_turn()
+    assert turn is not None
+    return turn
+
+
 # -- params() ---------------------------------------------------------------------------------
 
 
 def test_params_drops_none_and_keeps_ellmer_names() -> None:
     assert params() == {}
     assert params(temperature=0, max_tokens=5, seed=None) == {"temperature": 0, "max_tokens": 5}
-    assert params(stop_sequences=("a", "b")) == {"stop_sequences": ["a", "b"]}
+    tup = ("a", "b")  # a tuple is accepted and sent as a list
+    assert params(stop_sequences=tup) == {"stop_sequences": ["a", "b"]}  # type: ignore[arg-type]
 
 
 def test_params_go_out_under_their_wire_names(fake: FakeOpenAI, fake_url: str) -> None:
@@ -89,10 +97,12 @@ def test_params_unset_values_are_not_sent(fake: FakeOpenAI, fake_url: str) -> No
     assert "temperature" not in body
 
 
-@pytest.mark.parametrize("typo, meant", [("temprature", "temperature"), ("max_token", "max_tokens")])
+@pytest.mark.parametrize(
+    "typo, meant", [("temprature", "temperature"), ("max_token", "max_tokens")]
+)
 def test_params_misspelt_name_is_refused_with_a_hint(typo: str, meant: str) -> None:
     with pytest.raises(ConfigurationError, match=f"did you mean '{meant}'") as info:
-        params(**{typo: 0.3})
+        params(**{typo: 0.3})  # type: ignore[arg-type]
     assert typo in str(info.value)
 
 
@@ -120,7 +130,7 @@ def test_params_bad_values_are_refused(bad: dict[str, Any]) -> None:
 
 def test_params_must_be_a_mapping(fake_url: str) -> None:
     with pytest.raises(ConfigurationError, match="params"):
-        new_chat(fake_url, params=[("temperature", 0)])  # type: ignore[arg-type]
+        new_chat(fake_url, params=[("temperature", 0)])
 
 
 def test_per_call_params_override_the_chat_params(fake: FakeOpenAI, fake_url: str) -> None:
@@ -140,7 +150,7 @@ def test_per_call_model_overrides_the_chat_model(fake: FakeOpenAI, fake_url: str
     chat = new_chat(fake_url)
     chat.chat("hi", model="other-model")
     assert fake.last_body()["model"] == "other-model"
-    assert chat.last_turn() is not None and chat.last_turn().model == "other-model"  # type: ignore[union-attr]
+    assert last(chat).model == "other-model"
     chat.chat("again")
     assert fake.last_body()["model"] == "test-model"
 
@@ -178,12 +188,12 @@ def test_api_args_none_deletes_a_key(fake: FakeOpenAI, fake_url: str) -> None:
     assert body["stream"] is True
     assert "stream_options" not in body
     # The server then sends no usage: unknown, not zero.
-    assert chat.last_turn().tokens == Tokens(None, None, None)  # type: ignore[union-attr]
+    assert last(chat).tokens == Tokens(None, None, None)
 
 
 def test_api_args_must_be_a_dict(fake_url: str) -> None:
     with pytest.raises(ConfigurationError, match="api_args"):
-        new_chat(fake_url, api_args=["x"])  # type: ignore[arg-type]
+        new_chat(fake_url, api_args=["x"])
 
 
 def test_default_headers(fake: FakeOpenAI, fake_url: str) -> None:
@@ -264,7 +274,7 @@ def test_credentials_callable_returning_none_sends_no_auth(fake: FakeOpenAI, fak
 
 
 def test_credentials_callable_returning_junk_is_refused(fake: FakeOpenAI, fake_url: str) -> None:
-    chat = new_chat(fake_url, credentials=lambda: 42)  # type: ignore[arg-type,return-value]
+    chat = new_chat(fake_url, credentials=lambda: 42)
     with pytest.raises(ConfigurationError, match="credentials"):
         chat.chat("hi")
     assert fake.chat_requests() == []
@@ -273,7 +283,7 @@ def test_credentials_callable_returning_junk_is_refused(fake: FakeOpenAI, fake_u
 
 def test_credentials_of_a_wrong_type_are_refused(fake_url: str) -> None:
     with pytest.raises(ConfigurationError, match="credentials"):
-        new_chat(fake_url, credentials=42)  # type: ignore[arg-type]
+        new_chat(fake_url, credentials=42)
 
 
 def test_credentials_none_reads_openai_api_key_per_request(
@@ -390,7 +400,9 @@ def test_second_request_carries_the_first_exchange(fake: FakeOpenAI, fake_url: s
     ]
     turns = chat.get_turns()
     assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
-    assert [t.text for t in turns] == ["First question", "First answer.", "Second question", "Second answer."]
+    assert [t.text for t in turns] == [
+        "First question", "First answer.", "Second question", "Second answer.",
+    ]
 
 
 def test_history_false_sends_the_message_alone_and_records_nothing(
@@ -419,7 +431,7 @@ def test_set_turns_validates_alternation(fake: FakeOpenAI, fake_url: str) -> Non
     for bad in (
         [Turn("assistant", [ContentText("a")])],
         [Turn.user("q"), Turn.user("q2")],
-        [Turn.user("q"), Turn("assistant", [ContentText("a")]), Turn("assistant", [ContentText("b")])],
+        [*good, Turn("assistant", [ContentText("b")])],
         [Turn.user("q"), "not a turn"],
     ):
         with pytest.raises(ConfigurationError):
@@ -432,7 +444,9 @@ def test_set_turns_validates_alternation(fake: FakeOpenAI, fake_url: str) -> Non
     ]
 
 
-def test_set_turns_with_a_leading_system_turn_sets_the_prompt(fake: FakeOpenAI, fake_url: str) -> None:
+def test_set_turns_with_a_leading_system_turn_sets_the_prompt(
+    fake: FakeOpenAI, fake_url: str
+) -> None:
     chat = new_chat(fake_url)
     chat.set_turns([Turn("system", [ContentText("You are terse.")]), Turn.user("q"),
                     Turn("assistant", [ContentText("a")])])
@@ -450,10 +464,11 @@ def test_get_turns_and_last_turn(fake_url: str) -> None:
     assert [t.role for t in turns] == ["system", "user", "assistant"]
     assert turns[0].text == "sys"
     assert [t.role for t in chat.get_turns()] == ["user", "assistant"]
-    last = chat.last_turn()
-    assert last is not None and last.role == "assistant" and last.text == "Hello from the fake server."
-    assert chat.last_turn("user").text == "question"  # type: ignore[union-attr]
-    assert chat.last_turn("system").text == "sys"  # type: ignore[union-attr]
+    assert last(chat).role == "assistant"
+    assert last(chat).text == "Hello from the fake server."
+    assert [t.text for t in (chat.last_turn("user"), chat.last_turn("system")) if t] == [
+        "question", "sys",
+    ]
     # get_turns() is a copy: changing it does not change the chat.
     chat.get_turns().clear()
     assert len(chat.get_turns()) == 2
@@ -472,7 +487,7 @@ def test_system_prompt_setter(fake: FakeOpenAI, fake_url: str) -> None:
     chat.chat("three")
     assert all(m["role"] != "system" for m in fake.last_body()["messages"])
     with pytest.raises(ConfigurationError):
-        chat.system_prompt = 3  # type: ignore[assignment]
+        chat.system_prompt = 3
 
 
 def test_get_tokens_rows_and_get_cost_last(fake: FakeOpenAI, fake_url: str) -> None:
@@ -499,9 +514,9 @@ def test_cached_tokens_are_read(fake: FakeOpenAI, fake_url: str) -> None:
     fake.script(Reply(usage=usage), Reply(usage=usage))
     chat = new_chat(fake_url)
     chat.chat("hi")
-    assert chat.last_turn().tokens == Tokens(100, 5, 64)  # type: ignore[union-attr]
+    assert last(chat).tokens == Tokens(100, 5, 64)
     list(chat.stream("hi"))
-    assert chat.last_turn().tokens == Tokens(100, 5, 64)  # type: ignore[union-attr]
+    assert last(chat).tokens == Tokens(100, 5, 64)
 
 
 def test_reset_forgets_turns_but_keeps_the_system_prompt(fake: FakeOpenAI, fake_url: str) -> None:
@@ -610,7 +625,47 @@ def test_core_imports_no_jupyter_modules() -> None:
         "if m.split('.')[0] in ('IPython', 'traitlets', 'ipywidgets', 'ipykernel', 'comm'))))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", code],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
     )
     assert json.loads(out.stdout) == []
 
+
+
+# -- presets: the same class with a base_url, a key variable and quirks --------------------------
+
+
+def test_preset_drops_params_its_api_refuses(fake: FakeOpenAI, fake_url: str) -> None:
+    from jupyter_llmchat import chat_openai
+
+    chat = chat_openai(base_url=fake_url, model="gpt-4o-mini", credentials="k",
+                       params=params(top_k=5, temperature=0))
+    chat.chat("hi")
+    body = fake.last_body()
+    assert "top_k" not in body and body["temperature"] == 0
+    assert chat.provider.name == "OpenAI"
+
+
+def test_preset_reads_its_own_key_variable(
+    fake: FakeOpenAI, fake_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_llmchat import chat_groq, chat_ollama
+
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
+    monkeypatch.setenv("GROQ_API_KEY", "groq-key")
+    chat_groq(base_url=fake_url, model="m").chat("hi")
+    assert fake.chat_requests()[-1].headers["authorization"] == "Bearer groq-key"
+    chat_ollama(base_url=fake_url, model="m").chat("hi")  # a local server: no key at all
+    assert "authorization" not in fake.chat_requests()[-1].headers
+
+
+def test_preset_base_url_from_its_env_variable(
+    fake: FakeOpenAI, fake_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_llmchat import chat_ollama
+
+    monkeypatch.setenv("OLLAMA_BASE_URL", fake_url)
+    chat = chat_ollama(model="llama3")
+    assert chat.chat("hi") == "Hello from the fake server."
+    assert fake.last_body()["model"] == "llama3"
+    assert chat.provider.name == "Ollama"
