@@ -21,7 +21,7 @@ from typing import Any, Literal
 from ._errors import ConfigurationError, LLMChatError, StreamError
 from ._provider import OpenAICompatible, safe_url
 from ._turns import Content, ContentImage, ContentText, ContentThinking, Tokens, Turn
-from ._usage import cost_of, record_usage
+from ._usage import cost_of, record_usage, warm_up_prices
 
 __all__ = ["Chat", "Echo", "StreamEvent"]
 
@@ -297,6 +297,8 @@ class Chat:
         contents = _contents(args)
         user = Turn("user", contents, started_at=_now(), meta=dict(meta or {}))
         resolved = model or self.provider.resolve_model()
+        if self.provider.priced:
+            warm_up_prices()
         past = self._turns if history else []
         messages = self._messages([*past, user])
         body = self.provider.body(messages, model=resolved, stream=stream, params=params)

@@ -107,10 +107,13 @@ class StreamDisplay:
         if note:
             md += f"\n\n*{_md_escape(note)}*"
         if fmt == "text":
-            bundle = {"text/plain": text + (f"\n[{note}]" if note else "")}
+            bundle = {"text/plain": text}
         else:
             bundle = {"text/markdown": md, "text/plain": text}
         self._show(bundle, metadata)
+        if note and fmt == "text":
+            # text/plain stays the answer alone (it is what `consolidate` reads back).
+            self._display({"text/plain": f"[{note}]"}, raw=True)
 
     def error(self, message: str, hint: str = "") -> None:
         """A short red message: in place of the status line, or below the text that arrived."""

@@ -104,26 +104,52 @@ def build_record(sessions: dict[str, Chat], ledger: Ledger) -> dict[str, Any]:
 def display_metadata(
     name: str, chat: Chat, exchange: tuple[Turn, Turn], *, recorded: bool, new: bool = False
 ) -> dict[str, Any]:
-    """Metadata of an answer's final display: enough to rebuild the record without the extension.
+    """Metadata of an answer's final display: the turn, enough to rebuild the record without
+    the extension (``jupyter-llmchat consolidate``).
 
-    The answer's text is not repeated (it is the output's text/plain); its thinking is.
+    The answer's text is not repeated: it is the output's text/plain. Its thinking is kept.
     """
     user, reply = exchange
-    answer = _bounded_turn(reply)
-    answer["contents"] = [c for c in answer["contents"] if c["type"] != "text"]
+    answer = reply.to_dict()
     p = chat.provider
     return {
         KEY: {
             "version": SCHEMA_VERSION,
             "session": name,
+            "prompt": user.text,
+            "model": answer["model"],
+            "tokens": answer["tokens"],
+            "cost_usd": answer["cost_usd"],
+            "finish_reason": answer["finish_reason"],
+            "partial": answer["partial"],
+            "thinking": reply.thinking or None,
+            "started_at": answer["started_at"],
+            "duration_s": answer["duration_s"],
+            "cell_id": user.meta.get("cell_id"),
+            "source": user.meta.get("source", "cell"),
             "recorded": recorded,
             "new": new,
             "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
             "system_prompt": chat.system_prompt,
-            "user": _bounded_turn(user),
-            "assistant": answer,
         }
     }
+
+
+def turns_from_display(meta: dict[str, Any], text: str) -> tuple[Turn, Turn]:
+    """The (user, assistant) turns a final display stands for; inverse of ``display_metadata``."""
+    common = {k: meta.get(k) for k in ("cell_id", "source") if isinstance(meta.get(k), str)}
+    user = Turn.from_dict({
+        "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
+        "started_at": meta.get("started_at"), **common,
+    })
+    contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
+    contents.append({"type": "text", "text": text})
+    reply = Turn.from_dict({
+        "role": "assistant", "contents": contents, **common,
+        **{k: meta.get(k) for k in ("started_at", "duration_s", "model", "tokens", "cost_usd",
+                                    "finish_reason", "partial")},
+    })
+    return user, reply
 
 
 # -- reading untrusted records -------------------------------------------------------------------
@@ -198,7 +224,7 @@ def validate_record(obj: Any) -> dict[str, Any]:
     for i, u in enumerate(usage):
         if not isinstance(u, dict):
             raise RecordError(f"usage row {i} is not an object")
-        row = {
+        row: dict[str, Any] = {
             "provider": _str_or_none(u.get("provider"), "usage.provider", 200) or "unknown",
             "model": _str_or_none(u.get("model"), "usage.model", 500) or "unknown",
         }
@@ -245,10 +271,7 @@ def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
             text = data.get("text/plain", "")
             text = "".join(text) if isinstance(text, list) else str(text)
             name = meta.get("session", "default")
-            user = Turn.from_dict(meta["user"])
-            answer = dict(meta["assistant"])
-            answer["contents"] = list(answer.get("contents") or []) + [{"type": "text", "text": text}]
-            reply = Turn.from_dict(answer)
+            user, reply = turns_from_display(meta, text)
             provider = meta.get("provider") or {}
             ledger.add(provider.get("name") or "unknown", reply)
             if not meta.get("recorded", True):

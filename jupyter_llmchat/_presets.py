@@ -14,7 +14,6 @@ from typing import Any, Union
 from ._chat import Chat, Echo
 from ._errors import ConfigurationError
 from ._provider import CredentialValue, Credentials, OpenAICompatible, env_credentials
-from ._usage import known_price_provider
 
 __all__ = [
     "chat_deepseek",
@@ -69,6 +68,7 @@ def _make(
     echo: Echo | None,
     env_var: str | None,
     price_provider: str | None,
+    price_lookup: bool = False,
     drop_params: frozenset[str] = frozenset(),
 ) -> Chat:
     if params is not None and not isinstance(params, Mapping):
@@ -85,6 +85,7 @@ def _make(
         api_headers={str(k): str(v) for k, v in (api_headers or {}).items()},
         credentials=_credentials(api_key, credentials, env_var, stacklevel=3),
         price_provider=price_provider,
+        price_lookup=price_lookup,
         drop_params=drop_params,
     )
     return Chat(provider, system_prompt=system_prompt, echo=echo or "none")
@@ -114,7 +115,8 @@ def chat_openai_compatible(
         base_url=base_url, name=name, system_prompt=system_prompt, api_key=api_key,
         credentials=credentials, model=model, params=params, api_args=api_args,
         api_headers=api_headers, echo=echo, env_var="OPENAI_API_KEY",
-        price_provider=known_price_provider(name),
+        price_provider=None,
+        price_lookup=True,
     )
 
 

@@ -7,8 +7,6 @@ Nothing here knows about turns or history: ``_chat.py`` does.
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import json
 import os
 import random
@@ -91,6 +89,7 @@ class OpenAICompatible:
         api_headers: Mapping[str, str] | None,
         credentials: Credentials | None,
         price_provider: str | None = None,
+        price_lookup: bool = False,
         max_tries: int = 3,
         drop_params: frozenset[str] = frozenset(),
     ) -> None:
@@ -111,13 +110,30 @@ class OpenAICompatible:
         self.api_args = dict(api_args or {})
         self.api_headers = dict(api_headers or {})
         self.credentials = credentials
-        self.price_provider = price_provider
+        self._price_provider = price_provider
+        # Look the provider's name up in genai-prices on first use (it costs an import).
+        self._price_lookup = price_lookup and price_provider is None
         self.max_tries = max_tries
         self.drop_params = drop_params
         self._client: httpx.Client | None = None
         self._aclient: httpx.AsyncClient | None = None
         # Values sent as secrets in the latest request, scrubbed from any error message.
         self._secrets: set[str] = set()
+
+    @property
+    def price_provider(self) -> str | None:
+        """genai-prices' provider id for this provider, or None (cost then stays unknown)."""
+        if self._price_lookup:
+            from ._usage import known_price_provider
+
+            self._price_provider = known_price_provider(self.name)
+            self._price_lookup = False
+        return self._price_provider
+
+    @property
+    def priced(self) -> bool:
+        """Whether answers may have a price (so the price table is worth loading)."""
+        return self._price_lookup or self._price_provider is not None
 
     # -- request building ---------------------------------------------------------------------
 
@@ -302,7 +318,7 @@ class OpenAICompatible:
                 resp = await client.send(self._request(client, body), stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt < self.max_tries:
-                    await asyncio.sleep(_backoff(attempt, None))
+                    await _asleep(_backoff(attempt, None))
                     continue
                 raise self._map_transport(exc, "POST", url) from None
             except httpx.HTTPError as exc:
@@ -318,7 +334,7 @@ class OpenAICompatible:
             wait = self._retry_wait(attempt, resp)
             if wait is None:
                 raise self._map_status(resp.status_code, resp.headers, text, "POST", url)
-            await asyncio.sleep(wait)
+            await _asleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _aiter_data(self, resp: httpx.Response) -> AsyncIterator[str]:
@@ -412,6 +428,8 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
         try:
             return max(0.0, float(retry_after))
         except ValueError:
+            import email.utils  # only for the rare HTTP-date form; kept off the import path
+
             try:
                 when = email.utils.parsedate_to_datetime(retry_after)
             except (TypeError, ValueError):
@@ -419,6 +437,12 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
             if when is not None:
                 return max(0.0, when.timestamp() - time.time())
     return min(8.0, 0.5 * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+async def _asleep(seconds: float) -> None:
+    import asyncio  # imported here: the sync path (and ``import jupyter_llmchat``) never needs it
+
+    await asyncio.sleep(seconds)
 
 
 def env_credentials(var: str) -> Credentials:

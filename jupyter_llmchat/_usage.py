@@ -106,10 +106,26 @@ def cost_of(price_provider: str | None, model: str | None, tokens: Tokens | None
     return float(price.total_price)
 
 
+_warm = threading.Event()
+
+
+def warm_up_prices() -> None:
+    """Import the price table in the background while a request is under way (once)."""
+    if _warm.is_set():
+        return
+    _warm.set()
+
+    def load() -> None:
+        with _price_lock:
+            import genai_prices.data_snapshot  # noqa: F401
+
+    threading.Thread(target=load, name="jupyter_llmchat prices", daemon=True).start()
+
+
 def known_price_provider(name: str) -> str | None:
     """The genai-prices provider id for a provider display name, if it knows one."""
     key = name.strip().lower()
-    if not key:
+    if not key or key == "openai-compatible":
         return None
     with _price_lock:
         from genai_prices.data_snapshot import get_snapshot

@@ -8,8 +8,13 @@ front end -> kernel: ``{"type": "hello"}``, ``{"type": "send", "text"}``, ``{"ty
 ``{"type": "session", "name"}``.
 kernel -> front end: ``{"type": "history", "messages"}``, ``{"type": "user", "message"}``,
 ``{"type": "delta", "id", "kind", "text"}`` (appended text, batched at most every 0.1 s),
-``{"type": "done", "message"}`` (the finished turn without its text, which the deltas carried),
-``{"type": "append", "messages"}`` (turns made by ``%%chat`` cells), ``{"type": "error", ...}``.
+``{"type": "done", "message", "user_id", "recorded"}`` (the finished turn without its text, which
+the deltas carried), ``{"type": "append", "messages"}`` (turns made elsewhere: ``%%chat`` cells),
+``{"type": "error", "message", "hint"}`` and, for a panel question, ``"id", "user_id", "recorded"``,
+``{"type": "status", "text"}`` (e.g. the local model starting).
+``recorded`` false means the question did not enter history (nothing arrived, or the request
+failed): the front end drops the question's bubble. A message's ``id`` is stable until the next
+``history``, which replaces everything.
 
 Panel questions stream in a background thread, so tokens show while the kernel is idle or busy
 with other cells; the session's lock keeps the panel and ``%%chat`` cells from interleaving.
@@ -37,10 +42,10 @@ MODULE_VERSION = "^0.1.0"
 DELTA_INTERVAL = 0.1
 
 
-def _message(turn: Turn, *, with_text: bool = True) -> dict[str, Any]:
+def _message(turn: Turn, msg_id: str, *, with_text: bool = True) -> dict[str, Any]:
     tok = turn.tokens
     return {
-        "id": turn.meta.get("panel_id") or uuid.uuid4().hex,
+        "id": msg_id,
         "role": turn.role,
         "text": turn.text if with_text else None,
         "thinking": (turn.thinking or None) if with_text else None,
@@ -54,7 +59,7 @@ def _message(turn: Turn, *, with_text: bool = True) -> dict[str, Any]:
     }
 
 
-class ChatPanel(widgets.DOMWidget):  # type: ignore[misc]  # ipywidgets is untyped
+class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywidgets is untyped
     """A chat panel for one session of this kernel."""
 
     _model_name = Unicode("ChatPanelModel").tag(sync=True)
@@ -114,7 +119,9 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc]  # ipywidgets is untyp
         }
 
     def _history(self) -> list[dict[str, Any]]:
-        return [_message(t) for t in (self._chat.get_turns() if self._chat else [])]
+        # Ids by position: history only grows between two "history" messages.
+        turns = self._chat.get_turns() if self._chat else []
+        return [_message(t, f"turn-{i}") for i, t in enumerate(turns)]
 
     def _on_chat(self, chat: Chat, event: str) -> None:
         if chat is not self._chat:
@@ -123,9 +130,14 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc]  # ipywidgets is untyp
             self.busy = True
             return
         if event == "turn" and not self._streaming_here():
+            # A %%chat cell's exchange, or another panel's on the same session.
             exchange = getattr(chat, "last_exchange", None)
-            if exchange is not None and exchange[0].meta.get("source") != "panel":
-                self.send({"type": "append", "messages": [_message(t) for t in exchange]})
+            if exchange is not None:
+                turns = chat.get_turns()
+                n = len(turns)
+                in_history = n >= 2 and turns[-2] is exchange[0] and turns[-1] is exchange[1]
+                ids = [f"turn-{n - 2}", f"turn-{n - 1}"] if in_history else [uuid.uuid4().hex, uuid.uuid4().hex]
+                self.send({"type": "append", "messages": [_message(t, i) for t, i in zip(exchange, ids)]})
         elif event in ("reset", "set"):
             self.send({"type": "history", "messages": self._history()})
         self._refresh()
@@ -181,6 +193,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc]  # ipywidgets is untyp
         user_id = uuid.uuid4().hex
         pending: list[tuple[str, str]] = []
         last = 0.0
+        chat: Chat | None = None
+        before: Any = None
 
         def flush() -> None:
             for kind in ("thinking", "text"):
@@ -189,11 +203,17 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc]  # ipywidgets is untyp
                     self.send({"type": "delta", "id": answer_id, "kind": kind, "text": piece})
             pending.clear()
 
+        def ours() -> tuple[Turn, Turn] | None:
+            # The lock kept other exchanges out, so a new last_exchange is this question's.
+            exchange = getattr(chat, "last_exchange", None)
+            return exchange if exchange is not None and exchange is not before else None
+
         try:
             chat = _sessions.prepare(name, on_status=lambda s: self.send({"type": "status", "text": s}))
+            before = getattr(chat, "last_exchange", None)
             self.send({"type": "user", "message": {
                 "id": user_id, "role": "user", "text": text, "source": "panel", "time": time.time()}})
-            gen = chat._events([text], meta={"source": "panel", "panel_id": answer_id})
+            gen = chat._events([text], meta={"source": "panel"})
             try:
                 for kind, piece in gen:
                     pending.append((kind, piece))
@@ -206,24 +226,44 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc]  # ipywidgets is untyp
             finally:
                 gen.close()  # on stop: records the partial answer
             flush()
-            exchange = getattr(chat, "last_exchange", None)
-            if exchange is not None and exchange[0].meta.get("panel_id") == answer_id:
-                msg = _message(exchange[1], with_text=False)
-                msg["id"] = answer_id
-                self.send({"type": "done", "message": msg})
-            else:
-                self.send({"type": "done", "message": {"id": answer_id, "partial": True}})
-        except LLMChatError as exc:
-            flush()
-            self.send({"type": "error", "id": answer_id, "message": exc.message, "hint": exc.hint})
+            exchange = ours()
+            if exchange is not None:
+                self.send({"type": "done", "message": _message(exchange[1], answer_id, with_text=False),
+                           "user_id": user_id, "recorded": True})
+            else:  # stopped before anything arrived: history is unchanged
+                self.send({"type": "done", "message": {"id": answer_id, "partial": True},
+                           "user_id": user_id, "recorded": False})
         except Exception as exc:  # never let the thread die silently
-            self.send({"type": "error", "id": answer_id, "message": f"{type(exc).__name__}: {exc}", "hint": ""})
+            flush()
+            if isinstance(exc, LLMChatError):
+                message, hint = exc.message, exc.hint
+            else:
+                message, hint = f"{type(exc).__name__}: {exc}", ""
+            self.send({"type": "error", "id": answer_id, "user_id": user_id,
+                       "recorded": ours() is not None, "message": message, "hint": hint})
         finally:
             self._refresh()
             self.busy = False
 
 
-_PANELS: dict[str, ChatPanel] = {}
+#: The kernel's open panels; %chat_panel reuses the one showing the session it asks for.
+_PANELS: list[ChatPanel] = []
+
+
+def _live_panels() -> list[ChatPanel]:
+    _PANELS[:] = [p for p in _PANELS if p.comm is not None]
+    return list(_PANELS)
+
+
+def _on_session(name: str, chat: Chat) -> None:
+    # A session made by a cell (or replaced by use()) shows up in every panel's picker,
+    # and a panel on a replaced session follows the new Chat.
+    for p in _live_panels():
+        if p.session == name and p._chat is not chat:
+            p._bind(name)
+            p.send({"type": "history", "messages": p._history()})
+        else:
+            p._refresh()
 
 
 def panel(session: str = "default") -> Any:
@@ -245,10 +285,13 @@ def panel(session: str = "default") -> Any:
             bridge = current_bridge()
     if bridge is None or not bridge.front_end_may_be_ready():
         return _NoPanel()
-    existing = _PANELS.get(session)
-    if existing is not None and existing.comm is not None:
-        return existing
-    widget = _PANELS[session] = ChatPanel(session)
+    for existing in _live_panels():
+        if existing.session == session:
+            return existing
+    if _on_session not in _sessions._hooks:
+        _sessions.on_session(_on_session)
+    widget = ChatPanel(session)
+    _PANELS.append(widget)
     return widget
 
 

@@ -91,7 +91,7 @@ def test_tour_notebook_runs_on_the_embedded_model(local_server: LocalServer, tmp
     assert len(answers) == 3
     for o in answers:
         meta = o.metadata["jupyter_llmchat"]
-        assert meta["assistant"]["model"] == MODEL_ALIAS
+        assert meta["model"] == MODEL_ALIAS and meta["prompt"]
         assert o.data["text/plain"].strip()
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "6 turns;" in printed
