@@ -79,7 +79,12 @@ def _num(v: int | None, unknown: int) -> str:
 def _usd(v: float | None, unknown: int) -> str:
     if v is None:
         return "n/a"
-    s = f"${v:.4f}" if v < 1 else f"${v:,.2f}"
+    if v == 0 or v >= 1:
+        s = f"${v:,.2f}"
+    elif v >= 0.01:
+        s = f"${v:.4f}"
+    else:  # small but not free: keep two significant digits rather than print $0.0000
+        s = f"${v:.2g}" if v < 1e-4 else f"${v:.6f}".rstrip("0")
     return s + ("+" if unknown else "")
 
 

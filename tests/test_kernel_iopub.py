@@ -334,3 +334,48 @@ def test_server_error_is_one_red_line(kc: Any, server: FakeOpenAIProcess) -> Non
     assert not [m for m in msgs if m["msg_type"] in ("error", "stream", "clear_output")]
     _, msgs = execute(kc, "import jupyter_llmchat as j; print(len(j.session().get_turns()))")
     assert stdout(msgs).strip() == "0"
+
+
+def test_display_rate_setting_is_honoured(kc: Any, server: FakeOpenAIProcess) -> None:
+    answer = big_text(1_000)
+    server.script(Reply(text=answer, chunk_chars=20, delay=0.05))  # 50 chunks over ~2.5 s
+    execute(kc, "%config ChatMagics.display_rate_hz = 2")
+    try:
+        reply, msgs = execute(kc, "%%chat\nSlowly.\n")
+    finally:
+        execute(kc, f"%config ChatMagics.display_rate_hz = {RATE_HZ}")
+    assert reply["content"]["status"] == "ok"
+    n = measure("1000 over ~2.5 s at 2 Hz", msgs, answer)
+    assert n["streaming_s"] >= 2
+    assert 3 <= n["messages"] <= 2 * n["streaming_s"] + 2
+    shown = answer_displays(msgs)
+    gaps = [seconds(a, b) for a, b in zip(shown, shown[1:-1])]
+    assert min(gaps) >= 0.45  # 1 / 2 Hz, give or take the kernel's clock
+
+
+def test_reports_have_html_and_text_and_no_secret(kc: Any, server: FakeOpenAIProcess) -> None:
+    secret = "sk-test-SECRET123456"
+    execute(
+        kc,
+        f"%config ChatMagics.api_headers = {{'Authorization': 'Bearer {secret}'}}\n"
+        f"%config ChatMagics.api_args = {{'api_key': {secret!r}}}\n",
+    )
+    try:
+        execute(kc, "%chat_reset --all")  # rebuilt with the new settings
+        execute(kc, "%chat hello")
+        assert server.requests[-1].headers["authorization"] == f"Bearer {secret}"
+        outputs = []
+        for magic in ("%chat_usage --turns", "%chat_config", "%chat_history"):
+            reply, msgs = execute(kc, magic)
+            assert reply["content"]["status"] == "ok", magic
+            results = [m for m in msgs if m["msg_type"] == "execute_result"]
+            assert len(results) == 1, magic
+            outputs.append(results[0]["content"]["data"])
+            assert secret not in json.dumps([m["content"] for m in msgs]), magic
+        usage, config, history = outputs
+        assert set(usage) == {"text/plain", "text/html"} and set(config) == {"text/plain", "text/html"}
+        assert "<table>" in usage["text/html"] and "test-model" in usage["text/plain"]
+        assert "***" in config["text/plain"] and "***" in config["text/html"]
+        assert "hello" in history["text/markdown"]
+    finally:
+        execute(kc, "%config ChatMagics.api_headers = {}\n%config ChatMagics.api_args = {}\n")

@@ -1,286 +1,84 @@
-"""The browser test harness: one JupyterLab server and one Chromium for the whole session.
+"""Fixtures of the browser tests: one JupyterLab server and one Chromium for the whole session.
 
-Fixtures (reuse them in every ``tests/browser/test_*.py``; mark those tests ``browser``):
+Reuse them in every ``tests/browser/test_*.py`` (mark those tests ``@pytest.mark.browser``);
+the classes behind them are in ``tests/browser/harness.py``.
 
 - ``jupyter_server`` (session): ``jupyter lab`` from this interpreter's environment on a free
-  port of 127.0.0.1, in a temporary root directory, with its own settings, workspaces, config
-  and IPython directories. A :class:`JupyterServer`: ``url``, ``token``, ``root_dir``,
-  ``contents(path)``, ``put_notebook(path, nb)``, ``read_text(path)``, ``sessions()``,
-  ``shutdown_kernel(path)``, ``api(method, path, body)``.
-- ``browser`` (session): Playwright's Chromium, the system's ``/usr/bin/chromium``, headless.
-- ``page`` (per test): a fresh browser context and page; its console is kept
-  (:func:`console_messages`) and, when the test fails, a screenshot goes to
-  ``tests/artifacts/<test>-failed.png``.
-- ``fake_server`` (per test): the session's ``FakeOpenAI`` (tests/fake_openai.py, in a thread of
-  this process; kernels reach it on 127.0.0.1), with an empty script and request log.
-- ``open_notebook`` (per test): ``open_notebook(path, ui="lab" | "notebook")`` opens a notebook
-  in that page (JupyterLab in a fresh workspace, or Notebook 7) and returns a
-  :class:`NotebookPage`, which drives it as a user would: ``run_cell(text)``, ``output(i)``,
-  ``save()``, ``restart_kernel()``, ``close()``, ``reopen()``, ``delete_cell(i)``,
-  ``screenshot(name)``, ``wait_for_kernel_idle()``.
+  port of 127.0.0.1, with a random token, in a temporary root directory, with its own settings,
+  workspaces, config and IPython directories (no news, no update check, no autosave). A
+  :class:`~tests.browser.harness.JupyterServer`: ``url``, ``token``, ``root_dir``,
+  ``contents(path)``, ``put_notebook(path, nb)``, ``read_text(path)``, ``sessions(path)``,
+  ``shutdown_kernel(path)``, ``api(method, path, body)``. Its log: tests/artifacts/.
+- ``browser`` (session): Playwright's Chromium on the system's ``/usr/bin/chromium``, headless.
+- ``page`` (per test): a fresh browser context and page. ``console_messages(page)`` is what it
+  logged; when the test fails, a screenshot goes to ``tests/artifacts/<test>-failed.png``.
+- ``fake_server`` (per test): the session's ``FakeOpenAI`` (tests/fake_openai.py) in a thread of
+  this process, with an empty script and request log; kernels reach it on 127.0.0.1.
+- ``open_notebook`` (per test): ``open_notebook(path, ui="lab")`` opens a notebook of the
+  server's root in the page (JupyterLab in a fresh workspace, or Notebook 7 with
+  ``ui="notebook"``) and returns a :class:`~tests.browser.harness.NotebookPage`:
+  ``run_cell(text)``, ``output(i)``, ``delete_cell(i)``, ``save()``, ``restart_kernel()``,
+  ``close()``, ``reopen()``, ``metadata()``, ``command(id)``, ``screenshot(name)``.
 
 Without ``/usr/bin/chromium`` or the ``playwright`` package every test here is skipped, except
-in CI (``CI=true``), where that is a failure: CI installs both. Never run ``playwright install``:
-the system's Chromium is used.
+in CI (``CI=true``), where that is a failure: CI installs both. Never run ``playwright install``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
-import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.browser.harness import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    JupyterServer,
+    NotebookPage,
+    in_ci,
+    missing_requirement,
+    start_server,
+    watch_console,
+)
 from tests.fake_openai import FakeOpenAI
 
 if TYPE_CHECKING:  # playwright is imported only once it is known to be installed
-    from playwright.sync_api import Browser, Locator, Page
+    from playwright.sync_api import Browser, Page
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-#: Playwright's default timeout for one action or wait, in milliseconds.
-TIMEOUT_MS = 30_000
-SERVER_START_TIMEOUT = 60.0
-
-#: User settings of the test server: nothing that pops up, saves or hides cells on its own.
-USER_SETTINGS: dict[str, dict[str, Any]] = {
-    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
-    # Every cell stays in the DOM, so cells are found by index whatever the scroll position.
-    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
-}
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def _missing_requirement() -> str | None:
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is not installed (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install playwright)"
-    return None
+_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _browser_requirements() -> None:
     """Skip this directory without Chromium or Playwright; fail instead in CI."""
-    reason = _missing_requirement()
+    reason = missing_requirement()
     if reason is None:
         return
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"browser tests cannot run: {reason}; CI must install both", pytrace=False)
     pytest.skip(f"browser tests skipped: {reason}")
-
-
-# -- the Jupyter server ----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def empty_notebook(*, cells: int = 1) -> dict[str, Any]:
-    """A new notebook on the ``python3`` kernel with ``cells`` empty code cells."""
-    return {
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"},
-            "language_info": {"name": "python"},
-        },
-        "cells": [
-            {"cell_type": "code", "id": uuid.uuid4().hex[:8], "metadata": {}, "source": "",
-             "outputs": [], "execution_count": None}
-            for _ in range(cells)
-        ],
-    }
-
-
-@dataclass
-class JupyterServer:
-    """A running ``jupyter lab``, with a few REST helpers (all authenticated by the token)."""
-
-    url: str
-    token: str
-    root_dir: Path
-    log_path: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    def api(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
-        """``METHOD /api/<path>`` with a JSON body; the parsed JSON answer (None when empty)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.url}api/{path.lstrip('/')}",
-            data=data,
-            method=method,
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-        )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(request, timeout=timeout) as response:
-            raw = response.read()
-        return json.loads(raw) if raw else None
-
-    def contents(self, path: str) -> dict[str, Any]:
-        """``GET /api/contents/<path>?content=1``: the model, with the notebook as ``content``."""
-        return self.api("GET", f"contents/{urllib.parse.quote(path)}?content=1")  # type: ignore[no-any-return]
-
-    def put_notebook(self, path: str, nb: dict[str, Any]) -> dict[str, Any]:
-        """Write a notebook (its JSON) through the contents API; returns the saved model."""
-        body = {"type": "notebook", "format": "json", "content": nb}
-        return self.api("PUT", f"contents/{urllib.parse.quote(path)}", body)  # type: ignore[no-any-return]
-
-    def read_text(self, path: str) -> str:
-        """The file exactly as it is on disk."""
-        return (self.root_dir / path).read_text(encoding="utf-8")
-
-    def sessions(self, path: str | None = None) -> list[dict[str, Any]]:
-        """The server's sessions (notebook <-> kernel), or only those of ``path``."""
-        found = self.api("GET", "sessions")
-        return [s for s in found if path is None or s.get("path") == path]
-
-    def shutdown_kernel(self, path: str) -> None:
-        """Shut down the session (and kernel) of a notebook, as the Running panel does."""
-        for s in self.sessions(path):
-            self.api("DELETE", f"sessions/{s['id']}")
-
-    def lab_url(self, path: str, workspace: str | None = None) -> str:
-        """JupyterLab on ``path`` in a fresh (``?reset``) workspace, so no earlier layout leaks in."""
-        ws = workspace or f"t{uuid.uuid4().hex[:10]}"
-        return f"{self.url}lab/workspaces/{ws}/tree/{urllib.parse.quote(path)}?reset&token={self.token}"
-
-    def notebook_url(self, path: str) -> str:
-        """Notebook 7 on ``path``."""
-        return f"{self.url}notebooks/{urllib.parse.quote(path)}?token={self.token}"
-
-
-def _write_user_settings(settings_dir: Path) -> None:
-    for plugin, values in USER_SETTINGS.items():
-        target = settings_dir / f"{plugin}.jupyterlab-settings"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(values), encoding="utf-8")
-
-
-def _server_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "JPY_"))}
-    env.update(
-        JUPYTER_CONFIG_DIR=str(home / "config"),
-        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-        JUPYTER_PLATFORM_DIRS="1",
-        IPYTHONDIR=str(home / "ipython"),
-        # Kernels talk to the fake server on loopback: never through a proxy from the environment.
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 @pytest.fixture(scope="session")
 def jupyter_server(
     _browser_requirements: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[JupyterServer]:
-    """``jupyter lab`` for the whole session, stopped at its end (its log: tests/artifacts/)."""
-    home = tmp_path_factory.mktemp("jupyter")
-    root = home / "root"
-    root.mkdir()
-    # The config dir holds lab/user-settings and lab/workspaces for both JupyterLab and Notebook 7.
-    _write_user_settings(home / "config" / "lab" / "user-settings")
-    token = secrets.token_hex(16)
-    port = _free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / "jupyter-server.log"
-    cmd = [
-        sys.executable, "-m", "jupyterlab",
-        "--allow-root", "--no-browser",
-        f"--IdentityProvider.token={token}",
-        "--ServerApp.ip=127.0.0.1",
-        f"--port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.root_dir={root}",
-        "--ServerApp.terminals_enabled=False",
-        "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
-        # window.jupyterapp: tests run the app's own commands (restart, open) as its menus do.
-        "--LabApp.expose_app_in_browser=True",
-        "--JupyterNotebookApp.expose_app_in_browser=True",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            cmd, cwd=root, env=_server_env(home), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    server = JupyterServer(f"http://127.0.0.1:{port}/", token, root, log_path, process)
+    """``jupyter lab`` for the whole session, stopped (kernels included) at its end."""
+    server = start_server(tmp_path_factory.mktemp("jupyter"))
     try:
-        _wait_for_status(server)
         yield server
     finally:
-        _stop(process)
-
-
-def _wait_for_status(server: JupyterServer) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while True:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"jupyter lab exited with code {server.process.returncode}; see {server.log_path}"
-            )
-        try:
-            server.api("GET", "status", timeout=2)
-            return
-        except (urllib.error.URLError, OSError):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"jupyter lab did not answer /api/status; see {server.log_path}") from None
-            time.sleep(0.2)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()  # jupyter_server shuts its kernels down on SIGTERM
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-# -- the browser -----------------------------------------------------------------------------------
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def browser(_browser_requirements: None) -> Iterator[Browser]:
-    """Chromium (the system's), headless, for the whole session."""
+    """The system's Chromium, headless, for the whole session."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -291,15 +89,6 @@ def browser(_browser_requirements: None) -> Iterator[Browser]:
             b.close()
 
 
-_CONSOLE: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
-_FAILED = pytest.StashKey[bool]()
-
-
-def console_messages(page: Page) -> list[str]:
-    """What the page logged so far (``"<type>: <text>"``), page errors included."""
-    return _CONSOLE.get(page, [])
-
-
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
@@ -308,249 +97,42 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _artifact_name(nodeid: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.split("::", 1)[-1])[:120]
-
-
 @pytest.fixture
 def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A fresh context and page; a screenshot of it goes to tests/artifacts/ if the test fails."""
+    """A fresh context and page; screenshot and console go to tests/artifacts/ on failure."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     pg = context.new_page()
-    log: list[str] = []
-    _CONSOLE[pg] = log
-    pg.on("console", lambda msg: log.append(f"{msg.type}: {msg.text}"))
-    pg.on("pageerror", lambda exc: log.append(f"pageerror: {exc}"))
+    log = watch_console(pg)
     try:
         yield pg
     finally:
         if request.node.stash.get(_FAILED, False):
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:120]
             ARTIFACTS.mkdir(exist_ok=True)
             try:
-                pg.screenshot(path=str(ARTIFACTS / f"{_artifact_name(request.node.nodeid)}-failed.png"))
+                pg.screenshot(path=str(ARTIFACTS / f"{name}-failed.png"))
             except Exception as exc:  # the page may be what broke
                 print(f"no failure screenshot: {exc}", file=sys.stderr)
-            if log:
-                print("browser console:\n" + "\n".join(log[-50:]), file=sys.stderr)
+            (ARTIFACTS / f"{name}-console.log").write_text("\n".join(log), encoding="utf-8")
         context.close()
 
 
 @pytest.fixture
 def fake_server(fake: FakeOpenAI) -> FakeOpenAI:
-    """The session's fake OpenAI server (tests/conftest.py), empty script and log, for kernels."""
+    """The session's fake OpenAI server (tests/conftest.py), with an empty script and log."""
     return fake
-
-
-# -- a notebook in the page ------------------------------------------------------------------------
-
-# JavaScript run in the page: finds the notebook panel of `path` among the main area's widgets.
-_FIND_PANEL = """
-const app = window.jupyterapp;
-if (!app || !app.shell) { return null; }
-let panel = null;
-for (const w of app.shell.widgets('main')) {
-  if (w.context && w.context.path === path && w.content && w.sessionContext) { panel = w; }
-}
-"""
-
-_PROMPT_DONE = re.compile(r"^\[\d+\]:?$")
-
-
-class NotebookPage:
-    """One notebook in a page, driven through the keyboard and the app's own commands.
-
-    Cells are addressed by index (0 = first); ``run_cell`` types into the empty last cell and
-    runs it with Shift+Enter, as a user does, and returns that cell's index.
-    """
-
-    def __init__(self, page: Page, server: JupyterServer, path: str, ui: str) -> None:
-        if ui not in ("lab", "notebook"):
-            raise ValueError(f"ui must be 'lab' or 'notebook', not {ui!r}")
-        self.page = page
-        self.server = server
-        self.path = path
-        self.ui = ui
-
-    # -- opening -----------------------------------------------------------------------------
-
-    def goto(self) -> NotebookPage:
-        url = self.server.lab_url(self.path) if self.ui == "lab" else self.server.notebook_url(self.path)
-        self.page.goto(url)
-        self.wait_until_open()
-        return self
-
-    def wait_until_open(self) -> None:
-        """Until the notebook is loaded, shown, and its kernel idle."""
-        self._wait_js("panel !== null && panel.context.isReady && panel.isVisible")
-        self.wait_for_kernel_idle()
-        self.cells.first.wait_for(state="visible")
-
-    def wait_for_kernel_idle(self, timeout_ms: int = TIMEOUT_MS) -> None:
-        self._wait_js(
-            "panel !== null && panel.sessionContext.isReady && "
-            "panel.sessionContext.session?.kernel?.status === 'idle'",
-            timeout_ms=timeout_ms,
-        )
-
-    # -- page helpers ------------------------------------------------------------------------
-
-    def js(self, body: str) -> Any:
-        """Run ``body`` (a function body; ``app``, ``path`` and ``panel`` are defined) in the page."""
-        return self.page.evaluate(f"async (path) => {{ {_FIND_PANEL} {body} }}", self.path)
-
-    def _wait_js(self, condition: str, timeout_ms: int = TIMEOUT_MS) -> None:
-        self.page.wait_for_function(
-            f"(path) => {{ {_FIND_PANEL} return Boolean({condition}); }}",
-            arg=self.path,
-            timeout=timeout_ms,
-        )
-
-    def command(self, command_id: str, args: dict[str, Any] | None = None) -> Any:
-        """Execute one of the app's commands (what its menus and shortcuts do)."""
-        return self.page.evaluate(
-            "([id, args]) => window.jupyterapp.commands.execute(id, args)", [command_id, args or {}]
-        )
-
-    @property
-    def _panel_selector(self) -> str:
-        panel_id = self.js("return panel ? panel.id : null;")
-        if not panel_id:
-            raise AssertionError(f"{self.path} is not open")
-        return f'[id="{panel_id}"]'
-
-    @property
-    def cells(self) -> Locator:
-        return self.page.locator(f"{self._panel_selector} .jp-Notebook .jp-Cell")
-
-    def cell(self, index: int) -> Locator:
-        return self.cells.nth(index)
-
-    def metadata(self) -> Any:
-        """``metadata.jupyter_llmchat`` of the notebook model in the page (saved or not)."""
-        return self.js("return panel.model.getMetadata('jupyter_llmchat') ?? null;")
-
-    def is_dirty(self) -> bool:
-        return bool(self.js("return panel.model.dirty;"))
-
-    # -- cells -------------------------------------------------------------------------------
-
-    def _edit_empty_last_cell(self) -> None:
-        count = self.cells.count()
-        last = self.cell(count - 1)
-        source = self.js("const ws = panel.content.widgets; return ws[ws.length - 1].model.sharedModel.getSource();")
-        is_code = self.js("const ws = panel.content.widgets; return ws[ws.length - 1].model.type === 'code';")
-        last.locator(".jp-InputArea-editor").click()
-        if source or not is_code:
-            self.page.keyboard.press("Escape")
-            self.page.keyboard.press("b")  # insert a code cell below, in command mode
-            self.cells.nth(count).wait_for(state="visible")
-            self.page.keyboard.press("Enter")  # edit mode
-        self.page.locator(f"{self._panel_selector} .jp-Cell.jp-mod-active .cm-content").wait_for(state="visible")
-
-    def run_cell(self, text: str, timeout_ms: int = TIMEOUT_MS) -> int:
-        """Type ``text`` into a new cell at the end, run it (Shift+Enter), wait until it is done."""
-        self._edit_empty_last_cell()
-        index = self.cells.count() - 1
-        self.page.keyboard.insert_text(text)
-        self.page.keyboard.press("Shift+Enter")
-        prompt = self.cell(index).locator(".jp-InputPrompt")
-        deadline = time.monotonic() + timeout_ms / 1000
-        while not _PROMPT_DONE.match(prompt.inner_text().strip()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"cell {index} did not finish: {text[:60]!r}")
-            time.sleep(0.05)
-        return index
-
-    def output(self, index: int) -> str:
-        """The visible text of a cell's outputs."""
-        return "\n".join(self.cell(index).locator(".jp-OutputArea-output").all_inner_texts())
-
-    def delete_cell(self, index: int) -> None:
-        """Select a cell and delete it with D, D in command mode."""
-        before = self.cells.count()
-        self.cell(index).locator(".jp-InputPrompt").click()
-        self.page.keyboard.press("Escape")
-        self.page.keyboard.press("d")
-        self.page.keyboard.press("d")
-        self._wait_js(f"panel.content.widgets.length === {before - 1}")
-
-    # -- the document and its kernel ---------------------------------------------------------
-
-    def save(self) -> None:
-        """Ctrl+S, then wait until the file is written and the notebook clean."""
-        before = self.js("return panel.context.contentsModel?.last_modified ?? null;")
-        self.cell(0).locator(".jp-InputPrompt").click()  # focus the notebook, command mode
-        self.page.keyboard.press("Control+s")
-        self._wait_js(
-            f"!panel.model.dirty && panel.context.contentsModel?.last_modified !== {json.dumps(before)}"
-        )
-
-    def restart_kernel(self) -> None:
-        """Restart the kernel through the app's command and its confirmation dialog."""
-        self.js(
-            """
-            const kernel = panel.sessionContext.session.kernel;
-            let restarting = false;
-            window.__llmchatRestarted = new Promise(resolve => {
-              const onStatus = (_, status) => {
-                if (status === 'restarting' || status === 'autorestarting') { restarting = true; }
-                if (restarting && status === 'idle') {
-                  kernel.statusChanged.disconnect(onStatus);
-                  resolve(true);
-                }
-              };
-              kernel.statusChanged.connect(onStatus);
-            });
-            """
-        )
-        self.command("notebook:restart-kernel")  # a no-op on the app if the notebook is not current
-        self.page.locator(".jp-Dialog .jp-mod-accept").click()
-        self.page.evaluate("() => window.__llmchatRestarted")
-        self.wait_for_kernel_idle()
-
-    def close(self) -> None:
-        """Close the notebook's tab (JupyterLab) with its close icon; its kernel keeps running."""
-        if self.ui != "lab":
-            raise NotImplementedError("close() closes a JupyterLab tab")
-        name = Path(self.path).name
-        tab = self.page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=name)
-        tab.locator(".lm-TabBar-tabCloseIcon").click()
-        self._wait_js("panel === null")
-
-    def reopen(self) -> None:
-        """Open the notebook again in the same page (what a double click in the file browser does)."""
-        self.command("docmanager:open", {"path": self.path})
-        self.wait_until_open()
-
-    def screenshot(self, name: str) -> Path:
-        """A screenshot of the page, as tests/artifacts/<name>."""
-        ARTIFACTS.mkdir(exist_ok=True)
-        target = ARTIFACTS / name
-        self.page.screenshot(path=str(target))
-        return target
 
 
 @pytest.fixture
 def open_notebook(page: Page, jupyter_server: JupyterServer) -> Callable[..., NotebookPage]:
-    """``open_notebook(path, ui="lab")``: the notebook open in this test's page.
+    """``open_notebook(path, ui="lab" | "notebook")``: that notebook, open in this test's page.
 
-    ``path`` is relative to the server's root and must exist (``jupyter_server.put_notebook``);
-    ``ui="notebook"`` opens it in Notebook 7 instead of JupyterLab.
+    ``path`` is relative to the server's root and must exist (write it first with
+    ``jupyter_server.put_notebook(path, empty_notebook())``).
     """
 
     def _open(path: str, ui: str = "lab") -> NotebookPage:
         return NotebookPage(page, jupyter_server, path, ui).goto()
 
     return _open
-
-
-__all__ = [
-    "ARTIFACTS",
-    "JupyterServer",
-    "NotebookPage",
-    "console_messages",
-    "empty_notebook",
-]
-
-_ = shutil  # kept for helpers that copy fixtures into root_dir
