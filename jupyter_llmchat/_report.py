@@ -83,8 +83,8 @@ def _usd(v: float | None, unknown: int) -> str:
         s = f"${v:,.2f}"
     elif v >= 0.01:
         s = f"${v:.4f}"
-    else:  # small but not free: keep two significant digits rather than print $0.0000
-        s = f"${v:.2g}" if v < 1e-4 else f"${v:.6f}".rstrip("0")
+    else:  # small but not free: show its digits rather than $0.0000
+        s = f"${v:.8f}".rstrip("0")
     return s + ("+" if unknown else "")
 
 
