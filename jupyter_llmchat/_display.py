@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle"]
 
 #: Budget for intermediate updates (characters re-sent per second of streaming).
-BYTES_PER_SECOND = 32_000
+BYTES_PER_SECOND = 16_000
 
 
 class StreamDisplay:
