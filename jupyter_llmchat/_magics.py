@@ -122,6 +122,8 @@ class ChatMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         #: Sessions this object built: name -> (the Chat, the settings it was built with).
         self._from_config: dict[str, tuple[Any, str]] = {}
+        #: ids of those Chats that have sent a request (their settings are then kept).
+        self._used: set[int] = set()
         _sessions.set_factory(self._make_session)
 
     def _session_settings(self) -> str:
@@ -151,6 +153,7 @@ class ChatMagics(Magics):
                 **common,
             )
         self._from_config[name] = (chat, self._session_settings())
+        chat.add_listener(self._mark_used)
         return chat
 
     def _existing(self, name: str | None) -> list[str]:
@@ -219,6 +222,7 @@ class ChatMagics(Magics):
         text = interpolate(prompt, self.shell.user_ns)
         fmt = args.format or self.default_format
         display = self._display()
+        self._refresh_from_config(args.session, unused_only=True)
         try:
             chat = _sessions.prepare(args.session, on_status=display.status)
         except LLMChatError as exc:
@@ -294,17 +298,32 @@ class ChatMagics(Magics):
             return TerminalDisplay()
         return StreamDisplay(self.display_rate_hz)
 
-    def _refresh_from_config(self, name: str) -> None:
-        """Rebuild a configuration-made session so new settings apply (its history is empty).
+    def _refresh_from_config(self, name: str, *, unused_only: bool = False) -> None:
+        """Rebuild a configuration-made session so that new settings apply.
 
-        A Chat given to ``use()`` is the user's own and is never replaced.
+        After a reset (empty history), always. Before a send, only when the session has not
+        sent anything yet in this kernel: a session restored from the notebook at
+        ``%load_ext`` then picks up the ``%config`` lines that follow, keeping its turns, so
+        "Restart Kernel and Run All" talks to the configured server. A session that has
+        talked keeps its settings, and a Chat given to ``use()`` is never replaced.
         """
         made = self._from_config.get(name)
-        if made is None or _sessions.sessions().get(name) is not made[0]:
+        old = _sessions.sessions().get(name)
+        if made is None or old is not made[0] or made[1] == self._session_settings():
             return
-        if made[1] != self._session_settings():
-            _sessions.drop(name)
-            del self._from_config[name]
+        if unused_only and id(old) in self._used:
+            return
+        _sessions.drop(name)
+        del self._from_config[name]
+        if unused_only and old.get_turns():
+            new = _sessions.session(name)
+            new.set_turns(old.get_turns())
+            if old.system_prompt:
+                new.system_prompt = old.system_prompt
+
+    def _mark_used(self, chat: Any, event: str) -> None:
+        if event == "start":
+            self._used.add(id(chat))
 
     # -- reports ------------------------------------------------------------------------------
 

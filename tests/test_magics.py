@@ -680,3 +680,27 @@ def test_unload_and_reload(ip: InteractiveShell, fake: FakeOpenAI) -> None:
     config(ip, base_url=fake.base_url, model="test-model")
     assert run(ip, "%chat hi").success
     assert len(fake.chat_requests()) == 1
+
+
+def test_session_made_before_config_picks_it_up_and_keeps_its_turns(
+    ip: InteractiveShell, fake: FakeOpenAI
+) -> None:
+    """As after a restart: %load_ext restores the session, then the %config lines follow."""
+    config(ip, base_url="http://127.0.0.1:9/v1")
+    restored = _sessions.session()  # made from the settings in force, as the restore does
+    restored.set_turns([jupyter_llmchat.Turn.user("earlier q"),
+                        jupyter_llmchat.Turn("assistant", [jupyter_llmchat.ContentText("earlier a")])])
+    config(ip, base_url=fake.base_url)
+    run(ip, "%%chat\nnew question")
+    assert [m["content"] for m in fake.last_body()["messages"]] == ["earlier q", "earlier a", "new question"]
+    assert _sessions.session().provider.base_url == fake.base_url
+
+
+def test_session_that_talked_keeps_its_settings(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    run(ip, "%%chat\nfirst")
+    config(ip, model="other-model")
+    run(ip, "%%chat\nsecond")
+    assert fake.last_body()["model"] == "test-model"  # applies to sessions created afterwards
+    run(ip, "%chat_reset")
+    run(ip, "%%chat\nthird")
+    assert fake.last_body()["model"] == "other-model"
