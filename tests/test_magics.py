@@ -692,7 +692,7 @@ def test_session_made_before_config_picks_it_up_and_keeps_its_turns(
                         jupyter_llmchat.Turn("assistant", [jupyter_llmchat.ContentText("earlier a")])])
     config(ip, base_url=fake.base_url)
     run(ip, "%%chat\nnew question")
-    assert [m["content"] for m in fake.last_body()["messages"]] == ["earlier q", "earlier a", "new question"]
+    assert [m["content"] for m in fake.last_body()["messages"]] == ["earlier q", "earlier a", "new question\n"]
     assert _sessions.session().provider.base_url == fake.base_url
 
 
