@@ -52,7 +52,8 @@ class Bridge:
             with open(path, encoding="utf-8") as f:
                 nb = json.load(f)
             record = (nb.get("metadata") or {}).get(KEY)
-        except (OSError, ValueError, AttributeError) as exc:
+        except (OSError, ValueError, AttributeError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser goes is unreadable, not a crash.
             warnings.warn(f"jupyter_llmchat: could not read {os.path.basename(path)}: {exc}", stacklevel=2)
             return
         if record is not None:

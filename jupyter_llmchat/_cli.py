@@ -86,7 +86,7 @@ def _run_consolidate(args: argparse.Namespace) -> int:
     try:
         record = record_from_outputs(nb)
         validate_record(record)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         print(f"jupyter-llmchat: {path}: chat outputs are malformed: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -97,7 +97,8 @@ def _run_consolidate(args: argparse.Namespace) -> int:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(nb, f, indent=1, ensure_ascii=False)
+            # nbformat's layout (what Jupyter saves), so that only the record shows in a diff.
+            json.dump(nb, f, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

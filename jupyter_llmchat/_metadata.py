@@ -75,6 +75,11 @@ class Ledger:
 
 def _bounded_turn(t: Turn) -> dict[str, Any]:
     d = t.to_dict()
+    # An unknown cell id (nbclient sends none) is left out, as reading a record leaves it out:
+    # the record is then the same whether it comes from the kernel or from `consolidate`.
+    for k in ("cell_id", "source"):
+        if k in d and d[k] is None:
+            del d[k]
     for c in d["contents"]:
         if c.get("type") == "image" and len(c.get("url", "")) > MAX_INLINE_IMAGE:
             raw = c["url"].encode()
@@ -174,8 +179,9 @@ def validate_record(obj: Any) -> dict[str, Any]:
     if obj.get("version") != SCHEMA_VERSION:
         raise RecordError(f"unknown record version {obj.get('version')!r}")
     try:
-        size = len(json.dumps(obj))
-    except (TypeError, ValueError) as exc:
+        # allow_nan=False: NaN and Infinity are not JSON (Python's json reads them all the same).
+        size = len(json.dumps(obj, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
         raise RecordError(f"the record is not plain JSON: {exc}") from None
     if size > MAX_RECORD_CHARS:
         raise RecordError("the record is too large")
@@ -205,6 +211,8 @@ def validate_record(obj: Any) -> dict[str, Any]:
                 turn = Turn.from_dict(t)
             except (ValueError, TypeError) as exc:
                 raise RecordError(f"session {name!r}: turn {i}: {exc}") from None
+            if turn.duration is not None and turn.duration < 0:
+                raise RecordError(f"session {name!r}: turn {i}: duration_s must not be negative")
             expected = "user" if i % 2 == 0 else "assistant"
             if turn.role != expected:
                 raise RecordError(f"session {name!r}: turn {i} should be {expected}")
@@ -273,6 +281,9 @@ def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
             name = meta.get("session", "default")
             user, reply = turns_from_display(meta, text)
             provider = meta.get("provider") or {}
+            if not isinstance(provider, dict):
+                raise ValueError(f"cell {cell.get('id')!r}: provider is not an object")
+            provider = {k: provider.get(k) for k in ("name", "base_url", "model")}
             ledger.add(provider.get("name") or "unknown", reply)
             if not meta.get("recorded", True):
                 continue

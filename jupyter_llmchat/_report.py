@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,12 +205,12 @@ class HistoryView:
             return f"*Session `{self.name}` has no turns yet.*"
         out = []
         if self.system:
-            out.append(f"**system:** {_quote(self.system)}")
+            out.append(f"**system:** {markdown_text(_quote(self.system))}")
         for t in self.turns:
             label = "**you**" if t.role == "user" else f"**{html.escape(t.model or 'assistant')}**"
             extra = " *(partial)*" if t.partial else ""
             src = f" *· {t.meta['source']}*" if t.meta.get("source") == "panel" else ""
-            out.append(f"{label}{extra}{src}\n\n{t.text}")
+            out.append(f"{label}{extra}{src}\n\n{markdown_text(t.text)}")
         return "\n\n---\n\n".join(out)
 
     def __repr__(self) -> str:
@@ -218,6 +219,59 @@ class HistoryView:
         return "\n\n".join(
             f"[{t.role}{' partial' if t.partial else ''}] {t.text}" for t in self.turns
         )
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_TICKS = re.compile(r"`+")
+
+
+def markdown_text(text: str) -> str:
+    """A turn's text as Markdown that shows any HTML in it as text, never as markup.
+
+    Turns may come from a notebook someone else wrote. Their Markdown is kept (answers are
+    Markdown), but outside code, where a renderer would read HTML, ``&`` and ``<`` become
+    entities. Anything unclear (a backslash before a backtick, a code span over two lines) is
+    escaped too: too much escaping only looks odd, too little would let markup through. A fence
+    left open is closed, so it cannot swallow the turns after it.
+    """
+    out: list[str] = []
+    fence: str | None = None
+    for line in text.splitlines(keepends=True):
+        m = _FENCE.match(line)
+        if fence is not None:
+            out.append(line)
+            closing = m is not None and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence)
+            if closing and m is not None and not line[m.end():].strip():
+                fence = None
+            continue
+        if m and not (m.group(1)[0] == "`" and "`" in line[m.end():]):
+            fence = m.group(1)
+            out.append(line)
+            continue
+        out.append(_inline_text(line))
+    if fence is not None:
+        out.append(("" if text.endswith("\n") else "\n") + fence)
+    return "".join(out)
+
+
+def _inline_text(line: str) -> str:
+    out: list[str] = []
+    pos = 0
+    while (m := _TICKS.search(line, pos)) is not None:
+        close = None
+        if m.start() == 0 or line[m.start() - 1] != "\\":
+            close = re.compile(r"(?<!`)" + m.group() + r"(?!`)").search(line, m.end())
+        if close is None:  # not a code span: the backticks are text
+            out.append(_escape_html(line[pos:m.end()]))
+        else:
+            out.append(_escape_html(line[pos:m.start()]) + line[m.start():close.end()])
+        pos = m.end() if close is None else close.end()
+    out.append(_escape_html(line[pos:]))
+    return "".join(out)
+
+
+def _escape_html(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;")
 
 
 def _quote(s: str) -> str:

@@ -136,8 +136,12 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
                 turns = chat.get_turns()
                 n = len(turns)
                 in_history = n >= 2 and turns[-2] is exchange[0] and turns[-1] is exchange[1]
-                ids = [f"turn-{n - 2}", f"turn-{n - 1}"] if in_history else [uuid.uuid4().hex, uuid.uuid4().hex]
-                self.send({"type": "append", "messages": [_message(t, i) for t, i in zip(exchange, ids)]})
+                if in_history:
+                    ids = [f"turn-{n - 2}", f"turn-{n - 1}"]
+                else:
+                    ids = [uuid.uuid4().hex, uuid.uuid4().hex]
+                messages = [_message(t, i) for t, i in zip(exchange, ids)]
+                self.send({"type": "append", "messages": messages})
         elif event in ("reset", "set"):
             self.send({"type": "history", "messages": self._history()})
         self._refresh()
@@ -228,8 +232,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             flush()
             exchange = ours()
             if exchange is not None:
-                self.send({"type": "done", "message": _message(exchange[1], answer_id, with_text=False),
-                           "user_id": user_id, "recorded": True})
+                final = _message(exchange[1], answer_id, with_text=False)
+                self.send({"type": "done", "message": final, "user_id": user_id, "recorded": True})
             else:  # stopped before anything arrived: history is unchanged
                 self.send({"type": "done", "message": {"id": answer_id, "partial": True},
                            "user_id": user_id, "recorded": False})

@@ -4,8 +4,11 @@
  * For each notebook it registers the comm target on the notebook's kernel (and
  * on the next one after a kernel change), answers the kernel's comm open with
  * `hello`, and writes `set_metadata` records into the notebook model, so they
- * are saved with the user's next save. Nothing here throws into the kernel
- * connection or makes it wait.
+ * are saved with the user's next save. A kernel that opened its comm before
+ * this notebook connected to it (the notebook was closed and opened again, or
+ * the page reloaded) does not open another: the bridge finds that comm with a
+ * `comm_info_request` and says `hello` on it. Nothing here throws into the
+ * kernel connection or makes it wait.
  */
 import type {
   JupyterFrontEnd,
@@ -98,7 +101,50 @@ export class MetadataBridge implements ILLMChatBridge {
     state.kernel?.removeCommTarget(COMM_TARGET, state.onCommOpen);
     state.kernel = kernel;
     this._setComm(panel, state, null);
-    kernel?.registerCommTarget(COMM_TARGET, state.onCommOpen);
+    if (kernel !== null) {
+      kernel.registerCommTarget(COMM_TARGET, state.onCommOpen);
+      void this._reconnect(panel, state, kernel);
+    }
+  }
+
+  /**
+   * Join the comm the kernel opened at `%load_ext` before this connection
+   * existed. Its messages are dropped by a connection that does not know the
+   * comm, so without this the record would stop following the kernel.
+   */
+  private async _reconnect(
+    panel: NotebookPanel,
+    state: IPanelState,
+    kernel: Kernel.IKernelConnection
+  ): Promise<void> {
+    try {
+      const reply = await kernel.requestCommInfo({ target_name: COMM_TARGET });
+      const content = reply.content;
+      if (
+        content.status !== 'ok' ||
+        state.kernel !== kernel ||
+        state.comm !== null ||
+        kernel.isDisposed ||
+        panel.isDisposed
+      ) {
+        return;
+      }
+      // The kernel keeps one such comm; a comm opened meanwhile is already known.
+      const ids = Object.keys(content.comms).filter(
+        id => content.comms[id].target_name === COMM_TARGET
+      );
+      if (ids.length === 0 || ids.some(id => kernel.hasComm(id))) {
+        return;
+      }
+      this._onCommOpen(
+        panel,
+        state,
+        kernel.createComm(COMM_TARGET, ids[ids.length - 1])
+      );
+    } catch (error) {
+      // A kernel that is gone or restarting: its next %load_ext opens a comm.
+      console.debug('jupyter-llmchat: no comm to rejoin', error);
+    }
   }
 
   private _setComm(

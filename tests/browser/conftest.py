@@ -9,7 +9,8 @@ the classes behind them are in ``tests/browser/harness.py``.
   :class:`~tests.browser.harness.JupyterServer`: ``url``, ``token``, ``root_dir``,
   ``contents(path)``, ``put_notebook(path, nb)``, ``read_text(path)``, ``sessions(path)``,
   ``shutdown_kernel(path)``, ``api(method, path, body)``. Its log: tests/artifacts/.
-- ``browser`` (session): Playwright's Chromium on the system's ``/usr/bin/chromium``, headless.
+- ``browser`` (package: closed after the last browser test, so that asyncio tests run after it):
+  Playwright's Chromium on the system's ``/usr/bin/chromium``, headless.
 - ``page`` (per test): a fresh browser context and page. ``console_messages(page)`` is what it
   logged; when the test fails, a screenshot goes to ``tests/artifacts/<test>-failed.png``.
 - ``fake_server`` (per test): the session's ``FakeOpenAI`` (tests/fake_openai.py) in a thread of
@@ -76,9 +77,13 @@ def jupyter_server(
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(_browser_requirements: None) -> Iterator[Browser]:
-    """The system's Chromium, headless, for the whole session."""
+    """The system's Chromium, headless, shared by every test of tests/browser/.
+
+    Package scope, not session: while Playwright's sync API is open its event loop counts as
+    running in this thread, and the asyncio tests that run after this package would fail.
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -125,14 +130,23 @@ def fake_server(fake: FakeOpenAI) -> FakeOpenAI:
 
 
 @pytest.fixture
-def open_notebook(page: Page, jupyter_server: JupyterServer) -> Callable[..., NotebookPage]:
+def open_notebook(
+    page: Page, jupyter_server: JupyterServer, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., NotebookPage]]:
     """``open_notebook(path, ui="lab" | "notebook")``: that notebook, open in this test's page.
 
     ``path`` is relative to the server's root and must exist (write it first with
-    ``jupyter_server.put_notebook(path, empty_notebook())``).
+    ``jupyter_server.put_notebook(path, empty_notebook())``). After a passing test the kernels
+    of the notebooks it opened are shut down; after a failing one they are left as they are,
+    for the failure screenshot.
     """
+    opened: list[str] = []
 
     def _open(path: str, ui: str = "lab") -> NotebookPage:
+        opened.append(path)
         return NotebookPage(page, jupyter_server, path, ui).goto()
 
-    return _open
+    yield _open
+    if not request.node.stash.get(_FAILED, False):
+        for path in dict.fromkeys(opened):
+            jupyter_server.shutdown_kernel(path)

@@ -306,8 +306,8 @@ class NotebookPage:
     # -- opening -----------------------------------------------------------------------------
 
     def goto(self) -> NotebookPage:
-        url = self.server.lab_url(self.path) if self.ui == "lab" else self.server.notebook_url(self.path)
-        self.page.goto(url)
+        lab = self.ui == "lab"
+        self.page.goto(self.server.lab_url(self.path) if lab else self.server.notebook_url(self.path))
         self.wait_until_open()
         return self
 
@@ -337,10 +337,27 @@ class NotebookPage:
             timeout=timeout_ms,
         )
 
-    def command(self, command_id: str, args: dict[str, Any] | None = None) -> Any:
-        """Execute one of the app's commands (what its menus and shortcuts do)."""
+    def command(
+        self, command_id: str, args: dict[str, Any] | None = None, *, wait: bool = True
+    ) -> Any:
+        """Execute one of the app's commands (what its menus and shortcuts do).
+
+        Returns the command's result when it is plain JSON (None otherwise: a widget, say).
+        ``wait=False`` returns at once, for commands that open a dialog and finish only once it
+        is answered.
+        """
+        if not wait:
+            self.page.evaluate(
+                "([id, args]) => { void window.jupyterapp.commands.execute(id, args); }",
+                [command_id, args or {}],
+            )
+            return None
         return self.page.evaluate(
-            "([id, args]) => window.jupyterapp.commands.execute(id, args)", [command_id, args or {}]
+            """async ([id, args]) => {
+              const result = await window.jupyterapp.commands.execute(id, args);
+              try { return JSON.parse(JSON.stringify(result ?? null)); } catch { return null; }
+            }""",
+            [command_id, args or {}],
         )
 
     @property
@@ -368,16 +385,18 @@ class NotebookPage:
 
     def _edit_empty_last_cell(self) -> None:
         count = self.cells.count()
-        last = self.cell(count - 1)
-        source = self.js("const ws = panel.content.widgets; return ws[ws.length - 1].model.sharedModel.getSource();")
-        is_code = self.js("const ws = panel.content.widgets; return ws[ws.length - 1].model.type === 'code';")
-        last.locator(".jp-InputArea-editor").click()
-        if source or not is_code:
+        reusable = self.js(
+            "const last = panel.content.widgets[panel.content.widgets.length - 1].model;"
+            "return last.type === 'code' && last.sharedModel.getSource() === '';"
+        )
+        self.cell(count - 1).locator(".jp-InputArea-editor").click()
+        if not reusable:
             self.page.keyboard.press("Escape")
             self.page.keyboard.press("b")  # insert a code cell below, in command mode
             self.cells.nth(count).wait_for(state="visible")
             self.page.keyboard.press("Enter")  # edit mode
-        self.page.locator(f"{self._panel_selector} .jp-Cell.jp-mod-active .cm-content").wait_for(state="visible")
+        active = f"{self._panel_selector} .jp-Cell.jp-mod-active .cm-content"
+        self.page.locator(active).wait_for(state="visible")
 
     def run_cell(self, text: str, timeout_ms: int = TIMEOUT_MS) -> int:
         """Type ``text`` into a new cell at the end, run it (Shift+Enter), wait until it is done."""
@@ -423,27 +442,32 @@ class NotebookPage:
             """
             const kernel = panel.sessionContext.session.kernel;
             let restarting = false;
-            window.__llmchatRestarted = new Promise(resolve => {
-              const onStatus = (_, status) => {
-                if (status === 'restarting' || status === 'autorestarting') { restarting = true; }
-                if (restarting && status === 'idle') {
-                  kernel.statusChanged.disconnect(onStatus);
-                  resolve(true);
-                }
-              };
-              kernel.statusChanged.connect(onStatus);
-            });
+            window.__llmchatRestarted = false;
+            const onStatus = (_, status) => {
+              if (status === 'restarting' || status === 'autorestarting') { restarting = true; }
+              if (restarting && status === 'idle') {
+                kernel.statusChanged.disconnect(onStatus);
+                window.__llmchatRestarted = true;
+              }
+            };
+            kernel.statusChanged.connect(onStatus);
             """
         )
-        self.command("notebook:restart-kernel")  # a no-op on the app if the notebook is not current
+        # Acts on the current notebook, as the Kernel menu does; then the dialog's Restart button.
+        self.command("notebook:restart-kernel", wait=False)
         self.page.locator(".jp-Dialog .jp-mod-accept").click()
-        self.page.evaluate("() => window.__llmchatRestarted")
+        self.page.wait_for_function("() => window.__llmchatRestarted === true")
         self.wait_for_kernel_idle()
 
     def close(self) -> None:
-        """Close the notebook's tab (JupyterLab) with its close icon; its kernel keeps running."""
+        """Close the notebook's tab (JupyterLab) with its close icon; its kernel keeps running.
+
+        Save first: a notebook with unsaved changes would ask, and this does not answer.
+        """
         if self.ui != "lab":
             raise NotImplementedError("close() closes a JupyterLab tab")
+        if self.is_dirty():
+            raise AssertionError(f"{self.path} has unsaved changes: save() before close()")
         name = Path(self.path).name
         tab = self.page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=name)
         tab.locator(".lm-TabBar-tabCloseIcon").click()

@@ -1,0 +1,313 @@
+"""The chat panel (``%chat_panel``) in a real JupyterLab and Notebook 7, driven like a user.
+
+The panel is docked in the right side area; a question typed there streams its answer in, shares
+history with ``%%chat`` cells both ways, can be stopped (the partial answer stays in history), and
+a server error leaves history alone. The answer crosses the comm as deltas, so its bytes are
+linear in its length. The kernels talk to the fake OpenAI server of this process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.browser.harness import ARTIFACTS, JupyterServer, NotebookPage, empty_notebook
+from tests.fake_openai import FakeOpenAI, Reply, big_text
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page, WebSocket
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+DOCK = ".jp-llmchat-dock"
+ANSWER = (
+    "Use `sum`:\n\n```python\ntotal = sum(range(10))\nprint(total)\n```\n\nIt prints **45**."
+)
+
+
+@pytest.fixture
+def notebook(
+    request: pytest.FixtureRequest, jupyter_server: JupyterServer,
+    open_notebook: Callable[..., NotebookPage], fake_server: FakeOpenAI,
+) -> Iterator[NotebookPage]:
+    """A new notebook in JupyterLab with the extension loaded and pointed at the fake server."""
+    path = f"panel-{request.node.name[:40]}.ipynb".replace("[", "-").replace("]", "")
+    jupyter_server.put_notebook(path, empty_notebook())
+    nb = open_notebook(path)
+    setup(nb, fake_server)
+    yield nb
+    jupyter_server.shutdown_kernel(path)
+
+
+def setup(nb: NotebookPage, fake: FakeOpenAI) -> None:
+    nb.run_cell("%load_ext jupyter_llmchat")
+    nb.run_cell(f'%config ChatMagics.base_url = "{fake.base_url}"\n%config ChatMagics.model = "test-model"')
+
+
+# -- the panel, seen as a user sees it ---------------------------------------------------------
+
+
+def dock(page: Page) -> Locator:
+    return page.locator(f"{DOCK}:visible")
+
+
+def open_panel(nb: NotebookPage) -> int:
+    index = nb.run_cell("%chat_panel")
+    dock(nb.page).wait_for()
+    return index
+
+
+def ask(page: Page, text: str) -> None:
+    """Type a question in the panel's input and press Enter."""
+    box = dock(page).locator("textarea").first
+    box.click()
+    page.keyboard.insert_text(text)
+    page.keyboard.press("Enter")
+
+
+def messages(page: Page) -> list[str]:
+    """The text of every message in the panel, in order (the rendered Markdown)."""
+    return [t.strip() for t in dock(page).locator(".jp-chat-rendered-message").all_inner_texts()]
+
+
+def wait_idle(page: Page, timeout_s: float = 30) -> None:
+    """Until the panel says nothing is streaming (its Stop button is disabled)."""
+    page.wait_for_function(
+        "() => { const b = document.querySelector('.jp-llmchat-dock .jp-llmchat-stop');"
+        " return b !== null && b.disabled; }",
+        timeout=timeout_s * 1000,
+    )
+
+
+def wait_text(page: Page, needle: str, timeout_s: float = 30) -> None:
+    page.wait_for_function(
+        "(needle) => [...document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message')]"
+        ".some(m => m.innerText.includes(needle))",
+        arg=needle,
+        timeout=timeout_s * 1000,
+    )
+
+
+def kernel_turns(nb: NotebookPage) -> list[tuple[str, bool, str]]:
+    """(role, partial, text) of the default session's turns, read in a cell with the Python API."""
+    i = nb.run_cell(
+        "import json, jupyter_llmchat\n"
+        "print(json.dumps([(t.role, t.partial, t.text) for t in jupyter_llmchat.session().get_turns()]))"
+    )
+    return [tuple(t) for t in json.loads(nb.output(i))]  # type: ignore[misc]
+
+
+def sent(fake: FakeOpenAI) -> list[tuple[str, str]]:
+    """(role, content) of the messages of the last chat request."""
+    return [(m["role"], m["content"]) for m in fake.last_body()["messages"]]
+
+
+def set_theme(nb: NotebookPage, name: str) -> None:
+    nb.command("apputils:change-theme", {"theme": name})
+    nb.page.wait_for_function(
+        "(name) => document.body.dataset.jpThemeName === name", arg=name, timeout=15_000
+    )
+    nb.page.wait_for_timeout(500)  # the theme's stylesheet applies after the attribute
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_panel_streams_and_shares_history_with_cells(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
+    nb, page = notebook, notebook.page
+    i = open_panel(nb)
+    assert "Chat panel for session default is open on the right" in nb.output(i)
+    assert dock(page).locator(".jp-llmchat-session").input_value() == "default"
+
+    # A question typed in the panel streams its answer in.
+    fake_server.script(Reply(text=ANSWER, chunk_chars=3, delay=0.03))
+    ask(page, "How do I add 0 to 9?")
+    page.wait_for_function(  # mid-stream: some text, Stop enabled
+        "() => { const b = document.querySelector('.jp-llmchat-dock .jp-llmchat-stop');"
+        " const m = document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message');"
+        " return !b.disabled && m.length === 2 && m[1].innerText.trim().length > 0; }"
+    )
+    streamed = messages(page)[1]
+    wait_idle(page)
+    assert messages(page)[0] == "How do I add 0 to 9?"
+    final = messages(page)[1]
+    assert "It prints 45." in final and "total = sum(range(10))" in final
+    assert len(streamed) < len(final)
+    assert dock(page).locator(".jp-chat-code-toolbar").count() == 1  # copy / insert into notebook
+    status = dock(page).locator(".jp-llmchat-status").inner_text()
+    assert "test-model" in status and "in 11" in status and "cost n/a" in status
+
+    # The next %%chat cell carries the panel's turn; the panel shows the cell's.
+    fake_server.script(Reply(text="You asked how to add 0 to 9."))
+    cell = nb.run_cell("%%chat\nWhat did I just ask?")
+    assert "You asked how to add 0 to 9." in nb.output(cell)
+    assert sent(fake_server) == [
+        ("user", "How do I add 0 to 9?"),
+        ("assistant", ANSWER),
+        ("user", "What did I just ask?\n"),
+    ]
+    wait_text(page, "You asked how to add 0 to 9.")
+    assert messages(page)[2:] == ["What did I just ask?", "You asked how to add 0 to 9."]
+    assert dock(page).locator(".jp-llmchat-origin").all_inner_texts() == ["from a %%chat cell"]
+
+    # %chat_panel again focuses the same panel; closed, it comes back with the history.
+    open_panel(nb)
+    assert page.locator(DOCK).count() == 1
+    dock(page).locator(".jp-llmchat-close").click()
+    page.locator(DOCK).wait_for(state="detached")
+    assert "is closed" in nb.output(i)
+    open_panel(nb)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 4"
+    )
+    assert page.locator(DOCK).count() == 1
+    assert messages(page)[3] == "You asked how to add 0 to 9."
+
+    # Light and dark themes: colors come from JupyterLab's variables.
+    ARTIFACTS.mkdir(exist_ok=True)
+    fake_server.script(Reply(status=400, error_message="model 'x' does not exist"))
+    ask(page, "One more?")
+    dock(page).locator(".jp-llmchat-error").wait_for()
+    nb.screenshot("panel-light.png")
+    set_theme(nb, "JupyterLab Dark")
+    try:
+        background = page.evaluate(
+            "() => getComputedStyle(document.querySelector('.jp-llmchat-toolbar')).backgroundColor"
+        )
+        nb.screenshot("panel-dark.png")
+    finally:
+        set_theme(nb, "JupyterLab Light")
+    assert background not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)")
+
+
+def test_stop_keeps_the_partial_answer(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
+    nb, page = notebook, notebook.page
+    open_panel(nb)
+    fake_server.script(Reply(text="slow " * 400, chunk_chars=5, delay=0.05))
+    ask(page, "Tell me a long story")
+    wait_text(page, "slow slow slow")
+    stop = dock(page).locator(".jp-llmchat-stop")
+    assert stop.get_attribute("aria-label") == "Stop the answer"
+    stop.click()
+    wait_idle(page)
+    dock(page).locator(".jp-llmchat-partial").wait_for()
+    assert dock(page).locator(".jp-llmchat-partial").inner_text() == "(partial)"
+
+    turns = kernel_turns(nb)
+    assert [(role, partial) for role, partial, _ in turns] == [("user", False), ("assistant", True)]
+    shown = messages(page)[1].split()
+    assert 3 <= len(shown) < 400 and turns[1][2].split() == shown
+
+    # The next question works, and carries the partial answer as history.
+    fake_server.script(Reply(text="The end."))
+    ask(page, "Finish it")
+    wait_text(page, "The end.")
+    wait_idle(page)
+    assert [role for role, _ in sent(fake_server)] == ["user", "assistant", "user"]
+    assert [(role, partial) for role, partial, _ in kernel_turns(nb)][2:] == [
+        ("user", False), ("assistant", False)]
+
+
+def test_server_error_is_one_short_line_and_history_is_unchanged(
+    notebook: NotebookPage, fake_server: FakeOpenAI
+) -> None:
+    nb, page = notebook, notebook.page
+    open_panel(nb)
+    fake_server.script(Reply(text="Fine."))
+    ask(page, "First")
+    wait_text(page, "Fine.")
+    wait_idle(page)
+
+    fake_server.script(Reply(status=400, error_message="model 'test-model' is not served here"))
+    ask(page, "Second")
+    error = dock(page).locator(".jp-llmchat-error")
+    error.wait_for()
+    assert error.get_attribute("role") == "alert"
+    assert "400" in error.inner_text() and "is not served here" in error.get_attribute("title")
+    assert error.bounding_box()["height"] < 80  # short: long messages are cut, the tooltip has all
+    wait_idle(page)
+    # The question did not enter history: its bubble is gone, its text is back in the input.
+    assert messages(page) == ["First", "Fine."]
+    assert dock(page).locator("textarea").first.input_value() == "Second"
+    assert kernel_turns(nb) == [("user", False, "First"), ("assistant", False, "Fine.")]
+
+    dock(page).locator(".jp-llmchat-dismiss").click()
+    error.wait_for(state="hidden")
+
+
+def comm_content(frame: bytes) -> dict[str, Any] | None:
+    """The content of a kernel message from a websocket frame (v1 binary protocol, or JSON)."""
+    try:
+        if frame[:1] == b"{":
+            msg = json.loads(frame)
+            return msg["content"] if msg.get("msg_type") == "comm_msg" else None
+        # jupyter_server's v1 protocol: offsets, channel, header, parent, metadata, content, ...
+        count = int.from_bytes(frame[:8], "little")
+        offsets = [int.from_bytes(frame[8 * (i + 1):8 * (i + 2)], "little") for i in range(count)]
+        parts = [frame[offsets[i]:offsets[i + 1]] for i in range(count - 1)]
+        header = json.loads(parts[1])
+        return json.loads(parts[4]) if header.get("msg_type") == "comm_msg" else None
+    except (ValueError, IndexError, KeyError):
+        return None
+
+
+def test_answer_bytes_on_the_comm_are_linear(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
+    nb, page = notebook, notebook.page
+    n = 20_000
+    text = big_text(n)
+    assert len(text) == n
+    frames: list[bytes] = []
+
+    def on_websocket(ws: WebSocket) -> None:
+        ws.on("framereceived", lambda payload: frames.append(
+            payload.encode() if isinstance(payload, str) else payload))
+
+    # Only websockets opened from now on are seen: reload, so the kernel's is one of them.
+    page.on("websocket", on_websocket)
+    page.reload()
+    nb.wait_until_open()
+    open_panel(nb)
+    model_id = dock(page).get_attribute("id").removeprefix("jupyter-llmchat-panel-")
+
+    # About a second of streaming: the kernel sends a delta at most every 0.1 s.
+    fake_server.script(Reply(text=text, chunk_chars=40, delay=0.002))
+    frames.clear()
+    started = time.monotonic()
+    ask(page, "A long answer, please")
+    # Done: the answer's footer shows its tokens once the kernel says it is finished.
+    dock(page).locator(".jp-llmchat-turn-usage").wait_for(timeout=60_000)
+    wait_idle(page)
+    seconds = time.monotonic() - started
+    assert "Section 71" in messages(page)[1]  # the end of big_text(20000)
+
+    ours = [(f, c) for f in frames if (c := comm_content(f)) is not None and c.get("comm_id") == model_id]
+    total = sum(len(f) for f, _ in ours)
+    deltas = [c["data"]["content"] for _, c in ours
+              if c.get("data", {}).get("method") == "custom" and c["data"]["content"].get("type") == "delta"]
+    print(f"\ncomm bytes for a {n}-character answer: {total} in {len(ours)} comm_msg frames "
+          f"({len(deltas)} deltas, {seconds:.1f} s)")
+    # Each character crosses once, in order: deltas append, never resend.
+    assert "".join(d["text"] for d in deltas if d["kind"] == "text") == text
+    assert len(deltas) >= 2  # it did stream
+    assert total <= 2 * n + 20_000
+
+
+def test_panel_in_notebook7(
+    jupyter_server: JupyterServer, open_notebook: Callable[..., NotebookPage], fake_server: FakeOpenAI
+) -> None:
+    path = "panel-notebook7.ipynb"
+    jupyter_server.put_notebook(path, empty_notebook())
+    nb = open_notebook(path, ui="notebook")
+    try:
+        setup(nb, fake_server)
+        open_panel(nb)
+        fake_server.script(Reply(text="Hello from **Notebook 7**."))
+        ask(nb.page, "Hi")
+        wait_text(nb.page, "Hello from Notebook 7.")
+        assert messages(nb.page) == ["Hi", "Hello from Notebook 7."]
+    finally:
+        jupyter_server.shutdown_kernel(path)

@@ -1,0 +1,152 @@
+"""``jupyter-llmchat consolidate``: the record rebuilt from outputs where no extension ran.
+
+A notebook executed by nbclient (no front end, so no comm answers and nobody writes the
+metadata) against the fake server; consolidate must then write exactly the record the kernel's
+bridge held, which the notebook's last cell prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.fake_openai import FakeOpenAI, Reply
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "jupyter_llmchat"
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@pytest.fixture
+def kernel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The kernel inherits this process's environment: no real server, no proxy for loopback."""
+    for name in ("OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY", "JPY_SESSION_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    yield
+
+
+def executed_notebook(fake: FakeOpenAI, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """Run the chat notebook with nbclient; its path and the record the kernel's bridge held."""
+    fake.script(
+        Reply(text="**Paris**, on the Seine.", usage=usage(101, 7)),
+        Reply(text="Berlin.", reasoning="Germany's capital is Berlin.", usage=usage(202, 3),
+              finish_reason="length"),
+        Reply(text="A side answer.", usage=usage(303, 4)),
+        Reply(text="Not kept.", usage=usage(404, 3)),
+        Reply(text="Rome, after the reset.", usage=usage(505, 5)),
+    )
+    sources = [
+        "%load_ext jupyter_llmchat",
+        f'%config ChatMagics.base_url = "{fake.base_url}"',
+        '%config ChatMagics.model = "test-model"',
+        "%%chat\nWhat is the capital of France?",
+        "%%chat\nAnd of Germany?",
+        "%%chat -s other\nSomething else.",
+        "%%chat --no-history\nForget this one.",
+        "%chat_reset",
+        "%%chat\nAnd of Italy?",
+        "import json, jupyter_llmchat._bridge as b\nprint(json.dumps(b.current_bridge().record()))",
+    ]
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(s) for s in sources],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    for cell in nb.cells:
+        errors = [o for o in cell.outputs if o.output_type == "error" or o.get("name") == "stderr"]
+        assert not errors, (cell.source, errors)
+    assert KEY not in nb.metadata  # nothing wrote the record: no extension
+    (printed,) = [o for o in nb.cells[-1].outputs if o.output_type == "stream"]
+    kernel_record = json.loads(printed.text)
+    path = tmp_path / "chats.ipynb"
+    nbformat.write(nb, path)
+    return path, kernel_record
+
+
+def consolidate(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jupyter_llmchat", "consolidate", str(path), *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ},
+    )
+
+
+def test_consolidate_writes_the_kernels_record_and_is_idempotent(
+    fake: FakeOpenAI, tmp_path: Path, kernel_env: None
+) -> None:
+    path, kernel_record = executed_notebook(fake, tmp_path)
+    # What the kernel held: the reset emptied "default", whose last exchange came after it.
+    assert [t["contents"][-1]["text"] for t in kernel_record["sessions"]["default"]["turns"]] == [
+        "And of Italy?\n", "Rome, after the reset."]
+    assert len(kernel_record["sessions"]["other"]["turns"]) == 2
+    assert kernel_record["usage"][0]["turns"] == 5 and kernel_record["usage"][0]["input"] == 1515
+    before = nbformat.read(path, as_version=4)
+
+    done = consolidate(path)
+    assert done.returncode == 0, done.stderr
+    assert "2 session(s), 4 turn(s)" in done.stdout
+    after = json.loads(path.read_text(encoding="utf-8"))
+    assert after["metadata"][KEY] == kernel_record
+    # Only the record was added: cells, outputs and the rest of the metadata are as they were.
+    del after["metadata"][KEY]
+    assert after == json.loads(nbformat.writes(before))
+
+    first = path.read_bytes()
+    again = consolidate(path)
+    assert again.returncode == 0, again.stderr
+    assert path.read_bytes() == first
+    # The file is still a valid notebook, in nbformat's own layout (a minimal diff in git).
+    nbformat.validate(nbformat.read(path, as_version=4))
+    assert first.decode() == nbformat.writes(nbformat.read(path, as_version=4)) + "\n"
+
+
+def test_dry_run_prints_the_record_and_writes_nothing(
+    fake: FakeOpenAI, tmp_path: Path, kernel_env: None
+) -> None:
+    path, kernel_record = executed_notebook(fake, tmp_path)
+    before = path.read_bytes()
+    done = consolidate(path, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == kernel_record
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        pytest.param({"version": 1, "session": "<script>", "prompt": "hi"}, id="bad-session-name"),
+        pytest.param({"version": 1, "prompt": 5}, id="prompt-number"),
+        pytest.param({"version": 1, "prompt": "hi", "tokens": {"input": "many"}}, id="tokens-strings"),
+        pytest.param({"version": 1, "prompt": "hi", "provider": "x"}, id="provider-string"),
+        pytest.param({"version": 1, "prompt": "hi", "cost_usd": -1}, id="negative-cost"),
+    ],
+)
+def test_malformed_outputs_are_refused_without_a_traceback(tmp_path: Path, meta: dict[str, Any]) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("%%chat\nhi", outputs=[
+        nbformat.v4.new_output("display_data", data={"text/plain": "answer"}, metadata={KEY: meta}),
+    ])])
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_bytes()
+    done = consolidate(path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "malformed" in done.stderr
+    assert path.read_bytes() == before
