@@ -293,13 +293,20 @@ class Chat:
         history: bool = True,
         meta: dict[str, Any] | None = None,
         stream: bool = True,
+        replace_from: int | None = None,
     ) -> tuple[Turn, dict[str, Any]]:
+        """Build the user turn and the request body.
+
+        ``history=False`` sends the prompt alone and records nothing; ``replace_from=i`` sends
+        only the turns before ``i`` and, once the answer is in, drops the turns from ``i`` on
+        (a notebook cell run again replaces its earlier exchange).
+        """
         contents = _contents(args)
         user = Turn("user", contents, started_at=_now(), meta=dict(meta or {}))
         resolved = model or self.provider.resolve_model()
         if self.provider.priced:
             warm_up_prices()
-        past = self._turns if history else []
+        past = self._turns[:replace_from] if history else []
         messages = self._messages([*past, user])
         body = self.provider.body(messages, model=resolved, stream=stream, params=params)
         user.model = resolved
@@ -386,6 +393,8 @@ class Chat:
         )
         record_usage(self.provider.name, model, tokens, cost)
         if kwargs.get("history", True):
+            if kwargs.get("replace_from") is not None:
+                del self._turns[kwargs["replace_from"]:]
             self._turns.extend((user, reply))
         self.last_exchange = (user, reply)
         self._notify("turn")

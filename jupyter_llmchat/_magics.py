@@ -238,11 +238,12 @@ class ChatMagics(Magics):
             chat = _sessions.prepare(args.session, on_status=display.status)
         if args.system is not None:
             chat.system_prompt = args.system
-        meta = {"cell_id": _cell_id(self.shell), "source": "cell"}
+        cell_id = _cell_id(self.shell)
+        meta = {"cell_id": cell_id, "source": "cell"}
         before = getattr(chat, "last_exchange", None)
         events = chat._events(
             [text], model=args.model or None, params=overrides,
-            history=not args.no_history, meta=meta,
+            history=not args.no_history, meta=meta, replace_from=_rerun_index(chat, cell_id),
         )
         try:
             for kind, piece in events:
@@ -498,6 +499,21 @@ def _parse_options(func: Any, line: str) -> Any:
     except ValueError as exc:
         raise UsageError(f"cannot read the options {line.strip()!r}: {exc}") from None
     return func.parser.parse_args(argv)
+
+def _rerun_index(chat: Any, cell_id: str | None) -> int | None:
+    """Where this cell's earlier exchange starts in the history, if it ran before.
+
+    A cell run again (or "Restart Kernel and Run All" after the history was restored from the
+    notebook) replaces its exchange and what followed it, so the history matches the
+    notebook read top to bottom instead of growing a copy at every run.
+    """
+    if not cell_id:
+        return None
+    for i, t in enumerate(chat.get_turns()):
+        if t.role == "user" and t.meta.get("cell_id") == cell_id:
+            return i
+    return None
+
 
 def _cell_id(shell: Any) -> str | None:
     try:

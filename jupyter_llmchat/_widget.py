@@ -10,11 +10,11 @@ kernel -> front end: ``{"type": "history", "messages"}``, ``{"type": "user", "me
 ``{"type": "delta", "id", "kind", "text"}`` (appended text, batched at most every 0.1 s),
 ``{"type": "done", "message", "user_id", "recorded"}`` (the finished turn without its text, which
 the deltas carried), ``{"type": "append", "messages"}`` (turns made elsewhere: ``%%chat`` cells),
-``{"type": "error", "message", "hint"}`` and, for a panel question, ``"id", "user_id", "recorded"``,
-``{"type": "status", "text"}`` (e.g. the local model starting).
-``recorded`` false means the question did not enter history (nothing arrived, or the request
-failed): the front end drops the question's bubble. A message's ``id`` is stable until the next
-``history``, which replaces everything.
+``{"type": "error", "message", "hint"}`` (plus ``"recorded"`` in answer to ``send``, and the
+question's ``"id", "user_id"`` once it was accepted), ``{"type": "status", "text"}`` (e.g. the
+local model starting). ``recorded`` false means the question did not enter history (refused, nothing
+arrived, or the request failed): the front end drops the question's bubble and gives its text
+back to the input. A message's ``id`` is stable until the next ``history``, which replaces all.
 
 Panel questions stream in a background thread, so tokens show while the kernel is idle or busy
 with other cells; the session's lock keeps the panel and ``%%chat`` cells from interleaving.
@@ -174,12 +174,13 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
     def ask(self, text: str) -> None:
         """Send ``text`` through the session, streaming the answer in a background thread."""
         if not text.strip():
-            self.send({"type": "error", "message": "the message is empty", "hint": ""})
+            self.send({"type": "error", "message": "the message is empty", "hint": "",
+                       "recorded": False})
             return
         chat = self._chat
         if chat is None or chat.busy or (self._thread is not None and self._thread.is_alive()):
             self.send({"type": "error", "message": f"session {self.session!r} is busy answering",
-                       "hint": "wait for it to finish, or stop it"})
+                       "hint": "wait for it to finish, or stop it", "recorded": False})
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._stream, args=(text,), daemon=True,

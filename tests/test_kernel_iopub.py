@@ -71,10 +71,25 @@ def kc(kernel: tuple[Any, Any], server: FakeOpenAIProcess) -> Any:
 
 
 def execute(
-    kc: Any, code: str, *, timeout: float = 120, on_iopub: Callable[[Msg], None] | None = None
+    kc: Any,
+    code: str,
+    *,
+    timeout: float = 120,
+    on_iopub: Callable[[Msg], None] | None = None,
+    cell_id: str | None = None,
 ) -> tuple[Msg, list[Msg]]:
-    """Run ``code``; return the execute_reply and this request's IOPub messages up to idle."""
-    msg_id = kc.execute(code)
+    """Run ``code``; return the execute_reply and this request's IOPub messages up to idle.
+
+    ``cell_id`` is sent in the request's metadata, as JupyterLab does for a notebook cell.
+    """
+    if cell_id is None:
+        msg_id = kc.execute(code)
+    else:
+        content = {"code": code, "silent": False, "store_history": True,
+                   "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
+        msg = kc.session.msg("execute_request", content, metadata={"cellId": cell_id})
+        kc.shell_channel.send(msg)
+        msg_id = msg["header"]["msg_id"]
     msgs: list[Msg] = []
     deadline = time.monotonic() + timeout
     while True:
@@ -379,3 +394,14 @@ def test_reports_have_html_and_text_and_no_secret(kc: Any, server: FakeOpenAIPro
         assert "hello" in history["text/markdown"]
     finally:
         execute(kc, "%config ChatMagics.api_headers = {}\n%config ChatMagics.api_args = {}\n")
+
+
+def test_a_cell_run_again_replaces_its_exchange(kc: Any, server: FakeOpenAIProcess) -> None:
+    """Re-running cells (or Run All after a restore) does not grow a copy of the history."""
+    for cell in ("cell-a", "cell-b", "cell-a", "cell-b"):
+        reply, _ = execute(kc, f"%%chat\nquestion from {cell}", cell_id=cell)
+        assert reply["content"]["status"] == "ok"
+    sent = [m["content"] for m in server.last_body()["messages"]]
+    assert sent == ["question from cell-a\n", "Hello from the fake server.", "question from cell-b\n"]
+    reply, msgs = execute(kc, "import jupyter_llmchat as j; print([t.meta.get('cell_id') for t in j.session().get_turns()])")
+    assert stdout(msgs).strip() == str(["cell-a", "cell-a", "cell-b", "cell-b"])
