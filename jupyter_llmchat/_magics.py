@@ -118,13 +118,16 @@ class ChatMagics(Magics):
             raise TraitError(f"ChatMagics.base_url must be an http(s) URL, e.g. http://127.0.0.1:11434/v1")
         return value
 
+    #: Magics are always registered on a shell (IPython types it Optional).
+    shell: Any
+
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         #: Sessions this object built: name -> (the Chat, the settings it was built with).
         self._from_config: dict[str, tuple[Any, str]] = {}
         #: ids of those Chats that have sent a request (their settings are then kept).
         self._used: set[int] = set()
-        _sessions.set_factory(self._make_session)
+        _sessions.set_factory(self._make_session, self._refresh_unused)
 
     def _session_settings(self) -> str:
         values = [getattr(self, name) for name in _SESSION_SETTINGS]
@@ -142,7 +145,7 @@ class ChatMagics(Magics):
             "api_args": self.api_args,
         }
         if not self.base_url:
-            chat = _sessions.local_chat(name, **common)
+            chat = _sessions.local_chat(**common)
         else:
             chat = chat_openai_compatible(
                 base_url=self.base_url,
@@ -222,7 +225,6 @@ class ChatMagics(Magics):
         text = interpolate(prompt, self.shell.user_ns)
         fmt = args.format or self.default_format
         display = self._display()
-        self._refresh_from_config(args.session, unused_only=True)
         try:
             chat = _sessions.prepare(args.session, on_status=display.status)
         except LLMChatError as exc:
@@ -321,6 +323,9 @@ class ChatMagics(Magics):
             new.set_turns(old.get_turns())
             if old.system_prompt:
                 new.system_prompt = old.system_prompt
+
+    def _refresh_unused(self, name: str) -> None:
+        self._refresh_from_config(name, unused_only=True)
 
     def _mark_used(self, chat: Any, event: str) -> None:
         if event == "start":

@@ -59,11 +59,7 @@ class Ledger:
         row.add(turn.tokens, turn.cost)
 
     def to_list(self) -> list[dict[str, Any]]:
-        return [
-            {"provider": r.provider, "model": r.model, "turns": r.turns, "input": r.input,
-             "output": r.output, "cached": r.cached, "cost_usd": r.cost}
-            for r in self.rows.values()
-        ]
+        return [r.to_dict() for r in self.rows.values()]
 
     def load(self, rows: Iterable[dict[str, Any]]) -> None:
         self.rows = {}

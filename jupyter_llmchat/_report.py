@@ -10,51 +10,16 @@ from typing import Any
 
 from ._chat import Chat
 from ._turns import Turn
+from ._usage import UsageRow
 
 __all__ = ["ConfigView", "HistoryView", "UsageReport", "usage_rows"]
 
 
 @dataclass
-class _Row:
-    session: str
-    provider: str
-    model: str
-    answers: int = 0
-    input: int | None = None
-    output: int | None = None
-    cached: int | None = None
-    cost: float | None = None
-    unknown_tokens: int = 0
-    unknown_cost: int = 0
+class _Row(UsageRow):
+    """A usage row of one session."""
 
-    def add(self, t: Turn) -> None:
-        self.answers += 1
-        tok = t.tokens
-        if tok is None or not tok.known:
-            self.unknown_tokens += 1
-        else:
-            self.input = _plus(self.input, tok.input)
-            self.output = _plus(self.output, tok.output)
-            self.cached = _plus(self.cached, tok.cached)
-        if t.cost is None:
-            self.unknown_cost += 1
-        else:
-            self.cost = (self.cost or 0.0) + t.cost
-
-    def merge(self, other: _Row) -> None:
-        self.answers += other.answers
-        self.input = _plus(self.input, other.input)
-        self.output = _plus(self.output, other.output)
-        self.cached = _plus(self.cached, other.cached)
-        self.cost = other.cost if self.cost is None else self.cost + (other.cost or 0.0)
-        self.unknown_tokens += other.unknown_tokens
-        self.unknown_cost += other.unknown_cost
-
-
-def _plus(a: int | None, b: int | None) -> int | None:
-    if b is None:
-        return a
-    return b if a is None else a + b
+    session: str = ""
 
 
 def usage_rows(sessions: dict[str, Chat]) -> list[_Row]:
@@ -66,8 +31,8 @@ def usage_rows(sessions: dict[str, Chat]) -> list[_Row]:
             model = t.model or chat.provider.model or "unknown"
             key = (name, model)
             if key not in rows:
-                rows[key] = _Row(name, chat.provider.name, model)
-            rows[key].add(t)
+                rows[key] = _Row(chat.provider.name, model, session=name)
+            rows[key].add(t.tokens, t.cost)
     return list(rows.values())
 
 
@@ -101,7 +66,7 @@ class UsageReport:
         self.process = process
 
     def _cells(self, r: _Row) -> list[str]:
-        return [r.session, r.provider, r.model, str(r.answers), _num(r.input, r.unknown_tokens),
+        return [r.session, r.provider, r.model, str(r.turns), _num(r.input, r.unknown_tokens),
                 _num(r.output, r.unknown_tokens), _num(r.cached, r.unknown_tokens),
                 _usd(r.cost, r.unknown_cost)]
 
@@ -109,7 +74,7 @@ class UsageReport:
         body = [self._cells(r) for r in self.rows]
         total = None
         if len(self.rows) > 1:
-            t = _Row("total", "", "")
+            t = _Row("", "", session="total")
             for r in self.rows:
                 t.merge(r)
             total = self._cells(t)

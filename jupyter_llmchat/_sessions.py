@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable
 
 from ._chat import Chat
@@ -22,6 +23,7 @@ _lock = threading.Lock()
 #: Builds a Chat for a new session name; replaced by the magics with one that reads traits.
 Factory = Callable[[str], Chat]
 _factory: Factory | None = None
+_refresher: Callable[[str], None] | None = None
 #: Called with (name, chat) whenever a session is created or replaced.
 _hooks: list[Callable[[str, Chat], None]] = []
 
@@ -37,11 +39,11 @@ def check_name(name: str) -> str:
 
 
 #: Sessions on the bundled local model: its server is started (or restarted) by ``prepare``.
-_local: set[str] = set()
+_local: weakref.WeakSet[Chat] = weakref.WeakSet()
 _NOT_STARTED = "http://127.0.0.1:0/v1"  # replaced by the local server's URL before any request
 
 
-def local_chat(name: str, **kwargs: object) -> Chat:
+def local_chat(**kwargs: object) -> Chat:
     """A session on the bundled local model; its server starts on first ``prepare``, not here."""
     from ._local import MODEL_ALIAS
     from ._presets import chat_openai_compatible
@@ -49,7 +51,7 @@ def local_chat(name: str, **kwargs: object) -> Chat:
     chat = chat_openai_compatible(
         base_url=_NOT_STARTED, name="llama.cpp (local)", model=MODEL_ALIAS, **kwargs  # type: ignore[arg-type]
     )
-    _local.add(name)
+    _local.add(chat)
     return chat
 
 
@@ -59,22 +61,31 @@ def _default_factory(name: str) -> Chat:
     base_url = os.environ.get("OPENAI_BASE_URL")
     if base_url:
         return chat_openai_compatible(base_url=base_url, model=os.environ.get("OPENAI_MODEL") or None)
-    return local_chat(name)
+    return local_chat()
+
+
+def refresh(name: str) -> None:
+    """Let the configuration rebuild session ``name`` if it changed since (see the magics)."""
+    if _refresher is not None:
+        _refresher(name)
 
 
 def prepare(name: str = "default", on_status: Callable[[str], None] | None = None) -> Chat:
     """The session, ready to send: the local model's server is started first if it is used."""
+    refresh(name)
     chat = session(name)
-    if name in _local:
+    if chat in _local:
         from ._local import ensure_local_server
 
         chat.provider.base_url = ensure_local_server(on_status=on_status).base_url
     return chat
 
 
-def set_factory(factory: Factory | None) -> None:
-    global _factory
+def set_factory(factory: Factory | None, refresher: Callable[[str], None] | None = None) -> None:
+    """Install how sessions are made, and a hook run before each use (it may rebuild one)."""
+    global _factory, _refresher
     _factory = factory
+    _refresher = refresher
 
 
 def session(name: str = "default", *, create: bool = True) -> Chat:
@@ -103,7 +114,6 @@ def use(chat: Chat, name: str = "default") -> Chat:
     check_name(name)
     with _lock:
         _SESSIONS[name] = chat
-        _local.discard(name)
     _run_hooks(name, chat)
     return chat
 
@@ -121,7 +131,6 @@ def sessions() -> dict[str, Chat]:
 def drop(name: str) -> None:
     with _lock:
         _SESSIONS.pop(name, None)
-        _local.discard(name)
 
 
 def on_session(fn: Callable[[str, Chat], None]) -> None:

@@ -48,6 +48,16 @@ class UsageRow:
         else:
             self.cost = (self.cost or 0.0) + cost
 
+    def merge(self, other: UsageRow) -> None:
+        self.turns += other.turns
+        self.input = _add(self.input, other.input)
+        self.output = _add(self.output, other.output)
+        self.cached = _add(self.cached, other.cached)
+        if other.cost is not None:
+            self.cost = (self.cost or 0.0) + other.cost
+        self.unknown_tokens += other.unknown_tokens
+        self.unknown_cost += other.unknown_cost
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "provider": self.provider,

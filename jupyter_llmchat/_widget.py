@@ -78,6 +78,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
     def __init__(self, session: str = "default", **kwargs: Any) -> None:
         super().__init__(session=session, **kwargs)
         self._chat: Chat | None = None
+        #: How many of the session's turns the front end shows (its ids turn-0 ... turn-N-1).
+        self._shown = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_msg(self._on_front_end)
@@ -118,10 +120,14 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             "cost_usd": None if not costs or any(c is None for c in costs) else sum(c for c in costs if c is not None),
         }
 
-    def _history(self) -> list[dict[str, Any]]:
-        # Ids by position: history only grows between two "history" messages.
+    def _send_history(self) -> None:
+        """Replace what the front end shows by the session's whole history."""
         turns = self._chat.get_turns() if self._chat else []
-        return [_message(t, f"turn-{i}") for i, t in enumerate(turns)]
+        # Ids by position: between two "history" messages the front end only sees turns added
+        # at the end (anything else sends the whole history again, see _on_turn).
+        self._shown = len(turns)
+        messages = [_message(t, f"turn-{i}") for i, t in enumerate(turns)]
+        self.send({"type": "history", "messages": messages})
 
     def _on_chat(self, chat: Chat, event: str) -> None:
         if chat is not self._chat:
@@ -129,24 +135,36 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         if event == "start":
             self.busy = True
             return
-        if event == "turn" and not self._streaming_here():
-            # A %%chat cell's exchange, or another panel's on the same session.
-            exchange = getattr(chat, "last_exchange", None)
-            if exchange is not None:
-                turns = chat.get_turns()
-                n = len(turns)
-                in_history = n >= 2 and turns[-2] is exchange[0] and turns[-1] is exchange[1]
-                if in_history:
-                    ids = [f"turn-{n - 2}", f"turn-{n - 1}"]
-                else:
-                    ids = [uuid.uuid4().hex, uuid.uuid4().hex]
-                messages = [_message(t, i) for t, i in zip(exchange, ids)]
-                self.send({"type": "append", "messages": messages})
+        if event == "turn":
+            self._on_turn(chat)
         elif event in ("reset", "set"):
-            self.send({"type": "history", "messages": self._history()})
+            self._send_history()
         self._refresh()
         if event in ("turn", "abort"):
             self.busy = False
+
+    def _on_turn(self, chat: Chat) -> None:
+        exchange = getattr(chat, "last_exchange", None)
+        if exchange is None:
+            return
+        turns = chat.get_turns()
+        n = len(turns)
+        in_history = n >= 2 and turns[-2] is exchange[0] and turns[-1] is exchange[1]
+        if in_history and n - 2 != self._shown:
+            # Not an addition at the end: a cell run again replaced its earlier exchange.
+            self._send_history()
+        elif self._streaming_here():
+            # The panel's own question: the front end has it from the deltas.
+            if in_history:
+                self._shown = n
+        elif in_history:
+            # A %%chat cell's exchange, or another panel's on the same session.
+            self._shown = n
+            messages = [_message(t, f"turn-{i}") for i, t in zip(range(n - 2, n), exchange)]
+            self.send({"type": "append", "messages": messages})
+        else:  # an exchange kept out of history (%%chat --no-history): shown, not recorded
+            messages = [_message(t, uuid.uuid4().hex) for t in exchange]
+            self.send({"type": "append", "messages": messages})
 
     def _streaming_here(self) -> bool:
         return self._thread is not None and self._thread is threading.current_thread()
@@ -157,7 +175,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         kind = content.get("type") if isinstance(content, dict) else None
         if kind == "hello":
             self._refresh()
-            self.send({"type": "history", "messages": self._history()})
+            self._send_history()
         elif kind == "send":
             self.ask(str(content.get("text", "")))
         elif kind == "stop":
@@ -169,7 +187,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             except LLMChatError as exc:
                 self.send({"type": "error", "message": exc.message, "hint": exc.hint})
                 return
-            self.send({"type": "history", "messages": self._history()})
+            self._send_history()
 
     def ask(self, text: str) -> None:
         """Send ``text`` through the session, streaming the answer in a background thread."""
@@ -266,7 +284,7 @@ def _on_session(name: str, chat: Chat) -> None:
     for p in _live_panels():
         if p.session == name and p._chat is not chat:
             p._bind(name)
-            p.send({"type": "history", "messages": p._history()})
+            p._send_history()
         else:
             p._refresh()
 
@@ -290,6 +308,7 @@ def panel(session: str = "default") -> Any:
             bridge = current_bridge()
     if bridge is None or not bridge.front_end_may_be_ready():
         return _NoPanel()
+    _sessions.refresh(session)
     for existing in _live_panels():
         if existing.session == session:
             return existing

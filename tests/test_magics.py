@@ -56,6 +56,8 @@ def ip(_ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch)
     _sessions._SESSIONS.clear()
     config(_ip, base_url=fake.base_url, **DEFAULTS)
     magics = chat_magics(_ip)
+    # Other test modules load the extension into shells of their own; sessions come from this one.
+    _sessions.set_factory(magics._make_session, magics._refresh_unused)
     assert magics.base_url == fake.base_url and magics.model == "test-model"
     return _ip
 

@@ -13,9 +13,16 @@ export const COMM_TARGET = 'jupyter_llmchat';
 /** Key of the chat record in the notebook's metadata (DESIGN §6). */
 export const METADATA_KEY = 'jupyter_llmchat';
 
+/** The ipywidgets module of the chat panel (`_model_module` of `ChatPanel`). */
+export const WIDGET_MODULE = 'jupyter-llmchat';
+
+/** Its version; the kernel asks for `^0.1.0`. */
+export const WIDGET_MODULE_VERSION = '0.1.0';
+
 /** Plugin ids. */
 export namespace PluginIDs {
   export const metadataBridge = `${EXTENSION_ID}:metadata-bridge`;
+  export const chatPanel = `${EXTENSION_ID}:panel`;
 }
 
 /** Command ids. */

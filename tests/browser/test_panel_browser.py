@@ -38,14 +38,15 @@ def notebook(
     path = f"panel-{request.node.name[:40]}.ipynb".replace("[", "-").replace("]", "")
     jupyter_server.put_notebook(path, empty_notebook())
     nb = open_notebook(path)
-    setup(nb, fake_server)
+    configure(nb, fake_server)
     yield nb
     jupyter_server.shutdown_kernel(path)
 
 
-def setup(nb: NotebookPage, fake: FakeOpenAI) -> None:
+def configure(nb: NotebookPage, fake: FakeOpenAI) -> None:
     nb.run_cell("%load_ext jupyter_llmchat")
-    nb.run_cell(f'%config ChatMagics.base_url = "{fake.base_url}"\n%config ChatMagics.model = "test-model"')
+    nb.run_cell(f'%config ChatMagics.base_url = "{fake.base_url}"\n'
+                '%config ChatMagics.model = "test-model"')
 
 
 # -- the panel, seen as a user sees it ---------------------------------------------------------
@@ -96,9 +97,24 @@ def kernel_turns(nb: NotebookPage) -> list[tuple[str, bool, str]]:
     """(role, partial, text) of the default session's turns, read in a cell with the Python API."""
     i = nb.run_cell(
         "import json, jupyter_llmchat\n"
-        "print(json.dumps([(t.role, t.partial, t.text) for t in jupyter_llmchat.session().get_turns()]))"
+        "turns = jupyter_llmchat.session().get_turns()\n"
+        "print(json.dumps([(t.role, t.partial, t.text) for t in turns]))"
     )
-    return [tuple(t) for t in json.loads(nb.output(i))]  # type: ignore[misc]
+    return [(role, partial, text) for role, partial, text in json.loads(nb.output(i))]
+
+
+def rerun(nb: NotebookPage, index: int) -> None:
+    """Select a cell that ran, run it again (Shift+Enter in command mode), wait for it."""
+    prompt = nb.cell(index).locator(".jp-InputPrompt")
+    before = prompt.inner_text().strip()
+    prompt.click()
+    nb.page.keyboard.press("Escape")
+    nb.page.keyboard.press("Shift+Enter")
+    nb.page.wait_for_function(
+        "([el, before]) => { const t = el.innerText.trim();"
+        " return /^\\[\\d+\\]:?$/.test(t) && t !== before; }",
+        arg=[prompt.element_handle(), before],
+    )
 
 
 def sent(fake: FakeOpenAI) -> list[tuple[str, str]]:
@@ -117,7 +133,9 @@ def set_theme(nb: NotebookPage, name: str) -> None:
 # -- tests -----------------------------------------------------------------------------------
 
 
-def test_panel_streams_and_shares_history_with_cells(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
+def test_panel_streams_and_shares_history_with_cells(
+    notebook: NotebookPage, fake_server: FakeOpenAI
+) -> None:
     nb, page = notebook, notebook.page
     i = open_panel(nb)
     assert "Chat panel for session default is open on the right" in nb.output(i)
@@ -154,6 +172,18 @@ def test_panel_streams_and_shares_history_with_cells(notebook: NotebookPage, fak
     assert messages(page)[2:] == ["What did I just ask?", "You asked how to add 0 to 9."]
     assert dock(page).locator(".jp-llmchat-origin").all_inner_texts() == ["from a %%chat cell"]
 
+    # The cell run again replaces its exchange and what followed, in the kernel and in the panel.
+    fake_server.script(Reply(text="Later answer."))
+    ask(page, "A later question")
+    wait_text(page, "Later answer.")
+    wait_idle(page)
+    assert len(messages(page)) == 6
+    fake_server.script(Reply(text="Again: how to add 0 to 9."))
+    rerun(nb, cell)
+    wait_text(page, "Again: how to add 0 to 9.")
+    assert messages(page) == [
+        "How do I add 0 to 9?", final, "What did I just ask?", "Again: how to add 0 to 9."]
+
     # %chat_panel again focuses the same panel; closed, it comes back with the history.
     open_panel(nb)
     assert page.locator(DOCK).count() == 1
@@ -165,7 +195,7 @@ def test_panel_streams_and_shares_history_with_cells(notebook: NotebookPage, fak
         "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 4"
     )
     assert page.locator(DOCK).count() == 1
-    assert messages(page)[3] == "You asked how to add 0 to 9."
+    assert messages(page)[3] == "Again: how to add 0 to 9."
 
     # Light and dark themes: colors come from JupyterLab's variables.
     ARTIFACTS.mkdir(exist_ok=True)
@@ -227,8 +257,11 @@ def test_server_error_is_one_short_line_and_history_is_unchanged(
     error = dock(page).locator(".jp-llmchat-error")
     error.wait_for()
     assert error.get_attribute("role") == "alert"
-    assert "400" in error.inner_text() and "is not served here" in error.get_attribute("title")
-    assert error.bounding_box()["height"] < 80  # short: long messages are cut, the tooltip has all
+    assert "400" in error.inner_text()
+    assert "is not served here" in (error.get_attribute("title") or "")
+    # Short: a long message is cut to a few lines; its tooltip has all of it.
+    box = error.bounding_box()
+    assert box is not None and box["height"] < 80
     wait_idle(page)
     # The question did not enter history: its bubble is gone, its text is back in the input.
     assert messages(page) == ["First", "Fine."]
@@ -255,7 +288,9 @@ def comm_content(frame: bytes) -> dict[str, Any] | None:
         return None
 
 
-def test_answer_bytes_on_the_comm_are_linear(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
+def test_answer_bytes_on_the_comm_are_linear(
+    notebook: NotebookPage, fake_server: FakeOpenAI
+) -> None:
     nb, page = notebook, notebook.page
     n = 20_000
     text = big_text(n)
@@ -271,7 +306,7 @@ def test_answer_bytes_on_the_comm_are_linear(notebook: NotebookPage, fake_server
     page.reload()
     nb.wait_until_open()
     open_panel(nb)
-    model_id = dock(page).get_attribute("id").removeprefix("jupyter-llmchat-panel-")
+    model_id = (dock(page).get_attribute("id") or "").removeprefix("jupyter-llmchat-panel-")
 
     # About a second of streaming: the kernel sends a delta at most every 0.1 s.
     fake_server.script(Reply(text=text, chunk_chars=40, delay=0.002))
@@ -284,10 +319,11 @@ def test_answer_bytes_on_the_comm_are_linear(notebook: NotebookPage, fake_server
     seconds = time.monotonic() - started
     assert "Section 71" in messages(page)[1]  # the end of big_text(20000)
 
-    ours = [(f, c) for f in frames if (c := comm_content(f)) is not None and c.get("comm_id") == model_id]
+    contents = [(f, comm_content(f)) for f in frames]
+    ours = [(f, c) for f, c in contents if c is not None and c.get("comm_id") == model_id]
     total = sum(len(f) for f, _ in ours)
-    deltas = [c["data"]["content"] for _, c in ours
-              if c.get("data", {}).get("method") == "custom" and c["data"]["content"].get("type") == "delta"]
+    customs = [c["data"]["content"] for _, c in ours if c.get("data", {}).get("method") == "custom"]
+    deltas = [m for m in customs if m.get("type") == "delta"]
     print(f"\ncomm bytes for a {n}-character answer: {total} in {len(ours)} comm_msg frames "
           f"({len(deltas)} deltas, {seconds:.1f} s)")
     # Each character crosses once, in order: deltas append, never resend.
@@ -297,13 +333,15 @@ def test_answer_bytes_on_the_comm_are_linear(notebook: NotebookPage, fake_server
 
 
 def test_panel_in_notebook7(
-    jupyter_server: JupyterServer, open_notebook: Callable[..., NotebookPage], fake_server: FakeOpenAI
+    jupyter_server: JupyterServer,
+    open_notebook: Callable[..., NotebookPage],
+    fake_server: FakeOpenAI,
 ) -> None:
     path = "panel-notebook7.ipynb"
     jupyter_server.put_notebook(path, empty_notebook())
     nb = open_notebook(path, ui="notebook")
     try:
-        setup(nb, fake_server)
+        configure(nb, fake_server)
         open_panel(nb)
         fake_server.script(Reply(text="Hello from **Notebook 7**."))
         ask(nb.page, "Hi")

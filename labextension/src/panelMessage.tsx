@@ -1,0 +1,111 @@
+/**
+ * What the chat panel adds around a message: the answer's thinking (folded)
+ * above it, and below it where the turn came from, a "(partial)" mark, and the
+ * answer's tokens and cost.
+ */
+import type {
+  MessageFooterSectionProps,
+  MessagePreambleProps
+} from '@jupyter/chat';
+import { MessageFooterRegistry, MessagePreambleRegistry } from '@jupyter/chat';
+import * as React from 'react';
+
+import type { ITurnInfo } from './panelChatModel';
+import { turnInfo } from './panelChatModel';
+
+function count(n: number | null | undefined): string {
+  return n === null || n === undefined ? 'n/a' : n.toLocaleString();
+}
+
+/** `$0.0012`, `$1.23`, or `n/a` when the price is unknown. */
+export function formatCost(usd: number | null | undefined): string {
+  if (usd === null || usd === undefined) {
+    return 'n/a';
+  }
+  if (usd === 0) {
+    return '$0';
+  }
+  return usd < 0.01 ? `$${usd.toPrecision(2)}` : `$${usd.toFixed(2)}`;
+}
+
+/** `in 11 / out 200`, with `n/a` for what the server did not report. */
+export function formatTokens(
+  input: number | null | undefined,
+  output: number | null | undefined
+): string {
+  return `in ${count(input)} / out ${count(output)}`;
+}
+
+function Thinking(props: MessagePreambleProps): JSX.Element | null {
+  const info = turnInfo(props.message);
+  if (info === null || !info.thinking) {
+    return null;
+  }
+  return (
+    <details className="jp-llmchat-thinking">
+      <summary>Thinking</summary>
+      <div className="jp-llmchat-thinking-text">{info.thinking}</div>
+    </details>
+  );
+}
+
+function Origin(props: MessageFooterSectionProps): JSX.Element | null {
+  const info = turnInfo(props.message);
+  if (info === null) {
+    return null;
+  }
+  const marks: JSX.Element[] = [];
+  if (info.partial) {
+    marks.push(
+      <span
+        key="partial"
+        className="jp-llmchat-partial"
+        title="The answer was cut short (stopped, interrupted or a broken stream); history keeps what arrived."
+      >
+        (partial)
+      </span>
+    );
+  }
+  if (info.role === 'user' && info.source === 'cell') {
+    marks.push(
+      <span key="cell" className="jp-llmchat-origin">
+        from a %%chat cell
+      </span>
+    );
+  }
+  return marks.length ? <div className="jp-llmchat-marks">{marks}</div> : null;
+}
+
+function Usage(props: MessageFooterSectionProps): JSX.Element | null {
+  const info: ITurnInfo | null = turnInfo(props.message);
+  if (
+    info === null ||
+    info.role !== 'assistant' ||
+    info.streaming ||
+    !info.tokens
+  ) {
+    return null;
+  }
+  const text = `${formatTokens(info.tokens.input, info.tokens.output)} · cost ${formatCost(info.costUsd)}`;
+  return (
+    <div
+      className="jp-llmchat-turn-usage"
+      title="Tokens and cost of this answer"
+    >
+      {text}
+    </div>
+  );
+}
+
+export function createPreambleRegistry(): MessagePreambleRegistry {
+  const registry = new MessagePreambleRegistry();
+  registry.addComponent(Thinking);
+  return registry;
+}
+
+export function createFooterRegistry(): MessageFooterRegistry {
+  const registry = new MessageFooterRegistry();
+  registry.addSection({ component: Origin, position: 'left' });
+  registry.addSection({ component: Usage, position: 'right' });
+  return registry;
+}

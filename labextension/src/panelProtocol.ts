@@ -1,0 +1,92 @@
+/**
+ * Custom messages of the chat panel widget (`ChatPanel` in the kernel's
+ * `jupyter_llmchat/_widget.py`, whose docstring is the reference). The
+ * conversation travels as these messages; state that changes rarely is synced
+ * as traits (`session`, `sessions`, `busy`, `model`, `usage`).
+ */
+
+/** Token counts of an answer; null where the server did not say. */
+export interface ITokens {
+  input: number | null;
+  output: number | null;
+  cached: number | null;
+}
+
+/** One turn as the kernel describes it. */
+export interface ITurnMessage {
+  id: string;
+  role: 'user' | 'assistant';
+  /** Null in `done`: the deltas carried the text. */
+  text?: string | null;
+  thinking?: string | null;
+  partial?: boolean;
+  source?: 'cell' | 'panel' | null;
+  model?: string | null;
+  /** Seconds since the epoch. */
+  time?: number;
+  tokens?: ITokens | null;
+  cost_usd?: number | null;
+  finish_reason?: string | null;
+}
+
+/** `usage` trait: the session's totals. */
+export interface IUsage {
+  answers?: number;
+  input?: number | null;
+  output?: number | null;
+  cached?: number | null;
+  cost_usd?: number | null;
+}
+
+/** Kernel -> front end. */
+export type KernelPanelMessage =
+  | { type: 'history'; messages: ITurnMessage[] }
+  | { type: 'append'; messages: ITurnMessage[] }
+  | { type: 'user'; message: ITurnMessage }
+  | { type: 'delta'; id: string; kind: 'text' | 'thinking'; text: string }
+  | {
+      type: 'done';
+      message: ITurnMessage;
+      user_id?: string;
+      /** False: the question did not enter history. */
+      recorded?: boolean;
+    }
+  | {
+      type: 'error';
+      message: string;
+      hint?: string;
+      /** Set in answer to `send`: false when the question did not enter history. */
+      recorded?: boolean;
+      /** The ids of the answer and the question, once the kernel accepted it. */
+      id?: string;
+      user_id?: string;
+    }
+  | { type: 'status'; text: string };
+
+/** Front end -> kernel. */
+export type FrontEndPanelMessage =
+  | { type: 'hello' }
+  | { type: 'send'; text: string }
+  | { type: 'stop' }
+  | { type: 'session'; name: string };
+
+const KERNEL_TYPES: ReadonlySet<string> = new Set([
+  'history',
+  'append',
+  'user',
+  'delta',
+  'done',
+  'error',
+  'status'
+]);
+
+/** A shallow check: enough to dispatch on `type` without trusting the rest blindly. */
+export function isKernelPanelMessage(
+  value: unknown
+): value is KernelPanelMessage {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return false;
+  }
+  const type = (value as { type?: unknown }).type;
+  return typeof type === 'string' && KERNEL_TYPES.has(type);
+}
