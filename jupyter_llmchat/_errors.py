@@ -72,7 +72,7 @@ class APIStatusError(LLMChatError):
 class AuthenticationError(APIStatusError):
     """401 or 403: the credentials were missing, wrong or not allowed."""
 
-    hint = "check credentials (api key)"
+    hint = "check credentials: the API key, or what credentials= returns"
 
 
 class RateLimitError(APIStatusError):

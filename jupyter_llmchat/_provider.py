@@ -376,7 +376,8 @@ class OpenAICompatible:
     ) -> APIStatusError:
         detail = self.redact(_error_detail(text))
         reason = httpx.codes.get_reason_phrase(status)
-        msg = f"{status} {reason} from {method} {safe_url(url)}" + (f": {detail}" if detail else "")
+        # The server's own words first: narrow places (the chat panel) cut the end off.
+        msg = f"{status} {reason}" + (f": {detail}" if detail else "") + f" ({method} {safe_url(url)})"
         kwargs: dict[str, Any] = {"status_code": status, "url": safe_url(url), "body": self.redact(text[:2000])}
         if status in (401, 403):
             return AuthenticationError(msg, **kwargs)
