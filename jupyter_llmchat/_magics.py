@@ -336,7 +336,8 @@ class ChatMagics(Magics):
     @magic_arguments()
     @argument("-s", "--session", help="Only this session.")
     @argument("--turns", action="store_true", help="List every answer, not just totals.")
-    @argument("--all", action="store_true", help="Add every Chat of this kernel, not only sessions.")
+    @argument("--all", action="store_true",
+              help="Add the notebook's whole spend: replaced, reset and --no-history answers too.")
     @line_magic
     def chat_usage(self, line: str) -> Any:
         """Tokens (input, output, cached) and cost per session and model, with totals.
@@ -347,9 +348,14 @@ class ChatMagics(Magics):
 
         args = _parse_options(self.chat_usage, line)
         names = self._existing(args.session)
-        return UsageReport(
-            {n: _sessions.session(n) for n in names}, turns=args.turns, process=args.all
-        )
+        spend = None
+        if args.all:
+            from ._bridge import current_bridge
+            from ._usage import token_usage
+
+            bridge = current_bridge()
+            spend = bridge.ledger.to_list() if bridge is not None else token_usage()
+        return UsageReport({n: _sessions.session(n) for n in names}, turns=args.turns, spend=spend)
 
     @magic_arguments()
     @argument("-s", "--session", default="default", help="Session name (default: default).")

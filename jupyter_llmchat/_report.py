@@ -59,11 +59,18 @@ class UsageReport:
 
     COLUMNS = ("session", "provider", "model", "answers", "input", "output", "cached", "cost")
 
-    def __init__(self, sessions: dict[str, Chat], *, turns: bool = False, process: bool = False) -> None:
+    def __init__(
+        self,
+        sessions: dict[str, Chat],
+        *,
+        turns: bool = False,
+        spend: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.rows = usage_rows(sessions)
         self.sessions = sessions
         self.show_turns = turns
-        self.process = process
+        #: Rows of ``token_usage()`` form for the "all spend" table (``--all``), or None.
+        self.spend = spend
 
     def _cells(self, r: _Row) -> list[str]:
         return [r.session, r.provider, r.model, str(r.turns), _num(r.input, r.unknown_tokens),
@@ -108,20 +115,20 @@ class UsageReport:
             notes.append("Cost n/a: no known price for this provider and model (local models are free).")
         return notes
 
-    def _process_rows(self) -> list[list[str]]:
-        from ._usage import token_usage
+    _SPEND_TITLE = "All answers of this notebook, replaced and reset ones included"
 
+    def _spend_rows(self) -> list[list[str]]:
         return [[r["provider"], r["model"], str(r["turns"]), _num(r["input"], 0), _num(r["output"], 0),
-                 _num(r["cached"], 0), _usd(r["cost_usd"], 0)] for r in token_usage()]
+                 _num(r["cached"], 0), _usd(r["cost_usd"], 0)] for r in self.spend or []]
 
     def _repr_html_(self) -> str:
         head, body, total = self._table()
         parts = ['<div class="jupyter-llmchat-usage">', _html_table(head, body, total)]
         if self.show_turns:
             parts.append("<p><b>Answers</b></p>" + _html_table(list(self._TURN_COLS), self._turn_lines()))
-        if self.process:
-            parts.append("<p><b>All chats in this kernel</b></p>" + _html_table(
-                ["provider", "model", "answers", "input", "output", "cached", "cost"], self._process_rows()))
+        if self.spend is not None:
+            parts.append(f"<p><b>{self._SPEND_TITLE}</b></p>" + _html_table(
+                ["provider", "model", "answers", "input", "output", "cached", "cost"], self._spend_rows()))
         parts += [f"<p><small>{html.escape(n)}</small></p>" for n in self._footnotes()]
         parts.append("</div>")
         return "".join(parts)
@@ -131,9 +138,10 @@ class UsageReport:
         parts = [_text_table(head, body + ([total] if total else []))]
         if self.show_turns:
             parts.append(_text_table(list(self._TURN_COLS), self._turn_lines()))
-        if self.process:
+        if self.spend is not None:
+            parts.append(self._SPEND_TITLE + ":")
             parts.append(_text_table(["provider", "model", "answers", "input", "output", "cached", "cost"],
-                                     self._process_rows()))
+                                     self._spend_rows()))
         parts += self._footnotes()
         return "\n".join(parts)
 

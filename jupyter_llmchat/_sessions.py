@@ -48,8 +48,12 @@ def local_chat(**kwargs: object) -> Chat:
     from ._local import MODEL_ALIAS
     from ._presets import chat_openai_compatible
 
+    # The bundled model is a tiny base model that loops on its prompt; llama.cpp's
+    # repeat_penalty keeps it from repeating itself (the user's api_args still win).
+    api_args = {"repeat_penalty": 1.3, **dict(kwargs.pop("api_args", None) or {})}  # type: ignore[call-overload]
     chat = chat_openai_compatible(
-        base_url=_NOT_STARTED, name="llama.cpp (local)", model=MODEL_ALIAS, **kwargs  # type: ignore[arg-type]
+        base_url=_NOT_STARTED, name="llama.cpp (local)", model=MODEL_ALIAS, api_args=api_args,
+        **kwargs,  # type: ignore[arg-type]
     )
     _local.add(chat)
     return chat

@@ -706,3 +706,26 @@ def test_session_that_talked_keeps_its_settings(ip: InteractiveShell, fake: Fake
     run(ip, "%chat_reset")
     run(ip, "%%chat\nthird")
     assert fake.last_body()["model"] == "other-model"
+
+
+def test_usage_all_keeps_the_spend_of_reset_and_no_history_answers(
+    ip: InteractiveShell, fake: FakeOpenAI
+) -> None:
+    from jupyter_llmchat._bridge import current_bridge
+
+    bridge = current_bridge()
+    assert bridge is not None
+    bridge.ledger.rows.clear()  # this module's earlier tests spent too
+    fake.script(
+        Reply(text="a", usage={"prompt_tokens": 100, "completion_tokens": 7}),
+        Reply(text="b", usage={"prompt_tokens": 50, "completion_tokens": 3}),
+    )
+    run(ip, "%chat one")
+    run(ip, "%chat --no-history two")
+    run(ip, "%chat_reset")
+    plain = repr(ip.run_line_magic("chat_usage", ""))
+    assert "No answers yet." in plain
+    spend = repr(ip.run_line_magic("chat_usage", "--all"))
+    assert "replaced and reset ones included" in spend
+    lines = [ln.split() for ln in spend.splitlines() if ln.startswith("OpenAI-compatible")]
+    assert lines == [["OpenAI-compatible", "test-model", "2", "150", "10", "n/a", "n/a"]], spend
