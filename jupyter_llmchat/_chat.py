@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from contextlib import aclosing, closing
 from typing import Any, Literal
 
-from ._errors import ConfigurationError, LLMChatError, StreamError
+from ._errors import ConfigurationError, StreamError
 from ._provider import OpenAICompatible, safe_url
 from ._turns import Content, ContentImage, ContentText, ContentThinking, Tokens, Turn
 from ._usage import cost_of, record_usage, warm_up_prices
@@ -565,6 +565,3 @@ def _message(t: Turn) -> dict[str, Any]:
         return {"role": "user", "content": parts}
     return {"role": t.role, "content": t.text}
 
-
-# LLMChatError is re-exported for ``except`` clauses in callers of this module.
-_ = LLMChatError

@@ -7,12 +7,10 @@ answer's display in ``_display``; this module parses, templates and wires them t
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
 import shlex
-from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -115,7 +113,7 @@ class ChatMagics(Magics):
     def _validate_base_url(self, proposal: Any) -> str:
         value = str(proposal["value"]).strip()
         if value and not re.match(r"^https?://[^/\s]+", value):
-            raise TraitError(f"ChatMagics.base_url must be an http(s) URL, e.g. http://127.0.0.1:11434/v1")
+            raise TraitError("ChatMagics.base_url must be an http(s) URL, e.g. http://127.0.0.1:11434/v1")
         return value
 
     #: Magics are always registered on a shell (IPython types it Optional).
@@ -556,5 +554,3 @@ def unload(ipython: Any) -> None:
             for name in ("chat", "chat_usage", "chat_history", "chat_reset", "chat_config", "chat_panel"):
                 ipython.magics_manager.magics[kind].pop(name, None)
 
-
-_ = html  # used by _report for escaping; kept importable here for magics' help rendering

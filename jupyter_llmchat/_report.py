@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._chat import Chat
-from ._turns import Turn
 from ._usage import UsageRow
 
 __all__ = ["ConfigView", "HistoryView", "UsageReport", "usage_rows"]

@@ -11,6 +11,12 @@ from tests.fake_openai import FakeOpenAI
 pytest_plugins = ["tests.conftest_local"]
 
 
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key in the developer's environment must not leak into the tests' requests."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
 @pytest.fixture(scope="session")
 def _fake_server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:

@@ -23,27 +23,11 @@ from jupyter_llmchat import (
     params,
 )
 from jupyter_llmchat._provider import deep_merge
+from tests.helpers import last, new_chat
 from tests.fake_openai import PROMPT_TOKENS, FakeOpenAI, Reply
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(autouse=True)
-def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A key in the developer's environment must not leak into these requests."""
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
-
-def new_chat(url: str, **kwargs: Any) -> Chat:
-    kwargs.setdefault("model", "test-model")
-    return chat_openai_compatible(url, **kwargs)
-
-
-def last(chat: Chat) -> Turn:
-    """The chat's last assistant turn (there must be one)."""
-    turn = chat.last_turn()
-    assert turn is not None
-    return turn
 
 
 # -- params() ---------------------------------------------------------------------------------
@@ -308,9 +292,9 @@ def test_credentials_none_without_env_sends_no_auth_header(fake: FakeOpenAI, fak
 def test_api_key_is_deprecated_at_the_callers_line(fake: FakeOpenAI, fake_url: str) -> None:
     fake.require_auth = "Bearer old-style-key"
     with pytest.warns(DeprecationWarning, match="credentials=") as record:
-        chat = new_chat(fake_url, api_key="old-style-key")
+        chat = chat_openai_compatible(fake_url, model="test-model", api_key="old-style-key")
     assert len(record) == 1
-    # new_chat() above is in this file: the warning points at the user's code, not ours.
+    # The warning points at the user's line (this file), not into the package.
     assert record[0].filename == __file__
     assert chat.chat("hi") == "Hello from the fake server."
 

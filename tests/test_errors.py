@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
 
 import pytest
 
 from jupyter_llmchat import (
     APIStatusError,
     AuthenticationError,
-    Chat,
     LLMChatError,
     RateLimitError,
     ServerError,
@@ -20,19 +18,11 @@ from jupyter_llmchat import (
     TransportError,
     chat_openai_compatible,
 )
+from tests.helpers import new_chat
 from tests.fake_openai import FakeOpenAI, Reply
 
 SECRET = "sk-test-SECRET1234567890"
 
-
-@pytest.fixture(autouse=True)
-def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
-
-def new_chat(url: str, **kwargs: Any) -> Chat:
-    kwargs.setdefault("model", "test-model")
-    return chat_openai_compatible(url, **kwargs)
 
 
 def closed_port_url() -> str:

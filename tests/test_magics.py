@@ -7,7 +7,6 @@ server with ``%config`` as a user would. What crosses IOPub in a kernel is in te
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 from collections.abc import Iterator

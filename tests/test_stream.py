@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
 
 import pytest
 from genai_prices import Usage, calc_price
@@ -22,31 +21,14 @@ from jupyter_llmchat import (
     ServerError,
     StreamError,
     Tokens,
-    Turn,
     chat_openai,
-    chat_openai_compatible,
     token_usage,
 )
+from tests.helpers import last, new_chat
 from tests.fake_openai import PROMPT_TOKENS, FakeOpenAI, Reply
 
 TEXT = "The quick brown fox jumps over the lazy dog."  # 6 chunks of 8 characters
 
-
-@pytest.fixture(autouse=True)
-def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
-
-def new_chat(url: str, **kwargs: Any) -> Chat:
-    kwargs.setdefault("model", "test-model")
-    return chat_openai_compatible(url, **kwargs)
-
-
-def last(chat: Chat) -> Turn:
-    """The chat's last assistant turn (there must be one)."""
-    turn = chat.last_turn()
-    assert turn is not None
-    return turn
 
 
 def assert_alternates(chat: Chat) -> None:
