@@ -87,11 +87,12 @@ def record_usage(provider: str, model: str, tokens: Tokens | None, cost: float |
 def token_usage() -> list[dict[str, Any]]:
     """Totals of this process's turns per (provider name, model), with cost in USD.
 
-    Each row: ``provider``, ``model``, ``turns``, ``input``, ``output``, ``cached``, ``cost_usd``
-    (None where unknown).
+    Each row: ``provider``, ``model``, ``turns``, ``input``, ``output``, ``cached`` and the cost in
+    USD as ``cost`` (also ``cost_usd``); None where unknown.
     """
     with _lock:
-        return [row.to_dict() for row in _USAGE.values()]
+        # "cost" as in chatlas's token_usage(); "cost_usd" as in the notebook's record.
+        return [{**row.to_dict(), "cost": row.cost} for row in _USAGE.values()]
 
 
 _price_lock = threading.Lock()
