@@ -126,7 +126,11 @@ def tour_notebook() -> pathlib.Path:
 
 def _run_tour(args: argparse.Namespace) -> int:
     """Copy the tour notebook here (unless it exists) and open it in JupyterLab."""
-    target = pathlib.Path(args.dir) / "01-tour.ipynb"
+    here = pathlib.Path(args.dir)
+    # In a clone of the repository, open its own copy rather than scatter another one.
+    target = here / "notebooks" / "01-tour.ipynb"
+    if not target.is_file():
+        target = here / "01-tour.ipynb"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tour_notebook(), target)
