@@ -46,7 +46,7 @@ class StreamDisplay:
         self._thinking: list[str] = []
         self._chars = 0
         self._next = 0.0
-        self._shown = False
+        self._last_sent: float | None = None
         self.display_id: str | None = None
         self.updates = 0
 
@@ -56,6 +56,9 @@ class StreamDisplay:
         self._show(bundle, {})
 
     def _show(self, bundle: dict[str, str], metadata: dict[str, Any]) -> None:
+        self._last_sent = now = self._clock()
+        # Whatever was sent last (status line included), the next update keeps the rate.
+        self._next = max(self._next, now + self._min_interval)
         if self.display_id is None:
             handle = self._display(bundle, raw=True, metadata=metadata, display_id=True)
             self.display_id = getattr(handle, "display_id", None) or str(id(self))
@@ -78,6 +81,15 @@ class StreamDisplay:
         self._show({"text/markdown": md}, {})
         self.updates += 1
         self._next = now + max(self._min_interval, len(md) / BYTES_PER_SECOND)
+
+    def _keep_rate(self) -> None:
+        """Before the final update: wait out the rest of 1/rate since the last message
+        (at most a second), so no second of streaming carries more than rate_hz messages."""
+        if self._last_sent is None:
+            return
+        wait = self._min_interval - (self._clock() - self._last_sent)
+        if wait > 0:
+            time.sleep(min(wait, 1.0))
 
     @property
     def text(self) -> str:
@@ -104,6 +116,7 @@ class StreamDisplay:
         """The last update: the whole answer, as Markdown and plain text, with the turn's metadata."""
         text = self.text
         md = self.markdown()
+        self._keep_rate()
         if note:
             md += f"\n\n*{_md_escape(note)}*"
         if fmt == "text":

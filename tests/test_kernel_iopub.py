@@ -150,6 +150,13 @@ def wire_size(text: str) -> int:
     return len(json.dumps(text, ensure_ascii=False)) - 2
 
 
+def busiest_second(shown: list[Msg]) -> int:
+    """Most display messages sent within any one second (a sliding window, by kernel clock)."""
+    return max(
+        sum(1 for b in shown[i:] if 0 <= seconds(a, b) < 1.0) for i, a in enumerate(shown)
+    )
+
+
 def measure(label: str, msgs: list[Msg], answer: str) -> dict[str, float]:
     """Count and size one answer's display messages; print them."""
     shown = answer_displays(msgs)
@@ -163,13 +170,14 @@ def measure(label: str, msgs: list[Msg], answer: str) -> dict[str, float]:
         "intermediate_bytes": sum(size(m) for m in intermediate),
         "final_bytes": size(final),
         "comm_bytes": sum(size(m) for m in msgs if m["msg_type"].startswith("comm_")),
+        "busiest_second": busiest_second(shown),
     }
     print(
         f"\n[iopub] {label}: {numbers['answer_chars']} chars ({numbers['answer_bytes']} B as JSON), "
         f"{numbers['messages']} display messages "
         f"({numbers['intermediate']} intermediate) in {numbers['streaming_s']:.2f} s; "
         f"intermediate {numbers['intermediate_bytes']} B, final {numbers['final_bytes']} B; "
-        f"metadata comm {numbers['comm_bytes']} B"
+        f"metadata comm {numbers['comm_bytes']} B; at most {numbers['busiest_second']} in any second"
     )
     return numbers
 
@@ -205,6 +213,7 @@ def test_fast_stream_bytes_and_rate(kc: Any, server: FakeOpenAIProcess, n_chars:
     shown = answer_displays(msgs)
 
     assert n["messages"] <= RATE_HZ * n["streaming_s"] + 2
+    assert n["busiest_second"] <= RATE_HZ
     # "The answer" counted as the bytes it takes on the wire: JSON escapes its ~4% newlines,
     # which alone puts two raw copies of 100k characters 8.3 kB over 2 * 100_000 + 8192.
     assert n["final_bytes"] <= 2 * n["answer_bytes"] + 8192
@@ -227,6 +236,7 @@ def test_slow_stream_updates_progressively(kc: Any, server: FakeOpenAIProcess) -
 
     assert n["streaming_s"] >= 8
     assert n["messages"] <= RATE_HZ * n["streaming_s"] + 2
+    assert n["busiest_second"] <= RATE_HZ
     assert n["intermediate"] >= 5
     # The updates grow: each shows more of the answer than the one before, with a cursor.
     texts = [m["content"]["data"]["text/markdown"] for m in shown[:-1]]
