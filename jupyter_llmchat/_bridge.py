@@ -109,7 +109,11 @@ class Bridge:
         return build_record(_sessions.sessions(), self.ledger)
 
     def send(self) -> None:
-        if self.comm is None or not getattr(self.magics, "record_metadata", True):
+        # Until the extension's hello, nobody may be listening (nbclient, VS Code): send nothing.
+        # The hello's handler sends the whole record, so nothing made before it is lost.
+        if self.comm is None or not self.hello_received:
+            return
+        if not getattr(self.magics, "record_metadata", True):
             return
         try:
             self.comm.send({"type": "set_metadata", "value": self.record()})
