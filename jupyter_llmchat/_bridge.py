@@ -29,7 +29,6 @@ class Bridge:
         self.shell = shell
         self.magics = magics
         self.comm: Any = None
-        self.front_end_path: str | None = None
         self.hello_received = False
         self.opened_in: int | None = None
         self.ledger = Ledger()
@@ -80,7 +79,8 @@ class Bridge:
                 if s["system_prompt"] and not chat.system_prompt:
                     chat.system_prompt = s["system_prompt"]
                 changed = True
-        if replace or len(clean["usage"]) and _ledger_total(clean["usage"]) > self._ledger_turns():
+        # The spend ledger only grows: take the record's when it counts more answers than ours.
+        if replace or _ledger_total(clean["usage"]) > self._ledger_turns():
             self.ledger.load(clean["usage"])
         if changed:
             self.send()
@@ -150,8 +150,6 @@ class Bridge:
             return
         if data.get("type") == "hello":
             self.hello_received = True
-            path = data.get("path")
-            self.front_end_path = path if isinstance(path, str) else None
             if data.get("record") is not None:
                 self.apply(data["record"], replace=False)
             self.send()

@@ -48,7 +48,7 @@ def _check_echo(echo: str | None, default: Echo) -> Echo:
 class _Answer:
     """Accumulates one streamed (or whole) answer; pure, no I/O, fed one SSE data field at a time."""
 
-    __slots__ = ("text", "thinking", "finish_reason", "usage", "model", "done", "chunks")
+    __slots__ = ("text", "thinking", "finish_reason", "usage", "model", "done")
 
     def __init__(self) -> None:
         self.text: list[str] = []
@@ -57,7 +57,6 @@ class _Answer:
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.done = False
-        self.chunks = 0
 
     def feed(self, data: str) -> tuple[StreamEvent, ...]:
         """Decode one SSE data field; return the new thinking and text, if any, in that order."""
@@ -74,7 +73,6 @@ class _Answer:
             err = obj["error"]
             msg = err.get("message") if isinstance(err, dict) else err
             raise StreamError(f"the server reported an error mid-stream: {str(msg)[:200]}")
-        self.chunks += 1
         if obj.get("usage"):
             self.usage = obj["usage"]
         if self.model is None and isinstance(obj.get("model"), str):
@@ -181,7 +179,7 @@ class Chat:
                 raise ConfigurationError(
                     f"turn {i} has role {t.role!r}; turns must alternate user, assistant, ..."
                 )
-        with self._guard("set_turns"):
+        with self._guard():
             self._turns = new
         self._notify("set")
 
@@ -219,9 +217,7 @@ class Chat:
 
     def chat(self, *args: str | Content, echo: Echo | None = None, **kwargs: Any) -> str:
         """Send a message, wait for the whole answer, return its text."""
-        mode = _check_echo(echo, self._echo)
-        if mode == "all":
-            _write(f"> {_prompt_text(args)}\n")
+        mode = _start_echo(args, echo, self._echo)
         out = []
         # Without echo nothing is shown while it arrives: ask for the whole answer at once, which
         # also gets token usage from servers that send none while streaming (llama.cpp's).
@@ -241,9 +237,7 @@ class Chat:
         """Send a message and yield the answer's text as it arrives.
 
         Stopping early (``break``, ``close()``) keeps the text so far as a partial answer."""
-        mode = _check_echo(echo, "none")
-        if mode == "all":
-            _write(f"> {_prompt_text(args)}\n")
+        mode = _start_echo(args, echo, "none")
         # Closing this generator early (break, close()) closes the exchange at once: the partial
         # answer is recorded and the chat freed now, not whenever the inner one is collected.
         with closing(self._events(args, **kwargs)) as events:
@@ -254,9 +248,7 @@ class Chat:
                     yield piece
 
     async def chat_async(self, *args: str | Content, echo: Echo | None = None, **kwargs: Any) -> str:
-        mode = _check_echo(echo, self._echo)
-        if mode == "all":
-            _write(f"> {_prompt_text(args)}\n")
+        mode = _start_echo(args, echo, self._echo)
         out = []
         kwargs.setdefault("stream", mode != "none")  # as in chat()
         async for kind, piece in self._aevents(args, **kwargs):
@@ -271,9 +263,7 @@ class Chat:
     async def stream_async(
         self, *args: str | Content, echo: Echo | None = None, **kwargs: Any
     ) -> AsyncGenerator[str, None]:
-        mode = _check_echo(echo, "none")
-        if mode == "all":
-            _write(f"> {_prompt_text(args)}\n")
+        mode = _start_echo(args, echo, "none")
         # As in stream(); an async generator is only closed by aclose() (or, after a plain
         # ``break``, by the event loop a moment later), so pass that close on to the exchange.
         async with aclosing(self._aevents(args, **kwargs)) as events:
@@ -316,7 +306,7 @@ class Chat:
         self, args: Sequence[str | Content], **kwargs: Any
     ) -> Generator[StreamEvent, None, None]:
         """Stream one exchange; yields ("text"|"thinking", piece) and records the turns."""
-        with self._guard("chat"):
+        with self._guard():
             user, body = self._prepare(args, **kwargs)
             self._notify("start")
             answer = _Answer()
@@ -334,7 +324,7 @@ class Chat:
     async def _aevents(
         self, args: Sequence[str | Content], **kwargs: Any
     ) -> AsyncGenerator[StreamEvent, None]:
-        with self._guard("chat"):
+        with self._guard():
             user, body = self._prepare(args, **kwargs)
             self._notify("start")
             answer = _Answer()
@@ -414,8 +404,8 @@ class Chat:
         """True while an answer is streaming."""
         return self._lock.locked()
 
-    def _guard(self, what: str) -> _Guard:
-        return _Guard(self, what)
+    def _guard(self) -> _Guard:
+        return _Guard(self)
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn(chat, event)`` after every change of history (used by the Jupyter layer)."""
@@ -435,7 +425,7 @@ class Chat:
 
     def reset(self) -> None:
         """Forget every turn (the system prompt stays)."""
-        with self._guard("reset"):
+        with self._guard():
             self._turns = []
         self._notify("reset")
 
@@ -499,9 +489,8 @@ class Chat:
 class _Guard:
     """Holds a Chat's lock for one exchange; a second sender is refused, never interleaved."""
 
-    def __init__(self, chat: Chat, what: str) -> None:
+    def __init__(self, chat: Chat) -> None:
         self.chat = chat
-        self.what = what
 
     def __enter__(self) -> None:
         if not self.chat._lock.acquire(blocking=False):
@@ -549,8 +538,12 @@ def _contents(args: Sequence[str | Content]) -> list[Content]:
     return out
 
 
-def _prompt_text(args: Sequence[str | Content]) -> str:
-    return " ".join(a if isinstance(a, str) else f"[{a.type}]" for a in args)
+def _start_echo(args: Sequence[str | Content], echo: str | None, default: Echo) -> Echo:
+    """The echo mode in force; with "all", the prompt is printed first."""
+    mode = _check_echo(echo, default)
+    if mode == "all":
+        _write("> " + " ".join(a if isinstance(a, str) else f"[{a.type}]" for a in args) + "\n")
+    return mode
 
 
 def _message(t: Turn) -> dict[str, Any]:

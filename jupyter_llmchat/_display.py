@@ -48,7 +48,6 @@ class StreamDisplay:
         self._next = 0.0
         self._last_sent: float | None = None
         self.display_id: str | None = None
-        self.updates = 0
 
     def status(self, line: str) -> None:
         """Show (or replace) a one-line status, e.g. "starting local model..."."""
@@ -79,7 +78,6 @@ class StreamDisplay:
     def _flush(self, now: float) -> None:
         md = self.markdown(partial_cursor=True)
         self._show({"text/markdown": md}, {})
-        self.updates += 1
         self._next = now + max(self._min_interval, len(md) / BYTES_PER_SECOND)
 
     def _keep_rate(self) -> None:
