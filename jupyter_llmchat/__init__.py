@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._chat import Chat
+    from ._chat import AsyncChatStream, Chat, ChatStream
+    from ._content import content_image_file, content_image_plot, content_image_url
     from ._errors import (
         APIStatusError,
         AuthenticationError,
@@ -37,6 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
         chat_vllm,
     )
     from ._sessions import session, use
+    from ._structured import StructuredOutputError
+    from ._tools import Tool, ToolError, ToolRejectError
     from ._turns import (
         ContentImage,
         ContentText,
@@ -51,8 +54,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "APIStatusError",
+    "AsyncChatStream",
     "AuthenticationError",
     "Chat",
+    "ChatStream",
     "ConfigurationError",
     "ContentImage",
     "ContentText",
@@ -63,7 +68,11 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "StreamError",
+    "StructuredOutputError",
     "Tokens",
+    "Tool",
+    "ToolError",
+    "ToolRejectError",
     "TransportError",
     "Turn",
     "__version__",
@@ -76,6 +85,9 @@ __all__ = [
     "chat_openai_compatible",
     "chat_openrouter",
     "chat_vllm",
+    "content_image_file",
+    "content_image_plot",
+    "content_image_url",
     "load_ipython_extension",
     "panel",
     "params",
@@ -86,7 +98,12 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AsyncChatStream": "_chat",
     "Chat": "_chat",
+    "ChatStream": "_chat",
+    "content_image_file": "_content",
+    "content_image_plot": "_content",
+    "content_image_url": "_content",
     "APIStatusError": "_errors",
     "AuthenticationError": "_errors",
     "ConfigurationError": "_errors",
@@ -107,6 +124,10 @@ _LAZY = {
     "chat_vllm": "_presets",
     "session": "_sessions",
     "use": "_sessions",
+    "StructuredOutputError": "_structured",
+    "Tool": "_tools",
+    "ToolError": "_tools",
+    "ToolRejectError": "_tools",
     "ContentImage": "_turns",
     "ContentText": "_turns",
     "ContentThinking": "_turns",

@@ -4,6 +4,26 @@ History is only changed when a request has produced something: a finished answer
 user turn and the assistant turn together; an answer cut short (Ctrl-C, task cancel, a stop
 from the panel, a broken stream) records the text so far as an assistant turn with
 ``partial=True``; a request that fails before any text records nothing.
+
+One exchange, four ways to drive it. ``_Exchange`` holds everything an exchange decides (the
+request bodies, decoding, the tool loop and its bound, what gets recorded); ``_run`` (sync) and
+``_arun`` (async) only move bytes and run tools, and ``chat``, ``stream``, ``chat_async``,
+``stream_async`` and ``chat_structured`` consume them. With tools, an exchange is several
+requests: the model asks for calls, they run, their results go back, until it answers without
+calls (at most ``max_tool_rounds`` rounds, then ``ToolError``).
+
+The public stream, for callers that render an answer as it arrives (the magics, the panel)::
+
+    s = chat.stream("Hi", content="all", model=None, params=None,   # per-call overrides
+                    history=True, meta={"cell_id": ...}, replace_from=None)
+    for item in s:       # ContentText / ContentThinking pieces, ContentToolRequest, ContentToolResult
+        ...
+    s.user_turn, s.turn  # the prompt's turn and the final answer (partial=True when cut short);
+    s.turns              # every turn of the exchange; all None/[] when nothing was recorded
+    s.recorded           # whether they went into the history (history=False: shown, not kept)
+
+``close()`` (or ``aclose()``) ends the exchange at once and records the partial answer; the
+object is also a context manager. ``stream_async`` returns the same with ``async for``.
 """
 
 from __future__ import annotations
@@ -14,22 +34,42 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+import uuid
+import warnings
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextlib import aclosing, closing
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from ._errors import ConfigurationError, StreamError
-from ._provider import OpenAICompatible, safe_url
-from ._turns import Content, ContentImage, ContentText, ContentThinking, Tokens, Turn
+from ._provider import OpenAICompatible, credentials_from, safe_url
+from ._tools import Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
+from ._turns import (
+    Content,
+    ContentImage,
+    ContentText,
+    ContentThinking,
+    ContentToolRequest,
+    ContentToolResult,
+    Tokens,
+    Turn,
+)
 from ._usage import cost_of, record_usage, warm_up_prices
 
-__all__ = ["Chat", "Echo", "StreamEvent"]
+__all__ = ["AsyncChatStream", "Chat", "ChatStream", "Echo", "StreamContent", "StreamEvent"]
 
 Echo = Literal["none", "output", "all"]
 _ECHOES = ("none", "output", "all")
 
-#: What ``Chat._events`` yields: ("text" | "thinking", the new piece).
+#: What ``Chat._events`` yields: ("text" | "thinking", the new piece). Kept for the Jupyter
+#: layer until it moves onto ``stream(content="all")``.
 StreamEvent = tuple[str, str]
+
+#: What ``stream(content="all")`` yields.
+StreamContent = ContentText | ContentThinking | ContentToolRequest | ContentToolResult
+T = TypeVar("T")
+
+#: Default bound on tool rounds in one exchange (requests that ended asking for tools).
+MAX_TOOL_ROUNDS = 10
 
 #: Called on every change: (chat, what happened). "start": an answer begins streaming;
 #: "turn": an exchange was recorded; "abort": an answer failed with nothing to keep;
@@ -48,7 +88,7 @@ def _check_echo(echo: str | None, default: Echo) -> Echo:
 class _Answer:
     """Accumulates one streamed (or whole) answer; pure, no I/O, fed one SSE data field at a time."""
 
-    __slots__ = ("text", "thinking", "finish_reason", "usage", "model", "done")
+    __slots__ = ("text", "thinking", "finish_reason", "usage", "model", "done", "calls")
 
     def __init__(self) -> None:
         self.text: list[str] = []
@@ -57,6 +97,8 @@ class _Answer:
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.done = False
+        # Tool calls by their stream index: id, name and the argument pieces so far.
+        self.calls: dict[int, dict[str, Any]] = {}
 
     def feed(self, data: str) -> tuple[StreamEvent, ...]:
         """Decode one SSE data field; return the new thinking and text, if any, in that order."""
@@ -97,7 +139,52 @@ class _Answer:
         if content and isinstance(content, str):
             self.text.append(content)
             events.append(("text", content))
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            self._feed_calls(calls)
         return tuple(events)
+
+    def _feed_calls(self, calls: list[Any]) -> None:
+        """Assemble streamed tool calls: a call's id and name come first, its arguments in
+        pieces over many chunks; several calls are told apart by ``index``."""
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            index = call.get("index")
+            if not isinstance(index, int):  # a whole message lists its calls without indexes
+                index = position if self.done else max(self.calls, default=-1) + (0 if call.get("id") is None else 1)
+            entry = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
+            if isinstance(call.get("id"), str) and call["id"]:
+                entry["id"] = call["id"]
+            fn = call.get("function")
+            if not isinstance(fn, dict):
+                continue
+            if isinstance(fn.get("name"), str) and fn["name"] and not entry["name"]:
+                entry["name"] = fn["name"]
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                entry["arguments"].append(args)
+            elif isinstance(args, dict):  # some servers send the object itself
+                entry["arguments"].append(json.dumps(args))
+
+    def tool_requests(self) -> tuple[list[ContentToolRequest], dict[str, str]]:
+        """The calls of this answer, in order; and the raw arguments of those that are not a
+        JSON object, by call id (they get an error result instead of running)."""
+        requests: list[ContentToolRequest] = []
+        bad: dict[str, str] = {}
+        for index in sorted(self.calls):
+            entry = self.calls[index]
+            call_id = entry["id"] or f"call_{uuid.uuid4().hex[:24]}"
+            raw = "".join(entry["arguments"]).strip()
+            try:
+                args = json.loads(raw) if raw else {}
+            except ValueError:
+                args = None
+            if not isinstance(args, dict):
+                bad[call_id] = raw
+                args = {}
+            requests.append(ContentToolRequest(call_id, entry["name"], args))
+        return requests, bad
 
     @property
     def complete(self) -> bool:
@@ -133,6 +220,7 @@ class Chat:
         system_prompt: str | None = None,
         echo: Echo = "none",
         turns: Sequence[Turn] = (),
+        max_tool_rounds: int = MAX_TOOL_ROUNDS,
     ) -> None:
         self.provider = provider
         self._system_prompt = system_prompt
@@ -140,6 +228,12 @@ class Chat:
         self._turns: list[Turn] = []
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._tools: dict[str, Tool] = {}
+        #: Most requests in a row that may end asking for tools, in one exchange.
+        self.max_tool_rounds = max_tool_rounds
+        #: (user turn, final assistant turn) of the latest recorded exchange; read by the
+        #: Jupyter layer until it uses ``stream()``'s ``user_turn`` and ``turn``.
+        self.last_exchange: tuple[Turn, Turn] | None = None
         if turns:
             self.set_turns(turns)
 
@@ -179,6 +273,7 @@ class Chat:
                 raise ConfigurationError(
                     f"turn {i} has role {t.role!r}; turns must alternate user, assistant, ..."
                 )
+        _check_tool_turns(new)
         with self._guard():
             self._turns = new
         self._notify("set")
@@ -213,67 +308,156 @@ class Chat:
             return None
         return float(sum(t.cost for t in answers if t.cost is not None))
 
+    # -- tools --------------------------------------------------------------------------------
+
+    def register_tool(
+        self, func: Callable[..., Any] | Tool, *, name: str | None = None,
+        description: str | None = None,
+    ) -> Tool:
+        """Let the model call ``func`` (sync or async). Its JSON schema comes from the type hints,
+        its description from the docstring (parameters from a Google-style ``Args:`` section).
+        A tool that raises sends its error text to the model; ``ToolRejectError`` refuses."""
+        tool = func if isinstance(func, Tool) else Tool.from_func(func, name=name, description=description)
+        self._tools[tool.name] = tool
+        return tool
+
+    def get_tools(self) -> list[Tool]:
+        return list(self._tools.values())
+
+    def set_tools(self, tools: Sequence[Callable[..., Any] | Tool]) -> None:
+        """Replace every tool (an empty list removes them all)."""
+        new = [t if isinstance(t, Tool) else Tool.from_func(t) for t in tools]
+        self._tools = {t.name: t for t in new}
+
     # -- sending ------------------------------------------------------------------------------
 
-    def chat(self, *args: str | Content, echo: Echo | None = None, **kwargs: Any) -> str:
-        """Send a message, wait for the whole answer, return its text."""
+    def chat(
+        self, *args: str | Content, echo: Echo | None = None, model: str | None = None,
+        params: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> str:
+        """Send a message, wait for the whole answer (tool calls included), return its text."""
+        return self._collect(args, echo, dict(kwargs, model=model, params=params))
+
+    def _collect(self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any]) -> str:
         mode = _start_echo(args, echo, self._echo)
-        out = []
+        out: list[str] = []
         # Without echo nothing is shown while it arrives: ask for the whole answer at once, which
         # also gets token usage from servers that send none while streaming (llama.cpp's).
-        kwargs.setdefault("stream", mode != "none")
-        for kind, piece in self._events(args, **kwargs):
-            if kind == "text":
-                out.append(piece)
-                if mode != "none":
-                    _write(piece)
+        opts.setdefault("stream", mode != "none")
+        with closing(self._run(args, opts)) as items:
+            for item in items:
+                _take(item, out, mode)
         if mode != "none":
             _write("\n")
-        return "".join(out)
+        return _final_text(out)
 
     def stream(
-        self, *args: str | Content, echo: Echo | None = None, **kwargs: Any
-    ) -> Generator[str, None, None]:
-        """Send a message and yield the answer's text as it arrives.
+        self, *args: str | Content, content: Literal["text", "all"] = "text",
+        echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
+        history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+    ) -> ChatStream[Any]:
+        """Send a message and yield the answer as it arrives.
 
+        ``content="text"`` yields str pieces; ``"all"`` yields typed contents in order:
+        ``ContentText`` and ``ContentThinking`` pieces, ``ContentToolRequest`` and
+        ``ContentToolResult``. ``model`` and ``params`` apply to this call only;
+        ``history=False`` sends the prompt alone and records nothing; ``meta`` annotates the
+        turns (``cell_id``, ``source``); ``replace_from=i`` sends only the turns before ``i`` and
+        replaces them from ``i`` on once the answer is in (a notebook cell run again).
+        The returned ``ChatStream`` has ``user_turn``, ``turn`` and ``turns`` once it is done.
         Stopping early (``break``, ``close()``) keeps the text so far as a partial answer."""
+        _check_content(content)
         mode = _start_echo(args, echo, "none")
+        result = _Outcome()
+        opts = {"model": model, "params": params, "history": history, "meta": meta,
+                "replace_from": replace_from}
+        return ChatStream(self._stream_items(args, opts, content, mode, result), result)
+
+    def _stream_items(
+        self, args: Sequence[str | Content], opts: dict[str, Any], content: str, mode: Echo,
+        result: _Outcome,
+    ) -> Generator[Any, None, None]:
         # Closing this generator early (break, close()) closes the exchange at once: the partial
         # answer is recorded and the chat freed now, not whenever the inner one is collected.
-        with closing(self._events(args, **kwargs)) as events:
-            for kind, piece in events:
-                if kind == "text":
-                    if mode != "none":
-                        _write(piece)
-                    yield piece
-
-    async def chat_async(self, *args: str | Content, echo: Echo | None = None, **kwargs: Any) -> str:
-        mode = _start_echo(args, echo, self._echo)
-        out = []
-        kwargs.setdefault("stream", mode != "none")  # as in chat()
-        async for kind, piece in self._aevents(args, **kwargs):
-            if kind == "text":
-                out.append(piece)
+        with closing(self._run(args, opts, result)) as items:
+            for item in items:
                 if mode != "none":
-                    _write(piece)
+                    _echo_item(item)
+                if content == "all":
+                    yield item
+                elif isinstance(item, ContentText):
+                    yield item.text
+
+    async def chat_async(
+        self, *args: str | Content, echo: Echo | None = None, model: str | None = None,
+        params: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> str:
+        """``chat()`` on the running event loop; several tool calls of one answer run at once."""
+        return await self._acollect(args, echo, dict(kwargs, model=model, params=params))
+
+    async def _acollect(
+        self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any]
+    ) -> str:
+        mode = _start_echo(args, echo, self._echo)
+        out: list[str] = []
+        opts.setdefault("stream", mode != "none")  # as in chat()
+        async with aclosing(self._arun(args, opts)) as items:
+            async for item in items:
+                _take(item, out, mode)
         if mode != "none":
             _write("\n")
-        return "".join(out)
+        return _final_text(out)
 
-    async def stream_async(
-        self, *args: str | Content, echo: Echo | None = None, **kwargs: Any
-    ) -> AsyncGenerator[str, None]:
+    def stream_async(
+        self, *args: str | Content, content: Literal["text", "all"] = "text",
+        echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
+        history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+    ) -> AsyncChatStream[Any]:
+        """``stream()`` for ``async for``; the returned object has ``aclose()``."""
+        _check_content(content)
         mode = _start_echo(args, echo, "none")
+        result = _Outcome()
+        opts = {"model": model, "params": params, "history": history, "meta": meta,
+                "replace_from": replace_from}
+        return AsyncChatStream(self._astream_items(args, opts, content, mode, result), result)
+
+    async def _astream_items(
+        self, args: Sequence[str | Content], opts: dict[str, Any], content: str, mode: Echo,
+        result: _Outcome,
+    ) -> AsyncGenerator[Any, None]:
         # As in stream(); an async generator is only closed by aclose() (or, after a plain
         # ``break``, by the event loop a moment later), so pass that close on to the exchange.
-        async with aclosing(self._aevents(args, **kwargs)) as events:
-            async for kind, piece in events:
-                if kind == "text":
-                    if mode != "none":
-                        _write(piece)
-                    yield piece
+        async with aclosing(self._arun(args, opts, result)) as items:
+            async for item in items:
+                if mode != "none":
+                    _echo_item(item)
+                if content == "all":
+                    yield item
+                elif isinstance(item, ContentText):
+                    yield item.text
 
-    # -- the turn machinery shared by the four methods above ------------------------------------
+    # -- structured output --------------------------------------------------------------------
+
+    def chat_structured(
+        self, *args: str | Content, data_model: Any, echo: Echo | None = None, **kwargs: Any
+    ) -> Any:
+        """Ask for an answer shaped as ``data_model`` (a dataclass, pydantic model, TypedDict or
+        JSON-schema dict) through ``response_format``; return an instance of it (a dict for a
+        JSON schema or a TypedDict). ``StructuredOutputError`` keeps the raw text as ``.raw``."""
+        from ._structured import parse_structured, response_format
+
+        kwargs["response_format"] = response_format(data_model)
+        return parse_structured(self._collect(args, echo, kwargs), data_model)
+
+    async def chat_structured_async(
+        self, *args: str | Content, data_model: Any, echo: Echo | None = None, **kwargs: Any
+    ) -> Any:
+        from ._structured import parse_structured, response_format
+
+        kwargs["response_format"] = response_format(data_model)
+        return parse_structured(await self._acollect(args, echo, kwargs), data_model)
+
+    # -- the exchange, driven by one sync and one async loop ------------------------------------
 
     def _prepare(
         self,
@@ -302,91 +486,90 @@ class Chat:
         user.model = resolved
         return user, body
 
+    def _run(
+        self, args: Sequence[str | Content], opts: dict[str, Any], result: _Outcome | None = None
+    ) -> Generator[StreamContent, None, None]:
+        """The sync driver: stream each request, run the tools it asks for, until done."""
+        with self._guard():
+            ex = _Exchange(self, args, opts)
+            self._notify("start")
+            try:
+                while True:
+                    with self.provider.stream(ex.body()) as chunks:
+                        for data in chunks:
+                            yield from ex.feed(data)
+                    requests = ex.end_round()
+                    if not requests:
+                        break
+                    yield from requests
+                    for request in requests:
+                        done = ex.invoke(request)
+                        yield done
+            except BaseException as exc:  # KeyboardInterrupt and GeneratorExit included
+                ex.close(exc, result)
+                raise
+            ex.close(None, result)
+
+    async def _arun(
+        self, args: Sequence[str | Content], opts: dict[str, Any], result: _Outcome | None = None
+    ) -> AsyncGenerator[StreamContent, None]:
+        """The async driver: as ``_run``, with the calls of one answer run concurrently."""
+        import asyncio
+
+        with self._guard():
+            ex = _Exchange(self, args, opts)
+            self._notify("start")
+            try:
+                while True:
+                    async with self.provider.astream(ex.body()) as chunks:
+                        async for data in chunks:
+                            for item in ex.feed(data):
+                                yield item
+                    requests = ex.end_round()
+                    if not requests:
+                        break
+                    for request in requests:
+                        yield request
+                    for done in await asyncio.gather(*(ex.ainvoke(r) for r in requests)):
+                        yield done
+            except BaseException as exc:  # CancelledError and GeneratorExit included
+                ex.close(exc, result)
+                raise
+            ex.close(None, result)
+
     def _events(
         self, args: Sequence[str | Content], **kwargs: Any
     ) -> Generator[StreamEvent, None, None]:
-        """Stream one exchange; yields ("text"|"thinking", piece) and records the turns."""
-        with self._guard():
-            user, body = self._prepare(args, **kwargs)
-            self._notify("start")
-            answer = _Answer()
-            t0 = time.perf_counter()
-            try:
-                with self.provider.stream(body) as chunks:
-                    for data in chunks:
-                        yield from answer.feed(data)
-                self._check_complete(answer)
-            except BaseException as exc:  # KeyboardInterrupt and GeneratorExit included
-                self._record(user, answer, t0, kwargs, partial=True, exc=exc)
-                raise
-            self._record(user, answer, t0, kwargs, partial=False)
+        """Stream one exchange; yields ("text"|"thinking", piece) and records the turns.
+
+        The Jupyter layer's entry point until it moves onto ``stream(content="all")``."""
+        with closing(self._run(args, kwargs)) as items:
+            for item in items:
+                if isinstance(item, ContentText):
+                    yield ("text", item.text)
+                elif isinstance(item, ContentThinking):
+                    yield ("thinking", item.thinking)
 
     async def _aevents(
         self, args: Sequence[str | Content], **kwargs: Any
     ) -> AsyncGenerator[StreamEvent, None]:
-        with self._guard():
-            user, body = self._prepare(args, **kwargs)
-            self._notify("start")
-            answer = _Answer()
-            t0 = time.perf_counter()
-            try:
-                async with self.provider.astream(body) as chunks:
-                    async for data in chunks:
-                        for event in answer.feed(data):
-                            yield event
-                self._check_complete(answer)
-            except BaseException as exc:  # CancelledError and GeneratorExit included
-                self._record(user, answer, t0, kwargs, partial=True, exc=exc)
-                raise
-            self._record(user, answer, t0, kwargs, partial=False)
+        async with aclosing(self._arun(args, kwargs)) as items:
+            async for item in items:
+                if isinstance(item, ContentText):
+                    yield ("text", item.text)
+                elif isinstance(item, ContentThinking):
+                    yield ("thinking", item.thinking)
 
-    def _check_complete(self, answer: _Answer) -> None:
-        if not answer.complete:
-            raise StreamError(
-                f"the answer's stream from {self.provider.display_url} ended before it was complete"
-            )
-
-    def _record(
-        self,
-        user: Turn,
-        answer: _Answer,
-        t0: float,
-        kwargs: dict[str, Any],
-        *,
-        partial: bool,
-        exc: BaseException | None = None,
-    ) -> None:
-        if partial and not answer.has_content:
-            self._notify("abort")
-            return  # nothing arrived: leave history as it was
-        contents: list[Content] = []
-        if answer.thinking:
-            contents.append(ContentThinking("".join(answer.thinking)))
-        contents.append(ContentText("".join(answer.text)))
-        model = answer.model or user.model or self.provider.model or "unknown"
-        tokens = answer.tokens()
-        cost = cost_of(self.provider.price_provider, model, tokens)
-        finish = answer.finish_reason
-        if partial and finish is None:
-            finish = "interrupted" if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc) else "error"
-        reply = Turn(
-            "assistant",
-            contents,
-            tokens=tokens,
-            cost=cost,
-            finish_reason=finish,
-            partial=partial,
-            started_at=user.started_at,
-            duration=time.perf_counter() - t0,
-            model=model,
-            meta={k: v for k, v in user.meta.items() if k in ("cell_id", "source")},
-        )
-        record_usage(self.provider.name, model, tokens, cost)
-        if kwargs.get("history", True):
-            if kwargs.get("replace_from") is not None:
-                del self._turns[kwargs["replace_from"]:]
-            self._turns.extend((user, reply))
-        self.last_exchange = (user, reply)
+    def _record(self, user: Turn, turns: list[Turn], history: bool, replace_from: int | None) -> None:
+        """Put one exchange into the history (unless ``history=False``) and tell listeners."""
+        for t in turns:
+            if t.role == "assistant":
+                record_usage(self.provider.name, t.model or "unknown", t.tokens or Tokens(), t.cost)
+        if history:
+            if replace_from is not None:
+                del self._turns[replace_from:]
+            self._turns.extend((user, *turns))
+        self.last_exchange = (user, turns[-1])
         self._notify("turn")
 
     def _messages(self, turns: Sequence[Turn]) -> list[dict[str, Any]]:
@@ -394,7 +577,7 @@ class Chat:
         if self._system_prompt:
             msgs.append({"role": "system", "content": self._system_prompt})
         for t in turns:
-            msgs.append(_message(t))
+            msgs.extend(_wire(t))
         return msgs
 
     # -- locking and listeners ----------------------------------------------------------------
@@ -448,18 +631,44 @@ class Chat:
         }
 
     @classmethod
-    def from_json(cls, data: str | dict[str, Any], **kwargs: Any) -> Chat:
-        """Rebuild a Chat from ``to_json()``; pass ``credentials=``, ``api_headers=`` etc. again."""
-        from ._presets import chat_openai_compatible
-
+    def from_json(
+        cls,
+        data: str | dict[str, Any],
+        *,
+        credentials: Any = None,
+        api_key: str | None = None,
+        api_args: dict[str, Any] | None = None,
+        api_headers: dict[str, str] | None = None,
+        echo: Echo | None = None,
+        **overrides: Any,
+    ) -> Chat:
+        """Rebuild a Chat from ``to_json()``; pass ``credentials=``, ``api_headers=`` etc. again
+        (they are never saved). ``base_url``, ``name``, ``model``, ``params`` and
+        ``system_prompt`` override the saved ones. Tools are functions: register them again."""
+        unknown = set(overrides) - {"base_url", "name", "model", "params", "system_prompt"}
+        if unknown:
+            raise TypeError(f"from_json() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        if api_key is not None:
+            warnings.warn("api_key is deprecated; use credentials= (a str, or a function returning one)",
+                          DeprecationWarning, stacklevel=2)
+            credentials = api_key if credentials is None else credentials
         state = json.loads(data) if isinstance(data, str) else data
         prov = state.get("provider") or {}
-        kwargs.setdefault("base_url", prov.get("base_url"))
-        kwargs.setdefault("name", prov.get("name") or "OpenAI-compatible")
-        kwargs.setdefault("model", prov.get("model"))
-        kwargs.setdefault("params", state.get("params"))
-        kwargs.setdefault("system_prompt", state.get("system_prompt"))
-        chat = chat_openai_compatible(**kwargs)
+        params = overrides.get("params", state.get("params"))
+        if params is not None and not isinstance(params, dict):
+            raise ConfigurationError("params must come from params(...) or be a dict")
+        provider = OpenAICompatible(
+            base_url=overrides.get("base_url", prov.get("base_url")),
+            name=overrides.get("name", prov.get("name") or "OpenAI-compatible"),
+            model=overrides.get("model", prov.get("model")),
+            params=params,
+            api_args=api_args,
+            api_headers={str(k): str(v) for k, v in (api_headers or {}).items()},
+            credentials=credentials_from(credentials, "OPENAI_API_KEY"),
+            price_lookup=True,
+        )
+        chat = cls(provider, system_prompt=overrides.get("system_prompt", state.get("system_prompt")),
+                   echo=echo or "none")
         chat.set_turns([Turn.from_dict(t) for t in state.get("turns", [])])
         return chat
 
@@ -473,7 +682,10 @@ class Chat:
         prov.api_headers = dict(self.provider.api_headers)
         # Turns are mutable (the Jupyter layer annotates ``meta``): the copy gets its own.
         turns = _copy.deepcopy(self._turns)
-        return Chat(prov, system_prompt=self._system_prompt, echo=self._echo, turns=turns)
+        chat = Chat(prov, system_prompt=self._system_prompt, echo=self._echo, turns=turns,
+                    max_tool_rounds=self.max_tool_rounds)
+        chat._tools = dict(self._tools)  # tools are immutable records: sharing them is safe
+        return chat
 
     def __repr__(self) -> str:
         p = self.provider
@@ -546,15 +758,325 @@ def _start_echo(args: Sequence[str | Content], echo: str | None, default: Echo) 
     return mode
 
 
-def _message(t: Turn) -> dict[str, Any]:
-    """One turn as a chat-completions message; thinking is not sent back."""
-    if t.role == "user" and any(isinstance(c, ContentImage) for c in t.contents):
+#: Sent instead of an image whose bytes the notebook's record did not keep (``_metadata``).
+_OMITTED_IMAGE = "[an image was here; it was not kept in the notebook's record]"
+
+
+def _wire(t: Turn) -> list[dict[str, Any]]:
+    """One turn as chat-completions messages; thinking is not sent back.
+
+    An assistant turn's tool requests become its ``tool_calls``; a user turn's tool results
+    become one ``tool`` message each (then its other contents, if any, as a user message)."""
+    if t.role == "assistant":
+        msg: dict[str, Any] = {"role": "assistant", "content": t.text}
+        requests = t.tool_requests
+        if requests:
+            msg["content"] = t.text or None
+            msg["tool_calls"] = [
+                {"id": r.id, "type": "function",
+                 "function": {"name": r.name, "arguments": json.dumps(r.arguments, ensure_ascii=False)}}
+                for r in requests
+            ]
+        return [msg]
+    out: list[dict[str, Any]] = [
+        {"role": "tool", "tool_call_id": r.id, "content": tool_result_text(r)} for r in t.tool_results
+    ]
+    rest = [c for c in t.contents if isinstance(c, (ContentText, ContentImage))]
+    if out and not rest:
+        return out
+    if t.role == "user" and any(isinstance(c, ContentImage) for c in rest):
         parts: list[dict[str, Any]] = []
-        for c in t.contents:
+        for c in rest:
             if isinstance(c, ContentText):
                 parts.append({"type": "text", "text": c.text})
-            elif isinstance(c, ContentImage):
+            elif c.url.startswith("omitted:"):
+                parts.append({"type": "text", "text": _OMITTED_IMAGE})
+            else:
                 parts.append({"type": "image_url", "image_url": {"url": c.url}})
-        return {"role": "user", "content": parts}
-    return {"role": t.role, "content": t.text}
+        return [*out, {"role": "user", "content": parts}]
+    return [*out, {"role": t.role, "content": t.text}]
 
+
+def _check_tool_turns(turns: Sequence[Turn]) -> None:
+    """Tool requests and results pair up: an assistant turn's requests are answered by the next
+    (user) turn's results, id for id. The server would refuse anything else on the next request."""
+    for i, t in enumerate(turns):
+        results = {r.id for r in t.tool_results}
+        if results:
+            prev = turns[i - 1] if i > 0 else None
+            asked = {r.id for r in prev.tool_requests} if prev is not None else set()
+            if t.role != "user" or results != asked:
+                raise ConfigurationError(
+                    f"turn {i} has tool results that do not answer the tool requests of turn {i - 1}"
+                )
+        if t.tool_requests and t.role == "assistant":
+            nxt = turns[i + 1] if i + 1 < len(turns) else None
+            if nxt is None or {r.id for r in nxt.tool_results} != {r.id for r in t.tool_requests}:
+                raise ConfigurationError(
+                    f"turn {i} asks for tools, but turn {i + 1} does not hold their results"
+                )
+
+
+def _check_content(content: str) -> None:
+    if content not in ("text", "all"):
+        raise ConfigurationError(f'content={content!r} is not "text" or "all"')
+
+
+def _take(item: StreamContent, out: list[str], mode: Echo) -> None:
+    """Collect the final answer's text for ``chat()``: text before a tool round is dropped."""
+    if isinstance(item, ContentText):
+        out.append(item.text)
+    elif isinstance(item, ContentToolResult):
+        out.clear()
+    if mode != "none":
+        _echo_item(item)
+
+
+def _final_text(out: list[str]) -> str:
+    return "".join(out)
+
+
+def _echo_item(item: StreamContent) -> None:
+    if isinstance(item, ContentText):
+        _write(item.text)
+    elif isinstance(item, ContentToolRequest):
+        args = json.dumps(item.arguments, ensure_ascii=False)
+        _write(f"\n[tool call] {item.name}({args if len(args) <= 80 else args[:77] + '...'})\n")
+    elif isinstance(item, ContentToolResult):
+        _write(f"[tool {'error' if item.error is not None else 'ok'}] {item.name or item.id}\n")
+
+
+class _Outcome:
+    """What one exchange recorded, filled in when it ends (read through ``ChatStream``)."""
+
+    __slots__ = ("user_turn", "turns", "recorded")
+
+    def __init__(self) -> None:
+        self.user_turn: Turn | None = None
+        self.turns: list[Turn] = []
+        self.recorded = False
+
+
+class _StreamResult:
+    _outcome: _Outcome
+
+    @property
+    def user_turn(self) -> Turn | None:
+        """The prompt's turn, once the exchange is over and kept something."""
+        return self._outcome.user_turn
+
+    @property
+    def turn(self) -> Turn | None:
+        """The final assistant turn (``partial=True`` when cut short), or None (nothing arrived,
+        or not over yet)."""
+        return self._outcome.turns[-1] if self._outcome.turns else None
+
+    @property
+    def turns(self) -> list[Turn]:
+        """Every turn of the exchange: the prompt, the tool rounds, the answer."""
+        if self._outcome.user_turn is None:
+            return []
+        return [self._outcome.user_turn, *self._outcome.turns]
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the turns went into the chat's history (``history=False``: they did not)."""
+        return self._outcome.recorded
+
+
+class ChatStream(_StreamResult, Generic[T]):
+    """The iterator ``Chat.stream()`` returns; ``close()`` ends the exchange at once."""
+
+    def __init__(self, gen: Generator[T, None, None], outcome: _Outcome) -> None:
+        self._gen = gen
+        self._outcome = outcome
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def __enter__(self) -> ChatStream[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncChatStream(_StreamResult, Generic[T]):
+    """The async iterator ``Chat.stream_async()`` returns; ``aclose()`` ends the exchange."""
+
+    def __init__(self, gen: AsyncGenerator[T, None], outcome: _Outcome) -> None:
+        self._gen = gen
+        self._outcome = outcome
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
+
+    async def __aenter__(self) -> AsyncChatStream[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _Exchange:
+    """One exchange's decisions, without I/O: request bodies, decoding, the tool loop and its
+    bound, and what is recorded. ``Chat._run`` and ``Chat._arun`` drive it.
+
+    Rounds: ``body()`` starts a request; ``feed()`` decodes its stream; ``end_round()`` turns it
+    into an assistant turn and returns the tool calls it asks for (none: the exchange is done);
+    each call's result comes back through ``invoke``/``ainvoke``; when all are in, a user turn
+    holds them and the next ``body()`` sends them. ``close()`` records the exchange: whole, or,
+    after an error or interrupt, what is consistent (calls that never ran get an error result,
+    and a partial assistant turn ends the history, so it stays a valid alternation)."""
+
+    def __init__(self, chat: Chat, args: Sequence[str | Content], opts: dict[str, Any]) -> None:
+        opts = dict(opts)
+        response_format = opts.pop("response_format", None)
+        self.chat = chat
+        self.history = opts.get("history", True)
+        self.replace_from = opts.get("replace_from")
+        self.user, body = chat._prepare(args, **opts)
+        self.tools = dict(chat._tools)  # the tools in force when the exchange began
+        if self.tools:
+            body.setdefault("tools", [t.schema() for t in self.tools.values()])
+        if response_format is not None:
+            body.setdefault("response_format", response_format)
+        self._body = body
+        self._base = list(body["messages"])
+        self.turns: list[Turn] = []
+        self.rounds = 0
+        self.answer = _Answer()
+        self.t0 = time.perf_counter()
+        self.started: _dt.datetime | None = self.user.started_at
+        self.pending: list[ContentToolRequest] = []
+        self.results: dict[str, ContentToolResult] = {}
+        self.bad_args: dict[str, str] = {}
+
+    def _meta(self) -> dict[str, Any]:
+        return {k: v for k, v in self.user.meta.items() if k in ("cell_id", "source")}
+
+    def body(self) -> dict[str, Any]:
+        """The next request's body; starts its clock."""
+        self.t0 = time.perf_counter()
+        if not self.turns:
+            return self._body
+        self.started = _now()
+        messages = list(self._base)
+        for t in self.turns:
+            messages.extend(_wire(t))
+        return {**self._body, "messages": messages}
+
+    def feed(self, data: str) -> list[StreamContent]:
+        return [ContentText(p) if kind == "text" else ContentThinking(p) for kind, p in self.answer.feed(data)]
+
+    def end_round(self) -> list[ContentToolRequest]:
+        """After a request's stream ended: its assistant turn; the tool calls to run now."""
+        if not self.answer.complete:
+            raise StreamError(
+                f"the answer's stream from {self.chat.provider.display_url} ended before it was complete"
+            )
+        requests, self.bad_args = self.answer.tool_requests()
+        self.turns.append(self._reply(self.answer, requests, partial=False))
+        self.answer = _Answer()
+        if not requests:
+            return []
+        self.pending, self.results = requests, {}
+        if self.rounds >= self.chat.max_tool_rounds:
+            raise ToolError(
+                f"the model asked for tools in {self.rounds + 1} answers in a row; "
+                f"max_tool_rounds={self.chat.max_tool_rounds}"
+            )
+        self.rounds += 1
+        return requests
+
+    def _check(self, request: ContentToolRequest) -> tuple[Tool | None, ContentToolResult | None]:
+        if request.id in self.bad_args:
+            return None, bad_arguments(request.id, request.name, self.bad_args[request.id])
+        tool = self.tools.get(request.name)
+        if tool is None:
+            return None, unknown_tool(request)
+        return tool, None
+
+    def invoke(self, request: ContentToolRequest) -> ContentToolResult:
+        tool, result = self._check(request)
+        if tool is not None:
+            result = tool.invoke(request)
+        assert result is not None
+        return self._add(result)
+
+    async def ainvoke(self, request: ContentToolRequest) -> ContentToolResult:
+        tool, result = self._check(request)
+        if tool is not None:
+            result = await tool.ainvoke(request)
+        assert result is not None
+        return self._add(result)
+
+    def _add(self, result: ContentToolResult) -> ContentToolResult:
+        self.results[result.id] = result
+        if len(self.results) == len(self.pending):
+            self._close_round()
+        return result
+
+    def _close_round(self, why: str | None = None) -> None:
+        """All results in (or, with ``why``, the missing ones failed): the user turn holding them."""
+        results: list[Content] = [
+            self.results.get(r.id) or ContentToolResult(r.id, None, f"Tool call not run: {why}", name=r.name)
+            for r in self.pending
+        ]
+        self.turns.append(Turn("user", results, started_at=_now(), meta=self._meta()))
+        self.pending, self.results = [], {}
+
+    def _reply(self, answer: _Answer, requests: list[ContentToolRequest], *, partial: bool,
+               exc: BaseException | None = None) -> Turn:
+        contents: list[Content] = []
+        if answer.thinking:
+            contents.append(ContentThinking("".join(answer.thinking)))
+        if answer.text or not requests:
+            contents.append(ContentText("".join(answer.text)))
+        contents.extend(requests)
+        provider = self.chat.provider
+        model = answer.model or self.user.model or provider.model or "unknown"
+        tokens = answer.tokens()
+        finish = answer.finish_reason
+        if partial and finish is None:
+            cancelled = isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc)
+            finish = "interrupted" if cancelled else "error"
+        return Turn(
+            "assistant",
+            contents,
+            tokens=tokens,
+            cost=cost_of(provider.price_provider, model, tokens),
+            finish_reason=finish,
+            partial=partial,
+            started_at=self.started,
+            duration=time.perf_counter() - self.t0,
+            model=model,
+            meta=self._meta(),
+        )
+
+    def close(self, exc: BaseException | None, result: _Outcome | None) -> None:
+        """Record the exchange (``exc``: it was cut short by this)."""
+        if exc is not None:
+            if self.pending:
+                cancelled = isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc)
+                self._close_round("interrupted" if cancelled else f"{type(exc).__name__}: {exc}")
+            if not self.answer.has_content and not self.turns:
+                self.chat._notify("abort")
+                return  # nothing arrived: leave history as it was
+            # Calls not yet complete in a cut stream never ran: they are left out.
+            self.turns.append(self._reply(self.answer, [], partial=True, exc=exc))
+        self.chat._record(self.user, self.turns, self.history, self.replace_from)
+        if result is not None:
+            result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history

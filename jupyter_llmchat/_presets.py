@@ -13,7 +13,7 @@ from typing import Any, Union
 
 from ._chat import Chat, Echo
 from ._errors import ConfigurationError
-from ._provider import CredentialValue, Credentials, OpenAICompatible, env_credentials
+from ._provider import CredentialValue, Credentials, OpenAICompatible, credentials_from
 
 __all__ = [
     "chat_deepseek",
@@ -41,17 +41,7 @@ def _credentials(
         )
         if credentials is None:
             credentials = api_key
-    if credentials is None:
-        return env_credentials(env_var) if env_var else None
-    if isinstance(credentials, str):
-        key = credentials
-        return lambda: key
-    if callable(credentials):
-        return credentials
-    raise ConfigurationError(
-        "credentials must be a str, a zero-argument function, or None",
-        hint=f"got a {type(credentials).__name__}",
-    )
+    return credentials_from(credentials, env_var)
 
 
 def _make(

@@ -32,7 +32,7 @@ from ._errors import (
 )
 from ._params import wire_params
 
-__all__ = ["Credentials", "OpenAICompatible", "deep_merge", "safe_url"]
+__all__ = ["Credentials", "OpenAICompatible", "credentials_from", "deep_merge", "safe_url"]
 
 #: What ``credentials`` may return: a bearer token, a mapping of headers, or nothing.
 CredentialValue = Union[str, Mapping[str, str], None]
@@ -454,3 +454,19 @@ def env_credentials(var: str) -> Credentials:
 
     read.__qualname__ = f"env_credentials({var!r})"
     return read
+
+
+def credentials_from(credentials: Any, env_var: str | None) -> Credentials | None:
+    """``credentials=`` as given to a preset, as a function called per request: a str is a
+    fixed key, a function is kept, None reads ``env_var`` (if any) at every request."""
+    if credentials is None:
+        return env_credentials(env_var) if env_var else None
+    if isinstance(credentials, str):
+        key = credentials
+        return lambda: key
+    if callable(credentials):
+        return credentials  # type: ignore[no-any-return]
+    raise ConfigurationError(
+        "credentials must be a str, a zero-argument function, or None",
+        hint=f"got a {type(credentials).__name__}",
+    )

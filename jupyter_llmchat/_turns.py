@@ -54,6 +54,8 @@ class ContentImage:
 
 @dataclass(frozen=True)
 class ContentToolRequest:
+    """The model asks to call tool ``name`` with ``arguments``; ``id`` ties the result to it."""
+
     id: str
     name: str
     arguments: dict[str, Any]
@@ -65,13 +67,20 @@ class ContentToolRequest:
 
 @dataclass(frozen=True)
 class ContentToolResult:
+    """What the call ``id`` returned (``value``, JSON-able) or why it failed (``error``, sent back
+    to the model as the result); ``name`` is the tool's, for display."""
+
     id: str
     value: Any = None
     error: str | None = None
+    name: str | None = None
     type: Literal["tool_result"] = field(default="tool_result", init=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "tool_result", "id": self.id, "value": self.value, "error": self.error}
+        d = {"type": "tool_result", "id": self.id, "value": self.value, "error": self.error}
+        if self.name is not None:
+            d["name"] = self.name
+        return d
 
 
 Content = Union[ContentText, ContentThinking, ContentImage, ContentToolRequest, ContentToolResult]
@@ -92,7 +101,12 @@ def content_from_dict(d: dict[str, Any]) -> Content:
             raise ValueError("tool_request arguments must be an object")
         return ContentToolRequest(d["id"], d["name"], args)
     if kind == "tool_result" and isinstance(d.get("id"), str):
-        return ContentToolResult(d["id"], d.get("value"), d.get("error"))
+        error, name = d.get("error"), d.get("name")
+        if error is not None and not isinstance(error, str):
+            raise ValueError("tool_result error must be a string or null")
+        if name is not None and not isinstance(name, str):
+            raise ValueError("tool_result name must be a string or null")
+        return ContentToolResult(d["id"], d.get("value"), error, name)
     raise ValueError(f"not a content: type={kind!r}")
 
 
@@ -126,6 +140,12 @@ class Turn:
     Assistant turns carry ``tokens`` and ``cost`` of the request that produced them;
     ``partial`` marks an answer cut short (interrupt, stop, broken stream).
     ``meta`` holds annotations from the Jupyter layer (``cell_id``, ``source``).
+
+    A history alternates user, assistant, user, ... and ends with an assistant turn. Tools keep
+    that shape, as in ellmer and chatlas: an assistant turn with ``ContentToolRequest``s is
+    followed by a user turn holding one ``ContentToolResult`` per request (same ids), sent on the
+    wire as ``tool`` messages; then the model's next assistant turn. So one exchange with tools is
+    user (prompt), assistant (requests), user (results), ..., assistant (answer).
     """
 
     role: Role
@@ -151,6 +171,14 @@ class Turn:
     @property
     def thinking(self) -> str:
         return "".join(c.thinking for c in self.contents if isinstance(c, ContentThinking))
+
+    @property
+    def tool_requests(self) -> list[ContentToolRequest]:
+        return [c for c in self.contents if isinstance(c, ContentToolRequest)]
+
+    @property
+    def tool_results(self) -> list[ContentToolResult]:
+        return [c for c in self.contents if isinstance(c, ContentToolResult)]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form used by ``to_json()`` and by the notebook metadata (schema v1)."""

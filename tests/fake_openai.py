@@ -18,6 +18,7 @@ until killed. Another process scripts it over HTTP (``FakeOpenAIProcess`` wraps 
 
 - ``POST /_control/script``: a JSON list of reply specs (the fields of ``Reply``), queued;
 - ``GET /_control/requests``: the recorded requests as JSON;
+- ``GET /_control/stats``: ``{"active", "max_active"}``, concurrent chat-completions requests;
 - ``POST /_control/reset``: empty the queue and the log, restore the settings;
 - ``POST /_control/config``: set any of ``models``, ``models_status``, ``require_auth``,
   ``default_reply`` (a reply spec).
@@ -119,7 +120,18 @@ class Reply:
     hang: float = 0.0
     """Seconds to sleep before sending the response headers (for timeouts)."""
     tool_calls: list[dict[str, Any]] | None = None
-    """OpenAI-format tool calls (``{"id", "type": "function", "function": {name, arguments}}``)."""
+    """OpenAI-format tool calls (``{"id", "type": "function", "function": {name, arguments}}``).
+
+    Streamed after the text: each call's first chunk carries its ``index``, ``id`` and name,
+    then its ``arguments`` follow in pieces of ``tool_args_chars`` characters."""
+    tool_args_chars: int = 0
+    """Pieces of this many characters for streamed tool-call arguments; 0: in one piece."""
+    interleave_tool_calls: bool = False
+    """Stream the calls' argument pieces in turn (call 0, call 1, call 0, ...), as some servers do."""
+    cut_in_tool_calls: int | None = None
+    """Close the connection abruptly after this many tool-call chunks."""
+    json: Any = None
+    """When not None, the answer's text is ``json.dumps(json)`` (for ``response_format`` requests)."""
 
     def __post_init__(self) -> None:
         if self.chunk_chars < 1:
@@ -143,11 +155,35 @@ class Reply:
         """The content chunks this reply streams."""
         if self.chunks is not None:
             return list(self.chunks)
-        return _split(self.text, self.chunk_chars)
+        return _split(self.content(), self.chunk_chars)
 
     def content(self) -> str:
         """The whole answer text."""
+        if self.json is not None:
+            return json.dumps(self.json)
         return "".join(self.chunks) if self.chunks is not None else self.text
+
+    def tool_call_deltas(self) -> list[dict[str, Any]]:
+        """The ``delta.tool_calls`` entries this reply streams, one per chunk, in order."""
+        per_call: list[list[dict[str, Any]]] = []
+        for index, call in enumerate(self.tool_calls or []):
+            fn = call.get("function") or {}
+            args = fn.get("arguments", "")
+            head = {"index": index, **{k: v for k, v in call.items() if k != "function"}}
+            if not isinstance(args, str) or self.tool_args_chars <= 0:
+                per_call.append([{**head, "function": fn}])
+                continue
+            first = {**head, "function": {k: v for k, v in fn.items() if k != "arguments"}}
+            first["function"]["arguments"] = ""
+            rest = [{"index": index, "function": {"arguments": piece}}
+                    for piece in _split(args, self.tool_args_chars)]
+            per_call.append([first, *rest])
+        if not self.interleave_tool_calls:
+            return [d for deltas in per_call for d in deltas]
+        out: list[dict[str, Any]] = []
+        for row in itertools.zip_longest(*per_call):
+            out.extend(d for d in row if d is not None)
+        return out
 
     def usage_for(self, n_chunks: int) -> dict[str, Any] | None:
         """The usage object to send, or None for none."""
@@ -238,6 +274,10 @@ class FakeOpenAI(_RequestLog):
         self.models_status = 200
         self.require_auth: str | None = None
         """When set, /v1 requests whose Authorization header differs get a 401."""
+        self.active = 0
+        """Chat-completions requests being answered right now."""
+        self.max_active = 0
+        """The most chat-completions requests answered at once since the last reset."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -332,6 +372,12 @@ class FakeOpenAI(_RequestLog):
             self.models = list(DEFAULT_MODELS)
             self.models_status = 200
             self.require_auth = None
+            self.active = self.max_active = 0
+
+    def stats(self) -> dict[str, int]:
+        """``{"active": ..., "max_active": ...}``: concurrent chat-completions requests."""
+        with self._lock:
+            return {"active": self.active, "max_active": self.max_active}
 
     def configure(self, settings: dict[str, Any]) -> None:
         """Apply the settings of ``POST /_control/config``."""
@@ -358,6 +404,15 @@ class FakeOpenAI(_RequestLog):
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.active -= 1
 
     def _next_reply(self) -> Reply:
         with self._lock:
@@ -464,7 +519,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.command == "GET" and path.endswith("/models"):
             self._models()
         elif self.command == "POST" and path.endswith("/chat/completions"):
-            self._chat(body)
+            self.fake._enter()
+            try:
+                self._chat(body)
+            finally:
+                self.fake._leave()
         else:
             self._send_error_body(404, f"no route for {self.command} {path} (fake server)")
 
@@ -490,6 +549,8 @@ class _Handler(BaseHTTPRequestHandler):
                     raise ValueError("expected a JSON list of reply specs")
                 self.fake.script(*(Reply.from_dict(spec) for spec in body))
                 self._send_json(200, {"queued": self.fake.pending()})
+            elif self.command == "GET" and action == "stats":
+                self._send_json(200, self.fake.stats())
             elif self.command == "GET" and action == "requests":
                 self._send_json(200, [r.to_dict() for r in self.fake.requests])
             elif self.command == "POST" and action == "reset":
@@ -601,8 +662,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return None
             if i < len(pieces) and not event(chunk.text("content", pieces[i])):
                 return cut()
-        for index, call in enumerate(reply.tool_calls or []):
-            if not event(chunk.delta({"tool_calls": [{"index": index, **call}]})):
+        for i, call_delta in enumerate(reply.tool_call_deltas()):
+            if i == reply.cut_in_tool_calls:
+                return cut()
+            if not event(chunk.delta({"tool_calls": [call_delta]})):
                 return cut()
         if not event(chunk.delta({}, finish_reason=reply.finish_reason)):
             return cut()
@@ -837,6 +900,10 @@ class FakeOpenAIProcess(_RequestLog):
     @property
     def requests(self) -> list[RecordedRequest]:
         return [RecordedRequest.from_dict(r) for r in self._control("GET", "requests")]
+
+    def stats(self) -> dict[str, int]:
+        """``{"active": ..., "max_active": ...}``: concurrent chat-completions requests."""
+        return dict(self._control("GET", "stats"))
 
 
 def _default_reply(args: argparse.Namespace) -> Reply:
