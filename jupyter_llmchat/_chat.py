@@ -40,7 +40,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from contextlib import aclosing, closing
 from typing import Any, Generic, Literal, TypeVar
 
-from ._errors import ConfigurationError, StreamError
+from ._errors import APIStatusError, ConfigurationError, StreamError
 from ._provider import OpenAICompatible, credentials_from, safe_url
 from ._tools import Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
 from ._turns import (
@@ -229,6 +229,8 @@ class Chat:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._tools: dict[str, Tool] = {}
+        # Whether the server wants response_format's json_object form (see chat_structured).
+        self._schema_compat = False
         #: Most requests in a row that may end asking for tools, in one exchange.
         self.max_tool_rounds = max_tool_rounds
         #: (user turn, final assistant turn) of the latest recorded exchange; read by the
@@ -443,19 +445,39 @@ class Chat:
     ) -> Any:
         """Ask for an answer shaped as ``data_model`` (a dataclass, pydantic model, TypedDict or
         JSON-schema dict) through ``response_format``; return an instance of it (a dict for a
-        JSON schema or a TypedDict). ``StructuredOutputError`` keeps the raw text as ``.raw``."""
+        JSON schema or a TypedDict). ``StructuredOutputError`` keeps the raw text as ``.raw``.
+
+        Sends ``{"type": "json_schema", ...}``; a server that refuses that form (llama-cpp-python's
+        takes ``{"type": "json_object", "schema": ...}``) is asked again in its own form, and
+        this chat remembers it."""
         from ._structured import parse_structured, response_format
 
-        kwargs["response_format"] = response_format(data_model)
-        return parse_structured(self._collect(args, echo, kwargs), data_model)
+        fmt = response_format(data_model, compat=self._schema_compat)
+        try:
+            text = self._collect(args, echo, dict(kwargs, response_format=fmt))
+        except APIStatusError as exc:
+            if self._schema_compat or not _refuses_json_schema(exc):
+                raise
+            self._schema_compat = True
+            fmt = response_format(data_model, compat=True)
+            text = self._collect(args, echo, dict(kwargs, response_format=fmt))
+        return parse_structured(text, data_model)
 
     async def chat_structured_async(
         self, *args: str | Content, data_model: Any, echo: Echo | None = None, **kwargs: Any
     ) -> Any:
         from ._structured import parse_structured, response_format
 
-        kwargs["response_format"] = response_format(data_model)
-        return parse_structured(await self._acollect(args, echo, kwargs), data_model)
+        fmt = response_format(data_model, compat=self._schema_compat)
+        try:
+            text = await self._acollect(args, echo, dict(kwargs, response_format=fmt))
+        except APIStatusError as exc:
+            if self._schema_compat or not _refuses_json_schema(exc):
+                raise
+            self._schema_compat = True
+            fmt = response_format(data_model, compat=True)
+            text = await self._acollect(args, echo, dict(kwargs, response_format=fmt))
+        return parse_structured(text, data_model)
 
     # -- the exchange, driven by one sync and one async loop ------------------------------------
 
@@ -658,7 +680,7 @@ class Chat:
         if params is not None and not isinstance(params, dict):
             raise ConfigurationError("params must come from params(...) or be a dict")
         provider = OpenAICompatible(
-            base_url=overrides.get("base_url", prov.get("base_url")),
+            base_url=overrides.get("base_url", prov.get("base_url")) or "",
             name=overrides.get("name", prov.get("name") or "OpenAI-compatible"),
             model=overrides.get("model", prov.get("model")),
             params=params,
@@ -685,6 +707,7 @@ class Chat:
         chat = Chat(prov, system_prompt=self._system_prompt, echo=self._echo, turns=turns,
                     max_tool_rounds=self.max_tool_rounds)
         chat._tools = dict(self._tools)  # tools are immutable records: sharing them is safe
+        chat._schema_compat = self._schema_compat
         return chat
 
     def __repr__(self) -> str:
@@ -815,6 +838,12 @@ def _check_tool_turns(turns: Sequence[Turn]) -> None:
                 raise ConfigurationError(
                     f"turn {i} asks for tools, but turn {i + 1} does not hold their results"
                 )
+
+
+def _refuses_json_schema(exc: APIStatusError) -> bool:
+    """The server validated response_format and does not know ``json_schema`` (a request it
+    refused produced nothing, so asking again is safe)."""
+    return exc.status_code in (400, 422, 500) and "response_format" in exc.body and "json_schema" in exc.body
 
 
 def _check_content(content: str) -> None:

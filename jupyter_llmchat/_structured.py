@@ -38,8 +38,8 @@ def schema_of(data_model: Any) -> tuple[str, dict[str, Any]]:
     if isinstance(data_model, dict):
         if data_model.get("type") != "object" and "properties" not in data_model:
             raise ConfigurationError("a JSON-schema data_model must describe an object")
-        name = data_model.get("title") if isinstance(data_model.get("title"), str) else "data"
-        return _name(name), data_model
+        title = data_model.get("title")
+        return _name(title if isinstance(title, str) else "data"), data_model
     if _is_pydantic(data_model):
         schema = dict(data_model.model_json_schema())
         schema.setdefault("additionalProperties", False)  # strict mode asks for it
@@ -56,8 +56,12 @@ def _name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "data"
 
 
-def response_format(data_model: Any) -> dict[str, Any]:
+def response_format(data_model: Any, *, compat: bool = False) -> dict[str, Any]:
+    """OpenAI's ``json_schema`` form; ``compat=True``: llama-cpp-python's ``json_object`` with
+    a ``schema`` (its server refuses the other, and turns this one into a grammar)."""
     name, schema = schema_of(data_model)
+    if compat:
+        return {"type": "json_object", "schema": schema}
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 

@@ -57,8 +57,8 @@ class Tool:
     ) -> Tool:
         if not callable(func):
             raise ConfigurationError(f"a tool must be a function, not a {type(func).__name__}")
-        name = name or getattr(func, "__name__", "")
-        if not _NAME.match(name or ""):
+        name = name or str(getattr(func, "__name__", ""))
+        if not _NAME.match(name):
             raise ConfigurationError(
                 f"tool name {name!r} is not allowed",
                 hint="1 to 64 letters, digits, '_' or '-' (pass name=...)",

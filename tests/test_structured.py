@@ -96,19 +96,24 @@ async def test_async(fake: FakeOpenAI, fake_url: str) -> None:
     assert fake.last_body()["response_format"]["json_schema"]["name"] == "PersonModel"
 
 
-@pytest.mark.parametrize(
-    "answer",
-    ["not json at all", json.dumps({"name": "Ada"}), json.dumps({"name": "Ada", "age": "old"}),
-     json.dumps([1, 2])],
-    ids=["not-json", "missing-key", "wrong-type", "not-an-object"],
-)
-@pytest.mark.parametrize("model", [Person, PersonModel, PersonDict, PERSON_SCHEMA],
-                         ids=["dataclass", "pydantic", "typeddict", "json-schema"])
+MALFORMED = {
+    "not-json": "not json at all",
+    "missing-key": json.dumps({"name": "Ada"}),
+    "wrong-type": json.dumps({"name": "Ada", "age": "old"}),
+    "not-an-object": json.dumps([1, 2]),
+}
+MODELS = {"dataclass": Person, "pydantic": PersonModel, "typeddict": PersonDict,
+          "json-schema": PERSON_SCHEMA}
+# A JSON-schema dict is checked for its required keys only (no validator dependency), so a
+# wrong type inside it is the server's grammar's business.
+CASES = [(m, a) for m in MODELS for a in MALFORMED if (m, a) != ("json-schema", "wrong-type")]
+
+
+@pytest.mark.parametrize(("model_id", "answer_id"), CASES)
 def test_a_malformed_answer_is_a_clear_error_with_the_raw_text(
-    fake: FakeOpenAI, fake_url: str, answer: str, model: object
+    fake: FakeOpenAI, fake_url: str, model_id: str, answer_id: str
 ) -> None:
-    if model is PERSON_SCHEMA and answer == json.dumps({"name": "Ada", "age": "old"}):
-        pytest.skip("a JSON-schema dict is checked for its required keys only (no validator dependency)")
+    model, answer = MODELS[model_id], MALFORMED[answer_id]
     fake.script(Reply(text=answer))
     with pytest.raises(StructuredOutputError) as info:
         new_chat(fake_url).chat_structured("q", data_model=model)
@@ -119,6 +124,32 @@ def test_a_malformed_answer_is_a_clear_error_with_the_raw_text(
 def test_a_fenced_answer_is_accepted(fake: FakeOpenAI, fake_url: str) -> None:
     fake.script(Reply(text="```json\n" + json.dumps(ADA) + "\n```"))
     assert new_chat(fake_url).chat_structured("q", data_model=PersonDict) == ADA
+
+
+def test_a_server_that_refuses_json_schema_is_asked_in_its_own_form(
+    fake: FakeOpenAI, fake_url: str
+) -> None:
+    """llama-cpp-python's server validates response_format.type as 'text' or 'json_object'."""
+    refusal = "body.response_format.type: Input should be 'text' or 'json_object' (got 'json_schema')"
+    fake.script(Reply(status=400, error_message=refusal), Reply(json=ADA), Reply(json=ADA))
+    chat = new_chat(fake_url)
+    assert chat.chat_structured("q", data_model=PersonDict) == ADA
+    first, second = (r.body["response_format"] for r in fake.chat_requests())
+    assert first["type"] == "json_schema"
+    assert second == {"type": "json_object", "schema": first["json_schema"]["schema"]}
+    assert [t.role for t in chat.get_turns()] == ["user", "assistant"]  # the refusal left nothing
+    chat.chat_structured("again", data_model=PersonDict)
+    assert fake.last_body()["response_format"]["type"] == "json_object"  # remembered
+    assert len(fake.chat_requests()) == 3
+
+
+def test_other_refusals_are_not_retried(fake: FakeOpenAI, fake_url: str) -> None:
+    from jupyter_llmchat import APIStatusError
+
+    fake.script(Reply(status=400, error_message="model not loaded"))
+    with pytest.raises(APIStatusError):
+        new_chat(fake_url).chat_structured("q", data_model=PersonDict)
+    assert len(fake.chat_requests()) == 1
 
 
 def test_not_a_data_model(fake: FakeOpenAI, fake_url: str) -> None:
@@ -140,7 +171,7 @@ def test_real_llamacpp_server_returns_a_valid_instance(local_server: object) -> 
     chat = chat_openai_compatible(
         base_url=local_server.base_url,  # type: ignore[attr-defined]
         model=MODEL_ALIAS,
-        params=params(max_tokens=80, temperature=0.0, seed=1),
+        params=params(max_tokens=200, temperature=0.0, seed=1),
     )
     city = chat.chat_structured("Describe Paris as JSON.", data_model=City)
     assert isinstance(city, City)

@@ -421,6 +421,12 @@ def test_tool_turns_survive_to_json_and_the_notebook_record(fake: FakeOpenAI, fa
     record = json.loads(json.dumps(build_record({"default": chat}, Ledger())))
     kinds = [c["type"] for t in record["sessions"]["default"]["turns"] for c in t["contents"]]
     assert kinds == ["text", "tool_request", "tool_result", "text"]
+    import pathlib
+
+    import jsonschema
+
+    schema_file = pathlib.Path(__file__).resolve().parents[1] / "jupyter_llmchat" / "schema" / "metadata-v1.json"
+    jsonschema.Draft202012Validator(json.loads(schema_file.read_text("utf-8"))).validate(record)
     restored = validate_record(record)["sessions"]["default"]["turns"]
     assert [t.contents for t in restored] == [t.contents for t in chat.get_turns()]
     Chat(chat.provider, turns=restored)
