@@ -132,6 +132,9 @@ class Reply:
     """Close the connection abruptly after this many tool-call chunks."""
     json: Any = None
     """When not None, the answer's text is ``json.dumps(json)`` (for ``response_format`` requests)."""
+    gate: int = 0
+    """Hold the answer until this many chat-completions requests are in progress at once (at
+    most 10 s): a client that sends them one after the other then shows ``max_active`` 1."""
 
     def __post_init__(self) -> None:
         if self.chunk_chars < 1:
@@ -274,6 +277,7 @@ class FakeOpenAI(_RequestLog):
         self.models_status = 200
         self.require_auth: str | None = None
         """When set, /v1 requests whose Authorization header differs get a 401."""
+        self._active_changed = threading.Condition(self._lock)
         self.active = 0
         """Chat-completions requests being answered right now."""
         self.max_active = 0
@@ -406,13 +410,19 @@ class FakeOpenAI(_RequestLog):
             self._requests.append(request)
 
     def _enter(self) -> None:
-        with self._lock:
+        with self._active_changed:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
+            self._active_changed.notify_all()
 
     def _leave(self) -> None:
-        with self._lock:
+        with self._active_changed:
             self.active -= 1
+            self._active_changed.notify_all()
+
+    def _wait_for_active(self, n: int, timeout: float = 10.0) -> None:
+        with self._active_changed:
+            self._active_changed.wait_for(lambda: self.active >= n or self._stopping.is_set(), timeout)
 
     def _next_reply(self) -> Reply:
         with self._lock:
@@ -583,6 +593,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_body(400, "the request body must be a JSON object")
             return
         reply = self.fake._next_reply()
+        if reply.gate:
+            self.fake._wait_for_active(reply.gate)
         if not self.fake._sleep(reply.hang):
             self.close_connection = True
             return

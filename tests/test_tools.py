@@ -479,7 +479,7 @@ def test_a_tool_running_in_another_thread_does_not_block_the_lock_release(
 
 
 async def test_fake_server_counts_concurrent_requests(fake: FakeOpenAI, fake_url: str) -> None:
-    fake.script(Reply(text="a", delay=0.2), Reply(text="b", delay=0.2))
+    fake.script(Reply(text="a", gate=2), Reply(text="b", gate=2))
     chat = new_chat(fake_url)
     answers = await asyncio.gather(chat.copy().chat_async("1"), chat.copy().chat_async("2"))
     assert sorted(answers) == ["a", "b"]
