@@ -52,6 +52,7 @@ from ._turns import (
     ContentToolResult,
     Tokens,
     Turn,
+    check_tool_pairs,
 )
 from ._usage import cost_of, record_usage, warm_up_prices
 
@@ -820,24 +821,11 @@ def _wire(t: Turn) -> list[dict[str, Any]]:
     return [*out, {"role": t.role, "content": t.text}]
 
 
-def _check_tool_turns(turns: Sequence[Turn]) -> None:
-    """Tool requests and results pair up: an assistant turn's requests are answered by the next
-    (user) turn's results, id for id. The server would refuse anything else on the next request."""
-    for i, t in enumerate(turns):
-        results = {r.id for r in t.tool_results}
-        if results:
-            prev = turns[i - 1] if i > 0 else None
-            asked = {r.id for r in prev.tool_requests} if prev is not None else set()
-            if t.role != "user" or results != asked:
-                raise ConfigurationError(
-                    f"turn {i} has tool results that do not answer the tool requests of turn {i - 1}"
-                )
-        if t.tool_requests and t.role == "assistant":
-            nxt = turns[i + 1] if i + 1 < len(turns) else None
-            if nxt is None or {r.id for r in nxt.tool_results} != {r.id for r in t.tool_requests}:
-                raise ConfigurationError(
-                    f"turn {i} asks for tools, but turn {i + 1} does not hold their results"
-                )
+def _check_tool_turns(turns: list[Turn]) -> None:
+    try:
+        check_tool_pairs(turns)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _refuses_json_schema(exc: APIStatusError) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._chat import Chat
 from ._provider import safe_url
-from ._turns import Turn
+from ._turns import Turn, check_tool_pairs
 from ._usage import UsageRow
 
 __all__ = [
@@ -213,6 +213,10 @@ def validate_record(obj: Any) -> dict[str, Any]:
             if turn.role != expected:
                 raise RecordError(f"session {name!r}: turn {i} should be {expected}")
             turns.append(turn)
+        try:
+            check_tool_pairs(turns)  # set_turns would refuse them: refuse the record instead
+        except ValueError as exc:
+            raise RecordError(f"session {name!r}: {exc}") from None
         clean["sessions"][name] = {
             "provider": {
                 "name": _str_or_none(prov.get("name"), "provider.name", 200),

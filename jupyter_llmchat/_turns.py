@@ -15,6 +15,7 @@ __all__ = [
     "ContentToolResult",
     "Tokens",
     "Turn",
+    "check_tool_pairs",
     "content_from_dict",
 ]
 
@@ -246,3 +247,23 @@ class Turn:
         short = text if len(text) <= 60 else text[:57] + "..."
         extra = " partial" if self.partial else ""
         return f"<Turn {self.role}{extra} {short!r}>"
+
+
+def check_tool_pairs(turns: list[Turn]) -> None:
+    """Raise ValueError unless tool requests and results pair up: an assistant turn's requests
+    are answered by the next turn, a user turn, id for id (a server refuses anything else)."""
+    for i, t in enumerate(turns):
+        results = {r.id for r in t.tool_results}
+        if results:
+            prev = turns[i - 1] if i > 0 else None
+            asked = {r.id for r in prev.tool_requests} if prev is not None else set()
+            if t.role != "user" or results != asked or len(results) != len(t.tool_results):
+                raise ValueError(
+                    f"turn {i} has tool results that do not answer the tool requests of turn {i - 1}"
+                )
+        if t.tool_requests:
+            nxt = turns[i + 1] if i + 1 < len(turns) else None
+            if t.role != "assistant" or nxt is None or {r.id for r in nxt.tool_results} != {
+                r.id for r in t.tool_requests
+            }:
+                raise ValueError(f"turn {i} asks for tools, but turn {i + 1} does not hold their results")

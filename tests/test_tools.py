@@ -445,6 +445,16 @@ def test_set_turns_refuses_unpaired_tool_turns(fake_url: str) -> None:
         chat.set_turns([Turn.user("q"), req])
 
 
+def test_a_record_with_unpaired_tool_turns_is_refused_by_the_validator() -> None:
+    from jupyter_llmchat._metadata import RecordError, validate_record
+
+    turns = [Turn.user("q"), Turn("assistant", [ContentToolRequest("c", "f", {})]),
+             Turn("user", [ContentToolResult("other", 1)]), Turn("assistant", [ContentText("ok")])]
+    record = {"version": 1, "sessions": {"default": {"turns": [t.to_dict() for t in turns]}}, "usage": []}
+    with pytest.raises(RecordError, match="tool"):
+        validate_record(record)
+
+
 def test_copy_keeps_tools_but_not_the_history_link(fake: FakeOpenAI, fake_url: str) -> None:
     chat = new_chat(fake_url)
     chat.register_tool(get_weather)
