@@ -508,3 +508,78 @@ def test_from_json_does_not_import_the_presets() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["m", "False"]
+
+
+def test_ctrl_c_inside_a_tool_keeps_a_valid_history(fake: FakeOpenAI, fake_url: str) -> None:
+    def slow() -> str:
+        raise KeyboardInterrupt  # what Ctrl-C does while a tool runs
+
+    fake.script(tool_reply(call("k", "slow", {}), text="Let me look. "))
+    chat = new_chat(fake_url)
+    chat.register_tool(slow)
+    with pytest.raises(KeyboardInterrupt):
+        chat.chat("go")
+    assert chat.busy is False
+    user, asked, results, end = chat.get_turns()
+    assert asked.tool_requests[0].id == "k"
+    assert "interrupted" in (results.tool_results[0].error or "")
+    assert end.partial and end.finish_reason == "interrupted"
+    assert_valid_history(chat)
+    fake.script(Reply(text="ok"))
+    assert chat.chat("next") == "ok"
+    assert [m["role"] for m in fake.last_body()["messages"]] == [
+        "user", "assistant", "tool", "assistant", "user"]
+
+
+async def test_cancelling_chat_async_while_tools_run(fake: FakeOpenAI, fake_url: str) -> None:
+    started = asyncio.Event()
+
+    async def forever() -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    fake.script(tool_reply(call("f", "forever", {})))
+    chat = new_chat(fake_url)
+    chat.register_tool(forever)
+    task = asyncio.create_task(chat.chat_async("go"))
+    await asyncio.wait_for(started.wait(), timeout=10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert chat.busy is False
+    turns = chat.get_turns()
+    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[2].tool_results[0].error is not None and turns[3].partial
+    assert_valid_history(chat)
+
+
+def test_echo_shows_one_line_per_call(
+    fake: FakeOpenAI, fake_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.script(tool_reply(call("c", "get_weather", {"city": "Oslo"})), Reply(text="Sunny."))
+    chat = new_chat(fake_url)
+    chat.register_tool(get_weather)
+    assert chat.chat("go", echo="output") == "Sunny."
+    out = capsys.readouterr().out
+    assert 'get_weather({"city": "Oslo"})' in out and "[tool ok] get_weather" in out
+    assert out.rstrip().endswith("Sunny.")
+
+
+def test_args_section_with_types_in_parentheses() -> None:
+    def f(a: int, b: str = "x") -> None:
+        """Do f.
+
+        Args:
+            a (int): The first.
+            b (str, optional): The second,
+                continued.
+
+        Returns:
+            Nothing at all.
+        """
+
+    props = Tool.from_func(f).parameters["properties"]
+    assert props["a"]["description"] == "The first."
+    assert props["b"]["description"] == "The second, continued."
+    assert Tool.from_func(f).description == "Do f."
