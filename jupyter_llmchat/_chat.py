@@ -32,13 +32,13 @@ import copy as _copy
 import datetime as _dt
 import json
 import sys
+import os
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextlib import aclosing, closing
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from ._errors import APIStatusError, ConfigurationError, StreamError
 from ._provider import OpenAICompatible, credentials_from, safe_url
@@ -175,7 +175,7 @@ class _Answer:
         bad: dict[str, str] = {}
         for index in sorted(self.calls):
             entry = self.calls[index]
-            call_id = entry["id"] or f"call_{uuid.uuid4().hex[:24]}"
+            call_id = entry["id"] or f"call_{os.urandom(12).hex()}"  # a server that sent no id
             raw = "".join(entry["arguments"]).strip()
             try:
                 args = json.loads(raw) if raw else {}
@@ -354,6 +354,20 @@ class Chat:
             _write("\n")
         return _final_text(out)
 
+    @overload
+    def stream(
+        self, *args: str | Content, content: Literal["text"] = "text",
+        echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
+        history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+    ) -> ChatStream[str]: ...
+
+    @overload
+    def stream(
+        self, *args: str | Content, content: Literal["all"],
+        echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
+        history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+    ) -> ChatStream[StreamContent]: ...
+
     def stream(
         self, *args: str | Content, content: Literal["text", "all"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
@@ -410,6 +424,20 @@ class Chat:
         if mode != "none":
             _write("\n")
         return _final_text(out)
+
+    @overload
+    def stream_async(
+        self, *args: str | Content, content: Literal["text"] = "text",
+        echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
+        history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+    ) -> AsyncChatStream[str]: ...
+
+    @overload
+    def stream_async(
+        self, *args: str | Content, content: Literal["all"],
+        echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
+        history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+    ) -> AsyncChatStream[StreamContent]: ...
 
     def stream_async(
         self, *args: str | Content, content: Literal["text", "all"] = "text",

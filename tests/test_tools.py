@@ -583,3 +583,17 @@ def test_args_section_with_types_in_parentheses() -> None:
     assert props["a"]["description"] == "The first."
     assert props["b"]["description"] == "The second, continued."
     assert Tool.from_func(f).description == "Do f."
+
+
+def test_a_call_without_an_id_gets_one_and_its_result_is_tied_to_it(
+    fake: FakeOpenAI, fake_url: str
+) -> None:
+    fake.script(tool_reply({"type": "function", "function": {"name": "get_weather",
+                                                             "arguments": '{"city": "Oslo"}'}}),
+                Reply(text="ok"))
+    chat = new_chat(fake_url)
+    chat.register_tool(get_weather)
+    list(chat.stream("go"))
+    assistant, tool_msg = fake.last_body()["messages"][1:]
+    call_id = assistant["tool_calls"][0]["id"]
+    assert call_id and tool_msg["tool_call_id"] == call_id
