@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._markdown import safe_markdown
+
 __all__ = ["BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle"]
 
 #: Budget for intermediate updates (characters re-sent per second of streaming).
@@ -98,9 +100,10 @@ class StreamDisplay:
         thinking = "".join(self._thinking)
         if thinking:
             parts.append(
-                "<details><summary>Thinking</summary>\n\n" + html.escape(thinking) + "\n\n</details>\n\n"
+                "<details><summary>Thinking</summary>\n\n" + safe_markdown(thinking) + "\n\n</details>\n\n"
             )
-        parts.append(self.text)
+        # Model text: JupyterLab renders a fresh output as trusted, so it must be safe already.
+        parts.append(safe_markdown(self.text))
         if partial_cursor:
             parts.append(" ▍")
         return "".join(parts)

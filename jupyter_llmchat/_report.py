@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import decimal
 import html
 import json
-import re
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._chat import Chat
+from ._markdown import safe_markdown
 from ._usage import UsageRow
 
-__all__ = ["ConfigView", "HistoryView", "UsageReport", "usage_rows"]
+__all__ = ["ConfigView", "HistoryView", "UsageReport", "format_cost", "usage_rows"]
 
 
 @dataclass
@@ -41,16 +43,40 @@ def _num(v: int | None, unknown: int) -> str:
     return f"{v:,}" + ("+" if unknown else "")
 
 
+def format_cost(usd: float | None) -> str:
+    """A cost in US dollars, the one rule of every view (the panel's ``costFormat.ts`` too).
+
+    Unknown is ``n/a`` (never a guessed 0); free is ``$0``; from $1 up, cents with thousands
+    separators (``$1,234.50``); below $1, two significant digits and at least two decimals,
+    never an exponent (``$0.50``, ``$0.012``, ``$0.00000012``). Halves round up, as
+    JavaScript's ``toFixed`` does on the same binary value, so both sides print the same.
+    """
+    if usd is None or not math.isfinite(usd):
+        return "n/a"
+    if usd == 0:
+        return "$0"
+    sign = "-" if usd < 0 else ""
+    v = abs(usd)
+    if v >= 1:
+        return sign + "$" + _thousands(_fixed(v, 2))
+    decimals = max(2, 1 - math.floor(math.log10(v)))
+    return sign + "$" + _fixed(v, decimals)
+
+
+def _fixed(v: float, decimals: int) -> str:
+    exact = decimal.Decimal(v)  # the binary value itself, as toFixed rounds it
+    return str(exact.quantize(decimal.Decimal(1).scaleb(-decimals), rounding=decimal.ROUND_HALF_UP))
+
+
+def _thousands(fixed: str) -> str:
+    whole, _, frac = fixed.partition(".")
+    return f"{int(whole):,}" + ("." + frac if frac else "")
+
+
 def _usd(v: float | None, unknown: int) -> str:
     if v is None:
         return "n/a"
-    if v == 0 or v >= 1:
-        s = f"${v:,.2f}"
-    elif v >= 0.01:
-        s = f"${v:.4f}"
-    else:  # small but not free: show its digits rather than $0.0000
-        s = f"${v:.8f}".rstrip("0")
-    return s + ("+" if unknown else "")
+    return format_cost(v) + ("+" if unknown else "")
 
 
 class UsageReport:
@@ -179,7 +205,7 @@ class HistoryView:
         if self.system:
             out.append(f"**system:** {markdown_text(_quote(self.system))}")
         for t in self.turns:
-            label = "**you**" if t.role == "user" else f"**{html.escape(t.model or 'assistant')}**"
+            label = "**you**" if t.role == "user" else f"**{safe_markdown(t.model or 'assistant')}**"
             extra = " *(partial)*" if t.partial else ""
             src = f" *· {t.meta['source']}*" if t.meta.get("source") == "panel" else ""
             out.append(f"{label}{extra}{src}\n\n{markdown_text(t.text)}")
@@ -193,57 +219,8 @@ class HistoryView:
         )
 
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_TICKS = re.compile(r"`+")
-
-
-def markdown_text(text: str) -> str:
-    """A turn's text as Markdown that shows any HTML in it as text, never as markup.
-
-    Turns may come from a notebook someone else wrote. Their Markdown is kept (answers are
-    Markdown), but outside code, where a renderer would read HTML, ``&`` and ``<`` become
-    entities. Anything unclear (a backslash before a backtick, a code span over two lines) is
-    escaped too: too much escaping only looks odd, too little would let markup through. A fence
-    left open is closed, so it cannot swallow the turns after it.
-    """
-    out: list[str] = []
-    fence: str | None = None
-    for line in text.splitlines(keepends=True):
-        m = _FENCE.match(line)
-        if fence is not None:
-            out.append(line)
-            closing = m is not None and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence)
-            if closing and m is not None and not line[m.end():].strip():
-                fence = None
-            continue
-        if m and not (m.group(1)[0] == "`" and "`" in line[m.end():]):
-            fence = m.group(1)
-            out.append(line)
-            continue
-        out.append(_inline_text(line))
-    if fence is not None:
-        out.append(("" if text.endswith("\n") else "\n") + fence)
-    return "".join(out)
-
-
-def _inline_text(line: str) -> str:
-    out: list[str] = []
-    pos = 0
-    while (m := _TICKS.search(line, pos)) is not None:
-        close = None
-        if m.start() == 0 or line[m.start() - 1] != "\\":
-            close = re.compile(r"(?<!`)" + m.group() + r"(?!`)").search(line, m.end())
-        if close is None:  # not a code span: the backticks are text
-            out.append(_escape_html(line[pos:m.end()]))
-        else:
-            out.append(_escape_html(line[pos:m.start()]) + line[m.start():close.end()])
-        pos = m.end() if close is None else close.end()
-    out.append(_escape_html(line[pos:]))
-    return "".join(out)
-
-
-def _escape_html(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;")
+#: One rule for model and restored text everywhere it is shown (DESIGN §9).
+markdown_text = safe_markdown
 
 
 def _quote(s: str) -> str:
