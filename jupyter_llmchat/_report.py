@@ -132,10 +132,23 @@ class UsageReport:
     def _footnotes(self) -> list[str]:
         notes = []
         if not self.rows:
-            notes.append("No answers yet.")
-        if any(r.unknown_tokens for r in self.rows):
-            notes.append("n/a or +: the server did not report tokens for some answers "
-                         "(llama.cpp's server reports none while streaming).")
+            notes.append("No answers in the sessions now (reset or none yet); the table above counts "
+                         "every answer of this notebook." if self.spend else "No answers yet.")
+        unknown = [(chat, t) for chat in self.sessions.values() for t in chat.get_turns()
+                   if t.role == "assistant" and not (t.tokens and t.tokens.known)]
+        if unknown:
+            broken = [t for _, t in unknown if t.partial]
+            servers = {chat.provider.name for chat, t in unknown if not t.partial}
+            note = f"n/a or +: no token counts for {len(unknown)} answer{'s' * (len(unknown) > 1)}"
+            why = []
+            if len(broken) < len(unknown):
+                why.append("llama.cpp's server sends none while streaming"
+                           if servers and all(n.startswith("llama.cpp") for n in servers)
+                           else "the server did not report them")
+            if broken:
+                why.append(f"{len(broken)} ended early (the stream broke or was stopped) "
+                           "before the server could report them")
+            notes.append(f"{note}: {'; '.join(why)}.")
         if any(r.unknown_cost for r in self.rows):
             notes.append("Cost n/a: no known price for this provider and model (local models are free).")
         return notes
@@ -148,7 +161,9 @@ class UsageReport:
 
     def _repr_html_(self) -> str:
         head, body, total = self._table()
-        parts = ['<div class="jupyter-llmchat-usage">', _html_table(head, body, total)]
+        parts = ['<div class="jupyter-llmchat-usage">']
+        if self.rows or self.spend is None:
+            parts.append(_html_table(head, body, total))
         if self.show_turns:
             parts.append("<p><b>Answers</b></p>" + _html_table(list(self._TURN_COLS), self._turn_lines()))
         if self.spend is not None:
@@ -160,7 +175,9 @@ class UsageReport:
 
     def __repr__(self) -> str:
         head, body, total = self._table()
-        parts = [_text_table(head, body + ([total] if total else []))]
+        parts = []
+        if self.rows or self.spend is None:
+            parts.append(_text_table(head, body + ([total] if total else [])))
         if self.show_turns:
             parts.append(_text_table(list(self._TURN_COLS), self._turn_lines()))
         if self.spend is not None:
@@ -171,12 +188,18 @@ class UsageReport:
         return "\n".join(parts)
 
 
+#: Columns that hold numbers: right-aligned; every other column is text, left-aligned.
+_NUMERIC = frozenset({"#", "answers", "input", "output", "cached", "cost"})
+
+
 def _html_table(head: list[str], body: list[list[str]], total: list[str] | None = None) -> str:
     esc = html.escape
-    rows = ["<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
-    rows += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body]
+    # JupyterLab right-aligns every table cell; text reads better from the left.
+    align = [f' style="text-align: {"right" if h in _NUMERIC else "left"}"' for h in head]
+    rows = ["<tr>" + "".join(f"<th{a}>{esc(h)}</th>" for h, a in zip(head, align)) + "</tr>"]
+    rows += ["<tr>" + "".join(f"<td{a}>{esc(c)}</td>" for c, a in zip(r, align)) + "</tr>" for r in body]
     if total:
-        rows.append("<tr>" + "".join(f"<td><b>{esc(c)}</b></td>" for c in total) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td{a}><b>{esc(c)}</b></td>" for c, a in zip(total, align)) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -193,9 +216,13 @@ class HistoryView:
     """A session's turns (``%chat_history``), as Markdown."""
 
     def __init__(self, name: str, chat: Chat, last: int | None = None) -> None:
+        """``last``: only the last ``last`` exchanges (a question and its answer)."""
         self.name = name
         turns = chat.get_turns()
-        self.turns = turns[-last:] if last else turns
+        starts = [i for i, t in enumerate(turns) if t.role == "user"]
+        if last and len(starts) > last:
+            turns = turns[starts[-last]:]
+        self.turns = turns
         self.system = chat.system_prompt
 
     def _repr_markdown_(self) -> str:
@@ -203,24 +230,28 @@ class HistoryView:
             return f"*Session `{self.name}` has no turns yet.*"
         out = []
         if self.system:
-            out.append(f"**system:** {markdown_text(_quote(self.system))}")
+            out.append(f"**system:** {safe_markdown(_quote(self.system))}")
         for t in self.turns:
             label = "**you**" if t.role == "user" else f"**{safe_markdown(t.model or 'assistant')}**"
             extra = " *(partial)*" if t.partial else ""
             src = f" *· {t.meta['source']}*" if t.meta.get("source") == "panel" else ""
-            out.append(f"{label}{extra}{src}\n\n{markdown_text(t.text)}")
-        return "\n\n---\n\n".join(out)
+            # A rule before each question: one exchange per block, the same space everywhere.
+            if t.role == "user" and out:
+                out.append("---")
+            out.append(f"{label}{extra}{src}\n\n{safe_markdown(_trim(t.text))}")
+        return "\n\n".join(out)
 
     def __repr__(self) -> str:
         if not self.turns:
             return f"Session {self.name!r} has no turns yet."
         return "\n\n".join(
-            f"[{t.role}{' partial' if t.partial else ''}] {t.text}" for t in self.turns
+            f"[{t.role}{' partial' if t.partial else ''}] {_trim(t.text)}" for t in self.turns
         )
 
 
-#: One rule for model and restored text everywhere it is shown (DESIGN §9).
-markdown_text = safe_markdown
+def _trim(s: str) -> str:
+    """Without the blank lines around it (a cell's prompt ends with one, an answer does not)."""
+    return s.strip("\r\n")
 
 
 def _quote(s: str) -> str:
