@@ -95,7 +95,9 @@ class StreamDisplay:
         md = self.markdown(partial_cursor=True)
         self._show({"text/markdown": md}, {})
         self._unsent = False
-        self._next = now + max(self._min_interval, len(md) / BYTES_PER_SECOND)
+        # Counted from after the send, with a little room: a timer and the stream both send,
+        # and neither may make a second hold more than rate_hz messages.
+        self._next = self._clock() + max(self._min_interval * 1.02, len(md) / BYTES_PER_SECOND)
 
     def _schedule(self, delay: float) -> None:
         if self._timer is not None or self._closed:

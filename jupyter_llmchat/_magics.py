@@ -269,8 +269,10 @@ class ChatMagics(Magics):
             raise
         except LLMChatError as exc:
             if display.text:
-                self._finish(display, chat, args, fmt, before, note="partial: the stream broke")
-            display.error(exc.message, self._hint(exc, args.session))
+                # The red line below is the one notice; the record says the answer is partial.
+                self._finish(display, chat, args, fmt, before, broken=True)
+            message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")
+            display.error(message, self._hint(exc, args.session))
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
                 raise
             return None
@@ -290,7 +292,8 @@ class ChatMagics(Magics):
         return exc.hint
 
     def _finish(
-        self, display: Any, chat: Any, args: Any, fmt: str, before: Any, note: str | None = None
+        self, display: Any, chat: Any, args: Any, fmt: str, before: Any, note: str | None = None,
+        *, broken: bool = False,
     ) -> Any:
         """Final rendering with the turn's metadata; returns the value for -o."""
         from ._metadata import display_metadata
@@ -307,7 +310,7 @@ class ChatMagics(Magics):
         text = display.text
         if fmt == "code":
             return first_code_block(text)
-        if fmt == "json" and note is None:
+        if fmt == "json" and note is None and not broken:
             try:
                 return json.loads(first_code_block(text) if "```" in text else text)
             except ValueError:

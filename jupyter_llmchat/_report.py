@@ -65,7 +65,7 @@ def format_cost(usd: float | None) -> str:
 
 def _fixed(v: float, decimals: int) -> str:
     exact = decimal.Decimal(v)  # the binary value itself, as toFixed rounds it
-    return str(exact.quantize(decimal.Decimal(1).scaleb(-decimals), rounding=decimal.ROUND_HALF_UP))
+    return format(exact.quantize(decimal.Decimal(1).scaleb(-decimals), rounding=decimal.ROUND_HALF_UP), "f")
 
 
 def _thousands(fixed: str) -> str:

@@ -340,11 +340,12 @@ def test_stream_broken_midway_shows_red_error_and_keeps_the_partial(
     kept = answer[:800]
     shown = answer_displays(msgs)
     check_final(shown[-1], kept, "This stream breaks.\n", partial=True, finish="error")
-    assert "partial" in shown[-1]["content"]["data"]["text/markdown"]
+    # One notice, not two: the red line says the answer so far is kept.
+    assert "partial" not in shown[-1]["content"]["data"]["text/markdown"]
     errors = [m for m in displays(msgs) if "text/html" in m["content"]["data"]]
     assert len(errors) == 1
     html = errors[0]["content"]["data"]["text/html"]
-    assert "chat error" in html and "color" in html
+    assert "chat error" in html and "color" in html and "marked partial" in html
     assert "Traceback" not in json.dumps([m["content"] for m in msgs])
 
     _, msgs = execute(kc, "import jupyter_llmchat as j; t = j.session().get_turns()[-1]; print(t.partial, t.text == %r)" % kept)
