@@ -101,6 +101,10 @@ def test_hostile_answer_runs_and_fetches_nothing_anywhere(
     wait_text(nb.page, "click me")
     ask(nb.page, "And again?")
     wait_idle(nb.page)
+    nb.page.wait_for_function(  # the live answer rendered too (rendering is asynchronous)
+        "(url) => document.querySelector('.jp-llmchat-dock').innerText.split(url).length > 2",
+        arg=f"http://127.0.0.1:{port}/track?q=secret",
+    )
     panel_text = dock(nb.page).inner_text()
     assert panel_text.count(f"http://127.0.0.1:{port}/track?q=secret") >= 2, panel_text
     assert panel_text.count("<script>window.__pwned_script = 1</script>") >= 2, panel_text
