@@ -347,6 +347,9 @@ def test_panel_in_notebook7(
         ask(nb.page, "Hi")
         wait_text(nb.page, "Hello from Notebook 7.")
         assert messages(nb.page) == ["Hi", "Hello from Notebook 7."]
+        # One close button: Notebook 7's side panel has its own, so the dock shows none.
+        assert dock(nb.page).locator(".jp-llmchat-close").count() == 0
+        nb.screenshot("panel-notebook7.png")
     finally:
         jupyter_server.shutdown_kernel(path)
 
