@@ -96,7 +96,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         self._thread: threading.Thread | None = None
         #: The panel's questions run on this loop, one at a time, each in a new thread; stop()
         #: cancels the running task from the kernel's thread.
-        self._loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         #: Counts session switches; a streaming answer stops showing after one.
         self._binds = 0
@@ -237,15 +237,17 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         question's task is cancelled in its loop, and the core records what arrived, if anything.
         """
         self._stop.set()
-        task = self._task
-        if task is not None:
+        task, loop = self._task, self._loop
+        if task is not None and loop is not None:
             try:
-                self._loop.call_soon_threadsafe(task.cancel)
+                loop.call_soon_threadsafe(task.cancel)
             except RuntimeError:  # the loop is closed: the question is over anyway
                 pass
 
     def _run(self, text: str) -> None:
         """The panel thread: one question on this panel's own event loop."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
         loop = self._loop
         asyncio.set_event_loop(loop)
         task = loop.create_task(self._astream(text))
@@ -258,6 +260,15 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             pass
         finally:
             self._task = None
+
+    def close(self) -> None:
+        """Close the widget; an answer streaming from it is stopped, and its loop closed."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._loop is not None and not self._loop.is_running():
+            self._loop.close()
+        super().close()
 
     async def _astream(self, text: str) -> None:
         name = self.session
