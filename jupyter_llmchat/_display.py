@@ -10,11 +10,15 @@ The final update is the full bundle (text/markdown + text/plain) with the turn's
 
 from __future__ import annotations
 
+import contextvars
 import html
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from ._markdown import safe_markdown
 
 __all__ = ["BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle"]
 
@@ -48,11 +52,19 @@ class StreamDisplay:
         self._next = 0.0
         self._last_sent: float | None = None
         self.display_id: str | None = None
+        # Text that arrived too soon after an update goes out on a timer, so the output catches
+        # up when the stream pauses. The timer thread runs in this cell's context (ipykernel
+        # finds the cell's parent message there) and shares the display under this lock.
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self._unsent = False
+        self._closed = False
 
     def status(self, line: str) -> None:
         """Show (or replace) a one-line status, e.g. "starting local model..."."""
         bundle = {"text/markdown": f"*{_md_escape(line)}*", "text/plain": line}
-        self._show(bundle, {})
+        with self._lock:
+            self._show(bundle, {})
 
     def _show(self, bundle: dict[str, str], metadata: dict[str, Any]) -> None:
         self._last_sent = now = self._clock()
@@ -66,19 +78,53 @@ class StreamDisplay:
 
     def delta(self, kind: str, piece: str) -> None:
         """Add streamed text ("text" or "thinking"); maybe send an update. The hot path."""
-        if kind == "text":
-            self._text.append(piece)
-        else:
-            self._thinking.append(piece)
-        self._chars += len(piece)
-        now = self._clock()
-        if now >= self._next:
-            self._flush(now)
+        with self._lock:
+            if kind == "text":
+                self._text.append(piece)
+            else:
+                self._thinking.append(piece)
+            self._chars += len(piece)
+            now = self._clock()
+            if now >= self._next:
+                self._flush(now)
+            else:
+                self._unsent = True
+                self._schedule(self._next - now)
 
     def _flush(self, now: float) -> None:
         md = self.markdown(partial_cursor=True)
         self._show({"text/markdown": md}, {})
-        self._next = now + max(self._min_interval, len(md) / BYTES_PER_SECOND)
+        self._unsent = False
+        # Counted from after the send, with a little room: a timer and the stream both send,
+        # and neither may make a second hold more than rate_hz messages.
+        self._next = self._clock() + max(self._min_interval * 1.02, len(md) / BYTES_PER_SECOND)
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None or self._closed:
+            return
+        context = contextvars.copy_context()
+        self._timer = threading.Timer(max(0.0, delay), lambda: context.run(self._on_timer))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._closed or not self._unsent:
+                return
+            now = self._clock()
+            if now >= self._next:
+                self._flush(now)
+            else:  # an update went out meanwhile: wait for the rate again
+                self._schedule(self._next - now)
+
+    def _close(self) -> None:
+        """No more intermediate updates (the final one or an error is next)."""
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def _keep_rate(self) -> None:
         """Before the final update: wait out the rest of 1/rate since the last message
@@ -98,9 +144,10 @@ class StreamDisplay:
         thinking = "".join(self._thinking)
         if thinking:
             parts.append(
-                "<details><summary>Thinking</summary>\n\n" + html.escape(thinking) + "\n\n</details>\n\n"
+                "<details><summary>Thinking</summary>\n\n" + safe_markdown(thinking) + "\n\n</details>\n\n"
             )
-        parts.append(self.text)
+        # Model text: JupyterLab renders a fresh output as trusted, so it must be safe already.
+        parts.append(safe_markdown(self.text))
         if partial_cursor:
             parts.append(" ▍")
         return "".join(parts)
@@ -112,6 +159,7 @@ class StreamDisplay:
         note: str | None = None,
     ) -> None:
         """The last update: the whole answer, as Markdown and plain text, with the turn's metadata."""
+        self._close()
         text = self.text
         md = self.markdown()
         self._keep_rate()
@@ -128,6 +176,7 @@ class StreamDisplay:
 
     def error(self, message: str, hint: str = "") -> None:
         """A short red message: in place of the status line, or below the text that arrived."""
+        self._close()
         bundle = error_bundle(message, hint)
         if self._chars or self.display_id is None:
             self._display(bundle, raw=True)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import weakref
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -26,7 +27,7 @@ from traitlets import Bool, Dict, Enum, Float, Unicode, default, validate
 from traitlets import TraitError
 
 from . import _sessions
-from ._errors import ConfigurationError, LLMChatError
+from ._errors import AuthenticationError, ConfigurationError, LLMChatError
 
 __all__ = ["ChatMagics", "load", "unload"]
 
@@ -123,8 +124,11 @@ class ChatMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         #: Sessions this object built: name -> (the Chat, the settings it was built with).
         self._from_config: dict[str, tuple[Any, str]] = {}
-        #: ids of those Chats that have sent a request (their settings are then kept).
-        self._used: set[int] = set()
+        #: Those Chats that have sent a request (their settings are then kept). Weak, by the
+        #: object: an id() could be reused by a new Chat after the old one is gone.
+        self._used: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: cell id -> the execution (its request's msg_id) that last sent from that cell.
+        self._runs: dict[str, str] = {}
         _sessions.set_factory(self._make_session, self._refresh_unused)
 
     def _session_settings(self) -> str:
@@ -174,11 +178,13 @@ class ChatMagics(Magics):
     @argument("-t", "--temperature", type=float, help="Temperature for this cell only (0 to 2).")
     @argument("--max-tokens", type=int, help="Most tokens in this answer.")
     @argument("-o", "--output", metavar="VAR", help="Store the answer in variable VAR.")
-    @argument("-f", "--format", choices=FORMATS, help="Render and store as markdown, text, code or json.")
+    @argument("-f", "--format", choices=FORMATS, metavar="FORMAT",
+              help="markdown, text, code or json: how the answer shows, and what -o stores.")
     @argument("--new", action="store_true", help="Start the session's history afresh.")
     @argument("--no-history", action="store_true", help="Send this prompt alone and record nothing.")
     # argparse formats help with %, so "%%%%" shows as "%%".
-    @argument("prompt", nargs="*", help="The prompt (line magic); for %%%%chat, the cell body.")
+    @argument("prompt", nargs="*", metavar="PROMPT",
+              help="The question, for %%%%chat on the line; for %%%%%%%%chat, the cell body.")
     # IPython would expand $name and {expr} in the line before we see it: prompts stay verbatim.
     @no_var_expand
     @line_cell_magic
@@ -238,12 +244,18 @@ class ChatMagics(Magics):
             chat = _sessions.prepare(args.session, on_status=display.status)
         if args.system is not None:
             chat.system_prompt = args.system
-        cell_id = _cell_id(self.shell)
+        cell_id, run_id = _parent_ids(self.shell)
         meta = {"cell_id": cell_id, "source": "cell"}
         before = getattr(chat, "last_exchange", None)
+        # A new execution of a cell replaces what the cell's earlier run left; a second %chat
+        # line of the same execution adds to it (both exchanges are kept, in order).
+        same_run = cell_id is not None and run_id is not None and self._runs.get(cell_id) == run_id
+        replace_from = None if same_run or args.no_history else _rerun_index(chat, cell_id)
+        if cell_id is not None and run_id is not None:
+            self._runs[cell_id] = run_id
         events = chat._events(
             [text], model=args.model or None, params=overrides,
-            history=not args.no_history, meta=meta, replace_from=_rerun_index(chat, cell_id),
+            history=not args.no_history, meta=meta, replace_from=replace_from,
         )
         try:
             for kind, piece in events:
@@ -257,8 +269,10 @@ class ChatMagics(Magics):
             raise
         except LLMChatError as exc:
             if display.text:
-                self._finish(display, chat, args, fmt, before, note="partial: the stream broke")
-            display.error(exc.message, exc.hint)
+                # The red line below is the one notice; the record says the answer is partial.
+                self._finish(display, chat, args, fmt, before, broken=True)
+            message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")
+            display.error(message, self._hint(exc, args.session))
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
                 raise
             return None
@@ -267,8 +281,19 @@ class ChatMagics(Magics):
             self.shell.user_ns[args.output] = answer
         return None
 
+    def _hint(self, exc: LLMChatError, session: str) -> str:
+        """The error's hint, in a cell user's terms where the library's would not help."""
+        made = self._from_config.get(session)
+        ours = made is not None and made[0] is _sessions.sessions().get(session)
+        if isinstance(exc, AuthenticationError) and ours and self.credentials_env:
+            state = "is set but was refused" if os.environ.get(self.credentials_env) else "is not set"
+            return (f"{self.credentials_env} {state}: set {self.credentials_env} before starting "
+                    "Jupyter, or %config ChatMagics.credentials_env = 'NAME_OF_YOUR_VARIABLE'")
+        return exc.hint
+
     def _finish(
-        self, display: Any, chat: Any, args: Any, fmt: str, before: Any, note: str | None = None
+        self, display: Any, chat: Any, args: Any, fmt: str, before: Any, note: str | None = None,
+        *, broken: bool = False,
     ) -> Any:
         """Final rendering with the turn's metadata; returns the value for -o."""
         from ._metadata import display_metadata
@@ -285,7 +310,7 @@ class ChatMagics(Magics):
         text = display.text
         if fmt == "code":
             return first_code_block(text)
-        if fmt == "json" and note is None:
+        if fmt == "json" and note is None and not broken:
             try:
                 return json.loads(first_code_block(text) if "```" in text else text)
             except ValueError:
@@ -312,7 +337,7 @@ class ChatMagics(Magics):
         old = _sessions.sessions().get(name)
         if made is None or old is not made[0] or made[1] == self._session_settings():
             return
-        if unused_only and id(old) in self._used:
+        if unused_only and old in self._used:
             return
         _sessions.drop(name)
         del self._from_config[name]
@@ -327,7 +352,7 @@ class ChatMagics(Magics):
 
     def _mark_used(self, chat: Any, event: str) -> None:
         if event == "start":
-            self._used.add(id(chat))
+            self._used.add(chat)
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -357,7 +382,8 @@ class ChatMagics(Magics):
 
     @magic_arguments()
     @argument("-s", "--session", default="default", help="Session name (default: default).")
-    @argument("-n", type=int, default=None, help="Only the last N turns.")
+    @argument("-n", type=int, default=None, metavar="N",
+              help="Only the last N exchanges (a question and its answer).")
     @line_magic
     def chat_history(self, line: str) -> Any:
         """Show a session's turns."""
@@ -442,23 +468,63 @@ class ChatMagics(Magics):
 
 
 def interpolate(prompt: str, namespace: dict[str, Any]) -> str:
-    """Replace ``{{ expr }}`` by ``str(eval(expr, namespace))``; ``\\{{`` stays a literal ``{{``."""
+    """Replace ``{{ expr }}`` by ``str(eval(expr, namespace))``; ``\\{{`` stays a literal ``{{``.
 
-    def repl(m: re.Match[str]) -> str:
-        if m.group(1) is not None:
-            return "{{"
-        expr = m.group(2).strip()
-        if not expr:
-            raise UsageError("empty {{ }} in the prompt")
-        try:
-            return str(eval(expr, namespace))  # noqa: S307 - the user's own expression in their kernel
-        except Exception as exc:
-            raise UsageError(f"{{{{ {expr} }}}} failed: {type(exc).__name__}: {exc}") from None
+    The expression ends at the first ``}}`` outside its own brackets and strings, so
+    ``{{ {'a': {'b': 1}} }}`` works. A ``{{`` that is never closed is left as it is.
+    """
+    out: list[str] = []
+    pos = 0
+    while (start := prompt.find("{{", pos)) != -1:
+        if start > 0 and prompt[start - 1] == "\\":
+            out.append(prompt[pos:start - 1] + "{{")
+            pos = start + 2
+            continue
+        end = _expression_end(prompt, start + 2)
+        if end is None:
+            break
+        out.append(prompt[pos:start])
+        out.append(_evaluate(prompt[start + 2:end], namespace))
+        pos = end + 2
+    out.append(prompt[pos:])
+    return "".join(out)
 
-    return _TEMPLATE.sub(repl, prompt)
+
+def _expression_end(s: str, k: int) -> int | None:
+    """Index of the ``}}`` that closes the expression starting at ``s[k]``, or None."""
+    depth = 0
+    n = len(s)
+    while k < n:
+        c = s[k]
+        if c in "\"'":
+            quote = s[k:k + 3] if s[k:k + 3] in ('"""', "'''") else c
+            k += len(quote)
+            while k < n and not s.startswith(quote, k):
+                k += 2 if s[k] == "\\" else 1
+            if k >= n:
+                return None
+            k += len(quote)
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0 and s.startswith("}}", k):
+                return k
+            depth = max(0, depth - 1)
+        k += 1
+    return None
 
 
-_TEMPLATE = re.compile(r"(\\\{\{)|\{\{(.*?)\}\}", re.DOTALL)
+def _evaluate(source: str, namespace: dict[str, Any]) -> str:
+    expr = source.strip()
+    if not expr:
+        raise UsageError("empty {{ }} in the prompt")
+    try:
+        return str(eval(expr, namespace))  # noqa: S307 - the user's own expression in their kernel
+    except Exception as exc:
+        raise UsageError(f"{{{{ {expr} }}}} failed: {type(exc).__name__}: {exc}") from None
+
+
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
@@ -524,33 +590,61 @@ def _rerun_index(chat: Any, cell_id: str | None) -> int | None:
     return None
 
 
-def _cell_id(shell: Any) -> str | None:
+def _parent_ids(shell: Any) -> tuple[str | None, str | None]:
+    """The running cell's id (JupyterLab sends it) and its execution's request id."""
     try:
         parent = shell.kernel.get_parent()
     except Exception:
         parent = getattr(shell, "parent_header", None) or {}
-    meta = (parent or {}).get("metadata") or {}
-    cid = meta.get("cellId")
-    return cid if isinstance(cid, str) else None
+    parent = parent or {}
+    cid = (parent.get("metadata") or {}).get("cellId")
+    msg_id = (parent.get("header") or {}).get("msg_id")
+    return (cid if isinstance(cid, str) else None, msg_id if isinstance(msg_id, str) else None)
 
 
-_MAGICS: dict[int, ChatMagics] = {}
+_CHAT_LINE = re.compile(r"^([ \t]*)%chat[ \t]+(\S.*?)[ \t]*(\r?\n)?$", re.DOTALL)
+
+
+def protect_questions(lines: list[str]) -> list[str]:
+    """An input transformer: ``%chat What is X?`` stays a question, not IPython's help syntax.
+
+    IPython reads any line ending in ``?`` as a help request (``Object `X?` not found``).
+    Registered among the cleanup transformers at ``%load_ext``, which run before that, it turns
+    such a ``%chat`` line into the call IPython would make for it. A ``%%chat`` cell is left to
+    IPython: its body is not Python and its last line never reaches the help syntax.
+    """
+    if not lines or lines[0].lstrip().startswith("%%"):
+        return lines
+    out = []
+    for line in lines:
+        m = _CHAT_LINE.match(line)
+        if m and m.group(2).endswith("?"):
+            line = f"{m.group(1)}get_ipython().run_line_magic('chat', {m.group(2)!r}){m.group(3) or ''}"
+        out.append(line)
+    return out
+
+
+#: The magics loaded into each shell (weak: a shell gone is forgotten).
+_MAGICS: weakref.WeakKeyDictionary[Any, ChatMagics] = weakref.WeakKeyDictionary()
 
 
 def load(ipython: Any) -> None:
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
-    _MAGICS[id(ipython)] = magics
+    _MAGICS[ipython] = magics
+    if protect_questions not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(protect_questions)
     from ._bridge import start_bridge
 
     start_bridge(ipython, magics)
 
 
 def unload(ipython: Any) -> None:
-    magics = _MAGICS.pop(id(ipython), None)
+    magics = _MAGICS.pop(ipython, None)
+    if protect_questions in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(protect_questions)
     if magics is not None:
         _sessions.set_factory(None)
         for kind in ("line", "cell"):
             for name in ("chat", "chat_usage", "chat_history", "chat_reset", "chat_config", "chat_panel"):
                 ipython.magics_manager.magics[kind].pop(name, None)
-

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import decimal
 import html
 import json
-import re
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._chat import Chat
+from ._markdown import safe_markdown
 from ._usage import UsageRow
 
-__all__ = ["ConfigView", "HistoryView", "UsageReport", "usage_rows"]
+__all__ = ["ConfigView", "HistoryView", "UsageReport", "format_cost", "usage_rows"]
 
 
 @dataclass
@@ -41,16 +43,40 @@ def _num(v: int | None, unknown: int) -> str:
     return f"{v:,}" + ("+" if unknown else "")
 
 
+def format_cost(usd: float | None) -> str:
+    """A cost in US dollars, the one rule of every view (the panel's ``costFormat.ts`` too).
+
+    Unknown is ``n/a`` (never a guessed 0); free is ``$0``; from $1 up, cents with thousands
+    separators (``$1,234.50``); below $1, two significant digits and at least two decimals,
+    never an exponent (``$0.50``, ``$0.012``, ``$0.00000012``). Halves round up, as
+    JavaScript's ``toFixed`` does on the same binary value, so both sides print the same.
+    """
+    if usd is None or not math.isfinite(usd):
+        return "n/a"
+    if usd == 0:
+        return "$0"
+    sign = "-" if usd < 0 else ""
+    v = abs(usd)
+    if v >= 1:
+        return sign + "$" + _thousands(_fixed(v, 2))
+    decimals = max(2, 1 - math.floor(math.log10(v)))
+    return sign + "$" + _fixed(v, decimals)
+
+
+def _fixed(v: float, decimals: int) -> str:
+    exact = decimal.Decimal(v)  # the binary value itself, as toFixed rounds it
+    return format(exact.quantize(decimal.Decimal(1).scaleb(-decimals), rounding=decimal.ROUND_HALF_UP), "f")
+
+
+def _thousands(fixed: str) -> str:
+    whole, _, frac = fixed.partition(".")
+    return f"{int(whole):,}" + ("." + frac if frac else "")
+
+
 def _usd(v: float | None, unknown: int) -> str:
     if v is None:
         return "n/a"
-    if v == 0 or v >= 1:
-        s = f"${v:,.2f}"
-    elif v >= 0.01:
-        s = f"${v:.4f}"
-    else:  # small but not free: show its digits rather than $0.0000
-        s = f"${v:.8f}".rstrip("0")
-    return s + ("+" if unknown else "")
+    return format_cost(v) + ("+" if unknown else "")
 
 
 class UsageReport:
@@ -106,10 +132,23 @@ class UsageReport:
     def _footnotes(self) -> list[str]:
         notes = []
         if not self.rows:
-            notes.append("No answers yet.")
-        if any(r.unknown_tokens for r in self.rows):
-            notes.append("n/a or +: the server did not report tokens for some answers "
-                         "(llama.cpp's server reports none while streaming).")
+            notes.append("No answers in the sessions now (reset or none yet); the table above counts "
+                         "every answer of this notebook." if self.spend else "No answers yet.")
+        unknown = [(chat, t) for chat in self.sessions.values() for t in chat.get_turns()
+                   if t.role == "assistant" and not (t.tokens and t.tokens.known)]
+        if unknown:
+            broken = [t for _, t in unknown if t.partial]
+            servers = {chat.provider.name for chat, t in unknown if not t.partial}
+            note = f"n/a or +: no token counts for {len(unknown)} answer{'s' * (len(unknown) > 1)}"
+            why = []
+            if len(broken) < len(unknown):
+                why.append("llama.cpp's server sends none while streaming"
+                           if servers and all(n.startswith("llama.cpp") for n in servers)
+                           else "the server did not report them")
+            if broken:
+                why.append(f"{len(broken)} ended early (the stream broke or was stopped) "
+                           "before the server could report them")
+            notes.append(f"{note}: {'; '.join(why)}.")
         if any(r.unknown_cost for r in self.rows):
             notes.append("Cost n/a: no known price for this provider and model (local models are free).")
         return notes
@@ -122,7 +161,9 @@ class UsageReport:
 
     def _repr_html_(self) -> str:
         head, body, total = self._table()
-        parts = ['<div class="jupyter-llmchat-usage">', _html_table(head, body, total)]
+        parts = ['<div class="jupyter-llmchat-usage">']
+        if self.rows or self.spend is None:
+            parts.append(_html_table(head, body, total))
         if self.show_turns:
             parts.append("<p><b>Answers</b></p>" + _html_table(list(self._TURN_COLS), self._turn_lines()))
         if self.spend is not None:
@@ -134,7 +175,9 @@ class UsageReport:
 
     def __repr__(self) -> str:
         head, body, total = self._table()
-        parts = [_text_table(head, body + ([total] if total else []))]
+        parts = []
+        if self.rows or self.spend is None:
+            parts.append(_text_table(head, body + ([total] if total else [])))
         if self.show_turns:
             parts.append(_text_table(list(self._TURN_COLS), self._turn_lines()))
         if self.spend is not None:
@@ -145,12 +188,18 @@ class UsageReport:
         return "\n".join(parts)
 
 
+#: Columns that hold numbers: right-aligned; every other column is text, left-aligned.
+_NUMERIC = frozenset({"#", "answers", "input", "output", "cached", "cost"})
+
+
 def _html_table(head: list[str], body: list[list[str]], total: list[str] | None = None) -> str:
     esc = html.escape
-    rows = ["<tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
-    rows += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body]
+    # JupyterLab right-aligns every table cell; text reads better from the left.
+    align = [f' style="text-align: {"right" if h in _NUMERIC else "left"}"' for h in head]
+    rows = ["<tr>" + "".join(f"<th{a}>{esc(h)}</th>" for h, a in zip(head, align)) + "</tr>"]
+    rows += ["<tr>" + "".join(f"<td{a}>{esc(c)}</td>" for c, a in zip(r, align)) + "</tr>" for r in body]
     if total:
-        rows.append("<tr>" + "".join(f"<td><b>{esc(c)}</b></td>" for c in total) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td{a}><b>{esc(c)}</b></td>" for c, a in zip(total, align)) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -167,9 +216,13 @@ class HistoryView:
     """A session's turns (``%chat_history``), as Markdown."""
 
     def __init__(self, name: str, chat: Chat, last: int | None = None) -> None:
+        """``last``: only the last ``last`` exchanges (a question and its answer)."""
         self.name = name
         turns = chat.get_turns()
-        self.turns = turns[-last:] if last else turns
+        starts = [i for i, t in enumerate(turns) if t.role == "user"]
+        if last and len(starts) > last:
+            turns = turns[starts[-last]:]
+        self.turns = turns
         self.system = chat.system_prompt
 
     def _repr_markdown_(self) -> str:
@@ -177,73 +230,28 @@ class HistoryView:
             return f"*Session `{self.name}` has no turns yet.*"
         out = []
         if self.system:
-            out.append(f"**system:** {markdown_text(_quote(self.system))}")
+            out.append(f"**system:** {safe_markdown(_quote(self.system))}")
         for t in self.turns:
-            label = "**you**" if t.role == "user" else f"**{html.escape(t.model or 'assistant')}**"
+            label = "**you**" if t.role == "user" else f"**{safe_markdown(t.model or 'assistant')}**"
             extra = " *(partial)*" if t.partial else ""
             src = f" *· {t.meta['source']}*" if t.meta.get("source") == "panel" else ""
-            out.append(f"{label}{extra}{src}\n\n{markdown_text(t.text)}")
-        return "\n\n---\n\n".join(out)
+            # A rule before each question: one exchange per block, the same space everywhere.
+            if t.role == "user" and out:
+                out.append("---")
+            out.append(f"{label}{extra}{src}\n\n{safe_markdown(_trim(t.text))}")
+        return "\n\n".join(out)
 
     def __repr__(self) -> str:
         if not self.turns:
             return f"Session {self.name!r} has no turns yet."
         return "\n\n".join(
-            f"[{t.role}{' partial' if t.partial else ''}] {t.text}" for t in self.turns
+            f"[{t.role}{' partial' if t.partial else ''}] {_trim(t.text)}" for t in self.turns
         )
 
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_TICKS = re.compile(r"`+")
-
-
-def markdown_text(text: str) -> str:
-    """A turn's text as Markdown that shows any HTML in it as text, never as markup.
-
-    Turns may come from a notebook someone else wrote. Their Markdown is kept (answers are
-    Markdown), but outside code, where a renderer would read HTML, ``&`` and ``<`` become
-    entities. Anything unclear (a backslash before a backtick, a code span over two lines) is
-    escaped too: too much escaping only looks odd, too little would let markup through. A fence
-    left open is closed, so it cannot swallow the turns after it.
-    """
-    out: list[str] = []
-    fence: str | None = None
-    for line in text.splitlines(keepends=True):
-        m = _FENCE.match(line)
-        if fence is not None:
-            out.append(line)
-            closing = m is not None and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence)
-            if closing and m is not None and not line[m.end():].strip():
-                fence = None
-            continue
-        if m and not (m.group(1)[0] == "`" and "`" in line[m.end():]):
-            fence = m.group(1)
-            out.append(line)
-            continue
-        out.append(_inline_text(line))
-    if fence is not None:
-        out.append(("" if text.endswith("\n") else "\n") + fence)
-    return "".join(out)
-
-
-def _inline_text(line: str) -> str:
-    out: list[str] = []
-    pos = 0
-    while (m := _TICKS.search(line, pos)) is not None:
-        close = None
-        if m.start() == 0 or line[m.start() - 1] != "\\":
-            close = re.compile(r"(?<!`)" + m.group() + r"(?!`)").search(line, m.end())
-        if close is None:  # not a code span: the backticks are text
-            out.append(_escape_html(line[pos:m.end()]))
-        else:
-            out.append(_escape_html(line[pos:m.start()]) + line[m.start():close.end()])
-        pos = m.end() if close is None else close.end()
-    out.append(_escape_html(line[pos:]))
-    return "".join(out)
-
-
-def _escape_html(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;")
+def _trim(s: str) -> str:
+    """Without the blank lines around it (a cell's prompt ends with one, an answer does not)."""
+    return s.strip("\r\n")
 
 
 def _quote(s: str) -> str:

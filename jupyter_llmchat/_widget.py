@@ -22,6 +22,7 @@ with other cells; the session's lock keeps the panel and ``%%chat`` cells from i
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -75,13 +76,31 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
     model = Unicode("", help="The session's model.").tag(sync=True)
     usage = Dict(help="The session's totals: answers, input, output, cached, cost_usd.").tag(sync=True)
 
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict) and "text/plain" in bundle:
+            # What a front end without the extension shows instead of the widget.
+            bundle["text/plain"] = _NoPanel.MESSAGE
+        return bundle
+
     def __init__(self, session: str = "default", **kwargs: Any) -> None:
         super().__init__(session=session, **kwargs)
         self._chat: Chat | None = None
         #: How many of the session's turns the front end shows (its ids turn-0 ... turn-N-1).
         self._shown = 0
+        #: Counts "history" messages: part of every id, so no id names two turns. (The front
+        #: end's message components keep what they first showed under an id: a reused id would
+        #: show an earlier session's turn, its model in the header, after switching back.)
+        self._generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The panel's questions run on this loop, one at a time, each in a new thread; stop()
+        #: cancels the running task from the kernel's thread.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        #: Counts session switches; a streaming answer stops showing after one.
+        self._binds = 0
+        self._stream_binds: int | None = None
         self.on_msg(self._on_front_end)
         self._bind(session)
 
@@ -89,6 +108,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
 
     def _bind(self, name: str) -> None:
         chat = _sessions.session(name)
+        self._binds += 1
         if self._chat is not None:
             self._chat.remove_listener(self._on_chat)
         self._chat = chat
@@ -126,7 +146,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         # Ids by position: between two "history" messages the front end only sees turns added
         # at the end (anything else sends the whole history again, see _on_turn).
         self._shown = len(turns)
-        messages = [_message(t, f"turn-{i}") for i, t in enumerate(turns)]
+        self._generation += 1
+        messages = [_message(t, self._turn_id(i)) for i, t in enumerate(turns)]
         self.send({"type": "history", "messages": messages})
 
     def _on_chat(self, chat: Chat, event: str) -> None:
@@ -153,18 +174,21 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         if in_history and n - 2 != self._shown:
             # Not an addition at the end: a cell run again replaced its earlier exchange.
             self._send_history()
-        elif self._streaming_here():
+        elif self._streaming_here() and self._stream_binds == self._binds:
             # The panel's own question: the front end has it from the deltas.
             if in_history:
                 self._shown = n
         elif in_history:
             # A %%chat cell's exchange, or another panel's on the same session.
             self._shown = n
-            messages = [_message(t, f"turn-{i}") for i, t in zip(range(n - 2, n), exchange)]
+            messages = [_message(t, self._turn_id(i)) for i, t in zip(range(n - 2, n), exchange)]
             self.send({"type": "append", "messages": messages})
         else:  # an exchange kept out of history (%%chat --no-history): shown, not recorded
             messages = [_message(t, uuid.uuid4().hex) for t in exchange]
             self.send({"type": "append", "messages": messages})
+
+    def _turn_id(self, index: int) -> str:
+        return f"h{self._generation}-turn-{index}"
 
     def _streaming_here(self) -> bool:
         return self._thread is not None and self._thread is threading.current_thread()
@@ -201,70 +225,130 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
                        "hint": "wait for it to finish, or stop it", "recorded": False})
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._stream, args=(text,), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(text,), daemon=True,
                                         name=f"jupyter_llmchat panel {self.session}")
         self.busy = True
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the answer streaming from the panel; what arrived is kept, marked partial."""
-        self._stop.set()
+        """Stop the answer streaming from the panel; what arrived is kept, marked partial.
 
-    def _stream(self, text: str) -> None:
+        Works while waiting too (a slow prefill, a hung server, the local model starting): the
+        question's task is cancelled in its loop, and the core records what arrived, if anything.
+        """
+        self._stop.set()
+        task, loop = self._task, self._loop
+        if task is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the loop is closed: the question is over anyway
+                pass
+
+    def _run(self, text: str) -> None:
+        """The panel thread: one question on this panel's own event loop."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        task = loop.create_task(self._astream(text))
+        self._task = task
+        if self._stop.is_set():  # stopped before the task existed
+            task.cancel()
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._task = None
+
+    def close(self) -> None:
+        """Close the widget; an answer streaming from it is stopped, and its loop closed."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._loop is not None and not self._loop.is_running():
+            self._loop.close()
+        super().close()
+
+    async def _astream(self, text: str) -> None:
         name = self.session
         answer_id = uuid.uuid4().hex
         user_id = uuid.uuid4().hex
         pending: list[tuple[str, str]] = []
-        last = 0.0
         chat: Chat | None = None
         before: Any = None
+        # Switching session mid-stream: the front end shows the other session now, so this
+        # answer's messages stop (a %%chat-like "append" shows it if the user comes back).
+        binds = self._binds
+        self._stream_binds = binds
+
+        def live() -> bool:
+            return self._binds == binds
 
         def flush() -> None:
-            for kind in ("thinking", "text"):
-                piece = "".join(p for k, p in pending if k == kind)
-                if piece:
-                    self.send({"type": "delta", "id": answer_id, "kind": kind, "text": piece})
+            if live():
+                for kind in ("thinking", "text"):
+                    piece = "".join(p for k, p in pending if k == kind)
+                    if piece:
+                        self.send({"type": "delta", "id": answer_id, "kind": kind, "text": piece})
             pending.clear()
+
+        async def tick() -> None:
+            # Text waiting in `pending` goes out even when the stream pauses.
+            while True:
+                await asyncio.sleep(DELTA_INTERVAL)
+                flush()
 
         def ours() -> tuple[Turn, Turn] | None:
             # The lock kept other exchanges out, so a new last_exchange is this question's.
             exchange = getattr(chat, "last_exchange", None)
             return exchange if exchange is not None and exchange is not before else None
 
-        try:
-            chat = _sessions.prepare(name, on_status=lambda s: self.send({"type": "status", "text": s}))
-            before = getattr(chat, "last_exchange", None)
-            self.send({"type": "user", "message": {
-                "id": user_id, "role": "user", "text": text, "source": "panel", "time": time.time()}})
-            gen = chat._events([text], meta={"source": "panel"})
-            try:
-                for kind, piece in gen:
-                    pending.append((kind, piece))
-                    now = time.monotonic()
-                    if now - last >= DELTA_INTERVAL:
-                        flush()
-                        last = now
-                    if self._stop.is_set():
-                        break
-            finally:
-                gen.close()  # on stop: records the partial answer
+        def done() -> None:
             flush()
             exchange = ours()
+            if not live():
+                return
             if exchange is not None:
                 final = _message(exchange[1], answer_id, with_text=False)
                 self.send({"type": "done", "message": final, "user_id": user_id, "recorded": True})
             else:  # stopped before anything arrived: history is unchanged
                 self.send({"type": "done", "message": {"id": answer_id, "partial": True},
                            "user_id": user_id, "recorded": False})
+
+        ticker: asyncio.Task[None] | None = None
+        try:
+            def status(line: str) -> None:
+                self.send({"type": "status", "text": line})
+
+            self.send({"type": "user", "message": {
+                "id": user_id, "role": "user", "text": text, "source": "panel", "time": time.time()}})
+            # Starting the local model blocks: in a worker thread, so Stop need not wait for it.
+            chat = await asyncio.to_thread(_sessions.prepare, name, on_status=status)
+            before = getattr(chat, "last_exchange", None)
+            ticker = asyncio.ensure_future(tick())
+            events = chat._aevents([text], meta={"source": "panel"})
+            try:
+                async for kind, piece in events:
+                    pending.append((kind, piece))
+            finally:
+                await events.aclose()  # on stop: records the partial answer
+            done()
+        except asyncio.CancelledError:  # Stop: the core kept what arrived, if anything
+            done()
         except Exception as exc:  # never let the thread die silently
             flush()
             if isinstance(exc, LLMChatError):
                 message, hint = exc.message, exc.hint
             else:
                 message, hint = f"{type(exc).__name__}: {exc}", ""
-            self.send({"type": "error", "id": answer_id, "user_id": user_id,
-                       "recorded": ours() is not None, "message": message, "hint": hint})
+            if live():
+                self.send({"type": "error", "id": answer_id, "user_id": user_id,
+                           "recorded": ours() is not None, "message": message, "hint": hint})
         finally:
+            if ticker is not None:
+                ticker.cancel()
+            self._stream_binds = None
             self._refresh()
             self.busy = False
 
@@ -306,8 +390,11 @@ def panel(session: str = "default") -> Any:
         if shell is not None:
             shell.extension_manager.load_extension("jupyter_llmchat")
             bridge = current_bridge()
-    if bridge is None or not bridge.front_end_may_be_ready():
+    if bridge is None or bridge.comm is None:
+        # No comm at all (a terminal, a front end without comms): nothing could show a widget.
         return _NoPanel()
+    # With a comm, the front end decides: under Run All its hello has not arrived yet, so the
+    # widget goes out with the one-line message as its text/plain for a front end without us.
     _sessions.refresh(session)
     for existing in _live_panels():
         if existing.session == session:

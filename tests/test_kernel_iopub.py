@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_llmchat._markdown import safe_markdown
 from tests.fake_openai import FakeOpenAIProcess, Reply, big_text
 
 pytestmark = pytest.mark.kernel
@@ -220,7 +222,8 @@ def test_fast_stream_bytes_and_rate(kc: Any, server: FakeOpenAIProcess, n_chars:
     assert n["final_bytes"] - 2 * n["answer_bytes"] < 2048  # the record: small, not a 3rd copy
     assert n["intermediate_bytes"] <= n["answer_bytes"] + 65536
     check_final(shown[-1], answer, prompt, partial=False, finish="stop")
-    assert shown[-1]["content"]["data"]["text/markdown"] == answer
+    # Plain Markdown comes through as it is (a fence the cut left open is closed).
+    assert shown[-1]["content"]["data"]["text/markdown"] == safe_markdown(answer)
     check_no_stdout_answer(msgs, answer)
     assert not [m for m in msgs if m["msg_type"] == "error"]
 
@@ -243,7 +246,8 @@ def test_slow_stream_updates_progressively(kc: Any, server: FakeOpenAIProcess) -
     assert all(t.endswith(" ▍") for t in texts)
     lengths = [len(t) for t in texts]
     assert lengths == sorted(lengths) and lengths[-1] > lengths[0]
-    assert all(answer.startswith(t.removesuffix(" ▍")) for t in texts)
+    # Each shows a prefix of the answer (a fence still open there is closed after it).
+    assert all(answer.startswith(re.sub(r"\n?(`{3,}|~{3,})$", "", t.removesuffix(" ▍"))) for t in texts)
     check_final(shown[-1], answer, prompt, partial=False, finish="stop")
     check_no_stdout_answer(msgs, answer)
 
@@ -336,11 +340,12 @@ def test_stream_broken_midway_shows_red_error_and_keeps_the_partial(
     kept = answer[:800]
     shown = answer_displays(msgs)
     check_final(shown[-1], kept, "This stream breaks.\n", partial=True, finish="error")
-    assert "partial" in shown[-1]["content"]["data"]["text/markdown"]
+    # One notice, not two: the red line says the answer so far is kept.
+    assert "partial" not in shown[-1]["content"]["data"]["text/markdown"]
     errors = [m for m in displays(msgs) if "text/html" in m["content"]["data"]]
     assert len(errors) == 1
     html = errors[0]["content"]["data"]["text/html"]
-    assert "chat error" in html and "color" in html
+    assert "chat error" in html and "color" in html and "marked partial" in html
     assert "Traceback" not in json.dumps([m["content"] for m in msgs])
 
     _, msgs = execute(kc, "import jupyter_llmchat as j; t = j.session().get_turns()[-1]; print(t.partial, t.text == %r)" % kept)
@@ -415,3 +420,123 @@ def test_a_cell_run_again_replaces_its_exchange(kc: Any, server: FakeOpenAIProce
     assert sent == ["question from cell-a\n", "Hello from the fake server.", "question from cell-b\n"]
     reply, msgs = execute(kc, "import jupyter_llmchat as j; print([t.meta.get('cell_id') for t in j.session().get_turns()])")
     assert stdout(msgs).strip() == str(["cell-a", "cell-a", "cell-b", "cell-b"])
+
+
+# -- trust: what users see (issue "Trust") --------------------------------------------------------
+
+
+def test_two_chat_lines_in_one_cell_keep_both_and_a_rerun_replaces_both(
+    kc: Any, server: FakeOpenAIProcess
+) -> None:
+    code = "%chat first question\n%chat second question"
+    for _ in range(2):  # the second run replaces the first run's two exchanges
+        reply, _ = execute(kc, code, cell_id="two-lines")
+        assert reply["content"]["status"] == "ok"
+        sent = [(m["role"], m["content"]) for m in server.last_body()["messages"]]
+        assert sent == [("user", "first question"), ("assistant", "Hello from the fake server."),
+                        ("user", "second question")]
+    reply, msgs = execute(
+        kc, "import jupyter_llmchat as j; print([(t.role, t.text, t.meta.get('cell_id')) for t in j.session().get_turns()])"
+    )
+    answer = "Hello from the fake server."
+    assert stdout(msgs).strip() == str([
+        ("user", "first question", "two-lines"), ("assistant", answer, "two-lines"),
+        ("user", "second question", "two-lines"), ("assistant", answer, "two-lines"),
+    ])
+
+
+def test_chat_panel_before_hello_is_the_widget_with_a_text_fallback(
+    kc: Any, server: FakeOpenAIProcess
+) -> None:
+    """Under Run All the front end's hello has not arrived yet: the front end decides."""
+    reply, msgs = execute(kc, "%chat_panel")
+    assert reply["content"]["status"] == "ok"
+    shown = [m["content"]["data"] for m in msgs if m["msg_type"] in ("execute_result", "display_data")]
+    assert len(shown) == 1
+    assert "application/vnd.jupyter.widget-view+json" in shown[0]
+    assert shown[0]["text/plain"].startswith("The chat panel needs the jupyter_llmchat extension")
+
+
+def test_hostile_answer_is_published_as_safe_markdown(kc: Any, server: FakeOpenAIProcess) -> None:
+    answer = ('<img src=x onerror="window.pwned=1"> ![t](http://127.0.0.1:9/track?q=secret) '
+              '[go](javascript:alert(1)) `<b>`')
+    server.script(Reply(text=answer, reasoning="<script>window.pwned=2</script>"))
+    reply, msgs = execute(kc, "%%chat\nhi")
+    assert reply["content"]["status"] == "ok"
+    for msg in answer_displays(msgs):
+        md = msg["content"]["data"].get("text/markdown", "")
+        assert "<img" not in md and "<script" not in md and "javascript:" not in md
+        assert "![" not in md.replace("\\![", "")
+    final = answer_displays(msgs)[-1]["content"]["data"]
+    assert final["text/plain"] == answer  # the answer itself is kept as it came
+    assert "(http://127.0.0.1:9/track?q=secret)" in final["text/markdown"]
+    assert "<details><summary>Thinking</summary>" in final["text/markdown"]
+    assert "`<b>`" in final["text/markdown"]
+
+
+class _PausingServer:
+    """Streams two pieces at once, then waits for ``release`` before finishing the answer."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        release = self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+
+                def event(delta: dict[str, Any], finish: str | None = None) -> None:
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0,
+                             "model": "test-model",
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+
+                event({"role": "assistant", "content": "first-part "})
+                event({"content": "second-part"})
+                release.wait(15)
+                event({}, "stop")
+                self.wfile.write(b"data: [DONE]\n\n")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_display_catches_up_when_the_stream_pauses(kc: Any, server: FakeOpenAIProcess) -> None:
+    pausing = _PausingServer()
+    seen_while_paused: list[str] = []
+
+    def on_iopub(msg: Msg) -> None:
+        data = msg["content"].get("data") or {}
+        md = data.get("text/markdown", "")
+        if msg["msg_type"] in DISPLAY and "second-part" in md and not pausing.release.is_set():
+            seen_while_paused.append(md)
+            pausing.release.set()
+
+    try:
+        execute(kc, f"%config ChatMagics.base_url = {pausing.base_url!r}")
+        reply, msgs = execute(kc, "%%chat -s pausing\nhi", on_iopub=on_iopub)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        execute(kc, f"%config ChatMagics.base_url = {server.base_url!r}")
+        pausing.close()
+    # The piece that came right after an update showed before the stream went on.
+    assert seen_while_paused and seen_while_paused[0].endswith("second-part ▍")
+    assert answer_displays(msgs)[-1]["content"]["data"]["text/plain"] == "first-part second-part"

@@ -382,8 +382,11 @@ def test_usage_sums_tokens_with_text_and_html_twins(ip: InteractiveShell, fake: 
     assert ip.display_formatter.format(report)[0]["text/plain"] == text
     row = text.splitlines()[2].split()
     assert row == ["default", "OpenAI-compatible", "test-model", "2", "150", "10", "40", "n/a"]
-    for cell in ("<td>150</td>", "<td>10</td>", "<td>40</td>", "<td>n/a</td>"):
+    for cell in (">150</td>", ">10</td>", ">40</td>", ">n/a</td>"):
         assert cell in page
+    # Text columns read from the left, numbers from the right (JupyterLab right-aligns all).
+    assert '<td style="text-align: left">test-model</td>' in page
+    assert '<td style="text-align: right">150</td>' in page
     assert "no known price" in text and "no known price" in page
 
 
@@ -392,7 +395,8 @@ def test_usage_unknown_tokens_are_na_not_zero(ip: InteractiveShell, fake: FakeOp
     run(ip, "%chat one")
     text = repr(ip.run_line_magic("chat_usage", ""))
     assert text.splitlines()[2].split()[3:] == ["1", "n/a", "n/a", "n/a", "n/a"]
-    assert "did not report tokens" in text
+    assert "no token counts for 1 answer: the server did not report them." in text
+    assert "llama.cpp" not in text  # not the server here: no blame on it
 
 
 def test_usage_turns_sessions_and_known_cost(ip: InteractiveShell, fake: FakeOpenAI) -> None:
@@ -419,12 +423,13 @@ def test_usage_turns_sessions_and_known_cost(ip: InteractiveShell, fake: FakeOpe
     assert "default" not in only and "total" not in only
 
 
-def test_history_shows_the_last_n_turns(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+def test_history_shows_the_last_n_exchanges(ip: InteractiveShell, fake: FakeOpenAI) -> None:
     fake.script(Reply(text="A1"), Reply(text="A2"))
     run(ip, "%chat Q1")
     run(ip, "%chat Q2")
-    view = ip.run_line_magic("chat_history", "-n 2")
+    view = ip.run_line_magic("chat_history", "-n 1")  # one exchange: the question and its answer
     assert repr(view) == "[user] Q2\n\n[assistant] A2"
+    assert repr(ip.run_line_magic("chat_history", "-n 2")).startswith("[user] Q1")
     markdown = view._repr_markdown_()
     assert "**you**" in markdown and "Q2" in markdown and "Q1" not in markdown
     full = repr(ip.run_line_magic("chat_history", ""))
@@ -571,8 +576,10 @@ def test_broken_stream_keeps_the_partial_answer(
     fake.script(Reply(chunks=["Half ", "an ", "answer", " never sent"], cut_after=3))
     run(ip, "%chat go")
     out, err = capsys.readouterr()
-    assert out.startswith("Half an answer") and "partial" in out
-    assert "chat error:" in err and "Traceback" not in out + err
+    assert out.startswith("Half an answer")
+    # One notice, not two: the error line says the answer is kept.
+    assert "partial" not in out and err.count("chat error:") == 1 and "marked partial" in err
+    assert "Traceback" not in out + err
     reply = jupyter_llmchat.session().get_turns()[-1]
     assert (reply.text, reply.partial, reply.finish_reason) == ("Half an answer", True, "error")
 
@@ -728,3 +735,120 @@ def test_usage_all_keeps_the_spend_of_reset_and_no_history_answers(
     assert "replaced and reset ones included" in spend
     lines = [ln.split() for ln in spend.splitlines() if ln.startswith("OpenAI-compatible")]
     assert lines == [["OpenAI-compatible", "test-model", "2", "150", "10", "n/a", "n/a"]], spend
+
+
+# -- trust: what users see (issue "Trust") --------------------------------------------------------
+
+
+def test_line_question_ending_in_a_question_mark_is_sent(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.script(Reply(text="Paris."))
+    result = run(ip, "%chat What is the capital of France?")
+    assert result.success, result.error_in_exec
+    assert messages(fake.last_body()) == [("user", "What is the capital of France?")]
+    assert "not found" not in capsys.readouterr().out
+
+
+def test_two_chat_lines_with_questions_and_a_cell_body_with_one(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    fake.script(Reply(text="A1"), Reply(text="A2"), Reply(text="A3"))
+    assert run(ip, "%chat -o first Is it one?\n%chat Is it two?").success
+    assert messages(fake.last_body()) == [("user", "Is it one?"), ("assistant", "A1"), ("user", "Is it two?")]
+    assert ip.user_ns["first"] == "A1"
+    assert run(ip, "%%chat\nAnd three?").success
+    assert fake.last_body()["messages"][-1]["content"].rstrip() == "And three?"
+
+
+def test_help_syntax_still_works_on_the_magics(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(ip, "%chat?")
+    run(ip, "%chat_usage?")
+    out = capsys.readouterr().out
+    assert "Send a prompt" in out and "Tokens (input, output, cached)" in out
+    assert fake.chat_requests() == []
+
+
+def test_cell_help_shows_a_clean_usage_line(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    run(ip, "%%chat?")
+    out = capsys.readouterr().out
+    assert "-f FORMAT" in out and "markdown, text, code or json" in out
+    assert "<{" not in out and "[prompt [prompt" not in out
+    assert "[PROMPT ...]" in out
+
+
+def test_template_expressions_may_hold_braces_and_strings(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    ip.user_ns["d"] = {"a": {"b": 1}}
+    run(ip, "%%chat\nA {{ {'a': {'b': 1}} }} B {{ d['a'] }} C {{ '}}' }} D \\{{ kept }} E {{ f\"{d['a']['b']}\" }}")
+    sent = fake.last_body()["messages"][-1]["content"]
+    assert sent == "A {'a': {'b': 1}} B {'b': 1} C }} D {{ kept }} E 1\n"
+
+
+def test_usage_all_after_reset_all_is_one_report(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    run(ip, "%chat one")
+    run(ip, "%chat -s other two")
+    run(ip, "%chat_reset --all")
+    report = ip.run_line_magic("chat_usage", "--all")
+    text, page = repr(report), report._repr_html_()
+    assert "session" not in text.splitlines()[0]  # no empty per-session table first
+    assert "No answers yet." not in text
+    assert "No answers in the sessions now" in text
+    assert "replaced and reset ones included" in text
+    assert page.count("<table>") == 1
+
+
+def test_footnote_says_when_the_stream_broke(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    fake.script(Reply(text="a long answer here", usage=None, cut_after=2))
+    run(ip, "%chat one")
+    text = repr(ip.run_line_magic("chat_usage", ""))
+    assert "1 ended early (the stream broke or was stopped)" in text
+    assert "llama.cpp" not in text
+
+
+def test_auth_error_names_the_credentials_variable(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config(ip, credentials_env="MY_LLM_KEY")
+    fake.configure({"require_auth": "Bearer right"})
+    run(ip, "%chat hello")
+    err = capsys.readouterr().err
+    assert "MY_LLM_KEY is not set: set MY_LLM_KEY before starting Jupyter" in err
+    assert "credentials=" not in err
+
+
+def test_history_is_safe_markdown_with_even_spacing(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    fake.script(Reply(text="<img src=x onerror=alert(1)> ![t](http://h/t.png) [x](javascript:alert(1))"),
+                Reply(text="two"))
+    run(ip, "%%chat -m '![m](http://h/m.png)'\nfirst <script>alert(1)</script>\n")
+    run(ip, "%chat second")
+    md = ip.run_line_magic("chat_history", "")._repr_markdown_()
+    assert "<img" not in md and "<script" not in md and "javascript:" not in md
+    assert "![" not in md.replace("\\![", "")
+    assert "(http://h/t.png)" in md  # the image's URL stays readable
+    blocks = md.split("\n\n---\n\n")
+    assert len(blocks) == 2 and all(b.count("\n\n") == 3 for b in blocks), md
+
+
+def test_chat_panel_in_a_terminal_is_one_line(ip: InteractiveShell) -> None:
+    shown = ip.run_line_magic("chat_panel", "")
+    assert "not active here" in repr(shown)
+
+
+def test_sessions_used_are_known_by_object_not_id(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    import gc
+
+    magics = chat_magics(ip)
+    for round_ in range(5):
+        run(ip, f"%chat q{round_}")  # the session has talked: its settings are kept
+        config(ip, model=f"model-{round_}")
+        run(ip, "%chat_reset")  # rebuilt with the new settings; the old Chat is freed
+        gc.collect()
+        run(ip, "import jupyter_llmchat; jupyter_llmchat.session()")  # made with model-N
+        config(ip, model=f"later-{round_}")
+        # A new Chat that never sent picks up settings made after it; an id() reused from the
+        # freed Chat would make it look "used" and keep model-N.
+        run(ip, "%chat check")
+        assert fake.last_body()["model"] == f"later-{round_}"
+        config(ip, model="test-model")
+        run(ip, "%chat_reset")
+    assert all(not isinstance(x, int) for x in magics._used)

@@ -85,7 +85,9 @@ class ChatDocks implements IChatDocks {
       widgetModel: model,
       rmRegistry: this._rmRegistry,
       themeManager: this._themeManager,
-      activeCellManager: this._activeCellManager
+      activeCellManager: this._activeCellManager,
+      // Notebook 7's right panel shows a close button over its widget already.
+      closeButton: this._app.name !== 'Jupyter Notebook'
     });
     this._docks.set(id, dock);
     // The widget is gone (closed, or its kernel restarted or shut down): a new

@@ -26,6 +26,7 @@ import type {
   KernelPanelMessage
 } from './panelProtocol';
 import { isKernelPanelMessage } from './panelProtocol';
+import { safeMarkdown } from './safeMarkdown';
 
 /** What the panel shows about a turn besides its text (in the message's metadata). */
 export interface ITurnInfo {
@@ -363,7 +364,9 @@ export class KernelChatModel extends AbstractChatModel {
     return {
       type: 'msg',
       id: m.id,
-      body: m.text ?? '',
+      // Model text and restored records are untrusted (DESIGN §9): the sanitizer
+      // below keeps <img src>, so images become links here first.
+      body: safeMarkdown(m.text ?? ''),
       time: m.time ?? Date.now() / 1000,
       sender: m.role === 'user' ? USER : assistant(m.model),
       raw_time: false,

@@ -13,10 +13,10 @@ import { Panel, Widget } from '@lumino/widgets';
 
 import type { INotice } from './panelChatModel';
 import { KernelChatModel } from './panelChatModel';
+import { formatCost } from './costFormat';
 import {
   createFooterRegistry,
   createPreambleRegistry,
-  formatCost,
   formatTokens
 } from './panelMessage';
 import type { IUsage } from './panelProtocol';
@@ -46,7 +46,10 @@ export class ChatDock extends Panel {
     // Attachments need a document manager and mean nothing to the kernel's session.
     inputToolbarRegistry.hide('attach');
 
-    this._toolbar = new PanelToolbar(this.chatModel, () => this.dispose());
+    this._toolbar = new PanelToolbar(
+      this.chatModel,
+      options.closeButton === false ? null : () => this.dispose()
+    );
     this.addWidget(this._toolbar);
     this._chat = new ChatWidget({
       model: this.chatModel,
@@ -188,6 +191,8 @@ export namespace ChatDock {
     themeManager?: IThemeManager | null;
     activeCellManager?: IActiveCellManager | null;
     notebook?: string | null;
+    /** Whether the toolbar has a close button (false where the shell gives one). */
+    closeButton?: boolean;
   }
 }
 
@@ -195,7 +200,7 @@ let nextId = 0;
 
 /** Session picker, Stop, Close; then the status line and the error line. Plain DOM. */
 class PanelToolbar extends Widget {
-  constructor(chatModel: KernelChatModel, onClose: () => void) {
+  constructor(chatModel: KernelChatModel, onClose: (() => void) | null) {
     super();
     this.addClass('jp-llmchat-toolbar');
     this._chatModel = chatModel;
@@ -237,11 +242,17 @@ class PanelToolbar extends Widget {
       'Close the chat panel',
       closeIcon
     );
-    close.addEventListener('click', onClose);
+    if (onClose !== null) {
+      close.addEventListener('click', onClose);
+    }
 
     const spacer = document.createElement('span');
     spacer.className = 'jp-llmchat-spacer';
-    row.append(label, this._select, this._stop, spacer, close);
+    row.append(label, this._select, this._stop, spacer);
+    // Notebook 7's side panel has a close button of its own: one is enough.
+    if (onClose !== null) {
+      row.append(close);
+    }
 
     this._status = document.createElement('div');
     this._status.className = 'jp-llmchat-status';

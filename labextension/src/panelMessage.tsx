@@ -10,22 +10,12 @@ import type {
 import { MessageFooterRegistry, MessagePreambleRegistry } from '@jupyter/chat';
 import * as React from 'react';
 
+import { formatCost } from './costFormat';
 import type { ITurnInfo } from './panelChatModel';
 import { turnInfo } from './panelChatModel';
 
 function count(n: number | null | undefined): string {
   return n === null || n === undefined ? 'n/a' : n.toLocaleString();
-}
-
-/** `$0.0012`, `$1.23`, or `n/a` when the price is unknown. */
-export function formatCost(usd: number | null | undefined): string {
-  if (usd === null || usd === undefined) {
-    return 'n/a';
-  }
-  if (usd === 0) {
-    return '$0';
-  }
-  return usd < 0.01 ? `$${usd.toPrecision(2)}` : `$${usd.toFixed(2)}`;
 }
 
 /** `in 11 / out 200`, with `n/a` for what the server did not report. */

@@ -347,5 +347,66 @@ def test_panel_in_notebook7(
         ask(nb.page, "Hi")
         wait_text(nb.page, "Hello from Notebook 7.")
         assert messages(nb.page) == ["Hi", "Hello from Notebook 7."]
+        # One close button: Notebook 7's side panel has its own, so the dock shows none.
+        assert dock(nb.page).locator(".jp-llmchat-close").count() == 0
+        nb.screenshot("panel-notebook7.png")
     finally:
         jupyter_server.shutdown_kernel(path)
+
+
+# -- trust: Stop while waiting, session switches (issue "Trust") --------------------------------
+
+
+def test_stop_works_while_the_server_has_not_answered(
+    notebook: NotebookPage, fake_server: FakeOpenAI
+) -> None:
+    nb, page = notebook, notebook.page
+    open_panel(nb)
+    fake_server.script(Reply(text="too late", hang=120))  # a hung server: no headers for 2 min
+    ask(page, "Are you there?")
+    page.wait_for_function(
+        "() => { const b = document.querySelector('.jp-llmchat-dock .jp-llmchat-stop');"
+        " return b !== null && !b.disabled; }"
+    )
+    dock(page).locator(".jp-llmchat-stop").click()
+    wait_idle(page, timeout_s=20)  # long before the server would answer
+    # Nothing arrived: no turn, the question's bubble gone and its text back in the input.
+    assert messages(page) == []
+    assert dock(page).locator("textarea").first.input_value() == "Are you there?"
+    assert kernel_turns(nb) == []
+
+
+def headers(page: Page) -> list[str]:
+    """The sender names shown over the panel's messages, in order."""
+    return [t.strip() for t in dock(page).locator(".jp-chat-message-header").all_inner_texts()]
+
+
+def test_switching_sessions_mid_stream_and_back(
+    notebook: NotebookPage, fake_server: FakeOpenAI
+) -> None:
+    nb, page = notebook, notebook.page
+    fake_server.script(Reply(text="Other answer.", model="other-model"))
+    nb.run_cell("%chat -s other -m other-model Hello other")
+    open_panel(nb)
+    fake_server.script(Reply(text="slow " * 200, chunk_chars=5, delay=0.05))
+    ask(page, "Long one")
+    wait_text(page, "slow slow")
+
+    select = dock(page).locator(".jp-llmchat-session")
+    select.select_option("other")
+    wait_text(page, "Other answer.")
+    # The default session's answer goes on streaming in the kernel, but not into this view.
+    nb.page.wait_for_timeout(1500)
+    assert messages(page) == ["Hello other", "Other answer."]
+    assert any("other-model" in h for h in headers(page))
+
+    select.select_option("default")
+    wait_text(page, "slow slow slow slow slow slow slow slow slow slow slow slow slow slow")
+    wait_idle(page)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 2"
+    )
+    assert messages(page)[0] == "Long one" and messages(page)[1].split() == ["slow"] * 200
+    # Each answer is headed with its own turn's model, after switching away and back.
+    assert not any("other-model" in h for h in headers(page)), headers(page)
+    assert any("test-model" in h for h in headers(page)), headers(page)

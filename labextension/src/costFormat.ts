@@ -1,0 +1,21 @@
+/**
+ * A cost in US dollars: the same rule as `format_cost` in the kernel's
+ * `jupyter_llmchat/_report.py` (its docstring states it; tests/test_markdown.py
+ * checks both sides on one table of cases).
+ */
+export function formatCost(usd: number | null | undefined): string {
+  if (usd === null || usd === undefined || !Number.isFinite(usd)) {
+    return 'n/a';
+  }
+  if (usd === 0) {
+    return '$0';
+  }
+  const sign = usd < 0 ? '-' : '';
+  const v = Math.abs(usd);
+  if (v >= 1) {
+    const [whole, frac] = v.toFixed(2).split('.');
+    return `${sign}$${whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',')}.${frac}`;
+  }
+  const decimals = Math.max(2, 1 - Math.floor(Math.log10(v)));
+  return `${sign}$${v.toFixed(decimals)}`;
+}
