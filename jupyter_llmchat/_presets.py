@@ -70,6 +70,7 @@ def _make(
     price_provider: str | None,
     price_lookup: bool = False,
     drop_params: frozenset[str] = frozenset(),
+    timeout: float | None = None,
 ) -> Chat:
     if params is not None and not isinstance(params, Mapping):
         raise ConfigurationError("params must come from params(...) or be a dict")
@@ -87,6 +88,7 @@ def _make(
         price_provider=price_provider,
         price_lookup=price_lookup,
         drop_params=drop_params,
+        timeout=timeout,
     )
     return Chat(provider, system_prompt=system_prompt, echo=echo or "none")
 
@@ -102,6 +104,7 @@ def chat_openai_compatible(
     api_args: Mapping[str, Any] | None = None,
     api_headers: Mapping[str, str] | None = None,
     echo: Echo | None = None,
+    timeout: float | None = None,
 ) -> Chat:
     """Chat with any server that speaks OpenAI's chat-completions API.
 
@@ -109,7 +112,10 @@ def chat_openai_compatible(
     zero-argument function returning a key or a mapping of headers, called for every request;
     None uses ``$OPENAI_API_KEY`` when set, else sends no auth header. ``model=None`` asks the
     server's ``/models`` and uses its only model. ``api_args`` is deep-merged into every request
-    body (a None value deletes the key); ``api_headers`` are added last.
+    body (a None value deletes the key); ``api_headers`` are added last. ``timeout`` is how
+    many seconds to wait for the server to connect and between two pieces of the answer
+    (default: 10 s to connect, 300 s between pieces). ``base_url`` may carry a query
+    (Azure's ``?api-version=...``, kept after the endpoint's path) but no ``user:pass@``.
     """
     return _make(
         base_url=base_url, name=name, system_prompt=system_prompt, api_key=api_key,
@@ -117,6 +123,7 @@ def chat_openai_compatible(
         api_headers=api_headers, echo=echo, env_var="OPENAI_API_KEY",
         price_provider=None,
         price_lookup=True,
+        timeout=timeout,
     )
 
 
@@ -139,13 +146,14 @@ def _preset(
         api_args: Mapping[str, Any] | None = None,
         api_headers: Mapping[str, str] | None = None,
         echo: Echo | None = None,
+        timeout: float | None = None,
     ) -> Chat:
         url = base_url or (os.environ.get(url_env) if url_env else None) or default_url
         return _make(
             base_url=url, name=name, system_prompt=system_prompt, api_key=api_key,
             credentials=credentials, model=model, params=params, api_args=api_args,
             api_headers=api_headers, echo=echo, env_var=env_var,
-            price_provider=price_provider, drop_params=drop_params,
+            price_provider=price_provider, drop_params=drop_params, timeout=timeout,
         )
 
     preset.__doc__ = doc

@@ -126,6 +126,8 @@ class Turn:
     Assistant turns carry ``tokens`` and ``cost`` of the request that produced them;
     ``partial`` marks an answer cut short (interrupt, stop, broken stream).
     ``meta`` holds annotations from the Jupyter layer (``cell_id``, ``source``).
+    ``skipped`` counts the chunks of the answer's stream that could not be read and were
+    skipped (0 almost always); views say so once. It is not part of the record (``to_dict``).
     """
 
     role: Role
@@ -138,6 +140,7 @@ class Turn:
     duration: float | None = None
     model: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0
 
     @classmethod
     def user(cls, text: str, **kw: Any) -> Turn:
