@@ -502,6 +502,12 @@ class OpenAICompatible:
 
     def _map_transport(self, exc: httpx.HTTPError, method: str, url: str) -> LLMChatError:
         where = f"{method} {safe_url(url)}"
+        if isinstance(exc, httpx.ReadTimeout):
+            waited = self._timeout().read
+            return TransportError(
+                f"{where} timed out: no answer within {waited:g} s ({type(exc).__name__})",
+                hint="a slow or busy model may need a longer timeout= (seconds)",
+            )
         if isinstance(exc, httpx.TimeoutException):
             return TransportError(f"{where} timed out ({type(exc).__name__})")
         if isinstance(exc, httpx.ConnectError):
@@ -526,13 +532,18 @@ class OpenAICompatible:
         if status in (401, 403):
             return AuthenticationError(msg, **kwargs)
         if status == 429:
-            retry = headers.get("retry-after")
-            hint = f"rate limited: retry after {retry} s" if retry else ""
+            retry = _retry_after(headers.get("retry-after"))
+            hint = f"rate limited: retry after {retry:.0f} s" if retry is not None else ""
             return RateLimitError(msg, hint=hint, **kwargs)
         if status >= 500:
             return ServerError(msg, **kwargs)
         if status == 404:
             return APIStatusError(msg, hint="check the model name and base_url", **kwargs)
+        if status == 413:
+            return APIStatusError(
+                msg, hint="the request is too large: send less, or start a new conversation",
+                **kwargs,
+            )
         return APIStatusError(msg, hint="the server refused the request: check model, params and api_args", **kwargs)
 
 
@@ -571,20 +582,32 @@ def _error_detail(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        import email.utils  # only for the rare HTTP-date form; kept off the import path
+
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT; a naive one would be read as local time
+            import datetime
+
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN: unreadable
+
+
 def _backoff(attempt: int, retry_after: str | None) -> float:
     """Exponential backoff with jitter; a Retry-After header (seconds or HTTP date) wins."""
-    if retry_after:
-        try:
-            return max(0.0, float(retry_after))
-        except ValueError:
-            import email.utils  # only for the rare HTTP-date form; kept off the import path
-
-            try:
-                when = email.utils.parsedate_to_datetime(retry_after)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                return max(0.0, when.timestamp() - time.time())
+    wait = _retry_after(retry_after)
+    if wait is not None:
+        return wait
     return min(8.0, 0.5 * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import warnings
@@ -335,3 +336,35 @@ def test_a_raising_credentials_function_is_a_configuration_error(fake: FakeOpenA
     with pytest.raises(ConfigurationError, match="credentials.*RuntimeError.*token service down"):
         chat.chat("hi")
     assert chat.get_turns() == [] and fake.chat_requests() == []
+
+
+# -- errors that tell the user what to do -----------------------------------------------------
+
+
+def test_429_with_an_http_date_hints_in_seconds(fake: FakeOpenAI, fake_url: str) -> None:
+    import email.utils
+
+    from jupyter_llmchat import RateLimitError
+
+    date = email.utils.formatdate(time.time(), usegmt=True)
+    fake.script(*[Reply(status=429, headers={"Retry-After": date})] * 3)
+    with pytest.raises(RateLimitError) as info:
+        new_chat(fake_url).chat("hi")
+    assert "GMT" not in info.value.hint
+    assert re.search(r"retry after \d+ s", info.value.hint)
+
+
+def test_read_timeout_names_the_wait_and_the_keyword(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(Reply(hang=3.0))
+    with pytest.raises(TransportError) as info:
+        new_chat(fake_url, timeout=0.3).chat("hi")
+    assert "0.3 s" in str(info.value) and "timeout=" in info.value.hint
+
+
+def test_413_says_the_request_is_too_large(fake: FakeOpenAI, fake_url: str) -> None:
+    from jupyter_llmchat import APIStatusError
+
+    fake.script(Reply(status=413, error_message="payload too large"))
+    with pytest.raises(APIStatusError) as info:
+        new_chat(fake_url).chat("hi")
+    assert "too large" in info.value.hint
