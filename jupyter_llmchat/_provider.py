@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import ssl
 import time
 import warnings
 import weakref
@@ -283,13 +284,16 @@ class OpenAICompatible:
 
     # -- clients ------------------------------------------------------------------------------
 
+    def _client_options(self) -> dict[str, Any]:
+        return {"timeout": self._timeout(), "trust_env": True, "verify": _ssl_context()}
+
     def _timeout(self) -> httpx.Timeout:
         return _TIMEOUT if self.timeout is None else httpx.Timeout(self.timeout)
 
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(timeout=self._timeout(), trust_env=True)
+            self._client = httpx.Client(**self._client_options())
         return self._client
 
     @property
@@ -303,7 +307,7 @@ class OpenAICompatible:
             # A closed loop's client can never be used again; forget it (and its loop).
             for old in [lp for lp in list(self._aclients) if lp.is_closed()]:
                 self._aclients.pop(old, None)
-            client = httpx.AsyncClient(timeout=self._timeout(), trust_env=True)
+            client = httpx.AsyncClient(**self._client_options())
             self._aclients[loop] = client
         return client
 
@@ -580,6 +584,22 @@ def _error_detail(text: str) -> str:
         if isinstance(data.get("detail"), str):
             return str(data["detail"])[:300]
     return " ".join(text.split())[:300]
+
+
+_SSL_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying SSL context per process, shared by every client.
+
+    Loading the CA bundle costs 20-400 ms, which httpx pays for every new client (every Chat,
+    copy and event loop) even for plain http. Same CA choice as httpx's own (``SSL_CERT_FILE``,
+    ``SSL_CERT_DIR``, else certifi), looked up again if those variables change."""
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    ctx = _SSL_CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _SSL_CONTEXTS[key] = httpx.create_ssl_context(verify=True, trust_env=True)
+    return ctx
 
 
 def _retry_after(value: str | None) -> float | None:
