@@ -356,6 +356,8 @@ class OpenAICompatible:
         return self._model_ids(resp, url)
 
     def _model_ids(self, resp: httpx.Response, url: str) -> list[str]:
+        if 300 <= resp.status_code < 400:
+            raise self._redirected(resp, url, "GET")
         if resp.status_code >= 400:
             raise self._map_status(resp.status_code, resp.headers, resp.text, "GET", url)
         try:
@@ -420,8 +422,11 @@ class OpenAICompatible:
                 raise self._map_transport(exc, "POST", url) from None
             except httpx.HTTPError as exc:
                 raise self._map_transport(exc, "POST", url) from None
-            if resp.status_code < 400:
+            if resp.status_code < 300:
                 return resp
+            if resp.status_code < 400:
+                resp.close()
+                raise self._redirected(resp, url)
             try:
                 text = resp.read().decode("utf-8", "replace")
             except httpx.HTTPError:
@@ -470,8 +475,11 @@ class OpenAICompatible:
                 raise self._map_transport(exc, "POST", url) from None
             except httpx.HTTPError as exc:
                 raise self._map_transport(exc, "POST", url) from None
-            if resp.status_code < 400:
+            if resp.status_code < 300:
                 return resp
+            if resp.status_code < 400:
+                await resp.aclose()
+                raise self._redirected(resp, url)
             try:
                 text = (await resp.aread()).decode("utf-8", "replace")
             except httpx.HTTPError:
@@ -494,6 +502,17 @@ class OpenAICompatible:
                 yield sse.data
         except (httpx.HTTPError, SSEError) as exc:
             raise self._map_stream(exc, url) from None
+
+    def _redirected(self, resp: httpx.Response, url: str, method: str = "POST") -> APIStatusError:
+        """A redirect is not followed (a POST would lose its body, or a key its https): say where."""
+        location = resp.headers.get("location", "")
+        target = safe_url(str(resp.url.join(location))) if location else "(no Location header)"
+        reason = httpx.codes.get_reason_phrase(resp.status_code)
+        return APIStatusError(
+            f"{resp.status_code} {reason}: {method} {safe_url(url)} is redirected to {target}",
+            status_code=resp.status_code, url=safe_url(url),
+            hint="use the URL it redirects to, without its last part, as base_url",
+        )
 
     def _retry_wait(self, attempt: int, resp: httpx.Response) -> float | None:
         """Seconds to wait before trying again, or None to give up now."""

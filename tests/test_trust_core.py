@@ -368,3 +368,29 @@ def test_413_says_the_request_is_too_large(fake: FakeOpenAI, fake_url: str) -> N
     with pytest.raises(APIStatusError) as info:
         new_chat(fake_url).chat("hi")
     assert "too large" in info.value.hint
+
+
+@pytest.mark.parametrize("status", [301, 307, 308])
+def test_a_redirect_is_one_clear_error(fake: FakeOpenAI, fake_url: str, status: int) -> None:
+    from jupyter_llmchat import APIStatusError
+
+    target = "https://llm.example.invalid/v1/chat/completions?sig=ZQX9secretsig"
+    fake.script(Reply(status=status, headers={"Location": target}))
+    chat = new_chat(fake_url)
+    with pytest.raises(APIStatusError) as info:
+        chat.chat("hi")
+    assert info.value.status_code == status
+    assert "redirected to https://llm.example.invalid/v1/chat/completions" in str(info.value)
+    assert "base_url" in info.value.hint and "ZQX9" not in str(info.value)
+    assert len(fake.chat_requests()) == 1 and chat.get_turns() == []
+    fake.script(Reply(status=status, headers={"Location": target}))
+    with pytest.raises(APIStatusError, match="redirected"):
+        asyncio.run(chat.chat_async("hi"))
+
+
+def test_a_redirected_model_list_says_so(fake: FakeOpenAI, fake_url: str) -> None:
+    from jupyter_llmchat import APIStatusError
+
+    fake.models_status = 301  # the fake's error body, with a 301 status and no Location
+    with pytest.raises(APIStatusError, match="GET .*/models is redirected"):
+        chat_openai_compatible(fake_url).chat("hi")
