@@ -170,6 +170,28 @@ def shell_flows(ip: InteractiveShell, fake: FakeOpenAI, seen: Seen, capsys: pyte
         data, metadata = ip.display_formatter.format(value)
         seen.add(f"%{magic} bundle", json.dumps(data, default=str))
         seen.add(f"%{magic} metadata", json.dumps(metadata, default=str))
+    # The chat panel on the same session: a question, then one that fails with the key echoed.
+    from jupyter_llmchat._widget import ChatPanel
+
+    class RecordingPanel(ChatPanel):
+        def send(self, content: dict[str, Any], buffers: Any = None) -> None:
+            seen.add("panel message", json.dumps(content, default=str))
+            if content.get("type") in ("done", "error"):
+                finished.set()
+
+    import threading
+
+    panel = RecordingPanel("default")
+    for question, replies in (("panel hi", [Reply(text="Panel answer.")]), ("panel fail", echoing_errors()[:1])):
+        finished = threading.Event()
+        fake.script(*replies)
+        panel.ask(question)
+        assert finished.wait(30)
+        while panel.busy:
+            finished.wait(0.01)
+    panel.close()
+    panel_texts = [t for where, t in seen.texts if where == "panel message"]
+    assert any('"type": "error"' in t and "401" in t for t in panel_texts)
     out, err = capsys.readouterr()
     seen.add("shell stdout", out)
     seen.add("shell stderr", err)

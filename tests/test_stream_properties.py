@@ -121,3 +121,13 @@ def test_real_server_writing_a_few_bytes_at_a_time(
     turn = last(chat)
     assert (turn.thinking, turn.finish_reason, turn.partial) == ("思考 first", "stop", False)
     assert turn.tokens == Tokens(11, len(Reply(text=text, chunk_chars=3).pieces()), None)
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\r"])
+async def test_real_server_few_bytes_at_a_time_async(fake: FakeOpenAI, fake_url: str, end: str) -> None:
+    text = "Grüße aus 東京 🙂"
+    fake.script(Reply(text=text, chunk_chars=2, reasoning="思考", write_bytes=1, line_end=end))
+    chat = new_chat(fake_url)
+    assert "".join([c async for c in chat.stream_async("q")]) == text
+    turn = last(chat)
+    assert (turn.thinking, turn.finish_reason, turn.partial) == ("思考", "stop", False)
