@@ -64,7 +64,7 @@ def _make(
     model: str | None,
     params: Mapping[str, Any] | None,
     api_args: Mapping[str, Any] | None,
-    api_headers: Mapping[str, str] | None,
+    api_headers: Mapping[str, str | None] | None,
     echo: Echo | None,
     env_var: str | None,
     price_provider: str | None,
@@ -83,7 +83,8 @@ def _make(
         model=model,
         params=params,
         api_args=api_args,
-        api_headers={str(k): str(v) for k, v in (api_headers or {}).items()},
+        # str() of a None would send the header "None"; None removes the header instead.
+        api_headers={str(k): None if v is None else str(v) for k, v in (api_headers or {}).items()},
         credentials=_credentials(api_key, credentials, env_var, stacklevel=3),
         price_provider=price_provider,
         price_lookup=price_lookup,
@@ -102,7 +103,7 @@ def chat_openai_compatible(
     model: str | None = None,
     params: Mapping[str, Any] | None = None,
     api_args: Mapping[str, Any] | None = None,
-    api_headers: Mapping[str, str] | None = None,
+    api_headers: Mapping[str, str | None] | None = None,
     echo: Echo | None = None,
     timeout: float | None = None,
 ) -> Chat:
@@ -112,7 +113,8 @@ def chat_openai_compatible(
     zero-argument function returning a key or a mapping of headers, called for every request;
     None uses ``$OPENAI_API_KEY`` when set, else sends no auth header. ``model=None`` asks the
     server's ``/models`` and uses its only model. ``api_args`` is deep-merged into every request
-    body (a None value deletes the key); ``api_headers`` are added last. ``timeout`` is how
+    body (a None value deletes the key); ``api_headers`` are added last (a None value removes
+    that header, e.g. ``{"Authorization": None}``). ``timeout`` is how
     many seconds to wait for the server to connect and between two pieces of the answer
     (default: 10 s to connect, 300 s between pieces). ``base_url`` may carry a query
     (Azure's ``?api-version=...``, kept after the endpoint's path) but no ``user:pass@``.
@@ -144,7 +146,7 @@ def _preset(
         model: str | None = None,
         params: Mapping[str, Any] | None = None,
         api_args: Mapping[str, Any] | None = None,
-        api_headers: Mapping[str, str] | None = None,
+        api_headers: Mapping[str, str | None] | None = None,
         echo: Echo | None = None,
         timeout: float | None = None,
     ) -> Chat:

@@ -118,7 +118,7 @@ class OpenAICompatible:
         model: str | None,
         params: Mapping[str, Any] | None,
         api_args: Mapping[str, Any] | None,
-        api_headers: Mapping[str, str] | None,
+        api_headers: Mapping[str, str | None] | None,
         credentials: Credentials | None,
         price_provider: str | None = None,
         price_lookup: bool = False,
@@ -228,10 +228,16 @@ class OpenAICompatible:
                 "credentials() must return a str, a mapping of headers, or None",
                 hint=f"it returned a {type(cred).__name__}",
             )
-        for k, v in self.api_headers.items():
-            _set_header(headers, k, v)
-        keyed = bool(secrets) or any(_AUTH_HEADER.search(k) for k in self.api_headers)
-        secrets.update(v for v in self.api_headers.values() if len(v) >= 8)
+        for name, value in self.api_headers.items():
+            if value is None:  # as in api_args: None removes the header (a default, or the key's)
+                _set_header(headers, name, "")
+                del headers[name]
+            else:
+                _set_header(headers, name, value)
+        keyed = bool(secrets) or any(
+            _AUTH_HEADER.search(k) for k, v in self.api_headers.items() if v is not None
+        )
+        secrets.update(v for v in self.api_headers.values() if v is not None and len(v) >= 8)
         self._secrets = {s for s in secrets if s}
         if keyed:
             self._warn_plain_http()

@@ -394,3 +394,14 @@ def test_a_redirected_model_list_says_so(fake: FakeOpenAI, fake_url: str) -> Non
     fake.models_status = 301  # the fake's error body, with a 301 status and no Location
     with pytest.raises(APIStatusError, match="GET .*/models is redirected"):
         chat_openai_compatible(fake_url).chat("hi")
+
+
+def test_api_headers_none_removes_the_header(
+    fake: FakeOpenAI, fake_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "from-the-environment")
+    chat = new_chat(fake_url, api_headers={"Authorization": None, "X-Drop": None, "X-Keep": "1"})
+    chat.chat("hi")
+    headers = fake.chat_requests()[0].headers
+    assert "authorization" not in headers and "x-drop" not in headers
+    assert headers["x-keep"] == "1"
