@@ -668,6 +668,7 @@ class _ChunkedWriter:
 
     ``batch=False`` sends every write at once (the client sees each event as it is written);
     ``batch=True`` gathers writes up to 64 KiB per send, for fast streams with no delay to honour.
+    ``split=N`` sends each flush as HTTP chunks of at most N bytes, each flushed on its own.
     """
 
     _BATCH_BYTES = 1 << 16
