@@ -327,3 +327,13 @@ def test_fault(
             assert isinstance(outcome.exception, fault.error)
     if fault.requests is not None:
         assert len(fake.chat_requests()) == fault.requests
+
+    # The chat is usable again at once (no stuck lock, no broken connection kept), and the next
+    # request carries exactly the history kept above.
+    if fault.url is None:
+        before = len(turns)
+        fake.script(Reply(text="Next answer."))
+        assert chat.chat("Next question", stream=True) == "Next answer."
+        sent = fake.last_body()["messages"]
+        assert [m["content"] for m in sent[:-1]] == [t.text for t in turns]
+        assert len(chat.get_turns()) == before + 2
