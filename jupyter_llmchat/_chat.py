@@ -87,11 +87,16 @@ def _check_echo(echo: str | None, default: Echo) -> Echo:
 
 
 class _Answer:
-    """Accumulates one streamed (or whole) answer; pure, no I/O, fed one SSE data field at a time."""
+    """Accumulates one streamed (or whole) answer; pure, no I/O, fed one SSE data field at a time.
 
-    __slots__ = ("text", "thinking", "finish_reason", "usage", "model", "done", "calls")
+    A chunk that cannot be read (not JSON, or not shaped like a chat-completions chunk) is
+    skipped and counted in ``skipped``: one bad line must not end an answer that goes on."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "text", "thinking", "finish_reason", "usage", "model", "done", "calls", "skipped", "_redact",
+    )
+
+    def __init__(self, redact: Callable[[str], str] | None = None) -> None:
         self.text: list[str] = []
         self.thinking: list[str] = []
         self.finish_reason: str | None = None
@@ -100,35 +105,53 @@ class _Answer:
         self.done = False
         # Tool calls by their stream index: id, name and the argument pieces so far.
         self.calls: dict[int, dict[str, Any]] = {}
+        self.skipped = 0
+        self._redact = redact or (lambda s: s)
 
     def feed(self, data: str) -> tuple[StreamEvent, ...]:
         """Decode one SSE data field; return the new thinking and text, if any, in that order."""
         if data == "[DONE]":
             self.done = True
             return ()
+        if not data.strip():
+            return ()  # keep-alive or an empty event: nothing to read, nothing lost
         try:
             obj = json.loads(data)
         except ValueError:
-            raise StreamError(f"malformed chunk in the answer's stream: {data[:80]!r}") from None
+            obj = None
         if not isinstance(obj, dict):
-            raise StreamError(f"malformed chunk in the answer's stream: {data[:80]!r}")
+            self.skipped += 1
+            return ()
         if "error" in obj and obj["error"]:
             err = obj["error"]
             msg = err.get("message") if isinstance(err, dict) else err
-            raise StreamError(f"the server reported an error mid-stream: {str(msg)[:200]}")
-        if obj.get("usage"):
+            # Redact the whole text before cutting it: a cut through a key leaves a prefix.
+            raise StreamError(
+                f"the server reported an error mid-stream: {self._redact(str(msg))[:200]}"
+            )
+        if isinstance(obj.get("usage"), dict) and obj["usage"]:
             self.usage = obj["usage"]
         if self.model is None and isinstance(obj.get("model"), str):
             self.model = obj["model"]
         choices = obj.get("choices")
-        if not choices:
+        if choices is None or choices == []:
+            return ()  # a usage-only chunk, or a server's empty keep-alive chunk
+        choice = choices[0] if isinstance(choices, list) else None
+        if not isinstance(choice, dict):
+            self.skipped += 1
             return ()
-        choice = choices[0]
-        if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
         delta = choice.get("delta")
-        if delta is None:  # a whole (non-streamed) completion
-            delta = choice.get("message") or {}
+        whole = delta is None
+        if whole:  # a whole (non-streamed) completion
+            delta = choice.get("message")
+            if delta is None:
+                delta = {}
+        if not isinstance(delta, dict):
+            self.skipped += 1
+            return ()
+        if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
+            self.finish_reason = choice["finish_reason"]
+        if whole:
             self.done = True
         # One delta (and always a whole message) may carry both thinking and text.
         events: list[StreamEvent] = []
@@ -264,20 +287,27 @@ class Chat:
         return turns
 
     def set_turns(self, turns: Sequence[Turn]) -> None:
-        """Replace the history. A leading system turn sets the system prompt."""
+        """Replace the history. A leading system turn sets the system prompt.
+
+        Everything is checked first: on any error, history and system prompt are unchanged."""
         new = list(turns)
-        if new and new[0].role == "system":
-            self._system_prompt = new.pop(0).text or None
         for i, t in enumerate(new):
             if not isinstance(t, Turn):
                 raise ConfigurationError(f"turn {i} is a {type(t).__name__}, not a Turn")
+        system: list[Turn] = []
+        if new and new[0].role == "system":
+            system = [new.pop(0)]
+        for i, t in enumerate(new):
             expected = "user" if i % 2 == 0 else "assistant"
             if t.role != expected:
                 raise ConfigurationError(
-                    f"turn {i} has role {t.role!r}; turns must alternate user, assistant, ..."
+                    f"turn {i + len(system)} has role {t.role!r}; "
+                    "turns must alternate user, assistant, ..."
                 )
         _check_tool_turns(new)
         with self._guard():
+            if system:
+                self._system_prompt = system[0].text or None
             self._turns = new
         self._notify("set")
 
@@ -568,6 +598,9 @@ class Chat:
         import asyncio
 
         with self._guard():
+            if not opts.get("model") and not self.provider.model:
+                # Ask /models without blocking the loop; _prepare then finds the model set.
+                await self.provider.aresolve_model()
             ex = _Exchange(self, args, opts)
             self._notify("start")
             try:
@@ -725,12 +758,7 @@ class Chat:
 
     def copy(self) -> Chat:
         """An independent copy: same settings, its own history and HTTP connections."""
-        prov = _copy.copy(self.provider)
-        prov._client = None
-        prov._aclient = None
-        prov.params = _copy.deepcopy(self.provider.params)
-        prov.api_args = _copy.deepcopy(self.provider.api_args)
-        prov.api_headers = dict(self.provider.api_headers)
+        prov = self.provider.fresh()
         # Turns are mutable (the Jupyter layer annotates ``meta``): the copy gets its own.
         turns = _copy.deepcopy(self._turns)
         chat = Chat(prov, system_prompt=self._system_prompt, echo=self._echo, turns=turns,
@@ -1002,7 +1030,7 @@ class _Exchange:
         self._base = list(body["messages"])
         self.turns: list[Turn] = []
         self.rounds = 0
-        self.answer = _Answer()
+        self.answer = _Answer(chat.provider.redact)
         self.t0 = time.perf_counter()
         self.started: _dt.datetime | None = self.user.started_at
         self.pending: list[ContentToolRequest] = []
@@ -1029,12 +1057,14 @@ class _Exchange:
     def end_round(self) -> list[ContentToolRequest]:
         """After a request's stream ended: its assistant turn; the tool calls to run now."""
         if not self.answer.complete:
+            skipped = f" ({self.answer.skipped} unreadable chunks skipped)" if self.answer.skipped else ""
             raise StreamError(
-                f"the answer's stream from {self.chat.provider.display_url} ended before it was complete"
+                f"the answer's stream from {self.chat.provider.display_url} ended before it was "
+                f"complete{skipped}"
             )
         requests, self.bad_args = self.answer.tool_requests()
         self.turns.append(self._reply(self.answer, requests, partial=False))
-        self.answer = _Answer()
+        self.answer = _Answer(self.chat.provider.redact)
         if not requests:
             return []
         self.pending, self.results = requests, {}
@@ -1109,6 +1139,7 @@ class _Exchange:
             duration=time.perf_counter() - self.t0,
             model=model,
             meta=self._meta(),
+            skipped=answer.skipped,
         )
 
     def close(self, exc: BaseException | None, result: _Outcome | None) -> None:

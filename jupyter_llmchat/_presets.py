@@ -54,12 +54,13 @@ def _make(
     model: str | None,
     params: Mapping[str, Any] | None,
     api_args: Mapping[str, Any] | None,
-    api_headers: Mapping[str, str] | None,
+    api_headers: Mapping[str, str | None] | None,
     echo: Echo | None,
     env_var: str | None,
     price_provider: str | None,
     price_lookup: bool = False,
     drop_params: frozenset[str] = frozenset(),
+    timeout: float | None = None,
 ) -> Chat:
     if params is not None and not isinstance(params, Mapping):
         raise ConfigurationError("params must come from params(...) or be a dict")
@@ -72,11 +73,13 @@ def _make(
         model=model,
         params=params,
         api_args=api_args,
-        api_headers={str(k): str(v) for k, v in (api_headers or {}).items()},
+        # str() of a None would send the header "None"; None removes the header instead.
+        api_headers={str(k): None if v is None else str(v) for k, v in (api_headers or {}).items()},
         credentials=_credentials(api_key, credentials, env_var, stacklevel=3),
         price_provider=price_provider,
         price_lookup=price_lookup,
         drop_params=drop_params,
+        timeout=timeout,
     )
     return Chat(provider, system_prompt=system_prompt, echo=echo or "none")
 
@@ -90,8 +93,9 @@ def chat_openai_compatible(
     model: str | None = None,
     params: Mapping[str, Any] | None = None,
     api_args: Mapping[str, Any] | None = None,
-    api_headers: Mapping[str, str] | None = None,
+    api_headers: Mapping[str, str | None] | None = None,
     echo: Echo | None = None,
+    timeout: float | None = None,
 ) -> Chat:
     """Chat with any server that speaks OpenAI's chat-completions API.
 
@@ -99,7 +103,11 @@ def chat_openai_compatible(
     zero-argument function returning a key or a mapping of headers, called for every request;
     None uses ``$OPENAI_API_KEY`` when set, else sends no auth header. ``model=None`` asks the
     server's ``/models`` and uses its only model. ``api_args`` is deep-merged into every request
-    body (a None value deletes the key); ``api_headers`` are added last.
+    body (a None value deletes the key); ``api_headers`` are added last (a None value removes
+    that header, e.g. ``{"Authorization": None}``). ``timeout`` is how
+    many seconds to wait for the server to connect and between two pieces of the answer
+    (default: 10 s to connect, 300 s between pieces). ``base_url`` may carry a query
+    (Azure's ``?api-version=...``, kept after the endpoint's path) but no ``user:pass@``.
     """
     return _make(
         base_url=base_url, name=name, system_prompt=system_prompt, api_key=api_key,
@@ -107,6 +115,7 @@ def chat_openai_compatible(
         api_headers=api_headers, echo=echo, env_var="OPENAI_API_KEY",
         price_provider=None,
         price_lookup=True,
+        timeout=timeout,
     )
 
 
@@ -127,15 +136,16 @@ def _preset(
         model: str | None = None,
         params: Mapping[str, Any] | None = None,
         api_args: Mapping[str, Any] | None = None,
-        api_headers: Mapping[str, str] | None = None,
+        api_headers: Mapping[str, str | None] | None = None,
         echo: Echo | None = None,
+        timeout: float | None = None,
     ) -> Chat:
         url = base_url or (os.environ.get(url_env) if url_env else None) or default_url
         return _make(
             base_url=url, name=name, system_prompt=system_prompt, api_key=api_key,
             credentials=credentials, model=model, params=params, api_args=api_args,
             api_headers=api_headers, echo=echo, env_var=env_var,
-            price_provider=price_provider, drop_params=drop_params,
+            price_provider=price_provider, drop_params=drop_params, timeout=timeout,
         )
 
     preset.__doc__ = doc

@@ -7,14 +7,18 @@ Nothing here knows about turns or history: ``_chat.py`` does.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
 import re
+import ssl
 import time
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -32,6 +36,9 @@ from ._errors import (
 )
 from ._params import wire_params
 
+if TYPE_CHECKING:  # asyncio is imported lazily: the sync path never needs it
+    import asyncio
+
 __all__ = ["Credentials", "OpenAICompatible", "credentials_from", "deep_merge", "safe_url"]
 
 #: What ``credentials`` may return: a bearer token, a mapping of headers, or nothing.
@@ -42,6 +49,8 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Longest single wait we honour from Retry-After before giving up instead.
 MAX_RETRY_WAIT = 60.0
 _TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
+#: Hosts already warned about a key sent over plain http (the warning is once per host).
+_PLAIN_HTTP_WARNED: set[str] = set()
 
 
 def safe_url(url: str) -> str:
@@ -55,6 +64,29 @@ def safe_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def endpoint(base_url: str, suffix: str) -> str:
+    """``{base_url}/{suffix}`` with ``base_url``'s query kept after the path.
+
+    Azure-style URLs carry ``?api-version=...``; appending the suffix to the whole string would
+    put it inside the query (``/v1?api-version=x/chat/completions``)."""
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/") + "/" + suffix
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,23 +118,43 @@ class OpenAICompatible:
         model: str | None,
         params: Mapping[str, Any] | None,
         api_args: Mapping[str, Any] | None,
-        api_headers: Mapping[str, str] | None,
+        api_headers: Mapping[str, str | None] | None,
         credentials: Credentials | None,
         price_provider: str | None = None,
         price_lookup: bool = False,
         max_tries: int = 3,
         drop_params: frozenset[str] = frozenset(),
+        timeout: float | None = None,
     ) -> None:
         if not isinstance(base_url, str) or not base_url.strip():
             raise ConfigurationError("base_url is required", hint='e.g. "http://127.0.0.1:11434/v1"')
-        parts = urlsplit(base_url.strip())
+        try:
+            parts = urlsplit(base_url.strip())
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ConfigurationError(
+                f"base_url {safe_url(base_url)!r} is not a valid URL",
+                hint='e.g. "http://127.0.0.1:11434/v1"',
+            ) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(
                 f"base_url {safe_url(base_url)!r} is not an http(s) URL",
                 hint='e.g. "http://127.0.0.1:11434/v1"',
             )
+        if "@" in parts.netloc:
+            # httpx would silently send Basic auth instead of the Bearer key, and the URL is shown
+            # and stored (safe_url strips it, so the user would not even see why auth fails).
+            raise ConfigurationError(
+                f"base_url must not contain a user name or password (user:pass@) "
+                f"({safe_url(base_url)})",
+                hint="secrets go in credentials= (a key, or a function returning headers)",
+            )
         if max_tries < 1:
             raise ConfigurationError("max_tries must be at least 1")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise ConfigurationError("timeout must be a positive number of seconds, or None")
         self.base_url = base_url.strip().rstrip("/")
         self.name = name
         self.model = model
@@ -115,8 +167,15 @@ class OpenAICompatible:
         self._price_lookup = price_lookup and price_provider is None
         self.max_tries = max_tries
         self.drop_params = drop_params
+        #: Seconds to wait for the server (to connect, and between two pieces of the answer);
+        #: None: 10 s to connect, 300 s between pieces.
+        self.timeout = None if timeout is None else float(timeout)
         self._client: httpx.Client | None = None
-        self._aclient: httpx.AsyncClient | None = None
+        # One AsyncClient per event loop: its pooled connections belong to the loop that opened
+        # them, so a client reused by the next ``asyncio.run`` fails ("Event loop is closed").
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
         # Values sent as secrets in the latest request, scrubbed from any error message.
         self._secrets: set[str] = set()
 
@@ -141,11 +200,21 @@ class OpenAICompatible:
     def display_url(self) -> str:
         return safe_url(self.base_url)
 
+    def url(self, suffix: str) -> str:
+        """The URL of endpoint ``suffix`` ("chat/completions", "models"), query kept."""
+        return endpoint(self.base_url, suffix)
+
     def headers(self) -> dict[str, str]:
         """Headers for one request; ``credentials`` is called every time (rotating tokens)."""
         headers = {"Content-Type": "application/json"}
         secrets: set[str] = set()
-        cred = self.credentials() if self.credentials is not None else None
+        try:
+            cred = self.credentials() if self.credentials is not None else None
+        except Exception as exc:  # a token refresh that failed: one clear error, not a crash
+            raise ConfigurationError(
+                f"credentials() raised {type(exc).__name__}: {self.redact(str(exc))[:200]}",
+                hint="the function given as credentials= must return a key, headers or None",
+            ) from None
         if isinstance(cred, str):
             if cred:
                 headers["Authorization"] = f"Bearer {cred}"
@@ -159,11 +228,34 @@ class OpenAICompatible:
                 "credentials() must return a str, a mapping of headers, or None",
                 hint=f"it returned a {type(cred).__name__}",
             )
-        for k, v in self.api_headers.items():
-            _set_header(headers, k, v)
-        secrets.update(v for v in self.api_headers.values() if len(v) >= 8)
+        for name, value in self.api_headers.items():
+            if value is None:  # as in api_args: None removes the header (a default, or the key's)
+                _set_header(headers, name, "")
+                del headers[name]
+            else:
+                _set_header(headers, name, value)
+        keyed = bool(secrets) or any(
+            _AUTH_HEADER.search(k) for k, v in self.api_headers.items() if v is not None
+        )
+        secrets.update(v for v in self.api_headers.values() if v is not None and len(v) >= 8)
         self._secrets = {s for s in secrets if s}
+        if keyed:
+            self._warn_plain_http()
         return headers
+
+    def _warn_plain_http(self) -> None:
+        """Warn once per host when a key goes over plain http to another machine."""
+        parts = urlsplit(self.base_url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme != "http" or is_loopback(host) or host in _PLAIN_HTTP_WARNED:
+            return
+        _PLAIN_HTTP_WARNED.add(host)
+        warnings.warn(
+            f"jupyter_llmchat: an API key is sent over plain http to {host}: anyone on the "
+            "network path can read it. Use an https:// base_url (or a server on this machine).",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def body(
         self,
@@ -184,39 +276,94 @@ class OpenAICompatible:
         return deep_merge(body, self.api_args)
 
     def redact(self, text: str) -> str:
-        for s in sorted(self._secrets, key=len, reverse=True):
+        """``text`` with every secret sent, and anything shaped like a key, replaced by ***.
+
+        Always redact the whole text before cutting it short: a cut through a key would leave
+        a prefix that no longer matches."""
+        secrets = set(self._secrets)
+        # Query values may be keys too (``?key=...``); short ones (api-version) are not.
+        query = urlsplit(self.base_url).query
+        secrets.update(v for part in query.split("&") for v in part.split("=")[1:] if len(v) >= 8)
+        for s in sorted(secrets, key=len, reverse=True):
             text = text.replace(s, "***")
         return _SECRETISH.sub(lambda m: (m.group(1) or "") + "***", text)
 
     # -- clients ------------------------------------------------------------------------------
 
+    def _client_options(self) -> dict[str, Any]:
+        return {"timeout": self._timeout(), "trust_env": True, "verify": _ssl_context()}
+
+    def _timeout(self) -> httpx.Timeout:
+        return _TIMEOUT if self.timeout is None else httpx.Timeout(self.timeout)
+
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(timeout=_TIMEOUT, trust_env=True)
+            self._client = httpx.Client(**self._client_options())
         return self._client
 
     @property
     def aclient(self) -> httpx.AsyncClient:
-        if self._aclient is None:
-            self._aclient = httpx.AsyncClient(timeout=_TIMEOUT, trust_env=True)
-        return self._aclient
+        """The AsyncClient of the running event loop (each loop gets its own)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            # A closed loop's client can never be used again; forget it (and its loop).
+            for old in [lp for lp in list(self._aclients) if lp.is_closed()]:
+                self._aclients.pop(old, None)
+            client = httpx.AsyncClient(**self._client_options())
+            self._aclients[loop] = client
+        return client
+
+    def fresh(self) -> OpenAICompatible:
+        """A copy with the same settings and its own HTTP clients (for ``Chat.copy``)."""
+        import copy
+
+        new = copy.copy(self)
+        new._client = None
+        new._aclients = weakref.WeakKeyDictionary()
+        new._secrets = set()
+        new.params = copy.deepcopy(self.params)
+        new.api_args = copy.deepcopy(self.api_args)
+        new.api_headers = dict(self.api_headers)
+        return new
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
         # An AsyncClient can only be closed from its loop; dropping it lets the GC release it.
-        self._aclient = None
+        self._aclients = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        name, model = getattr(self, "name", "?"), getattr(self, "model", None)
+        url = safe_url(getattr(self, "base_url", ""))
+        return f"<OpenAICompatible {name!r} model={model or '(auto)'} url={url}>"
 
     # -- model discovery ----------------------------------------------------------------------
 
     def list_models(self) -> list[str]:
-        url = f"{self.base_url}/models"
+        url = self.url("models")
         try:
             resp = self.client.get(url, headers=self.headers())
         except httpx.HTTPError as exc:
             raise self._map_transport(exc, "GET", url) from None
+        return self._model_ids(resp, url)
+
+    async def alist_models(self) -> list[str]:
+        """``list_models`` without blocking the event loop."""
+        url = self.url("models")
+        try:
+            resp = await self.aclient.get(url, headers=self.headers())
+        except httpx.HTTPError as exc:
+            raise self._map_transport(exc, "GET", url) from None
+        return self._model_ids(resp, url)
+
+    def _model_ids(self, resp: httpx.Response, url: str) -> list[str]:
+        if 300 <= resp.status_code < 400:
+            raise self._redirected(resp, url, "GET")
         if resp.status_code >= 400:
             raise self._map_status(resp.status_code, resp.headers, resp.text, "GET", url)
         try:
@@ -232,7 +379,15 @@ class OpenAICompatible:
         """The configured model, or the only one the server offers."""
         if self.model:
             return self.model
-        ids = self.list_models()
+        return self._pick_model(self.list_models())
+
+    async def aresolve_model(self) -> str:
+        """``resolve_model`` for async callers: asks ``/models`` without blocking the loop."""
+        if self.model:
+            return self.model
+        return self._pick_model(await self.alist_models())
+
+    def _pick_model(self, ids: list[str]) -> str:
         if len(ids) == 1:
             self.model = ids[0]
             return self.model
@@ -249,7 +404,7 @@ class OpenAICompatible:
         if body.get("stream") and not any(k.lower() == "accept" for k in headers):
             headers["Accept"] = "text/event-stream"
         return client.build_request(
-            "POST", f"{self.base_url}/chat/completions", headers=headers, content=json.dumps(body)
+            "POST", self.url("chat/completions"), headers=headers, content=json.dumps(body)
         )
 
     @contextmanager
@@ -262,7 +417,7 @@ class OpenAICompatible:
             resp.close()
 
     def _send(self, body: dict[str, Any]) -> httpx.Response:
-        url = f"{self.base_url}/chat/completions"
+        url = self.url("chat/completions")
         for attempt in range(1, self.max_tries + 1):
             try:
                 resp = self.client.send(self._request(self.client, body), stream=True)
@@ -273,8 +428,11 @@ class OpenAICompatible:
                 raise self._map_transport(exc, "POST", url) from None
             except httpx.HTTPError as exc:
                 raise self._map_transport(exc, "POST", url) from None
-            if resp.status_code < 400:
+            if resp.status_code < 300:
                 return resp
+            if resp.status_code < 400:
+                resp.close()
+                raise self._redirected(resp, url)
             try:
                 text = resp.read().decode("utf-8", "replace")
             except httpx.HTTPError:
@@ -288,7 +446,7 @@ class OpenAICompatible:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _iter_data(self, resp: httpx.Response) -> Iterator[str]:
-        url = f"{self.base_url}/chat/completions"
+        url = self.url("chat/completions")
         if not _is_sse(resp):
             # A server that ignored "stream": true answers with one JSON document.
             try:
@@ -311,7 +469,7 @@ class OpenAICompatible:
             await resp.aclose()
 
     async def _asend(self, body: dict[str, Any]) -> httpx.Response:
-        url = f"{self.base_url}/chat/completions"
+        url = self.url("chat/completions")
         client = self.aclient
         for attempt in range(1, self.max_tries + 1):
             try:
@@ -323,8 +481,11 @@ class OpenAICompatible:
                 raise self._map_transport(exc, "POST", url) from None
             except httpx.HTTPError as exc:
                 raise self._map_transport(exc, "POST", url) from None
-            if resp.status_code < 400:
+            if resp.status_code < 300:
                 return resp
+            if resp.status_code < 400:
+                await resp.aclose()
+                raise self._redirected(resp, url)
             try:
                 text = (await resp.aread()).decode("utf-8", "replace")
             except httpx.HTTPError:
@@ -338,7 +499,7 @@ class OpenAICompatible:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _aiter_data(self, resp: httpx.Response) -> AsyncIterator[str]:
-        url = f"{self.base_url}/chat/completions"
+        url = self.url("chat/completions")
         try:
             if not _is_sse(resp):
                 yield (await resp.aread()).decode("utf-8", "replace")
@@ -347,6 +508,17 @@ class OpenAICompatible:
                 yield sse.data
         except (httpx.HTTPError, SSEError) as exc:
             raise self._map_stream(exc, url) from None
+
+    def _redirected(self, resp: httpx.Response, url: str, method: str = "POST") -> APIStatusError:
+        """A redirect is not followed (a POST would lose its body, or a key its https): say where."""
+        location = resp.headers.get("location", "")
+        target = safe_url(str(resp.url.join(location))) if location else "(no Location header)"
+        reason = httpx.codes.get_reason_phrase(resp.status_code)
+        return APIStatusError(
+            f"{resp.status_code} {reason}: {method} {safe_url(url)} is redirected to {target}",
+            status_code=resp.status_code, url=safe_url(url),
+            hint="use the URL it redirects to, without its last part, as base_url",
+        )
 
     def _retry_wait(self, attempt: int, resp: httpx.Response) -> float | None:
         """Seconds to wait before trying again, or None to give up now."""
@@ -359,6 +531,12 @@ class OpenAICompatible:
 
     def _map_transport(self, exc: httpx.HTTPError, method: str, url: str) -> LLMChatError:
         where = f"{method} {safe_url(url)}"
+        if isinstance(exc, httpx.ReadTimeout):
+            waited = self._timeout().read
+            return TransportError(
+                f"{where} timed out: no answer within {waited:g} s ({type(exc).__name__})",
+                hint="a slow or busy model may need a longer timeout= (seconds)",
+            )
         if isinstance(exc, httpx.TimeoutException):
             return TransportError(f"{where} timed out ({type(exc).__name__})")
         if isinstance(exc, httpx.ConnectError):
@@ -374,22 +552,32 @@ class OpenAICompatible:
     def _map_status(
         self, status: int, headers: httpx.Headers, text: str, method: str, url: str
     ) -> APIStatusError:
-        detail = self.redact(_error_detail(text))
+        text = self.redact(text)  # before any cut (see redact)
+        detail = _error_detail(text)
         reason = httpx.codes.get_reason_phrase(status)
         # The server's own words first: narrow places (the chat panel) cut the end off.
         msg = f"{status} {reason}" + (f": {detail}" if detail else "") + f" ({method} {safe_url(url)})"
-        kwargs: dict[str, Any] = {"status_code": status, "url": safe_url(url), "body": self.redact(text[:2000])}
+        kwargs: dict[str, Any] = {"status_code": status, "url": safe_url(url), "body": text[:2000]}
         if status in (401, 403):
             return AuthenticationError(msg, **kwargs)
         if status == 429:
-            retry = headers.get("retry-after")
-            hint = f"rate limited: retry after {retry} s" if retry else ""
+            retry = _retry_after(headers.get("retry-after"))
+            hint = f"rate limited: retry after {retry:.0f} s" if retry is not None else ""
             return RateLimitError(msg, hint=hint, **kwargs)
         if status >= 500:
             return ServerError(msg, **kwargs)
         if status == 404:
             return APIStatusError(msg, hint="check the model name and base_url", **kwargs)
+        if status == 413:
+            return APIStatusError(
+                msg, hint="the request is too large: send less, or start a new conversation",
+                **kwargs,
+            )
         return APIStatusError(msg, hint="the server refused the request: check model, params and api_args", **kwargs)
+
+
+#: api_headers names that carry a secret (for the plain-http warning); credentials() always do.
+_AUTH_HEADER = re.compile(r"auth|key|token|secret|cookie", re.IGNORECASE)
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
@@ -423,20 +611,48 @@ def _error_detail(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
+_SSL_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying SSL context per process, shared by every client.
+
+    Loading the CA bundle costs 20-400 ms, which httpx pays for every new client (every Chat,
+    copy and event loop) even for plain http. Same CA choice as httpx's own (``SSL_CERT_FILE``,
+    ``SSL_CERT_DIR``, else certifi), looked up again if those variables change."""
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    ctx = _SSL_CONTEXTS.get(key)
+    if ctx is None:
+        ctx = _SSL_CONTEXTS[key] = httpx.create_ssl_context(verify=True, trust_env=True)
+    return ctx
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        import email.utils  # only for the rare HTTP-date form; kept off the import path
+
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT; a naive one would be read as local time
+            import datetime
+
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN: unreadable
+
+
 def _backoff(attempt: int, retry_after: str | None) -> float:
     """Exponential backoff with jitter; a Retry-After header (seconds or HTTP date) wins."""
-    if retry_after:
-        try:
-            return max(0.0, float(retry_after))
-        except ValueError:
-            import email.utils  # only for the rare HTTP-date form; kept off the import path
-
-            try:
-                when = email.utils.parsedate_to_datetime(retry_after)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                return max(0.0, when.timestamp() - time.time())
+    wait = _retry_after(retry_after)
+    if wait is not None:
+        return wait
     return min(8.0, 0.5 * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 

@@ -20,6 +20,10 @@ __all__ = ["on_session", "session", "session_names", "use"]
 
 _SESSIONS: dict[str, Chat] = {}
 _lock = threading.Lock()
+# Held while a factory builds a session, so two threads asking for the same new session (a cell
+# and the panel) get one Chat and the factory runs once. Re-entrant: a factory may look up
+# another session.
+_create_lock = threading.RLock()
 #: Builds a Chat for a new session name; replaced by the magics with one that reads traits.
 Factory = Callable[[str], Chat]
 _factory: Factory | None = None
@@ -102,10 +106,15 @@ def session(name: str = "default", *, create: bool = True) -> Chat:
     if not create:
         known = ", ".join(sorted(_SESSIONS)) or "none yet"
         raise ConfigurationError(f"no session named {name!r}", hint=f"sessions: {known}")
-    chat = (_factory or _default_factory)(name)
-    with _lock:
-        # Another thread (the panel) may have made it meanwhile: first one wins.
-        existing = _SESSIONS.setdefault(name, chat)
+    with _create_lock:
+        with _lock:
+            chat = _SESSIONS.get(name)
+        if chat is not None:  # another thread made it while this one waited
+            return chat
+        chat = (_factory or _default_factory)(name)
+        with _lock:
+            # use() may have set it meanwhile (it does not take _create_lock): that one wins.
+            existing = _SESSIONS.setdefault(name, chat)
     if existing is chat:
         _run_hooks(name, chat)
     return existing

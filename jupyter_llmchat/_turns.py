@@ -147,6 +147,9 @@ class Turn:
     followed by a user turn holding one ``ContentToolResult`` per request (same ids), sent on the
     wire as ``tool`` messages; then the model's next assistant turn. So one exchange with tools is
     user (prompt), assistant (requests), user (results), ..., assistant (answer).
+
+    ``skipped`` counts the chunks of the answer's stream that could not be read and were
+    skipped (0 almost always); views say so once. It is not part of the record (``to_dict``).
     """
 
     role: Role
@@ -159,6 +162,7 @@ class Turn:
     duration: float | None = None
     model: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0
 
     @classmethod
     def user(cls, text: str, **kw: Any) -> Turn:

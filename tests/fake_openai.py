@@ -135,10 +135,25 @@ class Reply:
     gate: int = 0
     """Hold the answer until this many chat-completions requests are in progress at once (at
     most 10 s): a client that sends them one after the other then shows ``max_active`` 1."""
+    """OpenAI-format tool calls (``{"id", "type": "function", "function": {name, arguments}}``)."""
+    extra_events: list[tuple[int, str]] = field(default_factory=list)
+    """``(i, payload)``: send ``data: payload`` (raw, any text) before content chunk i, then go
+    on; for chunks of odd shapes (``{"choices": []}``, a non-object delta, ...)."""
+    write_bytes: int | None = None
+    """Send the streamed body in writes of at most this many bytes, each flushed on its own
+    (splits events, UTF-8 sequences and line ends across network reads)."""
+    line_end: str = "\n"
+    """What ends each SSE line: "\n", "\r\n" or "\r" (all three are valid SSE)."""
 
     def __post_init__(self) -> None:
         if self.chunk_chars < 1:
             raise ValueError(f"chunk_chars must be >= 1, got {self.chunk_chars}")
+        if self.write_bytes is not None and self.write_bytes < 1:
+            raise ValueError(f"write_bytes must be >= 1, got {self.write_bytes}")
+        if self.line_end not in ("\n", "\r\n", "\r"):
+            raise ValueError(f"line_end must be \\n, \\r\\n or \\r, got {self.line_end!r}")
+        # From JSON, pairs arrive as lists.
+        self.extra_events = [(int(i), str(p)) for i, p in self.extra_events]
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> Reply:
@@ -282,6 +297,8 @@ class FakeOpenAI(_RequestLog):
         """Chat-completions requests being answered right now."""
         self.max_active = 0
         """The most chat-completions requests answered at once since the last reset."""
+        self.models_gate: threading.Event | None = None
+        """In-process only: when set, ``GET /models`` waits (up to 10 s) for this event first."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -382,6 +399,7 @@ class FakeOpenAI(_RequestLog):
         """``{"active": ..., "max_active": ...}``: concurrent chat-completions requests."""
         with self._lock:
             return {"active": self.active, "max_active": self.max_active}
+            self.models_gate = None
 
     def configure(self, settings: dict[str, Any]) -> None:
         """Apply the settings of ``POST /_control/config``."""
@@ -579,6 +597,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -- endpoints ---------------------------------------------------------------------------
 
     def _models(self) -> None:
+        gate = self.fake.models_gate
+        if gate is not None:
+            gate.wait(10)
         status = self.fake.models_status
         if status != 200:
             self._send_error_body(status, f"models endpoint scripted to {status}")
@@ -643,14 +664,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
-        out = _ChunkedWriter(self.wfile, batch=reply.delay <= 0)
+        out = _ChunkedWriter(
+            self.wfile, batch=reply.delay <= 0 and reply.write_bytes is None, split=reply.write_bytes
+        )
         chunk = _ChunkMaker(self.fake._next_id(), model)
         pieces = reply.pieces()
+        end = reply.line_end
+        extra = collections.defaultdict(list)
+        for at, payload in reply.extra_events:
+            extra[at].append(payload)
 
         def event(payload: str) -> bool:
             if not self.fake._sleep(reply.delay):
                 return False
-            out.write(f"data: {payload}\n\n")
+            out.write(f"data: {payload}{end}{end}")
             return True
 
         def cut() -> None:
@@ -666,10 +693,12 @@ class _Handler(BaseHTTPRequestHandler):
             if i == reply.cut_after:
                 return cut()
             if i == reply.malformed_at:
-                out.write('data: {"choices": [{"delta": {"content": "oops\n\n')
+                out.write('data: {"choices": [{"delta": {"content": "oops' + end + end)
+            for payload in extra.get(i, ()):
+                out.write(f"data: {payload}{end}{end}")
             if i == reply.error_event_at:
                 error = {"message": reply.error_message, "type": "server_error", "code": None}
-                out.write(f"data: {json.dumps({'error': error})}\n\n")
+                out.write(f"data: {json.dumps({'error': error})}{end}{end}")
                 out.close()
                 return None
             if i < len(pieces) and not event(chunk.text("content", pieces[i])):
@@ -685,7 +714,7 @@ class _Handler(BaseHTTPRequestHandler):
         if include_usage and reply.usage_in_stream and usage is not None:
             if not event(chunk.usage(usage)):
                 return cut()
-        out.write("data: [DONE]\n\n")
+        out.write(f"data: [DONE]{end}{end}")
         out.close()
         return None
 
@@ -715,13 +744,15 @@ class _ChunkedWriter:
 
     ``batch=False`` sends every write at once (the client sees each event as it is written);
     ``batch=True`` gathers writes up to 64 KiB per send, for fast streams with no delay to honour.
+    ``split=N`` sends each flush as HTTP chunks of at most N bytes, each flushed on its own.
     """
 
     _BATCH_BYTES = 1 << 16
 
-    def __init__(self, wfile: Any, batch: bool) -> None:
+    def __init__(self, wfile: Any, batch: bool, split: int | None = None) -> None:
         self._wfile = wfile
         self._batch = batch
+        self._split = split
         self._buffer: list[bytes] = []
         self._size = 0
 
@@ -738,8 +769,11 @@ class _ChunkedWriter:
         data = b"".join(self._buffer)
         self._buffer.clear()
         self._size = 0
-        self._wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
-        self._wfile.flush()
+        step = self._split or len(data)
+        for i in range(0, len(data), step):
+            part = data[i : i + step]
+            self._wfile.write(b"%X\r\n%s\r\n" % (len(part), part))
+            self._wfile.flush()
 
     def close(self) -> None:
         """Flush and send the terminating chunk: the body ends cleanly (keep-alive goes on)."""

@@ -96,13 +96,17 @@ def test_the_key_is_in_no_record_of_a_successful_chat(fake: FakeOpenAI, fake_url
 
 
 def test_userinfo_and_query_in_base_url_are_never_shown(fake: FakeOpenAI) -> None:
-    url = f"http://user:{SECRET}@127.0.0.1:{fake.port}/v1"
-    chat = new_chat(url)
+    from jupyter_llmchat import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as refused:
+        new_chat(f"http://user:{SECRET}@127.0.0.1:{fake.port}/v1")
+    assert SECRET not in str(refused.value) and "credentials=" in str(refused.value)
+    chat = new_chat(f"http://127.0.0.1:{fake.port}/v1?key={SECRET}")
     fake.script(Reply(status=400))
     with pytest.raises(APIStatusError) as info:
         chat.chat("hi")
     for text in (str(info.value), info.value.url, repr(chat), chat.to_json()):
-        assert SECRET not in text and "user:" not in text
+        assert SECRET not in text and "key=" not in text
 
 
 def test_404_hints_at_model_and_base_url(fake: FakeOpenAI, fake_url: str) -> None:

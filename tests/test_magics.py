@@ -464,7 +464,12 @@ def test_config_masks_secrets(ip: InteractiveShell, fake: FakeOpenAI) -> None:
     run(ip, "%chat hi")  # a session appears in the view, and the secrets do reach the server
     assert fake.requests[-1].headers["authorization"] == f"Bearer {SECRET}"
     assert fake.last_body()["api_key"] == SECRET
+    # A user:pass@ base_url is refused (secrets go in credentials=); a query may carry one.
     config(ip, base_url=f"http://user:pw-{SECRET}@127.0.0.1:{port}/v1")
+    with pytest.raises(jupyter_llmchat.ConfigurationError) as info:
+        jupyter_llmchat.session("by-url")
+    assert "credentials=" in str(info.value) and "pw-" not in str(info.value)
+    config(ip, base_url=f"http://127.0.0.1:{port}/v1?key=pw-{SECRET}")
     jupyter_llmchat.session("by-url")  # made from the new setting, no request needed
 
     view = ip.run_line_magic("chat_config", "")

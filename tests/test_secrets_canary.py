@@ -1,0 +1,270 @@
+"""Secrets canary: a key used every way a user gives one must never show up anywhere.
+
+One canary key goes in through the environment (``$OPENAI_API_KEY`` and
+``ChatMagics.credentials_env``), a ``credentials`` callable and ``api_headers``; the server is
+told to echo it back in its errors. Then every place a user or a log can see text is searched
+for it: return values, reprs, exception texts, ``to_json``, the turns and their dicts, stdout,
+stderr, log records, the rich outputs of ``%%chat``, ``%chat_config``, ``%chat_usage`` and
+``%chat_history`` in a real IPython shell, and a notebook run headless with nbclient and saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.testing import globalipapp
+from nbclient import NotebookClient
+
+import jupyter_llmchat
+from jupyter_llmchat import LLMChatError, chat_openai_compatible, token_usage
+from jupyter_llmchat import _sessions
+from tests.fake_openai import FakeOpenAI, Reply
+
+pytestmark = [pytest.mark.timeout(180)]
+
+CANARY = "sk-canary-7Qx2Lm9Vt4Rw8Zp3"
+#: Pieces a partial leak would show (a prefix cut by truncation, a suffix after a cut).
+FRAGMENTS = (CANARY, "7Qx2Lm9V", "t4Rw8Zp3", "canary-7Qx2")
+ENV_VAR = "LLMCHAT_CANARY_KEY"
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+class Seen:
+    """Everything a user (or a log) could read, gathered as text."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []
+
+    def add(self, where: str, value: Any) -> None:
+        text = value if isinstance(value, str) else repr(value)
+        self.texts.append((where, text))
+
+    def add_exception(self, where: str, exc: BaseException) -> None:
+        self.add(where + " str", str(exc))
+        self.add(where + " repr", repr(exc))
+        for attr in ("message", "hint", "body", "url"):
+            if hasattr(exc, attr):
+                self.add(f"{where} .{attr}", str(getattr(exc, attr)))
+        if exc.__cause__ is not None or exc.__context__ is not None:
+            self.add(where + " cause", repr(exc.__cause__) + repr(exc.__context__))
+
+    def add_chat(self, where: str, chat: jupyter_llmchat.Chat) -> None:
+        self.add(where + " repr", repr(chat))
+        self.add(where + " provider", repr(chat.provider))
+        self.add(where + " to_json", chat.to_json())
+        self.add(where + " tokens", chat.get_tokens())
+        for t in chat.get_turns(include_system_prompt=True):
+            self.add(where + " turn", repr(t))
+            self.add(where + " turn dict", json.dumps(t.to_dict(), default=str))
+
+    def leaks(self) -> list[str]:
+        return [f"{where}: ...{text[max(0, text.find(f) - 60):text.find(f) + 60]}..."
+                for where, text in self.texts for f in FRAGMENTS if f in text]
+
+
+@pytest.fixture
+def canary_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.setenv(ENV_VAR, CANARY)
+    for name in ("OPENAI_BASE_URL", "OPENAI_MODEL", "JPY_SESSION_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    yield
+
+
+@pytest.fixture(scope="module")
+def _ip() -> Iterator[InteractiveShell]:
+    globalipapp.start_ipython()
+    shell = globalipapp.get_ipython()
+    shell.run_line_magic("load_ext", "jupyter_llmchat")
+    yield shell
+    shell.run_line_magic("unload_ext", "jupyter_llmchat")
+    _sessions._SESSIONS.clear()
+
+
+def echoing_errors() -> list[Reply]:
+    """A 401, then 500s (retried), each echoing the key back the way some servers do."""
+    echo = f"Incorrect API key provided: {CANARY}. Authorization: Bearer {CANARY}"
+    return [Reply(status=401, error_message=echo)] + [
+        Reply(status=500, error_message="x" * 280 + echo, headers={"Retry-After": "0"})
+    ] * 3
+
+
+def python_flows(fake: FakeOpenAI, seen: Seen) -> None:
+    fake.require_auth = f"Bearer {CANARY}"
+    chats = {
+        "env": chat_openai_compatible(fake.base_url, model="test-model"),
+        "callable": chat_openai_compatible(fake.base_url, model="test-model", credentials=lambda: CANARY),
+        "headers": chat_openai_compatible(
+            fake.base_url, model="test-model", credentials=lambda: {"Authorization": f"Bearer {CANARY}"},
+            api_headers={"X-Api-Key": CANARY},
+        ),
+    }
+    for name, chat in chats.items():
+        fake.script(Reply(text="Hello.", reasoning="thinking"), Reply(text="Streamed."))
+        seen.add(f"{name} chat", chat.chat("hi", echo="all"))
+        seen.add(f"{name} stream", list(chat.stream("more", echo="all")))
+        fake.script(Reply(text="Async."))
+        seen.add(f"{name} async", asyncio.run(chat.chat_async("async")))
+        fake.script(*echoing_errors())
+        for _ in range(2):  # the 401, then the 500 after its retries
+            with pytest.raises(LLMChatError) as info:
+                chat.chat("fail")
+            seen.add_exception(f"{name} error", info.value)
+        fake.script(Reply(chunks=["a", "b", "c"], error_event_at=2, error_message=f"key {CANARY} revoked"))
+        with pytest.raises(LLMChatError) as info:
+            list(chat.stream("mid-stream"))
+        seen.add_exception(f"{name} stream error", info.value)
+        seen.add_chat(name, chat)
+        seen.add(f"{name} copy", repr(chat.copy()))
+        seen.add(f"{name} from_json", repr(jupyter_llmchat.Chat.from_json(chat.to_json())))
+    fake.require_auth = None
+
+    refused = chat_openai_compatible(closed_port_url(), model="m", credentials=lambda: CANARY)
+    with pytest.raises(LLMChatError) as info:
+        refused.chat("hi")
+    seen.add_exception("connect refused", info.value)
+    with pytest.raises(LLMChatError) as info:
+        chat_openai_compatible(f"http://user:{CANARY}@127.0.0.1:9/v1")
+    seen.add_exception("userinfo", info.value)
+    seen.add("token_usage", token_usage())
+
+
+def shell_flows(ip: InteractiveShell, fake: FakeOpenAI, seen: Seen, capsys: pytest.CaptureFixture[str]) -> None:
+    _sessions._SESSIONS.clear()
+    magics = ip.magics_manager.registry["ChatMagics"]
+    _sessions.set_factory(magics._make_session, magics._refresh_unused)
+    for line in (
+        f'ChatMagics.base_url = "{fake.base_url}"',
+        'ChatMagics.model = "test-model"',
+        f'ChatMagics.credentials_env = "{ENV_VAR}"',
+        f'ChatMagics.api_headers = {{"X-Api-Key": "{CANARY}"}}',
+        f'ChatMagics.api_args = {{"user": "me", "secret_token": "{CANARY}"}}',
+    ):
+        ip.run_line_magic("config", line)
+    fake.require_auth = f"Bearer {CANARY}"
+    fake.script(Reply(text="Cell answer."), Reply(text="Line answer."), *echoing_errors())
+    for source in ("%%chat\nhello", "%chat again", "%%chat\nfail 401", "%%chat\nfail 500"):
+        result = ip.run_cell(source, store_history=False)
+        seen.add(f"cell {source!r} result", result.result)
+        seen.add(f"cell {source!r} error", repr(result.error_in_exec))
+    for magic in ("chat_config", "chat_usage", "chat_usage --all --turns", "chat_history"):
+        name, _, args = magic.partition(" ")
+        value = ip.run_line_magic(name, args)
+        data, metadata = ip.display_formatter.format(value)
+        seen.add(f"%{magic} bundle", json.dumps(data, default=str))
+        seen.add(f"%{magic} metadata", json.dumps(metadata, default=str))
+    # The chat panel on the same session: a question, then one that fails with the key echoed.
+    from jupyter_llmchat._widget import ChatPanel
+
+    class RecordingPanel(ChatPanel):
+        def send(self, content: dict[str, Any], buffers: Any = None) -> None:
+            seen.add("panel message", json.dumps(content, default=str))
+            if content.get("type") in ("done", "error"):
+                finished.set()
+
+    import threading
+
+    panel = RecordingPanel("default")
+    for question, replies in (("panel hi", [Reply(text="Panel answer.")]), ("panel fail", echoing_errors()[:1])):
+        finished = threading.Event()
+        fake.script(*replies)
+        panel.ask(question)
+        assert finished.wait(30)
+        while panel.busy:
+            finished.wait(0.01)
+    panel.close()
+    panel_texts = [t for where, t in seen.texts if where == "panel message"]
+    assert any('"type": "error"' in t and "401" in t for t in panel_texts), panel_texts
+    out, err = capsys.readouterr()
+    seen.add("shell stdout", out)
+    seen.add("shell stderr", err)
+    seen.add_chat("shell session", jupyter_llmchat.session())
+    fake.require_auth = None
+    _sessions._SESSIONS.clear()
+
+
+def notebook_flow(fake: FakeOpenAI, tmp_path: Path, seen: Seen) -> None:
+    fake.require_auth = f"Bearer {CANARY}"
+    fake.script(Reply(text="Notebook answer."), *echoing_errors(), Reply(text="Panel-free answer."))
+    sources = [
+        "%load_ext jupyter_llmchat",
+        f'%config ChatMagics.base_url = "{fake.base_url}"',
+        '%config ChatMagics.model = "test-model"',
+        f'%config ChatMagics.credentials_env = "{ENV_VAR}"',
+        # The key comes from the environment, so the notebook's own sources never hold it.
+        f'import os\n%config ChatMagics.api_headers = {{"X-Api-Key": os.environ["{ENV_VAR}"]}}',
+        "%%chat\nWhat is a key?",
+        "%%chat\nThis one fails with 401",
+        "%%chat\nThis one fails with 500",
+        "%chat One more",
+        "%chat_config",
+        "%chat_usage --all --turns",
+        "%chat_history",
+        "import jupyter_llmchat\njupyter_llmchat.session()",
+        "jupyter_llmchat.session().provider",
+        "print(jupyter_llmchat.session().to_json())",
+        "import jupyter_llmchat._bridge as b, json\nprint(json.dumps(b.current_bridge().record()))",
+    ]
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(s) for s in sources],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    NotebookClient(
+        nb, timeout=60, kernel_name="python3", allow_errors=True,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    fake.require_auth = None
+    path = tmp_path / "canary.ipynb"
+    nbformat.write(nb, path)
+    text = path.read_text()
+    seen.add("saved notebook", text)
+    # The notebook really ran: two answers, two errors shown as one line each.
+    assert "Notebook answer." in text and "Panel-free answer." in text
+    assert text.count("chat error:") >= 2
+
+    from jupyter_llmchat._cli import main
+
+    main(["consolidate", str(path)])
+    seen.add("consolidated notebook", path.read_text())
+
+
+def test_the_canary_key_never_shows(
+    fake: FakeOpenAI, canary_env: None, _ip: InteractiveShell, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen = Seen()
+    python_flows(fake, seen)
+    shell_flows(_ip, fake, seen, capsys)
+    notebook_flow(fake, tmp_path, seen)
+    out, err = capsys.readouterr()
+    seen.add("stdout", out)
+    seen.add("stderr", err)
+    seen.add("logs", "\n".join(r.getMessage() for r in caplog.records))
+    seen.add("log args", "\n".join(repr(r.args) for r in caplog.records))
+
+    # The key was really used: every authenticated request carried it.
+    assert all(
+        r.headers.get("authorization") == f"Bearer {CANARY}"
+        for r in fake.requests if r.path.startswith("/v1/chat")
+    )
+    assert len(seen.texts) > 50
+    leaks = seen.leaks()
+    assert leaks == [], "\n".join(leaks)
