@@ -26,6 +26,7 @@ from traitlets import Bool, Dict, Enum, Float, Unicode, default, validate
 from traitlets import TraitError
 
 from . import _sessions
+from ._bridge import replace_record as _replace_record
 from ._errors import ConfigurationError, LLMChatError
 
 __all__ = ["ChatMagics", "load", "unload"]
@@ -383,6 +384,8 @@ class ChatMagics(Magics):
                 raise UsageError(f"session {name!r} is busy answering; stop it first")
             chat.reset()
             self._refresh_from_config(name)
+        if args.all:  # replaces the notebook's record, even one the kernel refused (DESIGN §6)
+            _replace_record()
         from IPython.display import display
 
         # The metadata lets `jupyter-llmchat consolidate` replay the reset without the extension.
