@@ -44,7 +44,7 @@ def main() -> None:
             k.sync()
             for i in range(1, args.exchanges + 1):
                 sent = len(fe.received)
-                k.ok(f"%chat Question number {i}: what is {i} squared?")
+                k.ok(f"%chat Question number {i}: what is {i} squared")
                 after = sum(size for _, size in fe.received[sent:])
                 kinds = {d["type"] for d, _ in fe.received[sent:]}
                 if i in checkpoints:

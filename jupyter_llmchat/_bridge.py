@@ -71,7 +71,7 @@ TARGET = "jupyter_llmchat"
 class _Synced:
     """What the front end holds of one session: its first ``count`` turns, ending with ``last``."""
 
-    chat: Chat
+    chat: weakref.ref[Chat]  # weakly: a replaced session must be freed, not kept here
     count: int
     last: Turn | None
 
@@ -201,7 +201,7 @@ class Bridge:
         for name, chat in _sessions.sessions().items():
             turns = chat.get_turns()
             record["sessions"][name] = session_record(chat, turns)
-            synced[name] = _Synced(chat, len(turns), turns[-1] if turns else None)
+            synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None)
         return record, synced
 
     def _may_send(self) -> bool:
@@ -248,11 +248,11 @@ class Bridge:
         if name is None or self._synced is None:
             self.send()
             return
-        synced = self._synced.get(name) or _Synced(chat, 0, None)
+        synced = self._synced.get(name) or _Synced(weakref.ref(chat), 0, None)
         turns = chat.get_turns()
         start = synced.count
         appended = (
-            synced.chat is chat
+            synced.chat() is chat
             and start % 2 == 0
             and len(turns) >= start
             and (start == 0 or turns[start - 1] is synced.last)
@@ -277,7 +277,7 @@ class Bridge:
         message = {"type": "append_turns", "session": name, "from": start, "turns": part["turns"],
                    "provider": part["provider"], "system_prompt": part["system_prompt"], "usage": usage}
         if self._post(message):
-            self._synced[name] = _Synced(chat, len(turns), turns[-1] if turns else None)
+            self._synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None)
             self._sent_chars += size
 
     def replace_record(self) -> None:

@@ -99,6 +99,8 @@ class Kernel:
         cwd = str(notebook.parent) if notebook is not None else str(ROOT)
         self.km, self.kc = start_new_kernel(kernel_name="python3", env=kernel_env, cwd=cwd, startup_timeout=60)
         self.front_ends: list[FrontEnd] = []
+        #: stdout/stderr printed outside any cell (while handling a front end's comm message).
+        self.comm_output = ""
 
     def attach(self, fe: FrontEnd) -> FrontEnd:
         fe.kc = self.kc
@@ -119,6 +121,8 @@ class Kernel:
             for fe in self.front_ends:
                 fe.on_iopub(msg)
             if msg["parent_header"].get("msg_id") != msg_id:
+                if msg["msg_type"] == "stream" and msg["parent_header"].get("msg_type") == "comm_msg":
+                    self.comm_output += msg["content"]["text"]
                 continue
             mine.append(msg)
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":

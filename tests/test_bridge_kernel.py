@@ -63,9 +63,10 @@ def test_a_refused_record_is_never_written_over(
         fe = k.attach(FrontEnd("refused.ipynb", record))
         out = load(k, server.base_url)
         k.sync()
-        out += k.ok("%chat Hello?")
-        out += k.ok("%%chat -s other\nAnd you?")
+        out += k.ok("%chat Hello")
+        out += k.ok("%%chat -s other\nAnd you")
         k.ok("%chat_reset")  # a reset of one session is not a replacement
+        out += k.comm_output
         assert out.count("ignoring the notebook's chat record") == 1, out
         assert "%chat_reset --all" in out
         assert fe.received == []  # nothing at all for this notebook
@@ -78,8 +79,8 @@ def test_a_refused_record_is_never_written_over(
         assert all(s["turns"] == [] for s in fe.record["sessions"].values())
         # From then on it is this kernel's record, and it follows the chat.
         server.reset()
-        k.ok("%chat Again?")
-        assert [t["contents"][0]["text"] for t in fe.record["sessions"]["default"]["turns"]][0] == "Again?"
+        k.ok("%chat Again")
+        assert [t["contents"][0]["text"] for t in fe.record["sessions"]["default"]["turns"]][0] == "Again"
         assert fe.record == k.value(RECORD)
 
 
@@ -88,7 +89,7 @@ def test_the_kernel_never_sends_a_record_it_would_refuse(tmp_path: Path, server:
     with kernel(nb) as k:
         fe = k.attach(FrontEnd("big.ipynb"))
         load(k, server.base_url)
-        k.ok("%chat Small?")
+        k.ok("%chat Small")
         good = copy.deepcopy(fe.record)
         sent = len(fe.received)
         # A prompt over the record's text limit (2,000,000 characters): not sendable.
@@ -97,7 +98,7 @@ def test_the_kernel_never_sends_a_record_it_would_refuse(tmp_path: Path, server:
         assert out.count("is not written into the notebook") == 1, out
         assert len(fe.received) == sent and fe.record == good
         k.ok("%chat_reset")
-        k.ok("%chat Small again?")
+        k.ok("%chat Small again")
         validate_record(fe.record)
         assert len(fe.record["sessions"]["default"]["turns"]) == 2
 
@@ -113,15 +114,15 @@ def test_a_kernel_shared_by_two_notebooks_writes_one_record(tmp_path: Path, serv
         fe_b = k.attach(FrontEnd("b.ipynb", theirs, hello=False))
         fe_b.comm_id = fe_a.comm_id
         fe_b.say_hello()
-        out = k.ok("%chat Hello from a?")
+        out = k.ok("%chat Hello from a")
         out += k.ok("%chat_reset --all")
-        out += k.ok("%chat Once more?")
+        out += k.ok("%chat Once more") + k.comm_output
         assert fe_b.record == theirs  # untouched
         assert fe_b.received == [] and fe_b.ignored > 0
-        assert k.value("__import__('jupyter_llmchat').session_names()") == ["default"]  # b's not restored
+        assert k.value("__import__('jupyter_llmchat._sessions')._sessions.session_names()") == ["default"]  # b's not restored
         assert "b.ipynb" in out and "gets no record" in out
         assert fe_a.record == k.value(RECORD)
-        assert fe_a.record["sessions"]["default"]["turns"][0]["contents"][0]["text"] == "Once more?"
+        assert fe_a.record["sessions"]["default"]["turns"][0]["contents"][0]["text"] == "Once more"
 
 
 def test_updates_after_the_first_record_carry_only_the_turn(tmp_path: Path, server: FakeOpenAIProcess) -> None:
@@ -129,12 +130,12 @@ def test_updates_after_the_first_record_carry_only_the_turn(tmp_path: Path, serv
     with kernel(nb) as k:
         fe = k.attach(FrontEnd("delta.ipynb"))
         load(k, server.base_url)
-        k.ok("%chat 0?")
+        k.ok("%chat 0")
         start = len(fe.received)
         sizes = []
         for i in range(1, 6):
             server.script(Reply(text=f"answer {i} " + "z" * 200, usage=usage(10 * i, 3)))
-            k.ok(f"%chat question {i}?")
+            k.ok(f"%chat question {i}")
             (data, size), = fe.received[start:]
             start += 1
             assert data["type"] == "append_turns", data["type"]
@@ -159,26 +160,25 @@ def test_updates_after_the_first_record_carry_only_the_turn(tmp_path: Path, serv
 
 
 REUSE = """
-import gc, jupyter_llmchat as j
 from jupyter_llmchat import _sessions
 from jupyter_llmchat._chat import Chat
+from jupyter_llmchat._presets import chat_openai_compatible
 
-def reuse():
-    old = j.session()
-    j.use(j.chat_openai_compatible(base_url=old.provider.base_url, model='test-model'))
-    oid = id(old)
-    del old
-    gc.collect()
-    keep = []
-    for _ in range(10_000):
-        c = Chat.__new__(Chat)
-        if id(c) == oid:
-            return c, oid
-        keep.append(c)
-    raise AssertionError('no id reuse')
+def make():
+    return chat_openai_compatible(base_url=BASE_URL, model='test-model')
 
-new, oid = reuse()
+allocate = Chat.__new__
+for attempt in range(200):
+    a = _sessions.use(make())  # watched by the bridge from now on
+    _sessions.use(make())  # replaced (as %config and %chat_reset replace a session): a is freed
+    oid = id(a)
+    del a
+    new = allocate(Chat)  # the freed Chat's memory, handed out again to a Chat (most times)
+    if id(new) == oid:
+        break
 print('reused', id(new) == oid)
+new.__init__(make().provider)
+_sessions.use(new)
 """
 
 
@@ -188,14 +188,11 @@ def test_a_new_chat_with_a_freed_id_still_reaches_the_record(tmp_path: Path, ser
         fe = k.attach(FrontEnd("ids.ipynb"))
         load(k, server.base_url)
         k.ok("%chat first")
-        assert "reused True" in k.ok(REUSE)
-        # The freed Chat's id is the new one's: build it and make it the session.
-        k.ok("from jupyter_llmchat._presets import chat_openai_compatible as _c\n"
-             "new.__init__(_c(base_url=j.session().provider.base_url, model='test-model').provider)\n"
-             "j.use(new)")
+        assert "reused True" in k.ok(REUSE.replace("BASE_URL", repr(server.base_url)))
         k.ok("%chat second")
         texts = [t["contents"][0]["text"] for t in fe.record["sessions"]["default"]["turns"]]
         assert texts[0::2] == ["second"], texts
+        assert fe.record == k.value(RECORD)
 
 
 def test_restart_and_run_all_counts_the_rerun_answers(tmp_path: Path, server: FakeOpenAIProcess) -> None:
