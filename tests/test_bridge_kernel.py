@@ -263,3 +263,55 @@ def test_a_kernel_restart_mid_stream_leaves_a_valid_record(tmp_path: Path, serve
         validate_record(fe.record)
         texts = [t["contents"][0]["text"] for t in fe.record["sessions"]["default"]["turns"]][0::2]
         assert texts == ["before", "after"], texts
+
+
+def test_run_all_over_200_chat_cells_records_400_turns(tmp_path: Path, server: FakeOpenAIProcess) -> None:
+    """Headless Run All (nbclient, no front end): every exchange in the kernel's record, in
+    order, and rebuilt the same by ``consolidate`` from the outputs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.kernel_frontend import ROOT
+
+    server.reset()
+    sources = ["%load_ext jupyter_llmchat", f"%config ChatMagics.base_url = {server.base_url!r}",
+               "%config ChatMagics.model = 'test-model'"]
+    sources += [f"%%chat\nQuestion {i}" for i in range(200)]
+    sources.append("import json, jupyter_llmchat._bridge as b\nprint(json.dumps(b.current_bridge().record()))")
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(s) for s in sources],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=60, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    (printed,) = [o for o in nb.cells[-1].outputs if o.output_type == "stream"]
+    record = json.loads(printed.text)
+    validate_record(record)
+    turns = record["sessions"]["default"]["turns"]
+    assert len(turns) == 400
+    assert [t["role"] for t in turns] == ["user", "assistant"] * 200
+    assert [t["contents"][0]["text"] for t in turns[0::2]] == [f"Question {i}\n" for i in range(200)]
+    assert record["usage"][0]["turns"] == 200
+    assert len(server.chat_requests()) == 200
+    path = tmp_path / "runall.ipynb"
+    nbformat.write(nb, path)
+    done = subprocess.run([sys.executable, "-m", "jupyter_llmchat", "consolidate", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(path.read_text(encoding="utf-8"))["metadata"]["jupyter_llmchat"] == record
