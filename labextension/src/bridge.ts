@@ -3,8 +3,13 @@
  *
  * For each notebook it registers the comm target on the notebook's kernel (and
  * on the next one after a kernel change), answers the kernel's comm open with
- * `hello`, and writes `set_metadata` records into the notebook model, so they
- * are saved with the user's next save. A kernel that opened its comm before
+ * `hello` (its path and in-memory record), and writes the kernel's records into
+ * the notebook model, so they are saved with the user's next save: the whole
+ * record (`set_metadata`), or after a turn only that turn (`append_turns`),
+ * applied only onto the record it follows (otherwise it asks for the whole
+ * record with `resync`). Every kernel message carries the path this notebook
+ * said hello with; one carrying another path is for another notebook sharing
+ * the kernel, and is ignored. The protocol: jupyter_llmchat/_bridge.py. A kernel that opened its comm before
  * this notebook connected to it (the notebook was closed and opened again, or
  * the page reloaded) does not open another: the bridge finds that comm with a
  * `comm_info_request` and says `hello` on it. Nothing here throws into the
