@@ -1,10 +1,39 @@
-"""The kernel's side of the front-end protocol (comm target ``jupyter_llmchat``).
+"""The kernel's side of the front-end protocol (comm target ``jupyter_llmchat``, DESIGN §6-7).
 
 At ``%load_ext``: restore sessions from the notebook file (read-only), then open the comm.
-The front end answers ``hello`` with its in-memory record, which extends a session only when it
-holds the same turns and more. After every finished turn, reset or session change the kernel
-sends ``set_metadata`` with the whole record; the front end writes it into the notebook model.
-The kernel never waits for the front end: with no extension, the comm simply stays closed.
+
+Front end -> kernel:
+
+- ``{"type": "hello", "path", "saved", "record"}`` in answer to the comm's opening. ``path`` is
+  the notebook's path as the front end names it; a kernel serves one notebook's record, so a
+  hello from another notebook (one switched to this running kernel) is ignored. ``record``
+  (the front end's in-memory record, which may hold unsaved turns) extends a session only when
+  it holds the same turns and more.
+- ``{"type": "resync", "path"}``: the front end could not apply an update (its record is not the
+  one the update follows): the kernel answers with the whole record.
+
+Kernel -> front end, every message carrying ``path`` (the hello's), so that a front end ignores a
+message meant for another notebook on the same kernel:
+
+- ``{"type": "set_metadata", "path", "value": record}``: the whole record, once after a hello,
+  and again after a reset, a session change or anything that is not an append.
+- ``{"type": "append_turns", "path", "session", "from", "turns", "provider", "system_prompt",
+  "usage"}`` after a finished turn: the session's turns from index ``from`` on (its record
+  holds exactly ``from`` turns before it; a session that is not there yet starts at 0), its
+  provider and system prompt, and the whole spend ledger (one row per provider and model).
+  Its size is that of the turn, not of the history (DESIGN §8).
+
+The record written is held to the limits it is read with (``validate_record``): a record the
+kernel would refuse to read is not sent (one warning). A record the kernel refused to read
+(unknown version, invalid, too large), from the file or from the hello, is never written
+over: the kernel sends nothing for that notebook until ``%chat_reset --all`` replaces it on
+purpose (``Bridge.replace_record``).
+
+The spend ledger is ``base + delta``: ``base`` is the restored record's usage, ``delta`` the
+answers made in this kernel. A hello whose usage extends ``base`` (an earlier kernel's unsaved
+spend, as in Restart Kernel and Run All) becomes the base; once a front end holds our totals, a
+hello that extends them replaces both. The kernel never waits for the front end: with no
+extension, the comm simply stays closed.
 """
 
 from __future__ import annotations
@@ -13,15 +42,38 @@ import json
 import os
 import sys
 import warnings
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from . import _sessions
 from ._chat import Chat
-from ._metadata import KEY, Ledger, RecordError, build_record, turns_extend, validate_record
+from ._metadata import (
+    KEY,
+    MAX_RECORD_CHARS,
+    MAX_TURNS,
+    SCHEMA_VERSION,
+    Ledger,
+    RecordError,
+    bounded_turn,
+    session_record,
+    turns_extend,
+    validate_record,
+)
+from ._turns import Turn
 
-__all__ = ["Bridge", "start_bridge"]
+__all__ = ["Bridge", "current_bridge", "replace_record", "start_bridge"]
 
 TARGET = "jupyter_llmchat"
+
+
+@dataclass
+class _Synced:
+    """What the front end holds of one session: its first ``count`` turns, ending with ``last``."""
+
+    chat: weakref.ref[Chat]  # weakly: a replaced session must be freed, not kept here
+    count: int
+    last: Turn | None
 
 
 class Bridge:
@@ -31,8 +83,25 @@ class Bridge:
         self.comm: Any = None
         self.hello_received = False
         self.opened_in: int | None = None
+        #: The notebook file this kernel was started for (None: not known).
+        self.path: str | None = self.notebook_path()
+        #: The notebook's path as its front end names it (from the hello we accepted).
+        self.front_path: str | None = None
+        #: Why the notebook's record was refused: nothing is sent while this is set.
+        self.refused: str | None = None
+        self._replaced = False
+        self._warned_own = False
+        self._warned_foreign: set[str] = set()
+        self._base = Ledger()
+        self._delta = Ledger()
+        #: The notebook's whole spend (base + delta), what ``%chat_usage --all`` shows.
         self.ledger = Ledger()
-        self._watched: set[int] = set()
+        self._usage_synced = False
+        # By the object (weakly): an id() is reused by the next Chat once this one is freed.
+        self._watched: weakref.WeakSet[Chat] = weakref.WeakSet()
+        #: Per session, what the front end holds; None: it must get the whole record next.
+        self._synced: dict[str, _Synced] | None = None
+        self._sent_chars = 0
 
     # -- restore ------------------------------------------------------------------------------
 
@@ -44,7 +113,7 @@ class Bridge:
         return None
 
     def restore_from_file(self) -> None:
-        path = self.notebook_path()
+        path = self.path
         if path is None:
             return
         try:
@@ -53,21 +122,32 @@ class Bridge:
             record = (nb.get("metadata") or {}).get(KEY)
         except (OSError, ValueError, AttributeError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser goes is unreadable, not a crash.
-            warnings.warn(f"jupyter_llmchat: could not read {os.path.basename(path)}: {exc}", stacklevel=2)
+            # The record itself is judged by the front end's copy, in its hello.
+            warnings.warn(f"jupyter_llmchat: could not read {os.path.basename(path)}: {exc}", stacklevel=3)
             return
         if record is not None:
             self.apply(record, replace=True)
 
+    def _refuse(self, reason: str) -> None:
+        if self.refused is None:
+            warnings.warn(
+                f"jupyter_llmchat: ignoring the notebook's chat record ({reason[:150]}); it is "
+                "left as it is and nothing new is recorded in it until `%chat_reset --all` "
+                "replaces it",
+                UserWarning,
+                stacklevel=4,
+            )
+        self.refused = reason
+
     def apply(self, record: Any, *, replace: bool) -> None:
-        """Restore from a record: all sessions (``replace``), or only those it extends."""
+        """Restore from a record: all sessions (``replace``, the file), or only those it
+        extends (a front end's hello)."""
         try:
             clean = validate_record(record)
         except RecordError as exc:
-            warnings.warn(
-                f"jupyter_llmchat: ignoring the notebook's chat record: {exc}", UserWarning, stacklevel=3
-            )
+            if replace or not self._replaced:
+                self._refuse(str(exc))
             return
-        changed = False
         for name, s in clean["sessions"].items():
             turns = s["turns"]
             # Creating a session is cheap: no request, no server start until it is used.
@@ -78,20 +158,23 @@ class Bridge:
                 chat.set_turns(turns)
                 if s["system_prompt"] and not chat.system_prompt:
                     chat.system_prompt = s["system_prompt"]
-                changed = True
-        # The spend ledger only grows: take the record's when it counts more answers than ours.
-        if replace or _ledger_total(clean["usage"]) > self._ledger_turns():
-            self.ledger.load(clean["usage"])
-        if changed:
-            self.send()
-
-    def _ledger_turns(self) -> int:
-        return sum(r.turns for r in self.ledger.rows.values())
+        theirs = Ledger()
+        theirs.load(clean["usage"])
+        if replace:
+            self._base = theirs
+        elif self._usage_synced and theirs.extends(self.ledger):
+            # It holds our totals already, and more: all of it is the base now.
+            self._base, self._delta = theirs, Ledger()
+        elif theirs.extends(self._base):
+            # An earlier kernel's spend (Restart Kernel and Run All): ours comes on top of it.
+            self._base = theirs
+        self.ledger = Ledger.total(self._base, self._delta)
 
     def _on_session(self, name: str, chat: Chat) -> None:
-        if id(chat) not in self._watched:
-            self._watched.add(id(chat))
+        if chat not in self._watched:
+            self._watched.add(chat)
             chat.add_listener(self._on_change)
+        self._synced = None
         self.send()
 
     # -- live updates -------------------------------------------------------------------------
@@ -102,24 +185,119 @@ class Bridge:
         if event == "turn":
             exchange = getattr(chat, "last_exchange", None)
             if exchange is not None:
+                self._delta.add(chat.provider.name, exchange[1])
                 self.ledger.add(chat.provider.name, exchange[1])
+            self.send_update(chat)
+            return
+        self._synced = None
         self.send()
 
     def record(self) -> dict[str, Any]:
-        return build_record(_sessions.sessions(), self.ledger)
+        return self._snapshot()[0]
 
-    def send(self) -> None:
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, _Synced]]:
+        record: dict[str, Any] = {"version": SCHEMA_VERSION, "sessions": {}, "usage": self.ledger.to_list()}
+        synced: dict[str, _Synced] = {}
+        for name, chat in _sessions.sessions().items():
+            turns = chat.get_turns()
+            record["sessions"][name] = session_record(chat, turns)
+            synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None)
+        return record, synced
+
+    def _may_send(self) -> bool:
         # Until the extension's hello, nobody may be listening (nbclient, VS Code): send nothing.
         # The hello's handler sends the whole record, so nothing made before it is lost.
-        if self.comm is None or not self.hello_received:
+        if self.comm is None or not self.hello_received or self.front_path is None:
+            return False
+        if self.refused is not None:
+            return False
+        return bool(getattr(self.magics, "record_metadata", True))
+
+    def _too_large(self, reason: str) -> None:
+        self._synced = None  # the front end missed this one: the next send is the whole record
+        if not self._warned_own:
+            self._warned_own = True
+            warnings.warn(
+                f"jupyter_llmchat: the chat record is not written into the notebook ({reason}); "
+                "it would not be read back. `%chat_reset` makes it smaller.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def send(self) -> None:
+        """Send the whole record (``set_metadata``), if it is one we would read back."""
+        if not self._may_send():
             return
-        if not getattr(self.magics, "record_metadata", True):
-            return
+        record, synced = self._snapshot()
         try:
-            self.comm.send({"type": "set_metadata", "value": self.record()})
+            validate_record(record)
+            size = len(json.dumps(record))
+        except RecordError as exc:
+            self._too_large(str(exc))
+            return
+        if self._post({"type": "set_metadata", "value": record}):
+            self._synced = synced
+            self._sent_chars = size
+            self._usage_synced = True
+
+    def send_update(self, chat: Chat) -> None:
+        """After a turn: only what the front end does not hold yet, else the whole record."""
+        if not self._may_send():
+            return
+        name = next((n for n, c in _sessions.sessions().items() if c is chat), None)
+        if name is None or self._synced is None:
+            self.send()
+            return
+        synced = self._synced.get(name) or _Synced(weakref.ref(chat), 0, None)
+        turns = chat.get_turns()
+        start = synced.count
+        appended = (
+            synced.chat() is chat
+            and start % 2 == 0
+            and len(turns) >= start
+            and (start == 0 or turns[start - 1] is synced.last)
+        )
+        if not appended:
+            self.send()
+            return
+        new = turns[start:]
+        part = session_record(chat, new)
+        usage = self.ledger.to_list()
+        # The same limits as on read: checked on the part, with the record's size and length.
+        try:
+            validate_record({"version": SCHEMA_VERSION, "sessions": {name: part}, "usage": usage})
+            size = len(json.dumps(part["turns"]))
+            if len(turns) > MAX_TURNS:
+                raise RecordError(f"session {name!r} has more than {MAX_TURNS} turns")
+            if self._sent_chars + size > MAX_RECORD_CHARS:
+                raise RecordError("the record is too large")
+        except RecordError as exc:
+            self._too_large(str(exc))
+            return
+        message = {"type": "append_turns", "session": name, "from": start, "turns": part["turns"],
+                   "provider": part["provider"], "system_prompt": part["system_prompt"], "usage": usage}
+        if self._post(message):
+            self._synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None)
+            self._sent_chars += size
+
+    def replace_record(self) -> None:
+        """Replace the notebook's record with the kernel's, on purpose (``%chat_reset --all``).
+
+        The one way to write over a record this kernel refused to read.
+        """
+        self.refused = None
+        self._replaced = True
+        self._synced = None
+        self.send()
+
+    def _post(self, data: dict[str, Any]) -> bool:
+        try:
+            self.comm.send({**data, "path": self.front_path})
+            return True
         except Exception as exc:  # a closed comm (no extension) is normal
             self.comm = None
             print(f"jupyter_llmchat: notebook metadata not sent ({exc})", file=sys.stderr)
+            return False
 
     def open_comm(self) -> None:
         if getattr(self.shell, "kernel", None) is None:
@@ -144,15 +322,48 @@ class Bridge:
             return False
         return self.hello_received or self.opened_in == getattr(self.shell, "execution_count", None)
 
+    def owns(self, path: Any) -> bool:
+        """Whether ``path`` (a front end's name for its notebook) is this kernel's notebook."""
+        if not isinstance(path, str) or not path:
+            return False
+        if self.path is not None and _same_file(self.path, path):
+            return True
+        if self.front_path is not None:
+            return path == self.front_path
+        # No file known (a kernel started without one, or its notebook was renamed since):
+        # the first notebook to say hello is this kernel's.
+        return self.path is None or not os.path.isfile(self.path)
+
     def _on_msg(self, msg: dict[str, Any]) -> None:
         data = (msg.get("content") or {}).get("data") or {}
         if not isinstance(data, dict):
             return
-        if data.get("type") == "hello":
+        kind = data.get("type")
+        if kind == "hello":
+            path = data.get("path")
+            if not self.owns(path):
+                if str(path) not in self._warned_foreign:
+                    self._warned_foreign.add(str(path))
+                    print(f"jupyter_llmchat: this kernel keeps the chat record of "
+                          f"{self.front_path or self.path}; {str(path)[:200]!r} shares it and "
+                          "gets no record", file=sys.stderr)
+                return
+            self.front_path = path
             self.hello_received = True
+            self._synced = None
             if data.get("record") is not None:
                 self.apply(data["record"], replace=False)
             self.send()
+        elif kind == "resync" and self.front_path is not None and data.get("path") == self.front_path:
+            self._synced = None
+            self.send()
+
+
+def _same_file(kernel_path: str, front_path: str) -> bool:
+    """The kernel knows its notebook by an absolute path, the front end relative to its root."""
+    mine = os.path.abspath(kernel_path).replace(os.sep, "/")
+    theirs = os.path.normpath(front_path).replace(os.sep, "/").lstrip("/")
+    return mine == theirs or mine.endswith("/" + theirs)
 
 
 _BRIDGES: dict[int, Bridge] = {}
@@ -174,5 +385,8 @@ def current_bridge() -> Bridge | None:
     return next(iter(_BRIDGES.values()), None)
 
 
-def _ledger_total(rows: list[dict[str, Any]]) -> int:
-    return sum(r.get("turns") or 0 for r in rows)
+def replace_record() -> None:
+    """``%chat_reset --all``: the notebook's record becomes the kernel's, even a refused one."""
+    bridge = current_bridge()
+    if bridge is not None:
+        bridge.replace_record()

@@ -74,13 +74,15 @@ def _consolidate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_consolidate(args: argparse.Namespace) -> int:
-    """Rebuild metadata.jupyter_llmchat from the answers' output metadata (no extension needed)."""
-    from ._metadata import KEY, record_from_outputs, validate_record
+    """Rebuild metadata.jupyter_llmchat from the answers' output metadata (no extension needed),
+    merged into the record the notebook already holds."""
+    from ._metadata import KEY, RecordError, merge_records, record_from_outputs, validate_record
 
     path = pathlib.Path(args.notebook)
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        existing = (nb.get("metadata") or {}).get(KEY)
+    except (OSError, ValueError, AttributeError, RecursionError) as exc:
         print(f"jupyter-llmchat: cannot read {path}: {exc}", file=sys.stderr)
         return 2
     try:
@@ -89,24 +91,51 @@ def _run_consolidate(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         print(f"jupyter-llmchat: {path}: chat outputs are malformed: {exc}", file=sys.stderr)
         return 2
+    if existing is not None:
+        try:
+            validate_record(existing)
+        except RecordError as exc:
+            # Never written over: it may hold what no output does (panel turns, spend).
+            print(f"jupyter-llmchat: {path}: its metadata.{KEY} is not a record this version can "
+                  f"read ({str(exc)[:200]}); the file is left as it is", file=sys.stderr)
+            return 2
+        record = merge_records(existing, record)
     if args.dry_run:
         print(json.dumps(record, indent=1))
         return 0
     nb.setdefault("metadata", {})[KEY] = record
-    # Write next to the file, then rename: a crash never leaves a half-written notebook.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # nbformat's layout (what Jupyter saves), so that only the record shows in a diff.
-            json.dump(nb, f, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    # nbformat's layout (what Jupyter saves), so that only the record shows in a diff.
+    text = json.dumps(nb, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False) + "\n"
+    _write_atomically(path, text)
     turns = sum(len(s["turns"]) for s in record["sessions"].values())
     print(f"{path}: {len(record['sessions'])} session(s), {turns} turn(s) recorded in metadata.{KEY}")
     return 0
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    """Write next to the file, then rename: a crash never leaves a half-written notebook.
+
+    A symlink stays a symlink (its target is written); the file keeps its mode; the data and
+    the rename are on disk (fsync of the file and of its directory) before we say done.
+    """
+    target = pathlib.Path(os.path.realpath(path))
+    mode = target.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)  # mkstemp makes it 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _tour_arguments(parser: argparse.ArgumentParser) -> None:

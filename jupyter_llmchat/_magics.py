@@ -409,6 +409,10 @@ class ChatMagics(Magics):
                 raise UsageError(f"session {name!r} is busy answering; stop it first")
             chat.reset()
             self._refresh_from_config(name)
+        if args.all:  # replaces the notebook's record, even one the kernel refused (DESIGN §6)
+            from ._bridge import replace_record
+
+            replace_record()
         from IPython.display import display
 
         # The metadata lets `jupyter-llmchat consolidate` replay the reset without the extension.

@@ -9,6 +9,7 @@ nothing from it is ever executed or rendered unescaped.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -17,16 +18,19 @@ from typing import Any
 
 from ._chat import Chat
 from ._provider import safe_url
-from ._turns import Turn, check_tool_pairs
+from ._turns import Content, ContentImage, ContentText, Turn, check_tool_pairs
 from ._usage import UsageRow
 
 __all__ = [
     "KEY",
     "SCHEMA_VERSION",
     "Ledger",
+    "bounded_turn",
     "build_record",
     "display_metadata",
+    "merge_records",
     "record_from_outputs",
+    "session_record",
     "turns_extend",
     "validate_record",
 ]
@@ -68,8 +72,35 @@ class Ledger:
                            output=d.get("output"), cached=d.get("cached"), cost=d.get("cost_usd"))
             self.rows[(row.provider, row.model)] = row
 
+    @classmethod
+    def total(cls, *parts: Ledger) -> Ledger:
+        """The sum of ledgers, row by row (a new ledger; the parts are left alone)."""
+        out = cls()
+        for part in parts:
+            for key, row in part.rows.items():
+                mine = out.rows.get(key)
+                if mine is None:
+                    mine = out.rows[key] = UsageRow(row.provider, row.model)
+                mine.merge(row)
+        return out
 
-def _bounded_turn(t: Turn) -> dict[str, Any]:
+    def extends(self, other: Ledger) -> bool:
+        """True when every row of ``other`` is here with counts at least as large.
+
+        A front end's ledger that extends ours holds the same answers and more (it was kept
+        by an earlier kernel of this notebook and not saved yet, or saved after ours was read).
+        """
+        for key, row in other.rows.items():
+            mine = self.rows.get(key)
+            if mine is None:
+                return False
+            for field in ("turns", "input", "output", "cached", "cost"):
+                if (getattr(mine, field) or 0) < (getattr(row, field) or 0):
+                    return False
+        return True
+
+
+def bounded_turn(t: Turn) -> dict[str, Any]:
     d = t.to_dict()
     # An unknown cell id (nbclient sends none) is left out, as reading a record leaves it out:
     # the record is then the same whether it comes from the kernel or from `consolidate`.
@@ -84,12 +115,13 @@ def _bounded_turn(t: Turn) -> dict[str, Any]:
     return d
 
 
-def session_record(chat: Chat) -> dict[str, Any]:
+def session_record(chat: Chat, turns: list[Turn] | None = None) -> dict[str, Any]:
+    """A session's part of the record (``turns``: a snapshot of its turns, default all now)."""
     p = chat.provider
     return {
         "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
         "system_prompt": chat.system_prompt,
-        "turns": [_bounded_turn(t) for t in chat.get_turns()],
+        "turns": [bounded_turn(t) for t in (chat.get_turns() if turns is None else turns)],
     }
 
 
@@ -168,6 +200,18 @@ def _str_or_none(v: Any, what: str, limit: int = 10_000) -> str | None:
     return v
 
 
+def _placeholder(c: Content) -> Content:
+    """An image whose bytes are not in the record, as a short text the server can take.
+
+    Sent as an ``image_url``, an ``omitted:sha256:...`` reference (or any URL that is neither
+    ``data:`` nor http) makes the server refuse this request and every later one.
+    """
+    if isinstance(c, ContentImage) and not c.url.startswith(("data:image/", "http://", "https://")):
+        ref = c.url.rsplit(":", 1)[-1][:16] if c.url.startswith("omitted:sha256:") else "unknown"
+        return ContentText(f"[an image was here; its bytes are not kept in the notebook (sha256 {ref}...)]")
+    return c
+
+
 def validate_record(obj: Any) -> dict[str, Any]:
     """Check a record read from a notebook; return a clean copy, or raise ``RecordError``."""
     if not isinstance(obj, dict):
@@ -207,6 +251,7 @@ def validate_record(obj: Any) -> dict[str, Any]:
                 turn = Turn.from_dict(t)
             except (ValueError, TypeError) as exc:
                 raise RecordError(f"session {name!r}: turn {i}: {exc}") from None
+            turn.contents = [_placeholder(c) for c in turn.contents]
             if turn.duration is not None and turn.duration < 0:
                 raise RecordError(f"session {name!r}: turn {i}: duration_s must not be negative")
             expected = "user" if i % 2 == 0 else "assistant"
@@ -292,5 +337,55 @@ def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
                 s["turns"] = []
             s["provider"] = provider
             s["system_prompt"] = meta.get("system_prompt")
-            s["turns"].extend([_bounded_turn(user), _bounded_turn(reply)])
+            s["turns"].extend([bounded_turn(user), bounded_turn(reply)])
     return {"version": SCHEMA_VERSION, "sessions": sessions, "usage": ledger.to_list()}
+
+
+def _exchanges(turns: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    return list(zip(turns[0::2], turns[1::2]))
+
+
+def _exchange_key(pair: tuple[dict[str, Any], dict[str, Any]]) -> str:
+    user, reply = pair
+    return json.dumps([user.get("started_at"), user.get("contents"), reply.get("started_at")], sort_keys=True)
+
+
+def merge_records(existing: dict[str, Any], rebuilt: dict[str, Any]) -> dict[str, Any]:
+    """``rebuilt`` (from the outputs) merged into ``existing`` (a valid record), for ``consolidate``.
+
+    An exchange is the same when its prompt and times are. What only the existing record holds
+    stays (panel turns, exchanges whose output is gone), except an exchange of a cell whose
+    output now shows a newer one (a re-run cell): that one is replaced, its spend kept. The
+    ledger is the existing one plus the spend of the exchanges added. Merging what is already
+    merged changes nothing, so ``consolidate`` run twice writes the same bytes.
+    (Answers sent with ``--no-history`` are in no record's turns: counted only when the
+    notebook had no record yet.)
+    """
+    out = copy.deepcopy(existing)
+    out.setdefault("sessions", {})
+    added: list[tuple[str, dict[str, Any]]] = []
+    for name, s in rebuilt["sessions"].items():
+        provider = (s.get("provider") or {}).get("name") or "unknown"
+        old = out["sessions"].get(name)
+        if old is None:
+            out["sessions"][name] = copy.deepcopy(s)
+            added += [(provider, reply) for _, reply in _exchanges(s["turns"])]
+            continue
+        mine = _exchanges(old.get("turns") or [])
+        known = {_exchange_key(p) for p in mine}
+        fresh = [p for p in _exchanges(s["turns"]) if _exchange_key(p) not in known]
+        if not fresh:
+            continue
+        rerun = {u.get("cell_id") for u, _ in fresh if u.get("cell_id") and u.get("source", "cell") == "cell"}
+        kept = [p for p in mine if not (p[0].get("cell_id") in rerun and p[0].get("source", "cell") == "cell")]
+        ordered = sorted(kept + fresh, key=lambda p: str(p[0].get("started_at") or ""))
+        old["turns"] = [copy.deepcopy(t) for pair in ordered for t in pair]
+        old["provider"], old["system_prompt"] = copy.deepcopy(s["provider"]), s.get("system_prompt")
+        added += [(provider, reply) for _, reply in fresh]
+    if added:
+        ledger = Ledger()
+        ledger.load(validate_record({**out, "sessions": {}})["usage"])
+        for provider, reply in added:
+            ledger.add(provider, Turn.from_dict(reply))
+        out["usage"] = ledger.to_list()
+    return out

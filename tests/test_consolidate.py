@@ -150,3 +150,86 @@ def test_malformed_outputs_are_refused_without_a_traceback(tmp_path: Path, meta:
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "malformed" in done.stderr
     assert path.read_bytes() == before
+
+
+# -- merging into the record the notebook holds (issue "Trust", item 10) --------------------------
+
+
+def panel_exchange() -> list[dict[str, Any]]:
+    """A panel question and its answer: in the record only, never in an output."""
+    common = {"source": "panel", "started_at": "2099-01-01T00:00:00+00:00"}
+    return [
+        {"role": "user", "contents": [{"type": "text", "text": "From the panel?"}], "duration_s": None, **common},
+        {"role": "assistant", "contents": [{"type": "text", "text": "Yes."}], "duration_s": 0.5,
+         "model": "test-model", "tokens": {"input": 7, "output": 1, "cached": None}, "cost_usd": None,
+         "finish_reason": "stop", "partial": False, **common},
+    ]
+
+
+def set_record(path: Path, record: Any) -> None:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    nb["metadata"][KEY] = record
+    path.write_text(json.dumps(nb, indent=1), encoding="utf-8")
+
+
+def test_consolidate_merges_into_the_existing_record(
+    fake: FakeOpenAI, tmp_path: Path, kernel_env: None
+) -> None:
+    path, kernel_record = executed_notebook(fake, tmp_path)
+    existing = json.loads(json.dumps(kernel_record))
+    default = existing["sessions"]["default"]
+    # What the front end saved earlier: the panel exchange, but not the last cell's exchange yet;
+    # and the spend of an answer replaced since (one more turn than its turns show).
+    latest = default["turns"][-2:]
+    default["turns"] = default["turns"][:-2] + panel_exchange()
+    existing["usage"][0].update(turns=6, input=1515 - 505 + 7 + 999, output=22 - 5 + 1 + 9)
+    set_record(path, existing)
+
+    done = consolidate(path)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(path.read_text(encoding="utf-8"))["metadata"][KEY]
+    turns = record["sessions"]["default"]["turns"]
+    assert turns == latest + panel_exchange()  # ordered by time; the panel's kept
+    assert record["sessions"]["other"] == kernel_record["sessions"]["other"]
+    row = record["usage"][0]
+    assert (row["turns"], row["input"], row["output"]) == (7, 1515 + 7 + 999, 22 + 1 + 9)
+
+    first = path.read_bytes()
+    assert consolidate(path).returncode == 0
+    assert path.read_bytes() == first
+
+
+def test_consolidate_keeps_mode_and_symlink(fake: FakeOpenAI, tmp_path: Path, kernel_env: None) -> None:
+    path, kernel_record = executed_notebook(fake, tmp_path)
+    path.chmod(0o664)
+    link = tmp_path / "link.ipynb"
+    link.symlink_to(path.name)
+    done = consolidate(link)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and os.readlink(link) == path.name
+    assert json.loads(path.read_text(encoding="utf-8"))["metadata"][KEY] == kernel_record
+    assert path.stat().st_mode & 0o777 == 0o664
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param({"version": 2, "sessions": {}, "usage": []}, id="version-2"),
+        pytest.param({"version": 1, "sessions": {"default": {"turns": "x"}}, "usage": []}, id="invalid"),
+        pytest.param("<script>", id="not-an-object"),
+    ],
+)
+def test_consolidate_refuses_a_record_it_cannot_read(tmp_path: Path, record: Any) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("%%chat\nhi", outputs=[
+        nbformat.v4.new_output("display_data", data={"text/plain": "answer"},
+                               metadata={KEY: {"version": 1, "prompt": "hi"}}),
+    ])])
+    nb.metadata[KEY] = record
+    path = tmp_path / "refused.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_bytes()
+    done = consolidate(path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "left as it is" in done.stderr
+    assert path.read_bytes() == before

@@ -333,3 +333,97 @@ def test_schema_file_accepts_the_valid_record() -> None:
     bad["version"] = 2
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(bad)
+
+
+def test_a_restored_image_reference_is_sent_as_text(ip: InteractiveShell, tmp_path: Path, fake: FakeOpenAI) -> None:
+    """An image the record kept by reference only has no bytes: as an image_url it would make
+    the server refuse this request and every later one."""
+    record = valid_record()
+    record["sessions"]["default"]["turns"][0]["contents"].append(
+        {"type": "image", "url": "omitted:sha256:" + "ab" * 32, "bytes": 123456})
+    path = tmp_path / "image.ipynb"
+    write_notebook(path, record)
+    assert load(ip, path) == []
+    ip.run_line_magic("config", f"ChatMagics.base_url = {fake.base_url!r}")
+    ip.run_line_magic("config", "ChatMagics.model = 'test-model'")
+    fake.script(Reply(text="Sure."))
+    ip.run_cell_magic("chat", "", "One more?")
+    first = fake.last_body()["messages"][1]
+    assert isinstance(first["content"], str), first
+    assert "image" in first["content"] and "omitted:" not in first["content"]
+    assert "image_url" not in json.dumps(fake.last_body())
+
+
+# -- property: hostile JSON never escapes the validator -------------------------------------------
+
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from jupyter_llmchat._metadata import RecordError, validate_record  # noqa: E402
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    | st.sampled_from([SCRIPT, "user", "assistant", "text", "image", "omitted:sha256:x", 1, -1]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["version", "sessions", "usage", "turns", "role", "contents", "type", "text",
+                         "url", "default", "provider", "tokens", "input", SCRIPT]) | st.text(max_size=6),
+        inner, max_size=4),
+    max_leaves=16,
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@st.composite
+def hostile_records(draw: st.DrawFn) -> Any:
+    """Random JSON, or the valid record with one random value put at one random place."""
+    if draw(st.booleans()):
+        return draw(JSON)
+    record = valid_record()
+    path = draw(st.sampled_from(_paths(record)))
+    if not path:
+        return draw(JSON)
+    target: Any = record
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = draw(JSON)
+    return record
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record=hostile_records())
+def test_hostile_json_never_escapes_the_validator(ip: InteractiveShell, tmp_path: Path, record: Any) -> None:
+    assume(record is not None)  # no record at all: nothing to refuse
+    _sessions._SESSIONS.clear()
+    keep = _sessions.use(_sessions.local_chat(), "keep")
+    from jupyter_llmchat._turns import Turn
+
+    keep.set_turns([Turn.from_dict(turn("user", "hi")), Turn.from_dict(turn("assistant", "there"))])
+    before_turns = [t.to_dict() for t in keep.get_turns()]
+    path = tmp_path / "prop.ipynb"
+    raw = write_notebook(path, record)
+    ip.user_ns["__session__"] = str(path)
+    try:
+        validate_record(record)
+        valid = True
+    except RecordError:
+        valid = False  # nothing else may come out of the validator
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bridge = _bridge.Bridge(ip, None)
+        bridge.restore_from_file()
+    assert path.read_bytes() == raw
+    if not valid:
+        assert [w.category for w in caught] == [UserWarning]
+        assert bridge.refused is not None
+        assert _sessions.session_names() == ["keep"] and _sessions.session("keep") is keep
+        assert [t.to_dict() for t in keep.get_turns()] == before_turns

@@ -3,8 +3,13 @@
  *
  * For each notebook it registers the comm target on the notebook's kernel (and
  * on the next one after a kernel change), answers the kernel's comm open with
- * `hello`, and writes `set_metadata` records into the notebook model, so they
- * are saved with the user's next save. A kernel that opened its comm before
+ * `hello` (its path and in-memory record), and writes the kernel's records into
+ * the notebook model, so they are saved with the user's next save: the whole
+ * record (`set_metadata`), or after a turn only that turn (`append_turns`),
+ * applied only onto the record it follows (otherwise it asks for the whole
+ * record with `resync`). Every kernel message carries the path this notebook
+ * said hello with; one carrying another path is for another notebook sharing
+ * the kernel, and is ignored. The protocol: jupyter_llmchat/_bridge.py. A kernel that opened its comm before
  * this notebook connected to it (the notebook was closed and opened again, or
  * the page reloaded) does not open another: the bridge finds that comm with a
  * `comm_info_request` and says `hello` on it. Nothing here throws into the
@@ -17,13 +22,13 @@ import type {
 import type { INotebookModel, NotebookPanel } from '@jupyterlab/notebook';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import type { Kernel, KernelMessage } from '@jupyterlab/services';
-import type { JSONObject } from '@lumino/coreutils';
+import type { JSONArray, JSONObject } from '@lumino/coreutils';
 import { JSONExt } from '@lumino/coreutils';
 import type { ISignal } from '@lumino/signaling';
 import { Signal } from '@lumino/signaling';
 
-import type { HelloMessage } from './protocol';
-import { isChatRecord, isPlainObject } from './protocol';
+import type { HelloMessage, ResyncMessage } from './protocol';
+import { isAppendTurns, isChatRecord, isPlainObject } from './protocol';
 import { COMM_TARGET, ILLMChatBridge, METADATA_KEY, PluginIDs } from './tokens';
 
 type CommTargetHandler = (
@@ -34,6 +39,12 @@ type CommTargetHandler = (
 interface IPanelState {
   kernel: Kernel.IKernelConnection | null;
   comm: Kernel.IComm | null;
+  /**
+   * The path this notebook said hello with: the kernel's messages carry it,
+   * and a message carrying another is for another notebook on the same
+   * kernel. Kept across a rename (the kernel knows the old one).
+   */
+  helloPath: string | null;
   readonly onCommOpen: CommTargetHandler;
 }
 
@@ -67,6 +78,7 @@ export class MetadataBridge implements ILLMChatBridge {
     const state: IPanelState = {
       kernel: null,
       comm: null,
+      helloPath: null,
       onCommOpen: comm => this._onCommOpen(panel, state, comm)
     };
     this._states.set(panel, state);
@@ -100,6 +112,7 @@ export class MetadataBridge implements ILLMChatBridge {
     // A no-op on a disposed connection.
     state.kernel?.removeCommTarget(COMM_TARGET, state.onCommOpen);
     state.kernel = kernel;
+    state.helloPath = null;
     this._setComm(panel, state, null);
     if (kernel !== null) {
       kernel.registerCommTarget(COMM_TARGET, state.onCommOpen);
@@ -168,7 +181,7 @@ export class MetadataBridge implements ILLMChatBridge {
     // connection's message processing until it settled.
     try {
       comm.onMsg = msg => {
-        this._whenReady(panel, () => this._onCommMsg(panel, comm, msg));
+        this._whenReady(panel, () => this._onCommMsg(panel, state, comm, msg));
       };
       comm.onClose = () => {
         if (state.comm === comm) {
@@ -176,7 +189,7 @@ export class MetadataBridge implements ILLMChatBridge {
         }
       };
       this._setComm(panel, state, comm);
-      this._whenReady(panel, () => this._sendHello(panel, comm));
+      this._whenReady(panel, () => this._sendHello(panel, state, comm));
     } catch (error) {
       console.error('jupyter-llmchat: could not open the comm', error);
     }
@@ -189,7 +202,11 @@ export class MetadataBridge implements ILLMChatBridge {
     });
   }
 
-  private _sendHello(panel: NotebookPanel, comm: Kernel.IComm): void {
+  private _sendHello(
+    panel: NotebookPanel,
+    state: IPanelState,
+    comm: Kernel.IComm
+  ): void {
     const model = panel.model;
     if (panel.isDisposed || comm.isDisposed || model === null) {
       return;
@@ -200,11 +217,13 @@ export class MetadataBridge implements ILLMChatBridge {
       saved: !model.dirty,
       record: Private.readRecord(model)
     };
+    state.helloPath = hello.path;
     comm.send(hello);
   }
 
   private _onCommMsg(
     panel: NotebookPanel,
+    state: IPanelState,
     comm: Kernel.IComm,
     msg: KernelMessage.ICommMsgMsg
   ): void {
@@ -212,10 +231,67 @@ export class MetadataBridge implements ILLMChatBridge {
     if (panel.isDisposed || !isPlainObject(data)) {
       return;
     }
+    // A kernel shared by two notebooks keeps one's record: the other ignores it.
+    if (state.helloPath === null || data.path !== state.helloPath) {
+      return;
+    }
     if (data.type === 'set_metadata') {
       this._setMetadata(panel, data);
+    } else if (data.type === 'append_turns') {
+      if (!this._appendTurns(panel, data)) {
+        const resync: ResyncMessage = { type: 'resync', path: state.helloPath };
+        comm.send(resync);
+      }
     }
     this._messageReceived.emit({ panel, comm, data });
+  }
+
+  /**
+   * Apply an update made of the turns after `from`: only onto the record it
+   * follows (the session holds exactly `from` turns, or is missing and
+   * `from` is 0). False when it does not apply: the kernel then sends the
+   * whole record.
+   */
+  private _appendTurns(panel: NotebookPanel, data: JSONObject): boolean {
+    const model = panel.model;
+    if (model === null || !isAppendTurns(data)) {
+      return false;
+    }
+    const current = Private.readRecord(model);
+    if (current === null || !isChatRecord(current)) {
+      return false;
+    }
+    const sessions = isPlainObject(current.sessions) ? current.sessions : {};
+    const session = sessions[data.session];
+    let turns: JSONArray;
+    if (session === undefined) {
+      turns = [];
+    } else if (isPlainObject(session) && Array.isArray(session.turns)) {
+      turns = session.turns;
+    } else {
+      return false;
+    }
+    if (turns.length !== data.from) {
+      return false;
+    }
+    const base = isPlainObject(session) ? session : {};
+    const value: JSONObject = {
+      ...current,
+      sessions: {
+        ...sessions,
+        [data.session]: {
+          ...base,
+          provider: data.provider,
+          system_prompt: data.system_prompt,
+          turns: [...turns, ...data.turns]
+        }
+      },
+      usage: data.usage
+    };
+    if (!JSONExt.deepEqual(current, value)) {
+      model.setMetadata(METADATA_KEY, value);
+    }
+    return true;
   }
 
   private _setMetadata(panel: NotebookPanel, data: JSONObject): void {

@@ -3,7 +3,7 @@
  * metadata (DESIGN §6-7). The kernel owns the record's schema; the front end
  * checks only enough to refuse what is plainly not a record.
  */
-import type { JSONObject } from '@lumino/coreutils';
+import type { JSONArray, JSONObject, JSONValue } from '@lumino/coreutils';
 
 export const RECORD_VERSION = 1;
 
@@ -21,11 +21,51 @@ export type HelloMessage = {
   record: JSONObject | null;
 };
 
-/** Kernel -> front end: replace the record (null deletes it). */
+/** Front end -> kernel: an update did not apply; send the whole record. */
+export type ResyncMessage = {
+  type: 'resync';
+  path: string;
+};
+
+/**
+ * Kernel -> front end: replace the record (null deletes it). Every message
+ * from the kernel carries `path`, the one its notebook said hello with.
+ */
 export type SetMetadataMessage = {
   type: 'set_metadata';
+  path: string;
   value: ChatRecord | null;
 };
+
+/**
+ * Kernel -> front end after a turn: the session's turns from index `from`
+ * on, to apply only onto a record whose session holds exactly `from` turns
+ * (a missing session when `from` is 0); the whole ledger as `usage`.
+ */
+export type AppendTurnsMessage = JSONObject & {
+  type: 'append_turns';
+  path: string;
+  session: string;
+  from: number;
+  turns: JSONArray;
+  provider: JSONValue;
+  system_prompt: string | null;
+  usage: JSONArray;
+};
+
+export function isAppendTurns(value: unknown): value is AppendTurnsMessage {
+  return (
+    isPlainObject(value) &&
+    value.type === 'append_turns' &&
+    typeof value.session === 'string' &&
+    typeof value.from === 'number' &&
+    Number.isInteger(value.from) &&
+    value.from >= 0 &&
+    Array.isArray(value.turns) &&
+    Array.isArray(value.usage) &&
+    (value.system_prompt === null || typeof value.system_prompt === 'string')
+  );
+}
 
 export function isPlainObject(value: unknown): value is JSONObject {
   return typeof value === 'object' && value !== null && !Array.isArray(value);

@@ -478,6 +478,21 @@ class NotebookPage:
         self.command("docmanager:open", {"path": self.path})
         self.wait_until_open()
 
+    def activate(self) -> None:
+        """Bring this notebook's tab to the front (it must be open in the page)."""
+        self.command("docmanager:open", {"path": self.path})
+        self._wait_js("panel !== null && panel.isVisible")
+
+    def use_kernel_of(self, other: str) -> str:
+        """Switch this notebook to the running kernel of notebook ``other`` (what the kernel
+        selector's "Use Kernel from Other Session" does, through the session API); its id."""
+        (session,) = self.server.sessions(other)
+        kernel_id = json.dumps(session["kernel"]["id"])
+        self.js(f"await panel.sessionContext.changeKernel({{id: {kernel_id}}});")
+        self._wait_js(f"panel.sessionContext.session?.kernel?.id === {kernel_id}")
+        self.wait_for_kernel_idle()
+        return str(session["kernel"]["id"])
+
     def screenshot(self, name: str) -> Path:
         """A screenshot of the page, as tests/artifacts/<name>."""
         ARTIFACTS.mkdir(exist_ok=True)

@@ -220,3 +220,41 @@ def test_notebook7_records_a_chat(
     chat_cell = next(c for c in content["cells"] if c["source"].startswith("%%chat"))
     assert {t["cell_id"] for t in turns} == {chat_cell["id"]}
     assert llmchat_console_problems(nb) == []
+
+
+def test_a_kernel_shared_by_two_notebooks_writes_only_its_own_record(
+    jupyter_server: JupyterServer,
+    open_notebook: Callable[..., NotebookPage],
+    fake_server: FakeOpenAI,
+) -> None:
+    """b.ipynb, with a record of its own, is switched to a.ipynb's running kernel; chatting in
+    a.ipynb must leave b.ipynb's record as it was, in the page and in the file."""
+    from tests.test_restore import valid_record
+
+    server, fake = jupyter_server, fake_server
+    theirs = valid_record()
+    b_nb = empty_notebook()
+    b_nb["metadata"]["jupyter_llmchat"] = theirs
+    server.put_notebook("shared-a.ipynb", empty_notebook())
+    server.put_notebook("shared-b.ipynb", b_nb)
+    a = open_notebook("shared-a.ipynb")
+    setup_cells(a, fake)
+    b = NotebookPage(a.page, server, "shared-b.ipynb", "lab")
+    b.reopen()
+    try:
+        kernel_id = b.use_kernel_of("shared-a.ipynb")
+        assert [s["kernel"]["id"] for s in server.sessions("shared-b.ipynb")] == [kernel_id]
+        a.activate()
+        chat(a, fake, 0)
+        # b's hello (its own record) did not reach a's sessions: the request has a's history only.
+        assert sent_messages(fake) == [("user", QUESTIONS[0] + "\n")]
+        a.save()
+        b.activate()
+        b.run_cell("1 + 1")  # b uses the shared kernel; its record still must not move
+        assert b.metadata() == theirs
+        b.save()
+        assert saved(server, "shared-b.ipynb")[0]["metadata"]["jupyter_llmchat"] == theirs
+        check_record(saved(server, "shared-a.ipynb")[0]["metadata"]["jupyter_llmchat"], 1)
+        assert llmchat_console_problems(a) == []
+    finally:
+        server.shutdown_kernel("shared-b.ipynb")

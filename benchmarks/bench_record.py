@@ -1,0 +1,64 @@
+"""Comm bytes per finished turn as a session grows to 1,000 turns (DESIGN §8: proportional to
+the turn, not to the history).
+
+A real kernel with the extension, the fake server in a subprocess (every answer ~200
+characters), and a Python front end doing what bridge.ts does (``tests/kernel_frontend.py``).
+500 ``%chat`` cells make 1,000 turns. For each cell we sum ``len(json.dumps(content))`` of the
+comm messages the kernel sent for it ("after": ``append_turns``). "Before" is what the previous
+protocol sent for the same cell: one ``set_metadata`` carrying the whole record, whose size is
+measured from the kernel's record at checkpoints.
+
+Only prints numbers; exits non-zero only if it crashes.
+Run from the repository:  .venv/bin/python benchmarks/bench_record.py [--exchanges 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_openai import FakeOpenAIProcess  # noqa: E402
+from tests.kernel_frontend import FrontEnd, kernel, load, notebook_file  # noqa: E402
+
+RECORD = "__import__('jupyter_llmchat._bridge')._bridge.current_bridge().record()"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--exchanges", type=int, default=500, help="exchanges (2 turns each)")
+    args = parser.parse_args()
+    checkpoints = sorted({1, 10, 50, 100, 250, args.exchanges} & set(range(1, args.exchanges + 1)))
+    rows = []
+    with FakeOpenAIProcess(text="An answer of about two hundred characters. " * 5) as server, \
+            tempfile.TemporaryDirectory() as tmp:
+        nb = notebook_file(Path(tmp) / "bench.ipynb")
+        with kernel(nb) as k:
+            fe = k.attach(FrontEnd("bench.ipynb"))
+            load(k, server.base_url)
+            k.sync()
+            for i in range(1, args.exchanges + 1):
+                sent = len(fe.received)
+                k.ok(f"%chat Question number {i}: what is {i} squared")
+                after = sum(size for _, size in fe.received[sent:])
+                kinds = {d["type"] for d, _ in fe.received[sent:]}
+                if i in checkpoints:
+                    record = k.value(RECORD)
+                    before = len(json.dumps({"data": {"type": "set_metadata", "value": record}}))
+                    rows.append((i, 2 * i, before, after, ",".join(sorted(kinds))))
+            assert fe.record == k.value(RECORD), "the front end's record differs from the kernel's"
+    print(f"{'exchange':>8} {'turns':>6} {'before B/cell':>14} {'after B/cell':>13}  messages")
+    for i, turns, before, after, kinds in rows:
+        print(f"{i:>8} {turns:>6} {before:>14,} {after:>13,}  {kinds}")
+    first, last = rows[min(1, len(rows) - 1)], rows[-1]  # the first cell also creates the session
+    print(f"\nafter: {last[3]:,} B at turn {last[1]} vs {first[3]:,} B at turn {first[1]} "
+          f"(x{last[3] / first[3]:.2f}); before: x{last[2] / first[2]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
