@@ -17,7 +17,8 @@ Measured:
    importing the peer's package, then one streamed answer; ``ru_maxrss`` of that process and
    the tracemalloc peak of the answer alone;
 3. ``parallel_chat_text`` throughput against chatlas's ``parallel_chat_text`` at the same
-   ``max_active``, every request held ``--hold`` seconds by the server (a model's latency).
+   ``max_active``, every request held ``--hold`` seconds by the server (a model's latency); a
+   bare ``httpx.AsyncClient`` + semaphore loop shows what the server allows.
 
 Prints a markdown table and writes ``benchmarks/peers.png`` (matplotlib). Never asserts timings.
 
@@ -206,6 +207,28 @@ def parallel_ours(base_url: str, prompts: list[str], max_active: int) -> tuple[f
     return wall, cpu
 
 
+def parallel_bare(base_url: str, prompts: list[str], max_active: int) -> tuple[float, float]:
+    """The ceiling: one httpx.AsyncClient, a semaphore, no history, no turns, no copies."""
+    import httpx
+
+    async def main() -> list[str]:
+        sem = asyncio.Semaphore(max_active)
+        async with httpx.AsyncClient(timeout=300) as client:
+
+            async def one(p: str) -> str:
+                async with sem:
+                    body = {"model": _bc().MODEL, "messages": [{"role": "user", "content": p}]}
+                    resp = await client.post(f"{base_url}/chat/completions", json=body)
+                    resp.raise_for_status()
+                    return str(resp.json()["choices"][0]["message"]["content"])
+
+            return await asyncio.gather(*(one(p) for p in prompts))
+
+    w0, c0 = time.perf_counter(), time.process_time()
+    asyncio.run(main())
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
 def parallel_chatlas(base_url: str, prompts: list[str], max_active: int) -> tuple[float, float] | None:
     try:
         import chatlas
@@ -314,10 +337,14 @@ def main() -> None:
 
         srv.configure(default_reply=Reply(text="A short answer.", hang=args.hold))
         prompts = [f"Question number {i}?" for i in range(args.prompts)]
+        parallel_bare(srv.base_url, prompts[: args.max_active], args.max_active)  # warm-up
+        wall, pcpu = parallel_bare(srv.base_url, prompts, args.max_active)
+        throughput["bare"] = len(prompts) / wall
+        par_cpu = {"bare": pcpu / len(prompts)}
         parallel_ours(srv.base_url, prompts[: args.max_active], args.max_active)  # warm-up
         wall, pcpu = parallel_ours(srv.base_url, prompts, args.max_active)
         throughput["ours"] = len(prompts) / wall
-        par_cpu = {"ours": pcpu / len(prompts)}
+        par_cpu["ours"] = pcpu / len(prompts)
         res = parallel_chatlas(srv.base_url, prompts[: args.max_active], args.max_active)
         if res is not None:
             wall, pcpu = parallel_chatlas(srv.base_url, prompts, args.max_active) or (0.0, 0.0)

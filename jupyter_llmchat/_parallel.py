@@ -339,6 +339,9 @@ class _Batch(Generic[R]):
     async def run(self) -> None:
         self._semaphore = asyncio.Semaphore(self.max_active)
         self._limiter = _RateLimiter(self.rpm)
+        # One connection pool for the whole run, sized to max_active: a client per copy would
+        # open (and close) a connection per prompt.
+        self._client = self.template.provider.new_async_client(self.max_active)
         self._tasks = [asyncio.ensure_future(self._one(i)) for i in range(len(self.args))]
         try:
             await asyncio.wait(self._tasks)
@@ -347,6 +350,10 @@ class _Batch(Generic[R]):
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            try:
+                await self._client.aclose()
+            except Exception:  # closing is best effort; the answers are already recorded
+                pass
 
     async def _one(self, i: int) -> None:
         async with self._semaphore:
@@ -356,6 +363,7 @@ class _Batch(Generic[R]):
             if self._stopping:
                 return
             copy = self.template.copy()
+            copy.provider.use_async_client(self._client)
             try:
                 value = await self.send(copy, self.args[i])
             except Exception as exc:  # reported in its slot: one failure loses no other answer
@@ -364,7 +372,8 @@ class _Batch(Generic[R]):
                 self._failed()
                 return
             finally:
-                await _release(copy)
+                # The pool dies with this run's loop: a copy used later makes its own client.
+                copy.provider.use_async_client(None)
             self.results[i] = value
             self.state.add(copy)
 
@@ -377,17 +386,6 @@ class _Batch(Generic[R]):
             for task in self._tasks:
                 if task is not current:
                     task.cancel()
-
-
-async def _release(copy: Chat) -> None:
-    """Close the copy's async HTTP client on this loop: the loop dies with the run, and a copy
-    used later (another loop) must open a fresh one rather than inherit dead connections."""
-    provider = copy.provider
-    try:
-        await provider.aclient.aclose()
-    except Exception:  # closing is best effort; the answer is already recorded
-        pass
-    provider.close()
 
 
 class _Outcome:

@@ -204,6 +204,16 @@ class OpenAICompatible:
             self._aclient = httpx.AsyncClient(timeout=_TIMEOUT, trust_env=True, verify=_ssl_context())
         return self._aclient
 
+    def new_async_client(self, max_connections: int = 100) -> httpx.AsyncClient:
+        """A fresh async client with this provider's settings and room for ``max_connections``
+        at once; the caller owns it (``parallel_chat`` shares one among its copies)."""
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        return httpx.AsyncClient(timeout=_TIMEOUT, trust_env=True, verify=_ssl_context(), limits=limits)
+
+    def use_async_client(self, client: httpx.AsyncClient | None) -> None:
+        """Send async requests through ``client`` (not closed here); None: make one on demand."""
+        self._aclient = client
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
