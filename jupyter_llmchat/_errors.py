@@ -9,18 +9,22 @@ One tree, one root::
     │   ├── AuthenticationError   401, 403
     │   ├── RateLimitError        429
     │   └── ServerError           5xx
-    └── StreamError               the answer's stream broke or could not be decoded
+    ├── StreamError               the answer's stream broke or could not be decoded
+    └── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "APIStatusError",
     "AuthenticationError",
     "ConfigurationError",
     "LLMChatError",
+    "ParallelChatError",
     "RateLimitError",
     "ServerError",
     "StreamError",
@@ -91,3 +95,17 @@ class StreamError(LLMChatError):
     """The streamed answer was cut, malformed, or reported an error mid-stream."""
 
     hint = "the answer so far is kept and marked partial"
+
+
+class ParallelChatError(LLMChatError):
+    """``parallel_chat(..., on_error="stop")``: a prompt failed; the run stopped.
+
+    ``results`` holds what finished (in prompt order, None elsewhere) and ``errors`` maps each
+    failed prompt's index to its exception (the first one is also ``__cause__``)."""
+
+    hint = "the finished answers are in .results; on_error=\"continue\" sends every prompt"
+
+    def __init__(self, message: str, *, results: list[Any], errors: dict[int, Exception]) -> None:
+        self.results = results
+        self.errors = errors
+        super().__init__(message)

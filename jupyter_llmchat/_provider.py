@@ -330,6 +330,23 @@ class OpenAICompatible:
         new.api_headers = dict(self.api_headers)
         return new
 
+    def new_async_client(self, max_connections: int = 100) -> httpx.AsyncClient:
+        """A fresh async client with this provider's settings and room for ``max_connections``
+        at once; the caller owns it (``parallel_chat`` shares one among its copies)."""
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        return httpx.AsyncClient(**self._client_options(), limits=limits)
+
+    def use_async_client(self, client: httpx.AsyncClient | None) -> None:
+        """Send this event loop's async requests through ``client`` (not closed here); None:
+        forget it, so the next request makes its own."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if client is None:
+            self._aclients.pop(loop, None)
+        else:
+            self._aclients[loop] = client
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -299,6 +299,8 @@ class FakeOpenAI(_RequestLog):
         """The most chat-completions requests answered at once since the last reset."""
         self.models_gate: threading.Event | None = None
         """In-process only: when set, ``GET /models`` waits (up to 10 s) for this event first."""
+        self._routes: list[tuple[str, collections.deque[Reply]]] = []
+        self._current = threading.local()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -378,6 +380,18 @@ class FakeOpenAI(_RequestLog):
         with self._lock:
             self._queue.extend(replies)
 
+    def script_for(self, match: str, *replies: Reply) -> None:
+        """Queue replies for the requests whose last user message contains ``match``.
+
+        Checked before the shared queue, so concurrent requests each get their own answers
+        whatever order they arrive in. Routes are tried in the order they were added."""
+        with self._lock:
+            for key, queue in self._routes:
+                if key == match:
+                    queue.extend(replies)
+                    return
+            self._routes.append((match, collections.deque(replies)))
+
     def pending(self) -> int:
         """How many scripted replies have not been used yet."""
         with self._lock:
@@ -387,6 +401,7 @@ class FakeOpenAI(_RequestLog):
         """Forget the queue, the log and the errors; restore the default settings."""
         with self._lock:
             self._queue.clear()
+            self._routes.clear()
             self._requests.clear()
             self.errors.clear()
             self.default_reply = copy.deepcopy(self._initial_default)
@@ -444,7 +459,39 @@ class FakeOpenAI(_RequestLog):
 
     def _next_reply(self) -> Reply:
         with self._lock:
+            routed = self._routed(getattr(self._current, "body", None))
+            if routed is not None:
+                return routed
             return self._queue.popleft() if self._queue else self.default_reply
+
+    def _routed(self, body: Any) -> Reply | None:
+        """The next ``script_for`` reply for this request body, if a route matches (lock held)."""
+        if not self._routes or not isinstance(body, dict):
+            return None
+        users = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+        text = json.dumps(users[-1].get("content")) if users else ""
+        for key, queue in self._routes:
+            if key in text and queue:
+                return queue.popleft()
+        return None
+
+    @property
+    def in_flight(self) -> int:
+        """Chat-completions requests being answered right now (``active``)."""
+        return self.active
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most chat-completions requests answered at once since ``reset`` (``max_active``)."""
+        return self.max_active
+
+    def _enter_chat(self, body: Any) -> None:
+        self._current.body = body
+        self._enter()
+
+    def _leave_chat(self) -> None:
+        self._current.body = None
+        self._leave()
 
     def _next_id(self) -> str:
         return f"chatcmpl-fake-{next(self._ids)}"
@@ -547,11 +594,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.command == "GET" and path.endswith("/models"):
             self._models()
         elif self.command == "POST" and path.endswith("/chat/completions"):
-            self.fake._enter()
+            self.fake._enter_chat(body)
             try:
                 self._chat(body)
             finally:
-                self.fake._leave()
+                self.fake._leave_chat()
         else:
             self._send_error_body(404, f"no route for {self.command} {path} (fake server)")
 
