@@ -17,7 +17,16 @@ from typing import Any
 
 from . import _sessions
 from ._chat import Chat
-from ._metadata import KEY, Ledger, RecordError, build_record, turns_extend, validate_record
+from ._metadata import (
+    KEY,
+    Ledger,
+    RecordError,
+    build_record,
+    record_from_outputs,
+    turns_extend,
+    validate_record,
+)
+from ._spend import Budget
 
 __all__ = ["Bridge", "start_bridge"]
 
@@ -32,6 +41,8 @@ class Bridge:
         self.hello_received = False
         self.opened_in: int | None = None
         self.ledger = Ledger()
+        #: The notebook's spend limit (%chat_budget), kept in the record's "budget".
+        self.budget = Budget()
         self._watched: set[int] = set()
 
     # -- restore ------------------------------------------------------------------------------
@@ -51,7 +62,12 @@ class Bridge:
             with open(path, encoding="utf-8") as f:
                 nb = json.load(f)
             record = (nb.get("metadata") or {}).get(KEY)
-        except (OSError, ValueError, AttributeError, RecursionError) as exc:
+            if record is None and isinstance(nb.get("cells"), list):
+                # Run headless (nbclient, no extension): the turns are in the answers' outputs, so
+                # re-executing the saved notebook can replay them instead of asking again.
+                rebuilt = record_from_outputs(nb)
+                record = rebuilt if rebuilt["sessions"] else None
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser goes is unreadable, not a crash.
             warnings.warn(f"jupyter_llmchat: could not read {os.path.basename(path)}: {exc}", stacklevel=2)
             return
@@ -79,6 +95,8 @@ class Bridge:
                 if s["system_prompt"] and not chat.system_prompt:
                     chat.system_prompt = s["system_prompt"]
                 changed = True
+        if "budget" in clean:
+            self.budget = Budget.from_dict(clean["budget"])
         # The spend ledger only grows: take the record's when it counts more answers than ours.
         if replace or _ledger_total(clean["usage"]) > self._ledger_turns():
             self.ledger.load(clean["usage"])
@@ -106,7 +124,7 @@ class Bridge:
         self.send()
 
     def record(self) -> dict[str, Any]:
-        return build_record(_sessions.sessions(), self.ledger)
+        return build_record(_sessions.sessions(), self.ledger, self.budget)
 
     def send(self) -> None:
         # Until the extension's hello, nobody may be listening (nbclient, VS Code): send nothing.

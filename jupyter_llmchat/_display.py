@@ -75,6 +75,11 @@ class StreamDisplay:
         if now >= self._next:
             self._flush(now)
 
+    def fill(self, kind: str, piece: str) -> None:
+        """Add text without sending an update: a replayed answer is shown whole by ``final``."""
+        (self._text if kind == "text" else self._thinking).append(piece)
+        self._chars += len(piece)
+
     def _flush(self, now: float) -> None:
         md = self.markdown(partial_cursor=True)
         self._show({"text/markdown": md}, {})
@@ -159,6 +164,9 @@ class TerminalDisplay:
             self._text.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
+
+    def fill(self, kind: str, piece: str) -> None:
+        self.delta(kind, piece)
 
     @property
     def text(self) -> str:
