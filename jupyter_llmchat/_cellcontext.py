@@ -55,7 +55,8 @@ def show_line(shell: Any, text: str) -> None:
         return
     from IPython.display import display
 
-    display({"text/plain": text}, raw=True)
+    show: Any = display  # IPython is untyped
+    show({"text/plain": text}, raw=True)
 
 
 def message_text(turns: Sequence[Turn]) -> int:

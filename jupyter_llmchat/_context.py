@@ -172,8 +172,8 @@ def _short(text: str, limit: int) -> str:
 
 
 def _pandas_frame(df: Any) -> str:
-    import pandas as pd
-
+    # pandas itself is not imported: the frame's own methods do everything (and pandas has no
+    # type stubs here).
     rows, ncols = df.shape
     head = df.iloc[:ROW_LIMIT]
     lines = [f"pandas.DataFrame: {rows:,} rows x {ncols:,} columns"]
@@ -182,15 +182,14 @@ def _pandas_frame(df: Any) -> str:
         lines.append(f"  {_short(str(col), 80)}: {dtype}")
     if ncols > MAX_COLUMNS:
         lines.append(f"  ... and {ncols - MAX_COLUMNS:,} more")
-    with pd.option_context("display.max_columns", 20, "display.width", 160, "display.max_colwidth", 40):
-        lines.append(f"first {min(SAMPLE_ROWS, rows)} rows:")
-        lines.append(df.iloc[:SAMPLE_ROWS, :MAX_COLUMNS].to_string())
-        numeric = head.iloc[:, :MAX_COLUMNS].select_dtypes("number")
-        if numeric.shape[1]:
-            scope = "all rows" if rows <= ROW_LIMIT else f"first {ROW_LIMIT:,} rows"
-            stats = numeric.agg(["count", "mean", "std", "min", "max"]).T
-            lines.append(f"numeric summary ({scope}):")
-            lines.append(stats.to_string(float_format=lambda v: f"{v:.4g}"))
+    lines.append(f"first {min(SAMPLE_ROWS, rows)} rows:")
+    lines.append(df.iloc[:SAMPLE_ROWS, :MAX_COLUMNS].to_string(max_cols=20, max_colwidth=40))
+    numeric = head.iloc[:, :MAX_COLUMNS].select_dtypes("number")
+    if numeric.shape[1]:
+        scope = "all rows" if rows <= ROW_LIMIT else f"first {ROW_LIMIT:,} rows"
+        stats = numeric.agg(["count", "mean", "std", "min", "max"]).T
+        lines.append(f"numeric summary ({scope}):")
+        lines.append(stats.to_string(float_format=lambda v: f"{v:.4g}"))
     return "\n".join(lines)
 
 
