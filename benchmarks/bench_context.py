@@ -81,6 +81,8 @@ def bench_replay(n: int = 200) -> None:
         shell.run_line_magic("load_ext", "jupyter_llmchat")
         shell.run_line_magic("config", f"ChatMagics.base_url = {fake.base_url!r}")
         shell.run_line_magic("config", "ChatMagics.model = 'test-model'")
+        # A notebook cell's id, as JupyterLab sends it: re-runs of this cell replay.
+        shell.parent_header = {"metadata": {"cellId": "bench-cell"}}
         cell = "Summarise the recorded answer in one line, please."
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink):

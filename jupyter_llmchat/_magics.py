@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import weakref
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -136,6 +137,9 @@ class ChatMagics(Magics):
         self._from_config: dict[str, tuple[Any, str]] = {}
         #: ids of those Chats that have sent a request (their settings are then kept).
         self._used: set[int] = set()
+        #: Where cells have no id: per session, the index of the next recorded exchange a re-run
+        #: notebook may replay (restored sessions start at 0; a fresh question moves it to the end).
+        self._replay_next: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         _sessions.set_factory(self._make_session, self._refresh_unused)
 
     def _session_settings(self) -> str:
@@ -265,11 +269,13 @@ class ChatMagics(Magics):
             ctx.show_line(self.shell, _context.describe_attachments(attached))
         key = _request_key(chat, args.model, overrides)
         rerun = _rerun_index(chat, cell_id)
-        # A notebook cell replays only its own recorded exchange; where cells have no id
-        # (terminal IPython, some headless runners) any exchange with these exact inputs does.
-        if self.replay and not args.refresh and not args.no_history and (cell_id is None or rerun is not None):
-            found = _spend.find_replay(chat.get_turns(), text, at=rerun, **key)
+        # A notebook cell replays only its own recorded exchange. Where cells have no id
+        # (nbclient, terminal IPython), the notebook is taken in order: the next recorded one.
+        at = rerun if cell_id is not None else self._replay_next.get(chat, 0)
+        if self.replay and not args.refresh and not args.no_history and at is not None:
+            found = _spend.find_replay(chat.get_turns(), text, at=at, **key)
             if found is not None:
+                self._replay_next[chat] = found + 2
                 return self._replay(display, chat, args, fmt, found)
         past = [] if args.no_history else chat.get_turns()[:rerun]
         ctx.check_spend(chat, key["model"], ctx.input_estimate(chat.system_prompt, past, text),
@@ -299,6 +305,7 @@ class ChatMagics(Magics):
                 raise
             return None
         answer = self._finish(display, chat, args, fmt, before)
+        self._replay_next[chat] = len(chat.get_turns())
         if args.output:
             self.shell.user_ns[args.output] = answer
         return None

@@ -60,11 +60,17 @@ def plain(nb: Any, i: int) -> str:
     return "\n".join(out)
 
 
+def all_answers(report: str) -> int:
+    """The answers column of the test-model row in the "All answers of this notebook" table."""
+    tail = report.split("All answers of this notebook")[1]
+    row = next(line for line in tail.splitlines() if "test-model" in line).split()
+    return int(row[row.index("test-model") + 1])
+
+
 def test_reexecuting_the_saved_notebook_sends_nothing_for_unchanged_cells(
     server: FakeOpenAIProcess, tmp_path: Path
 ) -> None:
     server.reset()
-    server.script(Reply(text="<img src=x onerror=alert(1)> first"), Reply(text="second"))
     path = tmp_path / "replay.ipynb"
     cells = [
         "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2], 'b': [3.0, 4.5]})",
@@ -72,10 +78,20 @@ def test_reexecuting_the_saved_notebook_sends_nothing_for_unchanged_cells(
         "%%chat\nAnd then?",
         "%%chat --dry-run\nNot sent.",
         "%chat_usage --all",
+        "def mean(xs):\n    return sum(xs) / len(xs)\n\nmean([])",
+        "%chat_fix",
     ]
-    nbformat.write(notebook(server.base_url, cells), path)
+    nb = notebook(server.base_url, cells)
+    nb.cells[6].metadata["tags"] = ["raises-exception"]
+    nbformat.write(nb, path)
+    server.script(Reply(text="<img src=x onerror=alert(1)> first"), Reply(text="second"), Reply(text="fix"))
     first = execute(path)
-    assert len(server.chat_requests()) == 2
+    assert len(server.chat_requests()) == 3
+    # %chat_fix in a kernel: ipykernel's cell files are found, library frames left out.
+    fix = server.chat_requests()[-1].body["messages"][-1]["content"]
+    assert "ZeroDivisionError: division by zero" in fix
+    assert "```python\ndef mean(xs):\n    return sum(xs) / len(xs)\n\nmean([])\n```" in fix
+    assert "line 2, in mean" in fix and "ipykernel" not in fix and "IPython" not in fix
     assert "first" in plain(first, 2) and "attached: df (pandas.DataFrame" in plain(first, 2)
     assert "test-model · 11 in" in plain(first, 2)
     # The dry run and the footer are plain text only: untrusted text never renders.
@@ -84,22 +100,24 @@ def test_reexecuting_the_saved_notebook_sends_nothing_for_unchanged_cells(
     assert "history: 4 turns" in plain(first, 4)
 
     second = execute(path)
-    assert len(server.chat_requests()) == 2  # nothing new was asked
-    for i in (2, 3):
+    assert len(server.chat_requests()) == 3  # nothing new was asked
+    for i in (2, 3, 7):
         assert "replayed (recorded " in plain(second, i)
     assert "second" in plain(second, 3)
-    # %chat_usage --all stays exact: the replays added nothing.
-    assert plain(second, 5).count("test-model") >= 1
-    report = plain(second, 5)
-    assert report == plain(first, 5)
+    # %chat_usage --all stays exact: the saved notebook's three answers, the replays add nothing.
+    assert all_answers(plain(first, 5)) == 2  # %chat_fix had not run yet
+    assert all_answers(plain(second, 5)) == 3
 
     # A changed cell asks again, and so does the one after it (its history changed).
     second.cells[3].source = "%%chat\nAnd after that?"
     nbformat.write(second, path)
     server.script(Reply(text="changed"))
     third = execute(path)
-    assert len(server.chat_requests()) == 3
+    # The changed cell and the %chat_fix after it (its history changed) ask again.
+    assert len(server.chat_requests()) == 5
     assert "replayed" in plain(third, 2) and "changed" in plain(third, 3)
+    assert "replayed" not in plain(third, 7)
+    assert all_answers(plain(third, 5)) == 4
 
 
 @pytest.mark.realmodel

@@ -109,9 +109,15 @@ def test_dry_run_shows_the_messages_and_sends_nothing(
 # -- replay ------------------------------------------------------------------------------------
 
 
+def in_cell(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch, cell_id: str) -> None:
+    """Run what follows as notebook cell ``cell_id`` (the id JupyterLab sends with a request)."""
+    monkeypatch.setattr(ip, "parent_header", {"metadata": {"cellId": cell_id}}, raising=False)
+
+
 def test_rerun_replays_without_a_request_and_without_spend(
-    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    in_cell(ip, monkeypatch, "cell-1")
     fake.script(Reply(text="Paris."))
     ip.user_ns["city"] = "France"
     cell = "%%chat -o ans\nCapital of {{ city }}?"
@@ -134,9 +140,27 @@ def test_rerun_replays_without_a_request_and_without_spend(
     run(ip, cell)
     assert len(fake.chat_requests()) == 2
     assert sum(r["turns"] for r in current_bridge().ledger.to_list()) == before_turns + 1
+    assert texts(jupyter_llmchat.session())[1][1] == "Lima."  # the cell's exchange was replaced
 
 
-def test_refresh_and_replay_off_ask_again(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+def test_the_same_question_in_another_cell_is_asked(
+    ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_cell(ip, monkeypatch, "cell-1")
+    run(ip, "%%chat\nsame")
+    in_cell(ip, monkeypatch, "cell-2")
+    run(ip, "%%chat\nsame")
+    assert len(fake.chat_requests()) == 2
+    # With no cell ids (a terminal), asking again later is a new question too.
+    monkeypatch.setattr(ip, "parent_header", {}, raising=False)
+    run(ip, "%%chat\nsame")
+    assert len(fake.chat_requests()) == 3
+
+
+def test_refresh_and_replay_off_ask_again(
+    ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_cell(ip, monkeypatch, "cell-1")
     run(ip, "%%chat\nsame")
     run(ip, "%%chat --refresh\nsame")
     assert len(fake.chat_requests()) == 2
@@ -149,12 +173,16 @@ def test_refresh_and_replay_off_ask_again(ip: InteractiveShell, fake: FakeOpenAI
     assert len(fake.chat_requests()) == 4
 
 
-def test_other_history_model_or_params_ask_again(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+def test_other_history_model_or_params_ask_again(
+    ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_cell(ip, monkeypatch, "cell-1")
     run(ip, "%%chat\nq")
     run(ip, "%%chat -m other-model\nq")
     run(ip, "%%chat -t 0.5\nq")
     assert len(fake.chat_requests()) == 3
-    # The history before differs now, but the first exchange (empty history) is still replayable.
+    run(ip, "%%chat -t 0.5\nq")  # unchanged since: replayed
+    assert len(fake.chat_requests()) == 3
     run(ip, "%%chat --new\nq")
     assert len(fake.chat_requests()) == 4  # --new emptied the history: nothing to replay from
 
