@@ -13,8 +13,8 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ._context import Attachment, ErrorContext, error_context, summarize
-from ._spend import Budget, BudgetExceeded, Spent, budget_lines, check_budget
-from ._turns import Tokens, Turn
+from ._spend import Budget, BudgetExceeded, Spent, budget_lines, check_request
+from ._turns import Turn
 
 __all__ = [
     "attachments",
@@ -163,14 +163,8 @@ def check_spend(chat: Any, model: str | None, input_tokens: int, max_tokens: int
     budget = get_budget()
     if not budget.active:
         return
-    from ._spend import DEFAULT_WORST_OUTPUT
-    from ._usage import cost_of
-
-    out = max_tokens if max_tokens is not None else DEFAULT_WORST_OUTPUT
-    worst = None
-    if model:
-        worst = cost_of(chat.provider.price_provider, model, Tokens(input_tokens, out, 0))
     try:
-        check_budget(budget, spent(), input_tokens=input_tokens, max_tokens=max_tokens, worst_usd=worst)
+        check_request(budget, spent(), price_provider=chat.provider.price_provider, model=model,
+                      input_tokens=input_tokens, max_tokens=max_tokens)
     except BudgetExceeded as exc:
         raise UsageError(str(exc)) from None

@@ -27,6 +27,7 @@ __all__ = [
     "BudgetExceeded",
     "Spent",
     "check_budget",
+    "check_request",
     "find_replay",
     "footer",
     "request_hash",
@@ -206,6 +207,31 @@ def check_budget(
                 f"({budget.tokens - spent.tokens:,} left); nothing sent (raise it with "
                 "%chat_budget --tokens N, or lower --max-tokens)"
             )
+
+
+def check_request(
+    budget: Budget,
+    spent: Spent,
+    *,
+    price_provider: str | None,
+    model: str | None,
+    input_tokens: int,
+    max_tokens: int | None,
+    how_to_raise: str = "%chat_budget USD",
+) -> None:
+    """``check_budget`` for one request to a provider: its worst case priced with genai-prices.
+
+    For every sender (a ``%%chat`` cell, ``%chat_fix``, the panel, ``parallel_chat``): call it
+    before anything is sent; it raises ``BudgetExceeded`` with the message to show.
+    """
+    if not budget.active:
+        return
+    from ._usage import cost_of
+
+    out = max_tokens if max_tokens is not None else DEFAULT_WORST_OUTPUT
+    worst = cost_of(price_provider, model, Tokens(input_tokens, out, 0)) if model else None
+    check_budget(budget, spent, input_tokens=input_tokens, max_tokens=max_tokens, worst_usd=worst,
+                 how_to_raise=how_to_raise)
 
 
 def budget_lines(budget: Budget, spent: Spent) -> list[str]:

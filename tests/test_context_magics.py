@@ -286,3 +286,22 @@ def test_usd_budget_uses_the_known_price(ip: InteractiveShell, fake: FakeOpenAI)
 def test_budget_mistakes_are_usage_errors(ip: InteractiveShell, line: str) -> None:
     result = run(ip, f"%chat_budget {line}")
     assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+
+
+def test_chat_fix_is_refused_by_the_budget(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    ip.run_cell("1 / 0", store_history=True)
+    run(ip, "%chat_budget --tokens 10")
+    result = run(ip, "%chat_fix")
+    assert isinstance(result.error_in_exec, UsageError) and "token budget of 10" in str(result.error_in_exec)
+    assert fake.requests == []
+
+
+def test_help_lists_the_new_options(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    run(ip, "%%chat?")
+    out = capsys.readouterr().out
+    for option in ("--with NAME[,NAME...]", "--dry-run", "--refresh"):
+        assert option in out, option
+    assert "-s SESSION" in ip.find_line_magic("chat_fix").__doc__
+    assert "--tokens" in ip.find_line_magic("chat_budget").__doc__
+    magics = ip.magics_manager.registry["ChatMagics"]
+    assert magics.context_max_tokens == 2000 and magics.replay and magics.footer
