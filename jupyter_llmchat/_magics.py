@@ -245,6 +245,8 @@ class ChatMagics(Magics):
         text = interpolate(prompt, self.shell.user_ns) if template else prompt
         attached = ctx.attachments(args.with_names, self.shell.user_ns, self.context_max_tokens)
         text = _context.attach(text, attached)
+        if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
+            ctx.show_line(self.shell, _context.describe_attachments(attached))
         fmt = args.format or self.default_format
         display = self._display()
         try:
@@ -265,8 +267,6 @@ class ChatMagics(Magics):
             chat = _sessions.prepare(args.session, on_status=display.status)
         if args.system is not None:
             chat.system_prompt = args.system
-        if attached:
-            ctx.show_line(self.shell, _context.describe_attachments(attached))
         key = _request_key(chat, args.model, overrides)
         rerun = _rerun_index(chat, cell_id)
         # A notebook cell replays only its own recorded exchange. Where cells have no id
