@@ -56,10 +56,12 @@ from ._metadata import (
     Ledger,
     RecordError,
     bounded_turn,
+    record_from_outputs,
     session_record,
     turns_extend,
     validate_record,
 )
+from ._spend import Budget
 from ._turns import Turn
 
 __all__ = ["Bridge", "current_bridge", "replace_record", "start_bridge"]
@@ -97,6 +99,8 @@ class Bridge:
         #: The notebook's whole spend (base + delta), what ``%chat_usage --all`` shows.
         self.ledger = Ledger()
         self._usage_synced = False
+        #: The notebook's spend limit (%chat_budget), kept in the record's "budget".
+        self.budget = Budget()
         # By the object (weakly): an id() is reused by the next Chat once this one is freed.
         self._watched: weakref.WeakSet[Chat] = weakref.WeakSet()
         #: Per session, what the front end holds; None: it must get the whole record next.
@@ -120,7 +124,12 @@ class Bridge:
             with open(path, encoding="utf-8") as f:
                 nb = json.load(f)
             record = (nb.get("metadata") or {}).get(KEY)
-        except (OSError, ValueError, AttributeError, RecursionError) as exc:
+            if record is None and isinstance(nb.get("cells"), list):
+                # Run headless (nbclient, no extension): the turns are in the answers' outputs, so
+                # re-executing the saved notebook can replay them instead of asking again.
+                rebuilt = record_from_outputs(nb)
+                record = rebuilt if rebuilt["sessions"] else None
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser goes is unreadable, not a crash.
             # The record itself is judged by the front end's copy, in its hello.
             warnings.warn(f"jupyter_llmchat: could not read {os.path.basename(path)}: {exc}", stacklevel=3)
@@ -158,6 +167,9 @@ class Bridge:
                 chat.set_turns(turns)
                 if s["system_prompt"] and not chat.system_prompt:
                     chat.system_prompt = s["system_prompt"]
+        # A budget set in this kernel (say, by a cell of Run All before the hello) wins.
+        if "budget" in clean and (replace or not self.budget.active):
+            self.budget = Budget.from_dict(clean["budget"])
         theirs = Ledger()
         theirs.load(clean["usage"])
         if replace:
@@ -197,6 +209,8 @@ class Bridge:
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, _Synced]]:
         record: dict[str, Any] = {"version": SCHEMA_VERSION, "sessions": {}, "usage": self.ledger.to_list()}
+        if self.budget.active:
+            record["budget"] = self.budget.to_dict()
         synced: dict[str, _Synced] = {}
         for name, chat in _sessions.sessions().items():
             turns = chat.get_turns()

@@ -91,6 +91,11 @@ class StreamDisplay:
                 self._unsent = True
                 self._schedule(self._next - now)
 
+    def fill(self, kind: str, piece: str) -> None:
+        """Add text without sending an update: a replayed answer is shown whole by ``final``."""
+        (self._text if kind == "text" else self._thinking).append(piece)
+        self._chars += len(piece)
+
     def _flush(self, now: float) -> None:
         md = self.markdown(partial_cursor=True)
         self._show({"text/markdown": md}, {})
@@ -208,6 +213,9 @@ class TerminalDisplay:
             self._text.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
+
+    def fill(self, kind: str, piece: str) -> None:
+        self.delta(kind, piece)
 
     @property
     def text(self) -> str:

@@ -23,10 +23,10 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Dict, Enum, Float, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
 from traitlets import TraitError
 
-from . import _sessions
+from . import _context, _sessions, _spend
 from ._errors import AuthenticationError, ConfigurationError, LLMChatError
 
 __all__ = ["ChatMagics", "load", "unload"]
@@ -85,6 +85,17 @@ class ChatMagics(Magics):
     record_metadata = Bool(
         True, help="Record turns, tokens and cost in the notebook's metadata (needs the JupyterLab extension)."
     ).tag(config=True)
+    context_max_tokens = Int(
+        2000, help="Most tokens (estimated as characters / 4) of each value attached with "
+        "%%chat --with, whatever the value's size."
+    ).tag(config=True)
+    replay = Bool(
+        True, help="Show the recorded answer, with no request, when a %%chat cell is re-run with "
+        "the same prompt, history, model, system prompt and params (--refresh asks again)."
+    ).tag(config=True)
+    footer = Bool(
+        True, help="Show a one-line footer under each answer: model, tokens in/out, cost."
+    ).tag(config=True)
 
     @default("base_url")
     def _default_base_url(self) -> str:
@@ -127,8 +138,12 @@ class ChatMagics(Magics):
         #: Those Chats that have sent a request (their settings are then kept). Weak, by the
         #: object: an id() could be reused by a new Chat after the old one is gone.
         self._used: weakref.WeakSet[Any] = weakref.WeakSet()
-        #: cell id -> the execution (its request's msg_id) that last sent from that cell.
-        self._runs: dict[str, str] = {}
+        #: cell id -> (the execution (its request's msg_id) that last sent from that cell, the
+        #: history index where that execution's next exchange starts).
+        self._runs: dict[str, tuple[str, int]] = {}
+        #: Where cells have no id: per session, the index of the next recorded exchange a re-run
+        #: notebook may replay (restored sessions start at 0; a fresh question moves it to the end).
+        self._replay_next: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         _sessions.set_factory(self._make_session, self._refresh_unused)
 
     def _session_settings(self) -> str:
@@ -182,6 +197,12 @@ class ChatMagics(Magics):
               help="markdown, text, code or json: how the answer shows, and what -o stores.")
     @argument("--new", action="store_true", help="Start the session's history afresh.")
     @argument("--no-history", action="store_true", help="Send this prompt alone and record nothing.")
+    @argument("--with", dest="with_names", metavar="NAME[,NAME...]",
+              help="Attach a bounded summary of these variables (DataFrames, arrays, ...).")
+    @argument("--dry-run", action="store_true",
+              help="Show what would be sent, with a token estimate; send and record nothing.")
+    @argument("--refresh", action="store_true",
+              help="Ask the server even when a recorded answer could be replayed.")
     # argparse formats help with %, so "%%%%" shows as "%%".
     @argument("prompt", nargs="*", metavar="PROMPT",
               help="The question, for %%%%chat on the line; for %%%%%%%%chat, the cell body.")
@@ -212,7 +233,8 @@ class ChatMagics(Magics):
             prompt = cell
         return self._run(args, prompt)
 
-    def _run(self, args: Any, prompt: str) -> Any:
+    def _run(self, args: Any, prompt: str, *, template: bool = True) -> Any:
+        from . import _cellcontext as ctx
         from ._params import params as make_params
 
         if not prompt.strip():
@@ -226,7 +248,11 @@ class ChatMagics(Magics):
             raise UsageError(str(exc)) from None
         if args.output is not None and not args.output.isidentifier():
             raise UsageError(f"-o needs a variable name, not {args.output!r}")
-        text = interpolate(prompt, self.shell.user_ns)
+        text = interpolate(prompt, self.shell.user_ns) if template else prompt
+        attached = ctx.attachments(args.with_names, self.shell.user_ns, self.context_max_tokens)
+        text = _context.attach(text, attached)
+        if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
+            ctx.show_line(self.shell, _context.describe_attachments(attached))
         fmt = args.format or self.default_format
         display = self._display()
         try:
@@ -238,24 +264,49 @@ class ChatMagics(Magics):
                 f"session {args.session!r} is busy answering (in the chat panel?): "
                 "wait for it, or stop it there"
             )
+        cell_id, run_id = _parent_ids(self.shell)
+        # A new execution of a cell replaces what the cell's earlier run left; a second %chat
+        # line of the same execution comes after the first (both exchanges are kept, in order).
+        run = self._runs.get(cell_id) if cell_id is not None else None
+        same_run = run is not None and run_id is not None and run[0] == run_id
+        if same_run:
+            assert run is not None
+            nxt = run[1]
+            turns = chat.get_turns()
+            rerun = nxt if nxt < len(turns) and turns[nxt].meta.get("cell_id") == cell_id else None
+        else:
+            rerun = _rerun_index(chat, cell_id)
+        if args.dry_run:
+            return self._dry_run(args, chat, text, overrides, rerun)
         if args.new:
             chat.reset()
             self._refresh_from_config(args.session)
             chat = _sessions.prepare(args.session, on_status=display.status)
         if args.system is not None:
             chat.system_prompt = args.system
-        cell_id, run_id = _parent_ids(self.shell)
-        meta = {"cell_id": cell_id, "source": "cell"}
+        key = _request_key(chat, args.model, overrides)
+        if args.new or args.no_history:
+            rerun = None
+        # A notebook cell replays only its own recorded exchange. Where cells have no id
+        # (nbclient, terminal IPython), the notebook is taken in order: the next recorded one.
+        at = rerun if cell_id is not None else self._replay_next.get(chat, 0)
+        if self.replay and not args.refresh and not args.no_history and at is not None:
+            found = _spend.find_replay(chat.get_turns(), text, at=at, **key)
+            if found is not None:
+                self._replay_next[chat] = found + 2
+                self._note_run(cell_id, run_id, found + 2)
+                return self._replay(display, chat, args, fmt, found)
+        past = [] if args.no_history else chat.get_turns()[:rerun]
+        ctx.check_spend(chat, key["model"], ctx.input_estimate(chat.system_prompt, past, text),
+                        key["params"].get("max_tokens"))
+        meta = {"cell_id": cell_id, "source": "cell",
+                "request_hash": _spend.request_hash(text, past, **key)}
         before = getattr(chat, "last_exchange", None)
-        # A new execution of a cell replaces what the cell's earlier run left; a second %chat
-        # line of the same execution adds to it (both exchanges are kept, in order).
-        same_run = cell_id is not None and run_id is not None and self._runs.get(cell_id) == run_id
-        replace_from = None if same_run or args.no_history else _rerun_index(chat, cell_id)
-        if cell_id is not None and run_id is not None:
-            self._runs[cell_id] = run_id
+        # Until this answer is in, a second %chat line of this execution goes to the end.
+        self._note_run(cell_id, run_id, len(chat.get_turns()))
         events = chat._events(
             [text], model=args.model or None, params=overrides,
-            history=not args.no_history, meta=meta, replace_from=replace_from,
+            history=not args.no_history, meta=meta, replace_from=rerun,
         )
         try:
             for kind, piece in events:
@@ -277,9 +328,16 @@ class ChatMagics(Magics):
                 raise
             return None
         answer = self._finish(display, chat, args, fmt, before)
+        self._replay_next[chat] = len(chat.get_turns())
+        self._note_run(cell_id, run_id, len(chat.get_turns()))
         if args.output:
             self.shell.user_ns[args.output] = answer
         return None
+
+    def _note_run(self, cell_id: str | None, run_id: str | None, next_turn: int) -> None:
+        """Remember this execution of the cell, and where its next exchange would start."""
+        if cell_id is not None and run_id is not None:
+            self._runs[cell_id] = (run_id, next_turn)
 
     def _hint(self, exc: LLMChatError, session: str) -> str:
         """The error's hint, in a cell user's terms where the library's would not help."""
@@ -307,6 +365,8 @@ class ChatMagics(Magics):
             else {}
         )
         display.final(fmt, meta, note=note)
+        if exchange and self.footer:
+            self._footer(chat, exchange[1])
         text = display.text
         if fmt == "code":
             return first_code_block(text)
@@ -316,6 +376,50 @@ class ChatMagics(Magics):
             except ValueError:
                 raise UsageError("-f json: the answer is not valid JSON (it is kept in the history)") from None
         return text
+
+    # -- notebook context and spend (--with, --dry-run, replay, footer) ----------------------
+
+    def _dry_run(self, args: Any, chat: Any, text: str, overrides: dict[str, Any], rerun: int | None) -> None:
+        from . import _cellcontext as ctx
+
+        fresh = args.new or args.no_history
+        history = [] if fresh else chat.get_turns()[:rerun]
+        params = {**chat.provider.params, **overrides}
+        view = ctx.dry_run_text(
+            url=chat.provider.display_url, model=args.model or chat.provider.model, params=params,
+            system_prompt=args.system if args.system is not None else chat.system_prompt,
+            history=history, text=text, max_tokens=params.get("max_tokens"),
+        )
+        ctx.show_line(self.shell, view)
+
+    def _replay(self, display: Any, chat: Any, args: Any, fmt: str, index: int) -> None:
+        """Show a recorded answer again: no request, no spend, history unchanged."""
+        from ._metadata import KEY, display_metadata
+
+        user, reply = chat.get_turns()[index:index + 2]
+        for c in reply.contents:
+            if c.type in ("text", "thinking"):
+                display.fill(c.type, getattr(c, c.type))
+        meta = display_metadata(args.session, chat, (user, reply), recorded=True)
+        meta[KEY]["replayed"] = True
+        display.final(fmt, meta)
+        when = reply.started_at or user.started_at
+        recorded = when.strftime("%Y-%m-%d %H:%M UTC") if when else "earlier"
+        if self.footer:
+            self._footer(chat, reply, replayed_at=recorded)
+        else:
+            from . import _cellcontext as ctx
+
+            ctx.show_line(self.shell, f"replayed (recorded {recorded}), no request")
+        if args.output:
+            self.shell.user_ns[args.output] = _output_value(display.text, fmt)
+
+    def _footer(self, chat: Any, reply: Any, replayed_at: str | None = None) -> None:
+        from . import _cellcontext as ctx
+
+        line = _spend.footer(reply.model, reply.tokens, reply.cost,
+                             local=_sessions.is_local(chat), replayed_at=replayed_at)
+        ctx.show_line(self.shell, line)
 
     def _display(self) -> Any:
         from ._display import StreamDisplay, TerminalDisplay
@@ -378,6 +482,10 @@ class ChatMagics(Magics):
 
             bridge = current_bridge()
             spend = bridge.ledger.to_list() if bridge is not None else token_usage()
+        from . import _cellcontext as ctx
+
+        if ctx.get_budget().active:
+            ctx.show_line(self.shell, "\n".join(ctx.budget_report()))
         return UsageReport({n: _sessions.session(n) for n in names}, turns=args.turns, spend=spend)
 
     @magic_arguments()
@@ -458,6 +566,62 @@ class ChatMagics(Magics):
 
     @magic_arguments()
     @argument("-s", "--session", default="default", help="Session name (default: default).")
+    @argument("-o", "--output", metavar="VAR", help="Store the fixed cell (the answer's code block) in VAR.")
+    @line_magic
+    def chat_fix(self, line: str) -> Any:
+        """Ask the model to explain the last error and give a fixed cell.
+
+        Sends the exception (type, message, your own frames) and the source of the cell that
+        raised it; the answer streams like %%chat. Nothing is sent when there was no error.
+        """
+        from . import _cellcontext as ctx
+
+        args = _parse_options(self.chat_fix, line)
+        err = ctx.last_error(self.shell)
+        if err is None:
+            ctx.show_line(self.shell, "no error yet: %chat_fix explains the last exception of this kernel")
+            return None
+        options = "-s " + shlex.quote(args.session)
+        if args.output:
+            options += " -f code -o " + shlex.quote(args.output)
+        chat_args = _parse_options(self.chat, options)
+        return self._run(chat_args, _context.fix_prompt(err), template=False)
+
+    @magic_arguments()
+    @argument("usd", nargs="?", type=float, help="Spend limit in USD for this notebook.")
+    @argument("--tokens", type=int, help="Token limit (input + output) for servers with no known price.")
+    @argument("--off", action="store_true", help="Remove the budget.")
+    @line_magic
+    def chat_budget(self, line: str) -> None:
+        """The notebook's spend limit, kept in its record; shows what is spent and left.
+
+        A %%chat or %chat_fix whose worst case (input estimate + max_tokens at the known price)
+        would pass it is refused before anything is sent. %chat_budget alone shows it.
+        """
+        import math
+
+        from . import _cellcontext as ctx
+        from ._spend import Budget
+
+        args = _parse_options(self.chat_budget, line)
+        if args.off and (args.usd is not None or args.tokens is not None):
+            raise UsageError("%chat_budget --off takes no amount")
+        if args.usd is not None and (not math.isfinite(args.usd) or args.usd < 0):
+            raise UsageError("the budget must be a non-negative amount in USD, e.g. %chat_budget 0.50")
+        if args.tokens is not None and args.tokens < 0:
+            raise UsageError("--tokens must be a non-negative number")
+        if args.off:
+            ctx.set_budget(Budget())
+        elif args.usd is not None or args.tokens is not None:
+            old = ctx.get_budget()
+            ctx.set_budget(Budget(
+                args.usd if args.usd is not None else old.usd,
+                args.tokens if args.tokens is not None else old.tokens,
+            ))
+        ctx.show_line(self.shell, "\n".join(ctx.budget_report()))
+
+    @magic_arguments()
+    @argument("-s", "--session", default="default", help="Session name (default: default).")
     @line_magic
     def chat_panel(self, line: str) -> Any:
         """Open the chat panel for a session (JupyterLab's right side panel)."""
@@ -529,6 +693,28 @@ def _evaluate(source: str, namespace: dict[str, Any]) -> str:
         raise UsageError(f"{{{{ {expr} }}}} failed: {type(exc).__name__}: {exc}") from None
 
 
+def _request_key(chat: Any, model: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What, besides the prompt and history, decides a request (the replay key's inputs)."""
+    return {
+        "provider": chat.provider.name,
+        "model": model or chat.provider.model,
+        "system_prompt": chat.system_prompt,
+        "params": {**chat.provider.params, **overrides},
+    }
+
+
+def _output_value(text: str, fmt: str) -> Any:
+    """The -o value of a replayed answer, as _finish makes it for a fresh one."""
+    if fmt == "code":
+        return first_code_block(text)
+    if fmt == "json":
+        try:
+            return json.loads(first_code_block(text) if "```" in text else text)
+        except ValueError:
+            raise UsageError("-f json: the answer is not valid JSON") from None
+    return text
+
+
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
@@ -538,7 +724,7 @@ def first_code_block(text: str) -> str:
 
 
 _VALUE_FLAGS = {"-s", "--session", "-m", "--model", "--system", "-t", "--temperature",
-                "--max-tokens", "-o", "--output", "-f", "--format"}
+                "--max-tokens", "-o", "--output", "-f", "--format", "--with"}
 _TOKEN = re.compile(r"\s*(\"(?:[^\"\\]|\\.)*\"|'[^']*'|\S+)")
 
 
@@ -650,5 +836,6 @@ def unload(ipython: Any) -> None:
     if magics is not None:
         _sessions.set_factory(None)
         for kind in ("line", "cell"):
-            for name in ("chat", "chat_usage", "chat_history", "chat_reset", "chat_config", "chat_panel"):
+            for name in ("chat", "chat_usage", "chat_history", "chat_reset", "chat_config", "chat_panel",
+                         "chat_fix", "chat_budget"):
                 ipython.magics_manager.magics[kind].pop(name, None)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ._chat import Chat
 from ._provider import safe_url
+from ._spend import Budget
 from ._turns import Content, ContentImage, ContentText, Turn, check_tool_pairs
 from ._usage import UsageRow
 
@@ -125,13 +126,16 @@ def session_record(chat: Chat, turns: list[Turn] | None = None) -> dict[str, Any
     }
 
 
-def build_record(sessions: dict[str, Chat], ledger: Ledger) -> dict[str, Any]:
-    """The whole record for the notebook: every session's turns and the usage ledger."""
-    return {
+def build_record(sessions: dict[str, Chat], ledger: Ledger, budget: Budget | None = None) -> dict[str, Any]:
+    """The whole record for the notebook: every session's turns, the usage ledger, the budget."""
+    record = {
         "version": SCHEMA_VERSION,
         "sessions": {name: session_record(chat) for name, chat in sessions.items()},
         "usage": ledger.to_list(),
     }
+    if budget is not None and budget.active:
+        record["budget"] = budget.to_dict()
+    return record
 
 
 def display_metadata(
@@ -160,6 +164,7 @@ def display_metadata(
             "duration_s": answer["duration_s"],
             "cell_id": user.meta.get("cell_id"),
             "source": user.meta.get("source", "cell"),
+            "request_hash": user.meta.get("request_hash"),
             "recorded": recorded,
             "new": new,
             "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
@@ -173,7 +178,7 @@ def turns_from_display(meta: dict[str, Any], text: str) -> tuple[Turn, Turn]:
     common = {k: meta.get(k) for k in ("cell_id", "source") if isinstance(meta.get(k), str)}
     user = Turn.from_dict({
         "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
-        "started_at": meta.get("started_at"), **common,
+        "started_at": meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
     })
     contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
     contents.append({"type": "text", "text": text})
@@ -271,6 +276,11 @@ def validate_record(obj: Any) -> dict[str, Any]:
             "system_prompt": _str_or_none(s.get("system_prompt"), "system_prompt", MAX_TEXT),
             "turns": turns,
         }
+    if obj.get("budget") is not None:
+        try:
+            clean["budget"] = Budget.from_dict(obj["budget"]).to_dict()
+        except ValueError as exc:
+            raise RecordError(str(exc)) from None
     usage = obj.get("usage", [])
     if not isinstance(usage, list) or len(usage) > MAX_USAGE_ROWS:
         raise RecordError("usage must be a list")
@@ -329,6 +339,8 @@ def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(provider, dict):
                 raise ValueError(f"cell {cell.get('id')!r}: provider is not an object")
             provider = {k: provider.get(k) for k in ("name", "base_url", "model")}
+            # A replayed answer's output stands for the request that made it (whose own output it
+            # replaced), so its spend is counted once, here, like any other.
             ledger.add(provider.get("name") or "unknown", reply)
             if not meta.get("recorded", True):
                 continue

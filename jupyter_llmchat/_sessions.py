@@ -63,6 +63,11 @@ def local_chat(**kwargs: object) -> Chat:
     return chat
 
 
+def is_local(chat: Chat) -> bool:
+    """True for a session on the bundled local model (its answers are free)."""
+    return chat in _local
+
+
 def _default_factory(name: str) -> Chat:
     from ._presets import chat_openai_compatible
 

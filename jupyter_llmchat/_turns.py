@@ -233,6 +233,10 @@ class Turn:
         if model is not None and not isinstance(model, str):
             raise ValueError("model must be a string or null")
         meta = {k: d[k] for k in ("cell_id", "source") if isinstance(d.get(k), str)}
+        # The replay key of the request (see _spend): kept so a re-run can replay after a restore.
+        rh = d.get("request_hash")
+        if isinstance(rh, str) and len(rh) <= 64:
+            meta["request_hash"] = rh
         return cls(
             role=role,
             contents=contents,

@@ -35,6 +35,9 @@ DEFAULTS = {
     "default_format": "markdown",
     "display_rate_hz": 10.0,
     "record_metadata": True,
+    "footer": True,
+    "replay": True,
+    "context_max_tokens": 2000,
 }
 
 
@@ -90,6 +93,7 @@ def test_cell_streams_as_plain_text_in_a_terminal(
     ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert getattr(ip, "kernel", None) is None  # a terminal shell: no rich display
+    config(ip, footer=False)  # the footer line has its own tests (test_context_magics.py)
     fake.script(Reply(chunks=["Hel", "lo ", "**world**", "!"]))
     result = run(ip, "%%chat\nSay hello\n")
     assert result.success

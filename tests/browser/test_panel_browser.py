@@ -178,6 +178,8 @@ def test_panel_streams_and_shares_history_with_cells(
     wait_text(page, "Later answer.")
     wait_idle(page)
     assert len(messages(page)) == 6
+    # Unchanged, the cell would replay its recorded answer (test_replay_browser.py): ask again.
+    nb.run_cell("%config ChatMagics.replay = False")
     fake_server.script(Reply(text="Again: how to add 0 to 9."))
     rerun(nb, cell)
     wait_text(page, "Again: how to add 0 to 9.")

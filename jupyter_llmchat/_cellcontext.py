@@ -1,0 +1,170 @@
+"""The Jupyter side of notebook context and spend, kept apart from ``_magics`` so it reads alone.
+
+``ChatMagics`` calls these for ``--with``, ``--dry-run``, replay, the footer, ``%chat_fix`` and
+``%chat_budget``; the rules themselves are in the core modules ``_context`` and ``_spend``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from ._context import Attachment, ErrorContext, error_context, summarize
+from ._spend import Budget, BudgetExceeded, Spent, budget_lines, check_request
+from ._turns import Turn
+
+__all__ = [
+    "attachments",
+    "check_spend",
+    "dry_run_text",
+    "get_budget",
+    "last_error",
+    "set_budget",
+    "show_line",
+    "spent",
+]
+
+_MISSING = object()
+
+
+def attachments(names: str | None, namespace: dict[str, Any], max_tokens: int) -> list[Attachment]:
+    """Summaries of the ``--with`` names; an unknown name is a UsageError (nothing is sent)."""
+    if not names:
+        return []
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        raise UsageError("--with needs variable names, e.g. --with df,model")
+    out = []
+    for name in wanted:
+        if not name.isidentifier():
+            raise UsageError(f"--with takes variable names separated by commas, not {name!r}")
+        value = namespace.get(name, _MISSING)
+        if value is _MISSING:
+            raise UsageError(f"--with: no variable named {name!r} in the namespace; nothing sent")
+        out.append(summarize(name, value, max_tokens))
+    return out
+
+
+def show_line(shell: Any, text: str) -> None:
+    """A quiet one-line output (plain text: safe whatever it holds)."""
+    if getattr(shell, "kernel", None) is None:
+        print(text)
+        return
+    from IPython.display import display
+
+    show: Any = display  # IPython is untyped
+    show({"text/plain": text}, raw=True)
+
+
+def message_text(turns: Sequence[Turn]) -> int:
+    return sum(len(t.text) for t in turns)
+
+
+def input_estimate(system_prompt: str | None, history: Sequence[Turn], text: str) -> int:
+    """Tokens the request will carry, estimated (chars / 4) before anything is sent."""
+    chars = len(system_prompt or "") + message_text(history) + len(text)
+    # A few tokens per message for the chat template's role markers.
+    return -(-chars // 4) + 4 * (len(history) + 2)
+
+
+def dry_run_text(
+    *,
+    url: str,
+    model: str | None,
+    params: dict[str, Any],
+    system_prompt: str | None,
+    history: Sequence[Turn],
+    text: str,
+    max_tokens: int | None,
+) -> str:
+    """What ``--dry-run`` shows: exactly the messages that would go, and an estimate.
+
+    Shown as text/plain only: the history and attachments are untrusted and must not render.
+    """
+    n_in = input_estimate(system_prompt, history, text)
+    lines = [
+        "dry run: nothing sent, nothing recorded",
+        f"to: {url}  model: {model or '(ask the server)'}  params: {params or '{}'}",
+        f"system prompt: {system_prompt if system_prompt else '(none)'}",
+        f"history: {len(history)} turns ({len(history) // 2} exchanges, "
+        f"{message_text(history):,} chars) sent before the new message",
+        "new message (user):",
+        text,
+        f"estimate: ~{n_in:,} tokens in"
+        + (f", up to {max_tokens:,} out" if max_tokens is not None else ""),
+    ]
+    return "\n".join(lines)
+
+
+# -- the last error ------------------------------------------------------------------------------
+
+
+def last_error(shell: Any) -> ErrorContext | None:
+    """The kernel's last exception as the shell showed it (``sys.last_value``), if any."""
+    exc = getattr(sys, "last_value", None)
+    tb = getattr(sys, "last_traceback", None)
+    if exc is None:
+        return None
+    compiler = getattr(shell, "compile", None)
+    names: dict[str, int] = getattr(compiler, "_filename_map", None) or {}
+
+    def is_cell(filename: str) -> bool:
+        return filename in names or filename.startswith("<ipython-input-")
+
+    def cell_name(filename: str) -> str:
+        n = names.get(filename)
+        return f"Cell In[{n}]" if n is not None else "Cell"
+
+    return error_context(exc, tb, is_cell=is_cell, cell_name=cell_name)
+
+
+# -- budget ----------------------------------------------------------------------------------------
+
+
+def _bridge() -> Any:
+    from ._bridge import current_bridge
+
+    return current_bridge()
+
+
+def get_budget() -> Budget:
+    bridge = _bridge()
+    budget = getattr(bridge, "budget", None)
+    return budget if isinstance(budget, Budget) else Budget()
+
+
+def set_budget(budget: Budget) -> None:
+    bridge = _bridge()
+    if bridge is None:
+        raise UsageError("%chat_budget needs the extension loaded: %load_ext jupyter_llmchat")
+    bridge.budget = budget
+    bridge.send()
+
+
+def spent() -> Spent:
+    """The notebook's whole spend: its ledger (replaced and reset answers included)."""
+    bridge = _bridge()
+    if bridge is not None:
+        return Spent.from_rows(bridge.ledger.to_list())
+    from ._usage import token_usage
+
+    return Spent.from_rows(token_usage())
+
+
+def budget_report() -> list[str]:
+    return budget_lines(get_budget(), spent())
+
+
+def check_spend(chat: Any, model: str | None, input_tokens: int, max_tokens: int | None) -> None:
+    """Refuse (UsageError) before sending when this request may pass the notebook's budget."""
+    budget = get_budget()
+    if not budget.active:
+        return
+    try:
+        check_request(budget, spent(), price_provider=chat.provider.price_provider, model=model,
+                      input_tokens=input_tokens, max_tokens=max_tokens)
+    except BudgetExceeded as exc:
+        raise UsageError(str(exc)) from None
