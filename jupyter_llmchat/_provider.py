@@ -183,6 +183,12 @@ class OpenAICompatible:
         body.update(wire_params(merged))
         return deep_merge(body, self.api_args)
 
+    def fit_context(self, body: dict[str, Any]) -> str | None:
+        """Shorten ``body["messages"]`` to fit the model's context; return a note if it did.
+
+        Only a provider that knows its model's context (the bundled one) does anything."""
+        return None
+
     def redact(self, text: str) -> str:
         for s in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(s, "***")
@@ -193,13 +199,13 @@ class OpenAICompatible:
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(timeout=_TIMEOUT, trust_env=True)
+            self._client = httpx.Client(timeout=_TIMEOUT, trust_env=not _is_loopback(self.base_url))
         return self._client
 
     @property
     def aclient(self) -> httpx.AsyncClient:
         if self._aclient is None:
-            self._aclient = httpx.AsyncClient(timeout=_TIMEOUT, trust_env=True)
+            self._aclient = httpx.AsyncClient(timeout=_TIMEOUT, trust_env=not _is_loopback(self.base_url))
         return self._aclient
 
     def close(self) -> None:
@@ -389,7 +395,36 @@ class OpenAICompatible:
             return ServerError(msg, **kwargs)
         if status == 404:
             return APIStatusError(msg, hint="check the model name and base_url", **kwargs)
+        if _CONTEXT_EXCEEDED.search(text):
+            return APIStatusError(
+                "the conversation is longer than the model's context window: " + msg,
+                hint="start the session afresh with %%chat --new (or chat.reset()), "
+                "or send a shorter prompt",
+                **kwargs,
+            )
         return APIStatusError(msg, hint="the server refused the request: check model, params and api_args", **kwargs)
+
+
+# How servers word "the prompt does not fit": OpenAI's code, llama.cpp's and vLLM's messages.
+_CONTEXT_EXCEEDED = re.compile(
+    r"context_length_exceeded|exceeds? the available context size|maximum context length"
+    r"|exceed context window",
+    re.IGNORECASE,
+)
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether ``url`` is on this machine: such traffic never goes through a proxy from the
+    environment (HTTP_PROXY and friends without a NO_PROXY would send it away)."""
+    import ipaddress
+
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
