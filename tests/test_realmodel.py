@@ -34,9 +34,9 @@ def test_streamed_answer_arrives_in_several_chunks(local_server: LocalServer) ->
     assert reply is not None and reply.text == "".join(chunks) and reply.text.strip()
     assert reply.finish_reason in ("stop", "length")
     assert not reply.partial
-    # llama.cpp's server sends no usage while streaming: unknown, not a made-up 0.
-    assert reply.tokens is not None and reply.tokens.input is None and reply.tokens.output is None
-    assert chat.get_cost() is None
+    # The bundled server sends the usage chunk the client asks for (stream_options.include_usage).
+    assert reply.tokens is not None and reply.tokens.input and reply.tokens.output
+    assert chat.get_cost() is None  # an unnamed OpenAI-compatible server: price unknown
 
 
 def test_max_tokens_is_honoured(local_server: LocalServer) -> None:
