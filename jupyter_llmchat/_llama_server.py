@@ -35,6 +35,8 @@ from llama_cpp import llama_chat_format
 
 FORMAT = "jupyter-llmchat-base"
 TOKEN_ENV = "JUPYTER_LLMCHAT_TOKEN"
+#: For measuring other prompts: a JSON file with the instruction and examples (see load_format).
+FORMAT_FILE_ENV = "JUPYTER_LLMCHAT_FORMAT_FILE"
 #: Tokens kept free for the answer when a request names no max_tokens.
 ANSWER_RESERVE = 512
 
@@ -71,6 +73,16 @@ def _text(content: Any) -> str:
     return ""
 
 
+def load_format(path: str) -> None:
+    """Use another instruction and examples, from a JSON file ``{"instruction": str,
+    "examples": [[question, answer], ...]}`` (benchmarks/bench_local_quality.py --examples)."""
+    global INSTRUCTION, EXAMPLES
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
+    INSTRUCTION = str(spec.get("instruction", INSTRUCTION))
+    EXAMPLES = tuple((str(q), str(a)) for q, a in spec.get("examples", EXAMPLES))
+
+
 def format_prompt(messages: list[dict[str, Any]]) -> str:
     """The transcript the base model continues: instruction, system prompt, examples, history."""
     system = " ".join(_text(m.get("content")) for m in messages if m.get("role") == "system").strip()
@@ -102,7 +114,8 @@ def _formatter(messages: list[dict[str, Any]], **kwargs: Any) -> llama_chat_form
     return llama_chat_format.ChatFormatterResponse(prompt=format_prompt(messages), stop=list(STOP))
 
 
-_base_handler = llama_chat_format.chat_formatter_to_chat_completion_handler(_formatter)  # type: ignore[arg-type]
+# Any: llama-cpp-python's TypedDicts for messages and chunks are narrower than what we pass on.
+_base_handler: Any = llama_chat_format.chat_formatter_to_chat_completion_handler(_formatter)  # type: ignore[arg-type]
 
 #: Set per request by the middleware below: did the client ask for a usage chunk?
 _include_usage: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)
@@ -168,8 +181,8 @@ def _with_usage(
         }  # fmt: skip
 
 
-llama_chat_format.LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(
-    FORMAT, chat_handler, overwrite=True
+llama_chat_format.LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(  # type: ignore[no-untyped-call]
+    FORMAT, chat_handler, overwrite=True  # type: ignore[arg-type]
 )
 
 
@@ -252,11 +265,11 @@ def create_app(model: str, alias: str, n_ctx: int, n_threads: int, chat_format: 
         assert proxy is not None
         return proxy(alias)
 
-    @app.get("/extras/jupyter-llmchat/identity")
+    @app.get("/extras/jupyter-llmchat/identity")  # type: ignore[untyped-decorator]
     async def identity() -> dict[str, Any]:
         return {"token": token, "model": alias, "chat_format": chat_format, "n_ctx": n_ctx}
 
-    @app.post("/extras/jupyter-llmchat/fit")
+    @app.post("/extras/jupyter-llmchat/fit")  # type: ignore[untyped-decorator]
     async def fit_route(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         from starlette.concurrency import run_in_threadpool
 
@@ -309,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         watch_parent(args.parent_fd, args.parent_pid)
+    if os.environ.get(FORMAT_FILE_ENV):
+        load_format(os.environ[FORMAT_FILE_ENV])
     import uvicorn
 
     app = create_app(args.model, args.alias, args.n_ctx, args.n_threads, args.chat_format,
