@@ -42,9 +42,11 @@ ANSWER_RESERVE = 512
 
 # -- the conversation format ----------------------------------------------------------------------
 
-# Chosen by measurement (benchmarks/bench_local_quality.py): a one-line instruction and varied
-# short exchanges (a fact, a definition, a how-to, a number, a person) teach the base model the
-# length and tone of an answer; none of them is a question of the benchmark.
+# Chosen by measurement (benchmarks/bench_local_quality.py, figures in benchmarks/README.md): a
+# one-line instruction and three exchanges of different kinds (a fact, a definition, a request)
+# teach the base model the length and tone of an answer. Five or eight examples scored no
+# better and cost 50-120 more prompt tokens per request; without the request ("Name two ...")
+# the model echoed requests back instead of answering them. None is a benchmark question.
 INSTRUCTION = (
     "Below is a conversation between a User and a helpful, knowledgeable Assistant. "
     "The Assistant answers each question correctly, in one or two short sentences of plain English."
@@ -53,10 +55,7 @@ EXAMPLES: tuple[tuple[str, str], ...] = (
     ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
     ("What is photosynthesis?",
      "Photosynthesis is the process by which plants use sunlight, water and carbon dioxide to make sugar and oxygen."),
-    ("How many legs does a spider have?", "A spider has eight legs."),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
-    ("How do I boil an egg?",
-     "Put the egg in boiling water for about eight minutes, then cool it in cold water."),
+    ("Name two primary colors.", "Red and blue are two primary colors."),
 )  # fmt: skip
 USER, ASSISTANT = "User:", "Assistant:"
 STOP = ["\nUser:", "\n\n", "\nAssistant:"]

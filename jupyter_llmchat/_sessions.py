@@ -40,9 +40,10 @@ def check_name(name: str) -> str:
 
 #: Sampling for the bundled model unless the user's params say otherwise: chosen with
 #: benchmarks/bench_local_quality.py (figures in benchmarks/README.md).
-LOCAL_PARAMS = {"temperature": 0.2}
-#: llama.cpp's repeat_penalty keeps the tiny base model from looping on its own words.
-LOCAL_API_ARGS = {"repeat_penalty": 1.1}
+#: Greedy decoding answered most on topic; llama.cpp's repeat_penalty (its server's default is
+#: 1.1) is off: with the examples' words in the prompt it pushed answers away from the facts.
+LOCAL_PARAMS = {"temperature": 0.0}
+LOCAL_API_ARGS = {"repeat_penalty": 1.0}
 
 
 def local_chat(
@@ -80,9 +81,9 @@ def prepare(name: str = "default", on_status: Callable[[str], None] | None = Non
     """The session, ready to send: the local model's server is started first if it is used."""
     refresh(name)
     chat = session(name)
-    from ._local import is_local
+    from ._local import LocalProvider
 
-    if is_local(chat.provider):
+    if isinstance(chat.provider, LocalProvider):
         chat.provider.start(on_status)  # now, so the status shows before the answer starts
     return chat
 
