@@ -14,7 +14,7 @@ answer, median of 5 repetitions, the implementations interleaved), warm time-to-
 Targets (DESIGN.md section 8): CPU per chunk <= 1.5x bare and <= 1/4 of openai's; TTFT overhead
 <= 2 ms over bare. This script only prints numbers; it exits non-zero only if it crashes.
 
-Run from anywhere:  /work/venv/bin/python benchmarks/bench_client.py [--chunks 5000] [--reps 5]
+Run from the repository root:  .venv/bin/python benchmarks/bench_client.py [--chunks 5000] [--reps 5]
 """
 
 from __future__ import annotations

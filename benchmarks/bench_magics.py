@@ -17,7 +17,7 @@
    messages while streaming <= display_rate_hz (10) per second.
 
 Only prints numbers; exits non-zero only if it crashes.
-Run from anywhere:  /work/venv/bin/python benchmarks/bench_magics.py
+Run from the repository root:  .venv/bin/python benchmarks/bench_magics.py
 """
 
 from __future__ import annotations

@@ -564,6 +564,10 @@ class Chat:
         past = self._turns[:replace_from] if history else []
         messages = self._messages([*past, user])
         body = self.provider.body(messages, model=resolved, stream=stream, params=params)
+        # The bundled model leaves the oldest turns out rather than overflow its context.
+        note = self.provider.fit_context(body)
+        if note:
+            user.meta["context_note"] = note
         user.model = resolved
         return user, body
 

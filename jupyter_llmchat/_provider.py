@@ -275,6 +275,12 @@ class OpenAICompatible:
         body.update(wire_params(merged))
         return deep_merge(body, self.api_args)
 
+    def fit_context(self, body: dict[str, Any]) -> str | None:
+        """Shorten ``body["messages"]`` to fit the model's context; return a note if it did.
+
+        Only a provider that knows its model's context (the bundled one) does anything."""
+        return None
+
     def redact(self, text: str) -> str:
         """``text`` with every secret sent, and anything shaped like a key, replaced by ***.
 
@@ -291,7 +297,10 @@ class OpenAICompatible:
     # -- clients ------------------------------------------------------------------------------
 
     def _client_options(self) -> dict[str, Any]:
-        return {"timeout": self._timeout(), "trust_env": True, "verify": _ssl_context()}
+        # Loopback traffic never goes through a proxy from the environment (HTTP_PROXY and
+        # friends without a NO_PROXY would send 127.0.0.1 away).
+        local = is_loopback(urlsplit(self.base_url).hostname)
+        return {"timeout": self._timeout(), "trust_env": not local, "verify": _ssl_context()}
 
     def _timeout(self) -> httpx.Timeout:
         return _TIMEOUT if self.timeout is None else httpx.Timeout(self.timeout)
@@ -581,6 +590,13 @@ class OpenAICompatible:
             retry = _retry_after(headers.get("retry-after"))
             hint = f"rate limited: retry after {retry:.0f} s" if retry is not None else ""
             return RateLimitError(msg, hint=hint, **kwargs)
+        if _CONTEXT_EXCEEDED.search(text):
+            return APIStatusError(
+                "the conversation is longer than the model's context window: " + msg,
+                hint="start the session afresh with %%chat --new (or chat.reset()), "
+                "or send a shorter prompt",
+                **kwargs,
+            )
         if status >= 500:
             return ServerError(msg, **kwargs)
         if status == 404:
@@ -595,6 +611,13 @@ class OpenAICompatible:
 
 #: api_headers names that carry a secret (for the plain-http warning); credentials() always do.
 _AUTH_HEADER = re.compile(r"auth|key|token|secret|cookie", re.IGNORECASE)
+
+# How servers word "the prompt does not fit": OpenAI's code, llama.cpp's and vLLM's messages.
+_CONTEXT_EXCEEDED = re.compile(
+    r"context_length_exceeded|exceeds? the available context size|maximum context length"
+    r"|exceed context window",
+    re.IGNORECASE,
+)
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:

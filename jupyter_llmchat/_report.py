@@ -73,9 +73,15 @@ def _thousands(fixed: str) -> str:
     return f"{int(whole):,}" + ("." + frac if frac else "")
 
 
-def _usd(v: float | None, unknown: int) -> str:
+#: Provider name of the bundled model (``_local.PROVIDER_NAME``), whose answers are free.
+_LOCAL = "llama.cpp (local)"
+
+
+def _usd(v: float | None, unknown: int, provider: str = "") -> str:
     if v is None:
         return "n/a"
+    if v == 0 and provider == _LOCAL:  # known to be free, unlike an unknown price ("n/a")
+        return "$0, local" + ("+" if unknown else "")
     return format_cost(v) + ("+" if unknown else "")
 
 
@@ -100,7 +106,7 @@ class UsageReport:
     def _cells(self, r: _Row) -> list[str]:
         return [r.session, r.provider, r.model, str(r.turns), _num(r.input, r.unknown_tokens),
                 _num(r.output, r.unknown_tokens), _num(r.cached, r.unknown_tokens),
-                _usd(r.cost, r.unknown_cost)]
+                _usd(r.cost, r.unknown_cost, r.provider)]
 
     def _table(self) -> tuple[list[str], list[list[str]], list[str] | None]:
         body = [self._cells(r) for r in self.rows]
@@ -122,7 +128,7 @@ class UsageReport:
                 out.append([
                     name, str(i // 2 + 1), t.model or "", t.meta.get("source", ""),
                     _num(tok.input if tok else None, 0), _num(tok.output if tok else None, 0),
-                    _num(tok.cached if tok else None, 0), _usd(t.cost, 0),
+                    _num(tok.cached if tok else None, 0), _usd(t.cost, 0, chat.provider.name),
                     (t.finish_reason or "") + (" (partial)" if t.partial else ""),
                 ])
         return out
@@ -157,7 +163,7 @@ class UsageReport:
 
     def _spend_rows(self) -> list[list[str]]:
         return [[r["provider"], r["model"], str(r["turns"]), _num(r["input"], 0), _num(r["output"], 0),
-                 _num(r["cached"], 0), _usd(r["cost_usd"], 0)] for r in self.spend or []]
+                 _num(r["cached"], 0), _usd(r["cost_usd"], 0, r["provider"])] for r in self.spend or []]
 
     def _repr_html_(self) -> str:
         head, body, total = self._table()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import re
 import threading
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from ._chat import Chat
+from ._chat import Chat, Echo
 from ._errors import ConfigurationError
 
 __all__ = ["on_session", "session", "session_names", "use"]
@@ -42,30 +42,35 @@ def check_name(name: str) -> str:
     return name
 
 
-#: Sessions on the bundled local model: its server is started (or restarted) by ``prepare``.
-_local: weakref.WeakSet[Chat] = weakref.WeakSet()
-_NOT_STARTED = "http://127.0.0.1:0/v1"  # replaced by the local server's URL before any request
+#: Sampling for the bundled model unless the user's params say otherwise: chosen with
+#: benchmarks/bench_local_quality.py (figures in benchmarks/README.md).
+#: Greedy decoding answered most on topic; llama.cpp's repeat_penalty (its server's default is
+#: 1.1) is off: with the examples' words in the prompt it pushed answers away from the facts.
+LOCAL_PARAMS = {"temperature": 0.0}
+LOCAL_API_ARGS = {"repeat_penalty": 1.0}
 
 
-def local_chat(**kwargs: object) -> Chat:
-    """A session on the bundled local model; its server starts on first ``prepare``, not here."""
-    from ._local import MODEL_ALIAS
-    from ._presets import chat_openai_compatible
+def local_chat(
+    *,
+    system_prompt: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    api_args: Mapping[str, Any] | None = None,
+    echo: Echo | None = None,
+) -> Chat:
+    """A session on the bundled local model; its server starts on the first request, not here."""
+    from ._local import local_provider
 
-    # The bundled model is a tiny base model that loops on its prompt; llama.cpp's
-    # repeat_penalty keeps it from repeating itself (the user's api_args still win).
-    api_args = {"repeat_penalty": 1.3, **dict(kwargs.pop("api_args", None) or {})}  # type: ignore[call-overload]
-    chat = chat_openai_compatible(
-        base_url=_NOT_STARTED, name="llama.cpp (local)", model=MODEL_ALIAS, api_args=api_args,
-        **kwargs,  # type: ignore[arg-type]
+    provider = local_provider(
+        params={**LOCAL_PARAMS, **dict(params or {})}, api_args={**LOCAL_API_ARGS, **dict(api_args or {})}
     )
-    _local.add(chat)
-    return chat
+    return Chat(provider, system_prompt=system_prompt, echo=echo or "none")
 
 
 def is_local(chat: Chat) -> bool:
     """True for a session on the bundled local model (its answers are free)."""
-    return chat in _local
+    from ._local import LocalProvider
+
+    return isinstance(chat.provider, LocalProvider)
 
 
 def _default_factory(name: str) -> Chat:
@@ -87,10 +92,10 @@ def prepare(name: str = "default", on_status: Callable[[str], None] | None = Non
     """The session, ready to send: the local model's server is started first if it is used."""
     refresh(name)
     chat = session(name)
-    if chat in _local:
-        from ._local import ensure_local_server
+    from ._local import LocalProvider
 
-        chat.provider.base_url = ensure_local_server(on_status=on_status).base_url
+    if isinstance(chat.provider, LocalProvider):
+        chat.provider.start(on_status)  # now, so the status shows before the answer starts
     return chat
 
 

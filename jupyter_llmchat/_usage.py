@@ -98,8 +98,14 @@ def token_usage() -> list[dict[str, Any]]:
 _price_lock = threading.Lock()
 
 
+#: The price provider of models known to cost nothing (the bundled local model): cost 0.0.
+FREE = "free"
+
+
 def cost_of(price_provider: str | None, model: str | None, tokens: Tokens | None) -> float | None:
     """USD cost of one request, or None when the provider, model or tokens are unknown."""
+    if price_provider == FREE:
+        return 0.0
     if not price_provider or not model or tokens is None or tokens.input is None or tokens.output is None:
         return None
     with _price_lock:  # genai_prices keeps a lazily built global price table

@@ -1,0 +1,334 @@
+"""The bundled model's server: llama-cpp-python's app, with a conversation format for a base model.
+
+Run as ``python -m jupyter_llmchat._llama_server --model FILE --port N ...`` by ``_local.py``;
+never imported by the kernel (it imports llama_cpp, fastapi and uvicorn). What it adds to
+llama-cpp-python's own server:
+
+- the chat format ``jupyter-llmchat-base``: the bundled GGUF is the *base* gemma-3-270m (no chat
+  template); it follows a plain "User: / Assistant:" transcript with a few example exchanges far
+  better than Gemma's instruction template (figures in benchmarks/README.md);
+- the usage chunk llama-cpp-python leaves out of streams when ``stream_options.include_usage``
+  is asked, counted with the model's own tokenizer (the same numbers a whole answer reports);
+- ``GET /extras/jupyter-llmchat/identity``: the token the parent gave in ``$JUPYTER_LLMCHAT_TOKEN``,
+  so the parent knows the server answering on its port is its own child;
+- ``POST /extras/jupyter-llmchat/fit``: how many of the oldest messages to leave out so that a
+  conversation fits the context window, counted exactly;
+- it exits when its parent does (SIGKILL included): it watches a pipe whose other end only the
+  parent holds, and the parent's pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import json
+import os
+import select
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import llama_cpp
+from llama_cpp import llama_chat_format
+
+FORMAT = "jupyter-llmchat-base"
+TOKEN_ENV = "JUPYTER_LLMCHAT_TOKEN"
+#: For measuring other prompts: a JSON file with the instruction and examples (see load_format).
+FORMAT_FILE_ENV = "JUPYTER_LLMCHAT_FORMAT_FILE"
+#: Tokens kept free for the answer when a request names no max_tokens.
+ANSWER_RESERVE = 512
+
+# -- the conversation format ----------------------------------------------------------------------
+
+# Chosen by measurement (benchmarks/bench_local_quality.py, figures in benchmarks/README.md): a
+# one-line instruction and three exchanges of different kinds (a fact, a definition, a request)
+# teach the base model the length and tone of an answer. Five or eight examples scored no
+# better and cost 50-120 more prompt tokens per request; without the request ("Name two ...")
+# the model echoed requests back instead of answering them. None is a benchmark question.
+INSTRUCTION = (
+    "Below is a conversation between a User and a helpful, knowledgeable Assistant. "
+    "The Assistant answers each question correctly, in one or two short sentences of plain English."
+)
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("What is photosynthesis?",
+     "Photosynthesis is the process by which plants use sunlight, water and carbon dioxide to make sugar and oxygen."),
+    ("Name two primary colors.", "Red and blue are two primary colors."),
+)  # fmt: skip
+USER, ASSISTANT = "User:", "Assistant:"
+STOP = ["\nUser:", "\n\n", "\nAssistant:"]
+
+
+def _text(content: Any) -> str:
+    """A message's text: plain string, or the text parts of a multi-part content."""
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text", "")).strip() for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def load_format(path: str) -> None:
+    """Use another instruction and examples, from a JSON file ``{"instruction": str,
+    "examples": [[question, answer], ...]}`` (benchmarks/bench_local_quality.py --examples)."""
+    global INSTRUCTION, EXAMPLES
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
+    INSTRUCTION = str(spec.get("instruction", INSTRUCTION))
+    EXAMPLES = tuple((str(q), str(a)) for q, a in spec.get("examples", EXAMPLES))
+
+
+def format_prompt(messages: list[dict[str, Any]]) -> str:
+    """The transcript the base model continues: instruction, system prompt, examples, history."""
+    system = " ".join(_text(m.get("content")) for m in messages if m.get("role") == "system").strip()
+    parts = [INSTRUCTION]
+    if system:
+        # The system prompt is the user's instruction to the assistant: after the house one, so
+        # it wins where they differ.
+        parts.append(f"Instructions for the Assistant: {system}")
+    lines = ["\n".join(parts), ""]
+    for question, answer in EXAMPLES:
+        lines += [f"{USER} {question}", f"{ASSISTANT} {answer}", ""]
+    for m in messages:
+        role = m.get("role")
+        if role == "user":
+            lines.append(f"{USER} {_single_paragraph(_text(m.get('content')))}")
+        elif role == "assistant":
+            lines += [f"{ASSISTANT} {_single_paragraph(_text(m.get('content')))}", ""]
+    lines.append(ASSISTANT)
+    return "\n".join(lines)
+
+
+def _single_paragraph(text: str) -> str:
+    # A blank line ends an exchange in the transcript (and is a stop sequence): keep a message's
+    # own paragraphs apart with single newlines.
+    return "\n".join(line for line in text.splitlines() if line.strip())
+
+
+def _formatter(messages: list[dict[str, Any]], **kwargs: Any) -> llama_chat_format.ChatFormatterResponse:
+    return llama_chat_format.ChatFormatterResponse(prompt=format_prompt(messages), stop=list(STOP))
+
+
+# Any: llama-cpp-python's TypedDicts for messages and chunks are narrower than what we pass on.
+_base_handler: Any = llama_chat_format.chat_formatter_to_chat_completion_handler(_formatter)  # type: ignore[arg-type]
+
+#: Set per request by the middleware below: did the client ask for a usage chunk?
+_include_usage: contextvars.ContextVar[bool] = contextvars.ContextVar("include_usage", default=False)
+
+
+def prompt_tokens(llama: llama_cpp.Llama, messages: list[dict[str, Any]]) -> int:
+    """The prompt's length in tokens, tokenized as the handler does (BOS added)."""
+    return len(llama.tokenize(format_prompt(messages).encode("utf-8"), add_bos=True, special=True))
+
+
+def chat_handler(*, llama: llama_cpp.Llama, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+    """llama-cpp-python's formatter handler, plus exact usage for streams and an early context check."""
+    n_prompt = prompt_tokens(llama, messages)
+    if n_prompt >= llama.n_ctx():
+        # llama.cpp's wording, so the server's error handler answers 400 context_length_exceeded
+        # (when streaming, the error otherwise surfaces only after the 200 has been sent).
+        raise ValueError(f"Requested tokens ({n_prompt}) exceed context window of {llama.n_ctx()}")
+    if not kwargs.get("stream"):
+        result = _base_handler(llama=llama, messages=messages, **kwargs)
+        for choice in result.get("choices", []):
+            message = choice.get("message") or {}
+            if isinstance(message.get("content"), str):
+                message["content"] = message["content"].lstrip()  # the space after "Assistant:"
+        return result
+    return _with_usage(llama, messages, kwargs, n_prompt, _include_usage.get())
+
+
+def _with_usage(
+    llama: llama_cpp.Llama, messages: list[dict[str, Any]], kwargs: dict[str, Any], n_prompt: int, include: bool
+) -> Iterator[dict[str, Any]]:
+    # Count what the sampler produces: a whole answer's completion_tokens is every sampled token
+    # but an end-of-generation one (which ends the answer and is not part of it).
+    sampled: list[int] = []
+    original = llama.sample
+
+    def counting_sample(*args: Any, **kw: Any) -> int:
+        token: int = original(*args, **kw)
+        sampled.append(token)
+        return token
+
+    llama.sample = counting_sample  # type: ignore[method-assign]
+    last: dict[str, Any] | None = None
+    started = False
+    try:
+        for chunk in _base_handler(llama=llama, messages=messages, **kwargs):
+            last = chunk
+            delta = chunk["choices"][0].get("delta") if chunk.get("choices") else None
+            if not started and isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                delta["content"] = delta["content"].lstrip()  # the space after "Assistant:"
+                started = bool(delta["content"])
+                if not started:
+                    continue  # nothing left of this piece
+            yield chunk
+    finally:
+        llama.sample = original  # type: ignore[method-assign]
+    if include and last is not None:
+        vocab = llama._model.vocab
+        n_out = sum(1 for t in sampled if not llama_cpp.llama_vocab_is_eog(vocab, t))
+        yield {
+            "id": last["id"], "object": "chat.completion.chunk", "created": last["created"],
+            "model": last["model"], "choices": [],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out},
+        }  # fmt: skip
+
+
+llama_chat_format.LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(  # type: ignore[no-untyped-call]
+    FORMAT, chat_handler, overwrite=True  # type: ignore[arg-type]
+)
+
+
+def fit(llama: llama_cpp.Llama, messages: list[dict[str, Any]], max_tokens: int | None) -> dict[str, Any]:
+    """How many of the oldest user/assistant messages to drop so the prompt and answer fit."""
+    n_ctx = llama.n_ctx()
+    reserve = max_tokens if max_tokens else min(ANSWER_RESERVE, n_ctx // 4)
+    system = [m for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+    drop = 0
+    n = prompt_tokens(llama, messages)
+    # Drop whole exchanges (user + assistant) from the front; the last message always stays.
+    while n + reserve > n_ctx and drop + 2 < len(rest):
+        drop += 2
+        n = prompt_tokens(llama, system + rest[drop:])
+    return {"drop": drop, "prompt_tokens": n, "n_ctx": n_ctx, "fits": n + reserve <= n_ctx}
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+class _UsageOption:
+    """ASGI middleware: read ``stream_options.include_usage`` (the server's request model drops it)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/v1/chat/completions" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # disconnected: let the app see it
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            options = json.loads(body).get("stream_options") or {}
+            include = bool(options.get("include_usage")) if isinstance(options, dict) else False
+        except (ValueError, AttributeError):
+            include = False
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # type: ignore[no-any-return]
+
+        token = _include_usage.set(include)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            _include_usage.reset(token)
+
+
+def create_app(model: str, alias: str, n_ctx: int, n_threads: int, chat_format: str, token: str) -> Any:
+    from fastapi import Body
+    from llama_cpp.server import app as server_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    app = server_app.create_app(
+        server_settings=ServerSettings(),
+        model_settings=[
+            ModelSettings(
+                model=model, model_alias=alias, n_ctx=n_ctx, n_threads=n_threads,
+                chat_format=chat_format, verbose=False,
+            )
+        ],
+    )  # fmt: skip
+
+    def llama() -> llama_cpp.Llama:
+        proxy = server_app._llama_proxy
+        assert proxy is not None
+        return proxy(alias)
+
+    @app.get("/extras/jupyter-llmchat/identity")  # type: ignore[untyped-decorator]
+    async def identity() -> dict[str, Any]:
+        return {"token": token, "model": alias, "chat_format": chat_format, "n_ctx": n_ctx}
+
+    @app.post("/extras/jupyter-llmchat/fit")  # type: ignore[untyped-decorator]
+    async def fit_route(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
+        from starlette.concurrency import run_in_threadpool
+
+        messages = body.get("messages") or []
+        max_tokens = body.get("max_tokens")
+        # Tokenizing reads only the vocabulary: no need to wait for a running generation.
+        return await run_in_threadpool(fit, llama(), messages, max_tokens if isinstance(max_tokens, int) else None)
+
+    app.add_middleware(_UsageOption)
+    return app
+
+
+# -- lifetime ------------------------------------------------------------------------------------
+
+
+def watch_parent(fd: int | None, parent: int) -> None:
+    """End this process as soon as the parent is gone, however it ended (SIGKILL included).
+
+    The pipe's write end lives only in the parent (it is not inherited by the parent's other
+    children), so EOF on ``fd`` means the parent exited; the pid check covers a missing pipe."""
+
+    def run() -> None:
+        while True:
+            if fd is not None:
+                ready, _, _ = select.select([fd], [], [], 1.0)
+                if ready and not os.read(fd, 1):
+                    break
+            else:
+                time.sleep(1.0)
+            if os.getppid() != parent:
+                break
+        sys.stderr.write("jupyter_llmchat: parent process gone, local model server exiting\n")
+        sys.stderr.flush()
+        os._exit(0)
+
+    threading.Thread(target=run, name="parent watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m jupyter_llmchat._llama_server")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--alias", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--n_ctx", type=int, default=4096)
+    parser.add_argument("--n_threads", type=int, default=1)
+    parser.add_argument("--chat_format", default=FORMAT)
+    parser.add_argument("--parent-fd", type=int, default=None)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        watch_parent(args.parent_fd, args.parent_pid)
+    if os.environ.get(FORMAT_FILE_ENV):
+        load_format(os.environ[FORMAT_FILE_ENV])
+    import uvicorn
+
+    app = create_app(args.model, args.alias, args.n_ctx, args.n_threads, args.chat_format,
+                     os.environ.pop(TOKEN_ENV, ""))  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
