@@ -8,9 +8,8 @@ The kernels talk to the fake OpenAI server of this process (tests/fake_openai.py
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
