@@ -48,14 +48,14 @@ def _ip() -> Iterator[InteractiveShell]:
     shell.run_line_magic("load_ext", "jupyter_llmchat")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_llmchat")
-    _sessions._SESSIONS.clear()
+    _sessions.registry.sessions.clear()
 
 
 @pytest.fixture
 def ip(_ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> InteractiveShell:
     """The shell with no sessions, default settings, and base_url on the fake server."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    _sessions._SESSIONS.clear()
+    _sessions.registry.sessions.clear()
     config(_ip, base_url=fake.base_url, **DEFAULTS)
     magics = chat_magics(_ip)
     # Other test modules load the extension into shells of their own; sessions come from this one.
