@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._turns import Tokens, Turn
-from ._usage import UsageRow, format_cost, format_row_cost
+from ._usage import UsageRow, format_cost, format_limit, format_row_cost
 
 __all__ = [
     "Budget",
@@ -181,13 +181,13 @@ def check_budget(
     if budget.usd is not None:
         if spent.usd >= budget.usd:
             raise BudgetExceeded(
-                f"budget reached: {format_cost(spent.usd)} spent of {format_cost(budget.usd)}; nothing sent "
+                f"budget reached: {format_cost(spent.usd)} spent of {format_limit(budget.usd)}; nothing sent "
                 f"(raise it with {how_to_raise}, or turn it off with %chat_budget --off)"
             )
         if worst_usd is not None and spent.usd + worst_usd > budget.usd:
             raise BudgetExceeded(
                 f"this request could cost up to {format_cost(worst_usd)} ({input_tokens:,} tokens in, "
-                f"up to {out:,} out) and pass the budget of {format_cost(budget.usd)} "
+                f"up to {out:,} out) and pass the budget of {format_limit(budget.usd)} "
                 f"({format_cost(budget.usd - spent.usd)} left); nothing sent (raise it with {how_to_raise}, "
                 "or lower --max-tokens)"
             )
@@ -239,7 +239,7 @@ def budget_lines(budget: Budget, spent: Spent) -> list[str]:
     if budget.usd is not None:
         unknown = f" (+{spent.unknown_cost} answers of unknown cost)" if spent.unknown_cost else ""
         lines.append(
-            f"budget: {format_cost(budget.usd)}, spent {format_cost(spent.usd)}{unknown}, "
+            f"budget: {format_limit(budget.usd)}, spent {format_cost(spent.usd)}{unknown}, "
             f"left {format_cost(max(0.0, budget.usd - spent.usd))}"
         )
     if budget.tokens is not None:

@@ -23,6 +23,7 @@ __all__ = [
     "UsageRow",
     "cost_of",
     "format_cost",
+    "format_limit",
     "format_row_cost",
     "process_ledger",
     "record_usage",
@@ -252,6 +253,15 @@ def _fixed(v: float, decimals: int) -> str:
 def _thousands(fixed: str) -> str:
     whole, _, frac = fixed.partition(".")
     return f"{int(whole):,}" + ("." + frac if frac else "")
+
+
+def format_limit(usd: float) -> str:
+    """A budget the user set, as set: exact, where a cost is rounded to two significant digits
+    (a limit of $0.00125 is not "$0.0013"). Cents at least, thousands separated."""
+    text = f"{usd:,.2f}"
+    if float(text.replace(",", "")) != usd:
+        text = f"{usd:,.10f}".rstrip("0")
+    return "$" + text
 
 
 #: How a known-free cost reads: in a table's cost column, and in prose (an answer's footer).
