@@ -9,9 +9,9 @@ from typing import Any
 
 from ._chat import Chat
 from ._markdown import safe_markdown
-from ._usage import UsageRow, format_cost, format_row_cost
+from ._usage import UsageRow, format_row_cost
 
-__all__ = ["ConfigView", "HistoryView", "UsageReport", "format_cost", "usage_rows"]
+__all__ = ["ConfigView", "HistoryView", "UsageReport", "usage_rows"]
 
 
 @dataclass
