@@ -180,7 +180,7 @@ class Bridge:
         elif theirs.extends(self._base):
             # An earlier kernel's spend (Restart Kernel and Run All): ours comes on top of it.
             self._base = theirs
-        self.ledger = Ledger.total(self._base, self._delta)
+        self.ledger = Ledger.sum(self._base, self._delta)
 
     def _on_session(self, name: str, chat: Chat) -> None:
         if chat not in self._watched:
@@ -380,13 +380,11 @@ def _same_file(kernel_path: str, front_path: str) -> bool:
     return mine == theirs or mine.endswith("/" + theirs)
 
 
-_BRIDGES: dict[int, Bridge] = {}
-
-
 def start_bridge(shell: Any, magics: Any) -> Bridge:
-    bridge = _BRIDGES.get(id(shell))
+    bridges = _sessions.registry.bridges  # one bridge per shell
+    bridge: Bridge | None = bridges.get(shell)
     if bridge is None:
-        bridge = _BRIDGES[id(shell)] = Bridge(shell, magics)
+        bridge = bridges[shell] = Bridge(shell, magics)
         _sessions.on_session(bridge._on_session)
         bridge.restore_from_file()
         bridge.open_comm()
@@ -396,7 +394,7 @@ def start_bridge(shell: Any, magics: Any) -> Bridge:
 
 
 def current_bridge() -> Bridge | None:
-    return next(iter(_BRIDGES.values()), None)
+    return next(iter(_sessions.registry.bridges.values()), None)
 
 
 def replace_record() -> None:

@@ -148,10 +148,10 @@ def spent() -> Spent:
     """The notebook's whole spend: its ledger (replaced and reset answers included)."""
     bridge = _bridge()
     if bridge is not None:
-        return Spent.from_rows(bridge.ledger.to_list())
-    from ._usage import token_usage
+        return Spent.of(bridge.ledger.total())
+    from ._usage import process_ledger
 
-    return Spent.from_rows(token_usage())
+    return Spent.of(process_ledger().total())
 
 
 def budget_report() -> list[str]:

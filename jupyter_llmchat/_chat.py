@@ -54,7 +54,7 @@ from ._turns import (
     Turn,
     check_tool_pairs,
 )
-from ._usage import cost_of, record_usage, warm_up_prices
+from ._usage import UsageRow, cost_of, record_usage, warm_up_prices
 
 __all__ = ["AsyncChatStream", "Chat", "ChatStream", "Echo", "StreamContent", "StreamEvent"]
 
@@ -337,9 +337,9 @@ class Chat:
         answers = [t for t in self._turns if t.role == "assistant"]
         if include == "last":
             answers = answers[-1:]
-        if any(t.cost is None for t in answers):
-            return None
-        return float(sum(t.cost for t in answers if t.cost is not None))
+        if not answers:
+            return 0.0
+        return UsageRow("", "").add_turns(answers).complete_cost
 
     # -- tools --------------------------------------------------------------------------------
 

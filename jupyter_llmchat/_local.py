@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigurationError, TransportError
 from ._provider import OpenAICompatible
-from ._usage import FREE
+from ._usage import FREE, LOCAL_PROVIDER_NAME
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings, so no runtime import
     from typing_extensions import Self
@@ -363,44 +363,42 @@ class LocalServer:
         return f"<LocalServer {MODEL_ALIAS} {where} pid={self.pid} {state}>"
 
 
-# The one process-wide local server, shared by every session of this kernel.
-_registry_lock = threading.Lock()
-_server: LocalServer | None = None
-
-
 def ensure_local_server(on_status: Callable[[str], None] | None = None) -> LocalServer:
     """The process-wide local server: started on first use, reused, restarted if it died."""
-    global _server
-    with _registry_lock:
-        if _server is not None and _server.running:
-            return _server
-        if _server is not None:
-            _server.stop()  # died: reap it and drop its log dir before starting again
-            _server = None
+    from ._sessions import registry  # the one process-wide server hangs off the registry
+
+    with registry.local_lock:
+        current: LocalServer | None = registry.local_server
+        if current is not None and current.running:
+            return current
+        if current is not None:
+            current.stop()  # died: reap it and drop its log dir before starting again
+            registry.local_server = None
         check_installed()  # before the status line: a missing extra starts nothing
         if on_status is not None:
             on_status(f"starting local model {MODEL_ALIAS}...")
         server = LocalServer()
         server.start()
-        _server = server
+        registry.local_server = server
         return server
 
 
 def stop_local_server() -> None:
     """Stop the process-wide local server if one is running (it restarts on next use)."""
-    global _server
-    with _registry_lock:
-        if _server is not None:
-            _server.stop()
-            _server = None
+    from ._sessions import registry
+
+    with registry.local_lock:
+        if registry.local_server is not None:
+            registry.local_server.stop()
+            registry.local_server = None
 
 
 # -- the provider of sessions on the bundled model ------------------------------------------------
 
 _log = logging.getLogger("jupyter_llmchat")
 
-#: Display name of the bundled model's provider (usage tables show its cost as "$0, local").
-PROVIDER_NAME = "llama.cpp (local)"
+#: Display name of the bundled model's provider (rows with it are free: ``UsageRow.free``).
+PROVIDER_NAME = LOCAL_PROVIDER_NAME
 _NOT_STARTED = "http://127.0.0.1:0/v1"  # replaced by the server's URL before any request
 
 

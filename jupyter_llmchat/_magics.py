@@ -814,14 +814,10 @@ def protect_questions(lines: list[str]) -> list[str]:
     return out
 
 
-#: The magics loaded into each shell (weak: a shell gone is forgotten).
-_MAGICS: weakref.WeakKeyDictionary[Any, ChatMagics] = weakref.WeakKeyDictionary()
-
-
 def load(ipython: Any) -> None:
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
-    _MAGICS[ipython] = magics
+    _sessions.registry.magics[ipython] = magics
     if protect_questions not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(protect_questions)
     from ._bridge import start_bridge
@@ -830,7 +826,7 @@ def load(ipython: Any) -> None:
 
 
 def unload(ipython: Any) -> None:
-    magics = _MAGICS.pop(ipython, None)
+    magics = _sessions.registry.magics.pop(ipython, None)
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
     if magics is not None:

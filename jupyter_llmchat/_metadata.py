@@ -13,14 +13,13 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from ._chat import Chat
 from ._provider import safe_url
 from ._spend import Budget
 from ._turns import Content, ContentImage, ContentText, Turn, check_tool_pairs
-from ._usage import UsageRow
+from ._usage import Ledger
 
 __all__ = [
     "KEY",
@@ -48,57 +47,6 @@ MAX_TURNS = 20_000
 MAX_TEXT = 2_000_000
 MAX_USAGE_ROWS = 1_000
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-class Ledger:
-    """Cumulative spend of this notebook per (provider, model); survives ``%chat_reset``."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], UsageRow] = {}
-
-    def add(self, provider: str, turn: Turn) -> None:
-        model = turn.model or "unknown"
-        row = self.rows.get((provider, model))
-        if row is None:
-            row = self.rows[(provider, model)] = UsageRow(provider, model)
-        row.add(turn.tokens, turn.cost)
-
-    def to_list(self) -> list[dict[str, Any]]:
-        return [r.to_dict() for r in self.rows.values()]
-
-    def load(self, rows: Iterable[dict[str, Any]]) -> None:
-        self.rows = {}
-        for d in rows:
-            row = UsageRow(d["provider"], d["model"], turns=d.get("turns") or 0, input=d.get("input"),
-                           output=d.get("output"), cached=d.get("cached"), cost=d.get("cost_usd"))
-            self.rows[(row.provider, row.model)] = row
-
-    @classmethod
-    def total(cls, *parts: Ledger) -> Ledger:
-        """The sum of ledgers, row by row (a new ledger; the parts are left alone)."""
-        out = cls()
-        for part in parts:
-            for key, row in part.rows.items():
-                mine = out.rows.get(key)
-                if mine is None:
-                    mine = out.rows[key] = UsageRow(row.provider, row.model)
-                mine.merge(row)
-        return out
-
-    def extends(self, other: Ledger) -> bool:
-        """True when every row of ``other`` is here with counts at least as large.
-
-        A front end's ledger that extends ours holds the same answers and more (it was kept
-        by an earlier kernel of this notebook and not saved yet, or saved after ours was read).
-        """
-        for key, row in other.rows.items():
-            mine = self.rows.get(key)
-            if mine is None:
-                return False
-            for field in ("turns", "input", "output", "cached", "cost"):
-                if (getattr(mine, field) or 0) < (getattr(row, field) or 0):
-                    return False
-        return True
 
 
 def bounded_turn(t: Turn) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from ._errors import ConfigurationError, ParallelChatError
+from ._usage import UsageRow, format_row_cost
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._chat import Chat
@@ -234,26 +235,13 @@ class _State:
         self.total = total
         self.done = 0
         self.failed = 0
-        self.input: int = 0
-        self.output: int = 0
-        self.tokens_unknown = 0
-        self.cost = 0.0
-        self.cost_unknown = 0
+        #: The answers' totals, by the one rule of every view (None = unknown).
+        self.usage = UsageRow("", "")
         self.changes = 0
 
     def add(self, copy: Chat) -> None:
-        rows = copy.get_tokens()
-        row = rows[-1] if rows else {}
-        tin, tout = row.get("input"), row.get("output")
-        if tin is None or tout is None:
-            self.tokens_unknown += 1
-        self.input += tin or 0
-        self.output += tout or 0
-        cost = copy.get_cost(include="last")
-        if cost is None:
-            self.cost_unknown += 1
-        else:
-            self.cost += cost
+        answers = [t for t in copy.get_turns() if t.role == "assistant"]
+        self.usage.add_turns(answers[-1:])
         self.done += 1
         self.changes += 1
 
@@ -266,23 +254,15 @@ class _State:
         parts = [f"{finished}/{self.total} done"]
         if self.failed:
             parts[0] += f", {self.failed} failed"
-        if self.done and self.tokens_unknown == self.done:
+        u = self.usage
+        if self.done and u.unknown_tokens == self.done:
             parts.append("tokens n/a")
         elif self.done:
-            more = "+" if self.tokens_unknown else ""
-            parts.append(f"tokens {self.input:,}{more} in, {self.output:,}{more} out")
-        if self.done and self.cost_unknown == self.done:
-            parts.append("cost n/a")
-        elif self.done:
-            parts.append(f"cost {_usd(self.cost)}" + ("+" if self.cost_unknown else ""))
+            more = "+" if u.unknown_tokens else ""
+            parts.append(f"tokens {u.input or 0:,}{more} in, {u.output or 0:,}{more} out")
+        if self.done:
+            parts.append("cost " + format_row_cost(u.cost, unknown=u.unknown_cost))
         return " · ".join(parts)
-
-
-def _usd(v: float) -> str:
-    # The usage report's rule (``_report._usd``), kept in step with it.
-    from ._report import _usd as usd
-
-    return usd(v, 0)
 
 
 class _RateLimiter:

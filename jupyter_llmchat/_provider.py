@@ -50,7 +50,6 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_WAIT = 60.0
 _TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
 #: Hosts already warned about a key sent over plain http (the warning is once per host).
-_PLAIN_HTTP_WARNED: set[str] = set()
 
 
 def safe_url(url: str) -> str:
@@ -190,6 +189,13 @@ class OpenAICompatible:
         return self._price_provider
 
     @property
+    def free(self) -> bool:
+        """Known to cost nothing (the bundled model): its cost shows as free, not as $0 or n/a."""
+        from ._usage import FREE
+
+        return self._price_provider == FREE
+
+    @property
     def priced(self) -> bool:
         """Whether answers may have a price (so the price table is worth loading)."""
         return self._price_lookup or self._price_provider is not None
@@ -247,9 +253,12 @@ class OpenAICompatible:
         """Warn once per host when a key goes over plain http to another machine."""
         parts = urlsplit(self.base_url)
         host = (parts.hostname or "").lower()
-        if parts.scheme != "http" or is_loopback(host) or host in _PLAIN_HTTP_WARNED:
+        from ._sessions import registry
+
+        warned = registry.plain_http_warned
+        if parts.scheme != "http" or is_loopback(host) or host in warned:
             return
-        _PLAIN_HTTP_WARNED.add(host)
+        warned.add(host)
         warnings.warn(
             f"jupyter_llmchat: an API key is sent over plain http to {host}: anyone on the "
             "network path can read it. Use an https:// base_url (or a server on this machine).",
@@ -651,9 +660,6 @@ def _error_detail(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
-_SSL_CONTEXTS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
-
-
 def _ssl_context() -> ssl.SSLContext:
     """One verifying SSL context per process, shared by every client.
 
@@ -661,9 +667,12 @@ def _ssl_context() -> ssl.SSLContext:
     copy and event loop) even for plain http. Same CA choice as httpx's own (``SSL_CERT_FILE``,
     ``SSL_CERT_DIR``, else certifi), looked up again if those variables change."""
     key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    ctx = _SSL_CONTEXTS.get(key)
+    from ._sessions import registry
+
+    contexts = registry.ssl_contexts
+    ctx = contexts.get(key)
     if ctx is None:
-        ctx = _SSL_CONTEXTS[key] = httpx.create_ssl_context(verify=True, trust_env=True)
+        ctx = contexts[key] = httpx.create_ssl_context(verify=True, trust_env=True)
     return ctx
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import decimal
 import html
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._chat import Chat
 from ._markdown import safe_markdown
-from ._usage import UsageRow
+from ._usage import UsageRow, format_row_cost
 
-__all__ = ["ConfigView", "HistoryView", "UsageReport", "format_cost", "usage_rows"]
+__all__ = ["ConfigView", "HistoryView", "UsageReport", "usage_rows"]
 
 
 @dataclass
@@ -43,46 +41,8 @@ def _num(v: int | None, unknown: int) -> str:
     return f"{v:,}" + ("+" if unknown else "")
 
 
-def format_cost(usd: float | None) -> str:
-    """A cost in US dollars, the one rule of every view (the panel's ``costFormat.ts`` too).
-
-    Unknown is ``n/a`` (never a guessed 0); free is ``$0``; from $1 up, cents with thousands
-    separators (``$1,234.50``); below $1, two significant digits and at least two decimals,
-    never an exponent (``$0.50``, ``$0.012``, ``$0.00000012``). Halves round up, as
-    JavaScript's ``toFixed`` does on the same binary value, so both sides print the same.
-    """
-    if usd is None or not math.isfinite(usd):
-        return "n/a"
-    if usd == 0:
-        return "$0"
-    sign = "-" if usd < 0 else ""
-    v = abs(usd)
-    if v >= 1:
-        return sign + "$" + _thousands(_fixed(v, 2))
-    decimals = max(2, 1 - math.floor(math.log10(v)))
-    return sign + "$" + _fixed(v, decimals)
-
-
-def _fixed(v: float, decimals: int) -> str:
-    exact = decimal.Decimal(v)  # the binary value itself, as toFixed rounds it
-    return format(exact.quantize(decimal.Decimal(1).scaleb(-decimals), rounding=decimal.ROUND_HALF_UP), "f")
-
-
-def _thousands(fixed: str) -> str:
-    whole, _, frac = fixed.partition(".")
-    return f"{int(whole):,}" + ("." + frac if frac else "")
-
-
-#: Provider name of the bundled model (``_local.PROVIDER_NAME``), whose answers are free.
-_LOCAL = "llama.cpp (local)"
-
-
-def _usd(v: float | None, unknown: int, provider: str = "") -> str:
-    if v is None:
-        return "n/a"
-    if v == 0 and provider == _LOCAL:  # known to be free, unlike an unknown price ("n/a")
-        return "$0, local" + ("+" if unknown else "")
-    return format_cost(v) + ("+" if unknown else "")
+def _usd(v: float | None, unknown: int, free: bool) -> str:
+    return format_row_cost(v, unknown=unknown, free=free)
 
 
 class UsageReport:
@@ -106,7 +66,7 @@ class UsageReport:
     def _cells(self, r: _Row) -> list[str]:
         return [r.session, r.provider, r.model, str(r.turns), _num(r.input, r.unknown_tokens),
                 _num(r.output, r.unknown_tokens), _num(r.cached, r.unknown_tokens),
-                _usd(r.cost, r.unknown_cost, r.provider)]
+                _usd(r.cost, r.unknown_cost, r.free)]
 
     def _table(self) -> tuple[list[str], list[list[str]], list[str] | None]:
         body = [self._cells(r) for r in self.rows]
@@ -128,7 +88,7 @@ class UsageReport:
                 out.append([
                     name, str(i // 2 + 1), t.model or "", t.meta.get("source", ""),
                     _num(tok.input if tok else None, 0), _num(tok.output if tok else None, 0),
-                    _num(tok.cached if tok else None, 0), _usd(t.cost, 0, chat.provider.name),
+                    _num(tok.cached if tok else None, 0), _usd(t.cost, 0, chat.provider.free),
                     (t.finish_reason or "") + (" (partial)" if t.partial else ""),
                 ])
         return out
@@ -163,7 +123,7 @@ class UsageReport:
 
     def _spend_rows(self) -> list[list[str]]:
         return [[r["provider"], r["model"], str(r["turns"]), _num(r["input"], 0), _num(r["output"], 0),
-                 _num(r["cached"], 0), _usd(r["cost_usd"], 0, r["provider"])] for r in self.spend or []]
+                 _num(r["cached"], 0), _usd(r["cost_usd"], 0, UsageRow.from_dict(r).free)] for r in self.spend or []]
 
     def _repr_html_(self) -> str:
         head, body, total = self._table()

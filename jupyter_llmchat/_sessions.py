@@ -1,6 +1,8 @@
 """The kernel's named chat sessions, shared by the ``%%chat`` magics and the chat panel.
 
-``_SESSIONS`` is the one registry of this package's global state. A session made from
+``registry`` is the one registry of this package's global state: the sessions, and hanging off
+it the process's usage ledger, the magics, bridge and panels of each shell, and the bundled
+model's server. A session made from
 configuration is built by the factory the magics install (``ChatMagics`` traits); without the
 extension loaded, from ``$OPENAI_BASE_URL`` / ``$OPENAI_MODEL``, or the bundled local model.
 """
@@ -10,26 +12,58 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._chat import Chat, Echo
 from ._errors import ConfigurationError
+from ._usage import Ledger
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl
 
 __all__ = ["on_session", "session", "session_names", "use"]
 
-_SESSIONS: dict[str, Chat] = {}
-_lock = threading.Lock()
-# Held while a factory builds a session, so two threads asking for the same new session (a cell
-# and the panel) get one Chat and the factory runs once. Re-entrant: a factory may look up
-# another session.
-_create_lock = threading.RLock()
 #: Builds a Chat for a new session name; replaced by the magics with one that reads traits.
 Factory = Callable[[str], Chat]
-_factory: Factory | None = None
-_refresher: Callable[[str], None] | None = None
-#: Called with (name, chat) whenever a session is created or replaced.
-_hooks: list[Callable[[str, Chat], None]] = []
+
+
+class Registry:
+    """The kernel's state: its sessions, and what hangs off them (one object, one place)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Chat] = {}
+        self.lock = threading.Lock()
+        # Held while a factory builds a session, so two threads asking for the same new session
+        # (a cell and the panel) get one Chat and the factory runs once. Re-entrant: a factory
+        # may look up another session.
+        self.create_lock = threading.RLock()
+        self.factory: Factory | None = None
+        self.refresher: Callable[[str], None] | None = None
+        #: Called with (name, chat) whenever a session is created or replaced.
+        self.hooks: list[Callable[[str, Chat], None]] = []
+        #: Every answer of every Chat of this process (``token_usage()``, the budget without
+        #: a notebook).
+        self.usage = Ledger()
+        #: Per shell (weak: a shell gone is forgotten): the magics loaded into it, and its
+        #: bridge to the notebook's front end.
+        self.magics: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self.bridges: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: The open chat panels; %chat_panel reuses the one showing the session it asks for.
+        self.panels: list[Any] = []
+        #: The bundled model's server, shared by every session of the process (``_local``).
+        self.local_server: Any = None
+        self.local_lock = threading.Lock()
+        # Caches of the provider and prices: one verifying SSL context per CA choice (loading
+        # the CA bundle is slow), the hosts already warned about a key over plain http, and
+        # whether the price table is being loaded.
+        self.ssl_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+        self.plain_http_warned: set[str] = set()
+        self.prices_loading = False
+
+
+registry = Registry()
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -84,8 +118,8 @@ def _default_factory(name: str) -> Chat:
 
 def refresh(name: str) -> None:
     """Let the configuration rebuild session ``name`` if it changed since (see the magics)."""
-    if _refresher is not None:
-        _refresher(name)
+    if registry.refresher is not None:
+        registry.refresher(name)
 
 
 def prepare(name: str = "default", on_status: Callable[[str], None] | None = None) -> Chat:
@@ -101,30 +135,29 @@ def prepare(name: str = "default", on_status: Callable[[str], None] | None = Non
 
 def set_factory(factory: Factory | None, refresher: Callable[[str], None] | None = None) -> None:
     """Install how sessions are made, and a hook run before each use (it may rebuild one)."""
-    global _factory, _refresher
-    _factory = factory
-    _refresher = refresher
+    registry.factory = factory
+    registry.refresher = refresher
 
 
 def session(name: str = "default", *, create: bool = True) -> Chat:
     """The kernel's chat session ``name``, created from configuration on first use."""
     check_name(name)
-    with _lock:
-        chat = _SESSIONS.get(name)
+    with registry.lock:
+        chat = registry.sessions.get(name)
     if chat is not None:
         return chat
     if not create:
-        known = ", ".join(sorted(_SESSIONS)) or "none yet"
+        known = ", ".join(sorted(registry.sessions)) or "none yet"
         raise ConfigurationError(f"no session named {name!r}", hint=f"sessions: {known}")
-    with _create_lock:
-        with _lock:
-            chat = _SESSIONS.get(name)
+    with registry.create_lock:
+        with registry.lock:
+            chat = registry.sessions.get(name)
         if chat is not None:  # another thread made it while this one waited
             return chat
-        chat = (_factory or _default_factory)(name)
-        with _lock:
-            # use() may have set it meanwhile (it does not take _create_lock): that one wins.
-            existing = _SESSIONS.setdefault(name, chat)
+        chat = (registry.factory or _default_factory)(name)
+        with registry.lock:
+            # use() may have set it meanwhile (it does not take create_lock): that one wins.
+            existing = registry.sessions.setdefault(name, chat)
     if existing is chat:
         _run_hooks(name, chat)
     return existing
@@ -135,34 +168,34 @@ def use(chat: Chat, name: str = "default") -> Chat:
     if not isinstance(chat, Chat):
         raise ConfigurationError(f"use() takes a Chat, not a {type(chat).__name__}")
     check_name(name)
-    with _lock:
-        _SESSIONS[name] = chat
+    with registry.lock:
+        registry.sessions[name] = chat
     _run_hooks(name, chat)
     return chat
 
 
 def session_names() -> list[str]:
-    with _lock:
-        return list(_SESSIONS)
+    with registry.lock:
+        return list(registry.sessions)
 
 
 def sessions() -> dict[str, Chat]:
-    with _lock:
-        return dict(_SESSIONS)
+    with registry.lock:
+        return dict(registry.sessions)
 
 
 def drop(name: str) -> None:
-    with _lock:
-        _SESSIONS.pop(name, None)
+    with registry.lock:
+        registry.sessions.pop(name, None)
 
 
 def on_session(fn: Callable[[str, Chat], None]) -> None:
     """Call ``fn(name, chat)`` for every session, now and whenever one is created or replaced."""
-    _hooks.append(fn)
+    registry.hooks.append(fn)
     for name, chat in sessions().items():
         fn(name, chat)
 
 
 def _run_hooks(name: str, chat: Chat) -> None:
-    for fn in list(_hooks):
+    for fn in list(registry.hooks):
         fn(name, chat)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._turns import Tokens, Turn
+from ._usage import UsageRow, format_cost, format_limit, format_row_cost
 
 __all__ = [
     "Budget",
@@ -144,23 +145,19 @@ class Spent:
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Spent:
         """From ledger rows (``token_usage()`` / the record's ``usage`` form)."""
-        usd, tokens, unknown = 0.0, 0, 0
+        total = UsageRow("", "")
         for r in rows:
-            cost = r.get("cost_usd", r.get("cost"))
-            if cost is None:
-                unknown += int(r.get("turns") or 0)
-            else:
-                usd += float(cost)
-            tokens += int(r.get("input") or 0) + int(r.get("output") or 0)
-        return cls(usd, tokens, unknown)
+            total.merge(UsageRow.from_dict(r))
+        return cls.of(total)
+
+    @classmethod
+    def of(cls, total: UsageRow) -> Spent:
+        """From a ledger's total (``Ledger.total()``)."""
+        return cls(total.cost or 0.0, (total.input or 0) + (total.output or 0), total.unknown_cost)
 
 
 class BudgetExceeded(Exception):
     """Not an error of the chat: the caller turns it into its own refusal (UsageError, ...)."""
-
-
-def _usd(v: float) -> str:
-    return f"${v:,.2f}" if v >= 0.01 or v == 0 else f"${v:.6f}".rstrip("0")
 
 
 def check_budget(
@@ -184,14 +181,14 @@ def check_budget(
     if budget.usd is not None:
         if spent.usd >= budget.usd:
             raise BudgetExceeded(
-                f"budget reached: {_usd(spent.usd)} spent of {_usd(budget.usd)}; nothing sent "
+                f"budget reached: {format_cost(spent.usd)} spent of {format_limit(budget.usd)}; nothing sent "
                 f"(raise it with {how_to_raise}, or turn it off with %chat_budget --off)"
             )
         if worst_usd is not None and spent.usd + worst_usd > budget.usd:
             raise BudgetExceeded(
-                f"this request could cost up to {_usd(worst_usd)} ({input_tokens:,} tokens in, "
-                f"up to {out:,} out) and pass the budget of {_usd(budget.usd)} "
-                f"({_usd(budget.usd - spent.usd)} left); nothing sent (raise it with {how_to_raise}, "
+                f"this request could cost up to {format_cost(worst_usd)} ({input_tokens:,} tokens in, "
+                f"up to {out:,} out) and pass the budget of {format_limit(budget.usd)} "
+                f"({format_cost(budget.usd - spent.usd)} left); nothing sent (raise it with {how_to_raise}, "
                 "or lower --max-tokens)"
             )
     if budget.tokens is not None:
@@ -242,8 +239,8 @@ def budget_lines(budget: Budget, spent: Spent) -> list[str]:
     if budget.usd is not None:
         unknown = f" (+{spent.unknown_cost} answers of unknown cost)" if spent.unknown_cost else ""
         lines.append(
-            f"budget: {_usd(budget.usd)}, spent {_usd(spent.usd)}{unknown}, "
-            f"left {_usd(max(0.0, budget.usd - spent.usd))}"
+            f"budget: {format_limit(budget.usd)}, spent {format_cost(spent.usd)}{unknown}, "
+            f"left {format_cost(max(0.0, budget.usd - spent.usd))}"
         )
     if budget.tokens is not None:
         lines.append(
@@ -268,12 +265,7 @@ def footer(
     tok = tokens or Tokens()
     t_in = "n/a" if tok.input is None else f"{tok.input:,}"
     t_out = "n/a" if tok.output is None else f"{tok.output:,}"
-    if local:
-        price = "free, local"
-    elif cost is None:
-        price = "n/a"
-    else:
-        price = _usd(cost)
+    price = format_row_cost(cost, free=local, prose=True)
     parts = [model or "unknown model", f"{t_in} in / {t_out} out", price]
     if replayed_at is not None:
         parts.append(f"replayed (recorded {replayed_at}), no request")

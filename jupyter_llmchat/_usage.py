@@ -7,22 +7,44 @@ the first priced turn, not at import time.
 
 from __future__ import annotations
 
+import decimal
+import math
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._turns import Tokens
+from ._turns import Tokens, Turn
 
-__all__ = ["UsageRow", "cost_of", "record_usage", "token_usage"]
+__all__ = [
+    "FREE",
+    "LOCAL_PROVIDER_NAME",
+    "Ledger",
+    "UsageRow",
+    "cost_of",
+    "format_cost",
+    "format_limit",
+    "format_row_cost",
+    "process_ledger",
+    "record_usage",
+    "token_usage",
+]
 
-_lock = threading.Lock()
-#: The process-wide usage registry: (provider name, model) -> running totals.
-_USAGE: dict[tuple[str, str], UsageRow] = {}
+#: The price provider of models known to cost nothing (the bundled local model): cost 0.0.
+FREE = "free"
+#: Display name of the bundled model's provider. The notebook's record keeps only provider names,
+#: so a row read back from it is free when it carries this name (``UsageRow.free``).
+LOCAL_PROVIDER_NAME = "llama.cpp (local)"
 
 
 @dataclass
 class UsageRow:
-    """Totals for one (provider, model). A total is None while no turn reported it."""
+    """Totals for one (provider, model), or of any set of answers.
+
+    The one rule for adding answers up: a total is None while no answer reported it (unknown,
+    never a made-up 0); answers whose tokens or cost were unknown are counted, so a total known
+    only in part can say so ("+").
+    """
 
     provider: str
     model: str
@@ -34,6 +56,16 @@ class UsageRow:
     #: Turns whose tokens (or price) were unknown, so the totals above undercount them.
     unknown_tokens: int = 0
     unknown_cost: int = 0
+
+    @property
+    def free(self) -> bool:
+        """Known to cost nothing: answers of the bundled model."""
+        return self.provider == LOCAL_PROVIDER_NAME
+
+    @property
+    def complete_cost(self) -> float | None:
+        """The cost when every answer's is known (and there is one), else None."""
+        return None if self.unknown_cost or not self.turns else self.cost
 
     def add(self, tokens: Tokens | None, cost: float | None) -> None:
         self.turns += 1
@@ -48,6 +80,13 @@ class UsageRow:
         else:
             self.cost = (self.cost or 0.0) + cost
 
+    def add_turns(self, turns: Iterable[Turn]) -> UsageRow:
+        """Add the assistant turns among ``turns`` (returns self, to chain)."""
+        for t in turns:
+            if t.role == "assistant":
+                self.add(t.tokens, t.cost)
+        return self
+
     def merge(self, other: UsageRow) -> None:
         self.turns += other.turns
         self.input = _add(self.input, other.input)
@@ -59,6 +98,7 @@ class UsageRow:
         self.unknown_cost += other.unknown_cost
 
     def to_dict(self) -> dict[str, Any]:
+        """The notebook record's ``usage`` row form."""
         return {
             "provider": self.provider,
             "model": self.model,
@@ -69,6 +109,19 @@ class UsageRow:
             "cost_usd": self.cost,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UsageRow:
+        """From the record's ``usage`` row form (or ``token_usage()``'s: ``cost`` as well)."""
+        turns = int(d.get("turns") or 0)
+        cost = d.get("cost_usd", d.get("cost"))
+        tok_known = d.get("input") is not None or d.get("output") is not None
+        return cls(
+            str(d.get("provider") or ""), str(d.get("model") or ""), turns=turns, input=d.get("input"),
+            output=d.get("output"), cached=d.get("cached"), cost=None if cost is None else float(cost),
+            # The record keeps no counts of unknowns: a row without a total is unknown throughout.
+            unknown_tokens=0 if tok_known else turns, unknown_cost=turns if cost is None else 0,
+        )  # fmt: skip
+
 
 def _add(a: int | None, b: int | None) -> int | None:
     if b is None:
@@ -76,12 +129,87 @@ def _add(a: int | None, b: int | None) -> int | None:
     return b if a is None else a + b
 
 
+class Ledger:
+    """Totals per (provider, model): the process's (``token_usage()``) and each notebook's
+    (its record's ``usage``, which survives ``%chat_reset``). Thread-safe."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], UsageRow] = {}
+        self._lock = threading.Lock()
+
+    def add_tokens(self, provider: str, model: str | None, tokens: Tokens | None, cost: float | None) -> None:
+        model = model or "unknown"
+        with self._lock:
+            row = self.rows.get((provider, model))
+            if row is None:
+                row = self.rows[(provider, model)] = UsageRow(provider, model)
+            row.add(tokens, cost)
+
+    def add(self, provider: str, turn: Turn) -> None:
+        """Add an answer of ``provider``'s."""
+        self.add_tokens(provider, turn.model, turn.tokens, turn.cost)
+
+    def total(self) -> UsageRow:
+        """All rows added up."""
+        out = UsageRow("", "")
+        with self._lock:
+            for row in self.rows.values():
+                out.merge(row)
+        return out
+
+    def to_list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r.to_dict() for r in self.rows.values()]
+
+    def load(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        loaded = {}
+        for d in rows:
+            row = UsageRow.from_dict(d)
+            loaded[(row.provider, row.model)] = row
+        with self._lock:
+            self.rows = loaded
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rows = {}
+
+    @classmethod
+    def sum(cls, *parts: Ledger) -> Ledger:
+        """The sum of ledgers, row by row (a new ledger; the parts are left alone)."""
+        out = cls()
+        for part in parts:
+            for key, row in list(part.rows.items()):
+                mine = out.rows.get(key)
+                if mine is None:
+                    mine = out.rows[key] = UsageRow(row.provider, row.model)
+                mine.merge(row)
+        return out
+
+    def extends(self, other: Ledger) -> bool:
+        """True when every row of ``other`` is here with counts at least as large.
+
+        A front end's ledger that extends ours holds the same answers and more (it was kept
+        by an earlier kernel of this notebook and not saved yet, or saved after ours was read).
+        """
+        for key, row in other.rows.items():
+            mine = self.rows.get(key)
+            if mine is None:
+                return False
+            for field in ("turns", "input", "output", "cached", "cost"):
+                if (getattr(mine, field) or 0) < (getattr(row, field) or 0):
+                    return False
+        return True
+
+
+def process_ledger() -> Ledger:
+    """This process's ledger: every answer of every Chat (the registry of ``_sessions`` owns it)."""
+    from ._sessions import registry
+
+    return registry.usage
+
+
 def record_usage(provider: str, model: str, tokens: Tokens | None, cost: float | None) -> None:
-    with _lock:
-        row = _USAGE.get((provider, model))
-        if row is None:
-            row = _USAGE[(provider, model)] = UsageRow(provider, model)
-        row.add(tokens, cost)
+    process_ledger().add_tokens(provider, model, tokens, cost)
 
 
 def token_usage() -> list[dict[str, Any]]:
@@ -90,16 +218,68 @@ def token_usage() -> list[dict[str, Any]]:
     Each row: ``provider``, ``model``, ``turns``, ``input``, ``output``, ``cached`` and the cost in
     USD as ``cost`` (also ``cost_usd``); None where unknown.
     """
-    with _lock:
-        # "cost" as in chatlas's token_usage(); "cost_usd" as in the notebook's record.
-        return [{**row.to_dict(), "cost": row.cost} for row in _USAGE.values()]
+    # "cost" as in chatlas's token_usage(); "cost_usd" as in the notebook's record.
+    return [{**row, "cost": row["cost_usd"]} for row in process_ledger().to_list()]
+
+
+# -- formatting cost -----------------------------------------------------------------------------
+
+
+def format_cost(usd: float | None) -> str:
+    """A cost in US dollars, the one rule of every view (the panel's ``costFormat.ts`` too).
+
+    Unknown is ``n/a`` (never a guessed 0); free is ``$0``; from $1 up, cents with thousands
+    separators (``$1,234.50``); below $1, two significant digits and at least two decimals,
+    never an exponent (``$0.50``, ``$0.012``, ``$0.00000012``). Halves round up, as
+    JavaScript's ``toFixed`` does on the same binary value, so both sides print the same.
+    """
+    if usd is None or not math.isfinite(usd):
+        return "n/a"
+    if usd == 0:
+        return "$0"
+    sign = "-" if usd < 0 else ""
+    v = abs(usd)
+    if v >= 1:
+        return sign + "$" + _thousands(_fixed(v, 2))
+    decimals = max(2, 1 - math.floor(math.log10(v)))
+    return sign + "$" + _fixed(v, decimals)
+
+
+def _fixed(v: float, decimals: int) -> str:
+    exact = decimal.Decimal(v)  # the binary value itself, as toFixed rounds it
+    return format(exact.quantize(decimal.Decimal(1).scaleb(-decimals), rounding=decimal.ROUND_HALF_UP), "f")
+
+
+def _thousands(fixed: str) -> str:
+    whole, _, frac = fixed.partition(".")
+    return f"{int(whole):,}" + ("." + frac if frac else "")
+
+
+def format_limit(usd: float) -> str:
+    """A budget the user set, as set: exact, where a cost is rounded to two significant digits
+    (a limit of $0.00125 is not "$0.0013"). Cents at least, thousands separated."""
+    text = f"{usd:,.2f}"
+    if float(text.replace(",", "")) != usd:
+        text = f"{usd:,.10f}".rstrip("0")
+    return "$" + text
+
+
+#: How a known-free cost reads: in a table's cost column, and in prose (an answer's footer).
+FREE_IN_TABLE = "$0, local"
+FREE_IN_PROSE = "free, local"
+
+
+def format_row_cost(usd: float | None, *, unknown: int = 0, free: bool = False, prose: bool = False) -> str:
+    """A (total) cost as the views show it: ``n/a`` unknown, ``+`` when ``unknown`` answers are
+    left out of it, and the bundled model's free answers told apart from an unknown price."""
+    if free and not usd:  # known to be free, unlike an unknown price ("n/a")
+        return (FREE_IN_PROSE if prose else FREE_IN_TABLE) + ("+" if unknown else "")
+    if usd is None:
+        return "n/a"
+    return format_cost(usd) + ("+" if unknown else "")
 
 
 _price_lock = threading.Lock()
-
-
-#: The price provider of models known to cost nothing (the bundled local model): cost 0.0.
-FREE = "free"
 
 
 def cost_of(price_provider: str | None, model: str | None, tokens: Tokens | None) -> float | None:
@@ -123,14 +303,14 @@ def cost_of(price_provider: str | None, model: str | None, tokens: Tokens | None
     return float(price.total_price)
 
 
-_warm = threading.Event()
-
-
 def warm_up_prices() -> None:
     """Import the price table in the background while a request is under way (once)."""
-    if _warm.is_set():
-        return
-    _warm.set()
+    from ._sessions import registry
+
+    with _price_lock:
+        if registry.prices_loading:
+            return
+        registry.prices_loading = True
 
     def load() -> None:
         with _price_lock:

@@ -35,6 +35,7 @@ from . import _sessions
 from ._chat import Chat
 from ._errors import LLMChatError
 from ._turns import Turn
+from ._usage import UsageRow
 
 __all__ = ["ChatPanel", "panel"]
 
@@ -124,20 +125,13 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         self.sessions = names if self.session in names else [*names, self.session]
         self.model = chat.provider.model or ""
         self.busy = chat.busy
-        answers = [t for t in chat.get_turns() if t.role == "assistant"]
-
-        def total(key: str) -> int | None:
-            vals = [getattr(t.tokens, key) for t in answers if t.tokens is not None]
-            known = [v for v in vals if v is not None]
-            return sum(known) if known else None
-
-        costs = [t.cost for t in answers]
+        total = UsageRow("", "").add_turns(chat.get_turns())
         self.usage = {
-            "answers": len(answers),
-            "input": total("input"),
-            "output": total("output"),
-            "cached": total("cached"),
-            "cost_usd": None if not costs or any(c is None for c in costs) else sum(c for c in costs if c is not None),
+            "answers": total.turns,
+            "input": total.input,
+            "output": total.output,
+            "cached": total.cached,
+            "cost_usd": total.complete_cost,
         }
 
     def _send_history(self) -> None:
@@ -353,13 +347,10 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self.busy = False
 
 
-#: The kernel's open panels; %chat_panel reuses the one showing the session it asks for.
-_PANELS: list[ChatPanel] = []
-
-
 def _live_panels() -> list[ChatPanel]:
-    _PANELS[:] = [p for p in _PANELS if p.comm is not None]
-    return list(_PANELS)
+    panels = _sessions.registry.panels
+    panels[:] = [p for p in panels if p.comm is not None]
+    return list(panels)
 
 
 def _on_session(name: str, chat: Chat) -> None:
@@ -399,10 +390,10 @@ def panel(session: str = "default") -> Any:
     for existing in _live_panels():
         if existing.session == session:
             return existing
-    if _on_session not in _sessions._hooks:
+    if _on_session not in _sessions.registry.hooks:
         _sessions.on_session(_on_session)
     widget = ChatPanel(session)
-    _PANELS.append(widget)
+    _sessions.registry.panels.append(widget)
     return widget
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from jupyter_llmchat import _local, chat_openai_compatible, params
+from jupyter_llmchat import _local, _sessions, chat_openai_compatible, params
 from jupyter_llmchat._errors import APIStatusError, TransportError
 from jupyter_llmchat._local import MODEL_ALIAS, LocalServer, ensure_local_server, stop_local_server
 from jupyter_llmchat._sessions import local_chat
@@ -114,7 +114,7 @@ def test_ensure_local_server_restarts_a_dead_server(
     local_server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A registry of its own, so the session's server is left alone.
-    monkeypatch.setattr(_local, "_server", None)
+    monkeypatch.setattr(_sessions.registry, "local_server", None)
     statuses: list[str] = []
     try:
         first = ensure_local_server(statuses.append)

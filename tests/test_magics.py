@@ -48,14 +48,14 @@ def _ip() -> Iterator[InteractiveShell]:
     shell.run_line_magic("load_ext", "jupyter_llmchat")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_llmchat")
-    _sessions._SESSIONS.clear()
+    _sessions.registry.sessions.clear()
 
 
 @pytest.fixture
 def ip(_ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> InteractiveShell:
     """The shell with no sessions, default settings, and base_url on the fake server."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    _sessions._SESSIONS.clear()
+    _sessions.registry.sessions.clear()
     config(_ip, base_url=fake.base_url, **DEFAULTS)
     magics = chat_magics(_ip)
     # Other test modules load the extension into shells of their own; sessions come from this one.
@@ -861,3 +861,38 @@ def test_sessions_used_are_known_by_object_not_id(ip: InteractiveShell, fake: Fa
         config(ip, model="test-model")
         run(ip, "%chat_reset")
     assert all(not isinstance(x, int) for x in magics._used)
+
+
+# -- one registry: the sessions, with everything else hanging off it ------------------------------
+
+
+def _module_containers() -> dict[tuple[str, str], str]:
+    """Every module-level dict/list/set (weak ones too) of the package, as repr (its contents)."""
+    import importlib
+    import pkgutil
+    import weakref
+
+    kinds = (dict, list, set, weakref.WeakKeyDictionary, weakref.WeakValueDictionary, weakref.WeakSet)
+    out = {}
+    for info in pkgutil.iter_modules(jupyter_llmchat.__path__):
+        if info.name in ("_llama_server", "__main__"):  # the server's child process, the CLI entry
+            continue
+        mod = importlib.import_module(f"jupyter_llmchat.{info.name}")
+        for name, value in vars(mod).items():
+            if not name.startswith("__") and isinstance(value, kinds):
+                out[(info.name, name)] = repr(sorted(map(repr, value)) if isinstance(value, set) else value)
+    return out
+
+
+def test_state_lives_in_the_one_registry(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    before = _module_containers()
+    fake.script(Reply(text="Hello."))
+    assert run(ip, "%chat hi").error_in_exec is None
+    run(ip, "%chat_usage --all")
+    jupyter_llmchat.token_usage()
+    # Only constant tables at module level: nothing a session, a shell or an answer changed.
+    assert _module_containers() == before
+    registry = _sessions.registry
+    assert "default" in registry.sessions
+    assert registry.magics[ip] is chat_magics(ip)  # per shell, by the shell object itself
+    assert registry.usage.rows  # the process's usage hangs off the registry too

@@ -1,6 +1,6 @@
 """Model text made safe to render as trusted Markdown (DESIGN §9), and the one cost format.
 
-Both rules exist twice, in Python (``_markdown.safe_markdown``, ``_report.format_cost``) and in
+Both rules exist twice, in Python (``_markdown.safe_markdown``, ``_usage.format_cost``) and in
 TypeScript for the panel (``labextension/src/safeMarkdown.ts``, ``costFormat.ts``): the tables
 below are checked on both sides, the TypeScript through node on the built extension.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_llmchat._markdown import safe_markdown
-from jupyter_llmchat._report import format_cost
+from jupyter_llmchat._usage import format_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "labextension" / "lib"

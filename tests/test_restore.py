@@ -147,11 +147,11 @@ def ip(
     if "jupyter_llmchat" in shell.extension_manager.loaded:
         shell.run_line_magic("unload_ext", "jupyter_llmchat")
     saved = (
-        dict(_sessions._SESSIONS), list(_sessions._hooks), dict(_bridge._BRIDGES), _sessions._factory
+        dict(_sessions.registry.sessions), list(_sessions.registry.hooks), dict(_sessions.registry.bridges), _sessions.registry.factory
     )
-    _sessions._SESSIONS.clear()
-    _sessions._hooks.clear()
-    _bridge._BRIDGES.clear()  # one bridge per shell, made at the first %load_ext: make it again
+    _sessions.registry.sessions.clear()
+    _sessions.registry.hooks.clear()
+    _sessions.registry.bridges.clear()  # one bridge per shell, made at the first %load_ext: make it again
     for name in ("JPY_SESSION_NAME", "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     shell.user_ns.pop("__session__", None)
@@ -160,11 +160,11 @@ def ip(
     if "jupyter_llmchat" in shell.extension_manager.loaded:
         shell.run_line_magic("unload_ext", "jupyter_llmchat")
     shell.user_ns.pop("__session__", None)
-    _sessions._SESSIONS.clear()
-    _sessions._SESSIONS.update(saved[0])
-    _sessions._hooks[:] = saved[1]
-    _bridge._BRIDGES.clear()
-    _bridge._BRIDGES.update(saved[2])
+    _sessions.registry.sessions.clear()
+    _sessions.registry.sessions.update(saved[0])
+    _sessions.registry.hooks[:] = saved[1]
+    _sessions.registry.bridges.clear()
+    _sessions.registry.bridges.update(saved[2])
     _sessions.set_factory(saved[3])
 
 
@@ -403,7 +403,7 @@ def hostile_records(draw: st.DrawFn) -> Any:
 @given(record=hostile_records())
 def test_hostile_json_never_escapes_the_validator(ip: InteractiveShell, tmp_path: Path, record: Any) -> None:
     assume(record is not None)  # no record at all: nothing to refuse
-    _sessions._SESSIONS.clear()
+    _sessions.registry.sessions.clear()
     keep = _sessions.use(_sessions.local_chat(), "keep")
     from jupyter_llmchat._turns import Turn
 

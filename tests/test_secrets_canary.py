@@ -95,7 +95,7 @@ def _ip() -> Iterator[InteractiveShell]:
     shell.run_line_magic("load_ext", "jupyter_llmchat")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_llmchat")
-    _sessions._SESSIONS.clear()
+    _sessions.registry.sessions.clear()
 
 
 def echoing_errors() -> list[Reply]:
@@ -147,7 +147,7 @@ def python_flows(fake: FakeOpenAI, seen: Seen) -> None:
 
 
 def shell_flows(ip: InteractiveShell, fake: FakeOpenAI, seen: Seen, capsys: pytest.CaptureFixture[str]) -> None:
-    _sessions._SESSIONS.clear()
+    _sessions.registry.sessions.clear()
     magics = ip.magics_manager.registry["ChatMagics"]
     _sessions.set_factory(magics._make_session, magics._refresh_unused)
     for line in (
@@ -197,7 +197,7 @@ def shell_flows(ip: InteractiveShell, fake: FakeOpenAI, seen: Seen, capsys: pyte
     seen.add("shell stderr", err)
     seen.add_chat("shell session", jupyter_llmchat.session())
     fake.require_auth = None
-    _sessions._SESSIONS.clear()
+    _sessions.registry.sessions.clear()
 
 
 def notebook_flow(fake: FakeOpenAI, tmp_path: Path, seen: Seen) -> None:

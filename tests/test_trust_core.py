@@ -201,7 +201,7 @@ def test_two_threads_creating_one_session_get_the_same_chat(fake_url: str) -> No
         made.append(chat)
         return chat
 
-    old_factory, old_refresher = _sessions._factory, _sessions._refresher
+    old_factory, old_refresher = _sessions.registry.factory, _sessions.registry.refresher
     _sessions.set_factory(slow_factory)
     got: list[Any] = []
     try:
@@ -290,7 +290,7 @@ def provider(url: str, credentials: Any = None, api_headers: dict[str, str] | No
 
 
 def test_key_over_plain_http_warns_once_per_host_without_the_key() -> None:
-    warned = getattr(_provider, "_PLAIN_HTTP_WARNED", set())
+    warned = _sessions.registry.plain_http_warned
     warned.discard("llm.example.invalid")
     warned.discard("other.example.invalid")
     p = provider("http://llm.example.invalid/v1", credentials=lambda: CANARY)
