@@ -102,8 +102,9 @@ class StreamDisplay:
         (self._text if kind == "text" else self._thinking).append(piece)
         self._chars += len(piece)
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any]) -> None:
-        """The model asked for a call: one line for it, under way until its result."""
+    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None:
+        """The model asked for a call: one line for it, under way until its result.
+        ``show=False``: no update now (a replayed answer is shown whole by ``final``)."""
         with self._lock:
             if not self._calls:
                 # A new round: the text so far was the model's words before it asked; the
@@ -111,9 +112,10 @@ class StreamDisplay:
                 self._before.append(self._round_markdown())
                 self._text, self._thinking = [], []
             self._calls[call_id] = [name, arguments, self._clock(), None]
-            self._update_now()
+            if show:
+                self._update_now()
 
-    def tool_result(self, call_id: str, value: Any, error: str | None) -> None:
+    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None:
         """A call's result: its line says ok or error and how long it took."""
         with self._lock:
             call = self._calls.get(call_id)
@@ -127,7 +129,8 @@ class StreamDisplay:
             if all(c[3] is not None for c in self._calls.values()):
                 self._before.append("".join(self._call_markdown(c) for c in self._calls.values()))
                 self._calls = {}
-            self._update_now()
+            if show:
+                self._update_now()
 
     def _update_now(self) -> None:
         # A tool line is a rare event: shown at the rate's next slot, like a text piece.
@@ -275,11 +278,11 @@ class TerminalDisplay:
     def fill(self, kind: str, piece: str) -> None:
         self.delta(kind, piece)
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any]) -> None:
+    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None:
         self._text = []  # as in StreamDisplay: the answer is the last round's text
         sys.stdout.write(f"\n[tool call] {name}({short_arguments(arguments)})\n")
 
-    def tool_result(self, call_id: str, value: Any, error: str | None) -> None:
+    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None:
         sys.stdout.write(f"[tool {'error' if error is not None else 'ok'}]\n")
 
     @property

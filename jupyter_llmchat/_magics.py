@@ -293,8 +293,9 @@ class ChatMagics(Magics):
         if self.replay and not args.refresh and not args.no_history and at is not None:
             found = _spend.find_replay(chat.get_turns(), text, at=at, **key)
             if found is not None:
-                self._replay_next[chat] = found + 2
-                self._note_run(cell_id, run_id, found + 2)
+                end = _exchange_end(chat.get_turns(), found)
+                self._replay_next[chat] = end
+                self._note_run(cell_id, run_id, end)
                 return self._replay(display, chat, args, fmt, found)
         past = [] if args.no_history else chat.get_turns()[:rerun]
         ctx.check_spend(chat, key["model"], ctx.input_estimate(chat.system_prompt, past, text),
@@ -394,11 +395,18 @@ class ChatMagics(Magics):
         """Show a recorded answer again: no request, no spend, history unchanged."""
         from ._metadata import KEY, display_metadata
 
-        user, reply = chat.get_turns()[index:index + 2]
-        for c in reply.contents:
-            if c.type in ("text", "thinking"):
-                display.fill(c.type, getattr(c, c.type))
-        meta = display_metadata(args.session, chat, (user, reply), recorded=True)
+        turns = chat.get_turns()
+        exchange = turns[index:_exchange_end(turns, index)]
+        user, reply = exchange[0], exchange[-1]
+        for t in exchange[1:]:
+            for c in t.contents:
+                if c.type in ("text", "thinking"):
+                    display.fill(c.type, getattr(c, c.type))
+                elif c.type == "tool_request":
+                    display.tool_request(c.id, c.name, c.arguments, show=False)
+                elif c.type == "tool_result":
+                    display.tool_result(c.id, c.value, c.error, show=False)
+        meta = display_metadata(args.session, chat, exchange, recorded=True)
         meta[KEY]["replayed"] = True
         display.final(fmt, meta)
         when = reply.started_at or user.started_at
@@ -850,3 +858,15 @@ def _show_item(display: Any, item: Any) -> None:
         display.tool_request(item.id, item.name, item.arguments)
     elif kind == "tool_result":
         display.tool_result(item.id, item.value, item.error)
+
+
+def _exchange_end(turns: Any, start: int) -> int:
+    """Index after the exchange whose prompt is ``turns[start]``: its tool rounds (assistant
+    turns, and user turns holding only tool results) and its answer."""
+    end = start + 1
+    while end < len(turns):
+        t = turns[end]
+        if t.role == "user" and not (t.contents and all(c.type == "tool_result" for c in t.contents)):
+            break
+        end += 1
+    return end

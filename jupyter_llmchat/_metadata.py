@@ -173,6 +173,8 @@ def display_metadata(
             "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
             "system_prompt": chat.system_prompt,
             **({"rounds": rounds} if rounds else {}),
+            # With tool rounds the answer's request began after the prompt's.
+            **({"prompt_started_at": user.to_dict().get("started_at")} if rounds else {}),
         }
     }
 
@@ -183,7 +185,7 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
     common = {k: meta.get(k) for k in ("cell_id", "source") if isinstance(meta.get(k), str)}
     user = Turn.from_dict({
         "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
-        "started_at": meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
+        "started_at": meta.get("prompt_started_at") or meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
     })
     contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
     contents.append({"type": "text", "text": text})

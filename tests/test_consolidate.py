@@ -277,4 +277,6 @@ def test_tool_rounds_survive_consolidate(fake: FakeOpenAI, tmp_path: Path, kerne
     nbformat.write(nb, path)
     done = consolidate(path)
     assert done.returncode == 0, done.stderr
-    assert json.loads(path.read_text(encoding="utf-8"))["metadata"][KEY] == kernel_record
+    rebuilt = json.loads(path.read_text(encoding="utf-8"))["metadata"][KEY]
+    assert rebuilt["sessions"]["default"]["turns"] == turns
+    assert rebuilt == kernel_record
