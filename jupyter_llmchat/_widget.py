@@ -19,8 +19,8 @@ the front end shows it as text, never HTML). ``recorded`` false means the questi
 arrived, or the request failed): the front end drops the question's bubble and gives its text
 back to the input. A message's ``id`` is stable until the next ``history``, which replaces all.
 An exchange with tool rounds shows as its prompt and each assistant turn, with the calls (and
-their results, from the user turn that carries them) on the turn that asked; after a panel
-question with tool rounds, ``history`` follows its ``done``.
+their results, from the user turn that carries them) on the turn that asked (a panel question
+streams as one answer with its calls; a call's time is only known while it runs).
 
 Panel questions stream in a background thread, so tokens show while the kernel is idle or busy
 with other cells; the session's lock keeps the panel and ``%%chat`` cells from interleaving.
@@ -151,7 +151,6 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         #: Counts session switches; a streaming answer stops showing after one.
         self._binds = 0
         self._stream_binds: int | None = None
-        self._history_after_done = False
         self.on_msg(self._on_front_end)
         self._bind(session)
 
@@ -225,11 +224,10 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             # Not an addition at the end: a cell run again replaced its earlier exchange.
             self._send_history()
         elif self._streaming_here() and self._stream_binds == self._binds:
-            # The panel's own question: the front end has it from the deltas, as one answer;
-            # with tool rounds the whole history follows its "done" (one message per turn).
+            # The panel's own question: the front end has it from the deltas and "tool"
+            # messages, as one answer (ids by position only matter to the next "history").
             if in_history:
                 self._shown = n
-                self._history_after_done = k > 2
         elif in_history:
             # A %%chat cell's exchange, or another panel's on the same session.
             self._shown = n
@@ -367,9 +365,6 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             else:  # stopped before anything arrived: history is unchanged
                 self.send({"type": "done", "message": {"id": answer_id, "partial": True},
                            "user_id": user_id, "recorded": False})
-            if self._history_after_done:
-                self._history_after_done = False
-                self._send_history()
 
         ticker: asyncio.Task[None] | None = None
         try:

@@ -417,7 +417,7 @@ def test_switching_sessions_mid_stream_and_back(
 def test_tool_calls_show_one_line_each_as_text(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
     """A panel question whose answer calls a tool: the call's line shows while it runs and
     after (name, short arguments, ok, time), opens on arguments and result, all as text; the
-    history shown afterwards has the same line on the turn that asked."""
+    history shown when the panel is opened again has the same line on the turn that asked."""
     nb, page = notebook, notebook.page
     nb.run_cell(
         "import time, jupyter_llmchat\n"
@@ -453,3 +453,14 @@ def test_tool_calls_show_one_line_each_as_text(notebook: NotebookPage, fake_serv
     turns = kernel_turns(nb)
     assert [role for role, _, _ in turns] == ["user", "assistant", "user", "assistant"]
     assert turns[-1][2] == "Found **it**."
+    # The whole history again (as after a reload): the results' turn is no message of its own.
+    nb.run_cell("jupyter_llmchat.session('other')")
+    select = dock(page).locator(".jp-llmchat-session")
+    select.select_option("other")
+    dock(page).locator(".jp-llmchat-tool").first.wait_for(state="detached")
+    select.select_option("default")
+    wait_text(page, "Found it.")
+    shown = messages(page)
+    assert len(shown) == 3 and shown[0] == "Look it up" and shown[2] == "Found it."
+    assert dock(page).locator(".jp-llmchat-tool summary").first.inner_text() == (
+        '🔧 lookup({"q": "<b>bold</b>"}) — ok')
