@@ -97,14 +97,17 @@ def _notebook(args: argparse.Namespace) -> object:
         "%load_ext jupyter_llmchat\n"
         "import json, time, jupyter_llmchat\n"
         "_rows = []\n"
+        "_seen = []  # the exchanges a listener hears of (--no-history keeps them out of the turns)\n"
         + (f"%config ChatMagics.params = {json.dumps(_params(args))}\n" if _params(args) else "")
         + (f"%config ChatMagics.api_args = {json.dumps({'repeat_penalty': args.repeat_penalty})}\n"
            if args.repeat_penalty is not None else ""),
     ]
+    cells.append("jupyter_llmchat.session().add_listener("
+                 "lambda c, e, x: _seen.append(x) if e == 'turn' else None)")
     for question, _ in QUESTIONS:
         cells.append(f"%%chat --no-history -o _a\n{question}")
         cells.append(
-            "_u, _r = jupyter_llmchat.session().last_exchange\n"
+            "_r = _seen[-1].turn\n"
             "_rows.append({'answer': _a, 'finish': _r.finish_reason, 'input': _r.tokens.input, "
             "'output': _r.tokens.output, 'duration': _r.duration, 'cost': _r.cost})"
         )

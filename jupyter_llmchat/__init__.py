@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._chat import AsyncChatStream, Chat, ChatStream
+    from ._chat import AsyncChatStream, Chat, ChatExchange, ChatStream
     from ._content import content_image_file, content_image_plot, content_image_url
     from ._errors import (
         APIStatusError,
@@ -64,6 +64,7 @@ __all__ = [
     "AsyncChatStream",
     "AuthenticationError",
     "Chat",
+    "ChatExchange",
     "ChatStream",
     "ConfigurationError",
     "ContentImage",
@@ -112,6 +113,7 @@ __all__ = [
 _LAZY = {
     "AsyncChatStream": "_chat",
     "Chat": "_chat",
+    "ChatExchange": "_chat",
     "ChatStream": "_chat",
     "content_image_file": "_content",
     "content_image_plot": "_content",

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _sessions
-from ._chat import Chat
+from ._chat import Chat, ChatExchange
 from ._metadata import (
     KEY,
     MAX_RECORD_CHARS,
@@ -191,14 +191,15 @@ class Bridge:
 
     # -- live updates -------------------------------------------------------------------------
 
-    def _on_change(self, chat: Chat, event: str) -> None:
+    def _on_change(self, chat: Chat, event: str, exchange: ChatExchange | None = None) -> None:
         if event not in ("turn", "reset", "set"):
             return
         if event == "turn":
-            exchange = getattr(chat, "last_exchange", None)
-            if exchange is not None:
-                self._delta.add(chat.provider.name, exchange[1])
-                self.ledger.add(chat.provider.name, exchange[1])
+            # Every request of the exchange was paid for: the tool rounds' answers too.
+            for t in exchange.turns if exchange is not None else []:
+                if t.role == "assistant":
+                    self._delta.add(chat.provider.name, t)
+                    self.ledger.add(chat.provider.name, t)
             self.send_update(chat)
             return
         self._synced = None

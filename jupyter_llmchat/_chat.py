@@ -24,6 +24,11 @@ The public stream, for callers that render an answer as it arrives (the magics, 
 
 ``close()`` (or ``aclose()``) ends the exchange at once and records the partial answer; the
 object is also a context manager. ``stream_async`` returns the same with ``async for``.
+
+Listeners (``add_listener``) hear of every change as ``fn(chat, event, exchange)``; on "turn"
+``exchange`` is the recorded ``ChatExchange`` (``user_turn``, ``turn``, ``turns``, ``recorded``),
+whichever of the send methods made it, so a layer watching the chat (the notebook record's
+ledger, the panel) needs nothing but public names.
 """
 
 from __future__ import annotations
@@ -56,14 +61,13 @@ from ._turns import (
 )
 from ._usage import UsageRow, cost_of, record_usage, warm_up_prices
 
-__all__ = ["AsyncChatStream", "Chat", "ChatStream", "Echo", "StreamContent", "StreamEvent"]
+__all__ = ["AsyncChatStream", "Chat", "ChatExchange", "ChatStream", "Echo", "StreamContent"]
 
 Echo = Literal["none", "output", "all"]
 _ECHOES = ("none", "output", "all")
 
-#: What ``Chat._events`` yields: ("text" | "thinking", the new piece). Kept for the Jupyter
-#: layer until it moves onto ``stream(content="all")``.
-StreamEvent = tuple[str, str]
+#: What ``_Answer.feed`` returns: ("text" | "thinking", the new piece).
+_Piece = tuple[str, str]
 
 #: What ``stream(content="all")`` yields.
 StreamContent = ContentText | ContentThinking | ContentToolRequest | ContentToolResult
@@ -72,10 +76,11 @@ T = TypeVar("T")
 #: Default bound on tool rounds in one exchange (requests that ended asking for tools).
 MAX_TOOL_ROUNDS = 10
 
-#: Called on every change: (chat, what happened). "start": an answer begins streaming;
-#: "turn": an exchange was recorded; "abort": an answer failed with nothing to keep;
-#: "reset" and "set": history or system prompt replaced.
-Listener = Callable[["Chat", str], None]
+#: Called on every change: (chat, what happened, the exchange). "start": an answer begins
+#: streaming; "turn": an exchange was recorded (the third argument is its ``ChatExchange``,
+#: None for every other event); "abort": an answer failed with nothing to keep; "reset" and
+#: "set": history or system prompt replaced.
+Listener = Callable[["Chat", str, "ChatExchange | None"], None]
 
 
 def _check_echo(echo: str | None, default: Echo) -> Echo:
@@ -108,7 +113,7 @@ class _Answer:
         self.skipped = 0
         self._redact = redact or (lambda s: s)
 
-    def feed(self, data: str) -> tuple[StreamEvent, ...]:
+    def feed(self, data: str) -> tuple[_Piece, ...]:
         """Decode one SSE data field; return the new thinking and text, if any, in that order."""
         if data == "[DONE]":
             self.done = True
@@ -154,7 +159,7 @@ class _Answer:
         if whole:
             self.done = True
         # One delta (and always a whole message) may carry both thinking and text.
-        events: list[StreamEvent] = []
+        events: list[_Piece] = []
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning and isinstance(reasoning, str):
             self.thinking.append(reasoning)
@@ -257,9 +262,6 @@ class Chat:
         self._schema_compat = False
         #: Most requests in a row that may end asking for tools, in one exchange.
         self.max_tool_rounds = max_tool_rounds
-        #: (user turn, final assistant turn) of the latest recorded exchange; read by the
-        #: Jupyter layer until it uses ``stream()``'s ``user_turn`` and ``turn``.
-        self.last_exchange: tuple[Turn, Turn] | None = None
         if turns:
             self.set_turns(turns)
 
@@ -625,30 +627,8 @@ class Chat:
                 raise
             ex.close(None, result)
 
-    def _events(
-        self, args: Sequence[str | Content], **kwargs: Any
-    ) -> Generator[StreamEvent, None, None]:
-        """Stream one exchange; yields ("text"|"thinking", piece) and records the turns.
-
-        The Jupyter layer's entry point until it moves onto ``stream(content="all")``."""
-        with closing(self._run(args, kwargs)) as items:
-            for item in items:
-                if isinstance(item, ContentText):
-                    yield ("text", item.text)
-                elif isinstance(item, ContentThinking):
-                    yield ("thinking", item.thinking)
-
-    async def _aevents(
-        self, args: Sequence[str | Content], **kwargs: Any
-    ) -> AsyncGenerator[StreamEvent, None]:
-        async with aclosing(self._arun(args, kwargs)) as items:
-            async for item in items:
-                if isinstance(item, ContentText):
-                    yield ("text", item.text)
-                elif isinstance(item, ContentThinking):
-                    yield ("thinking", item.thinking)
-
-    def _record(self, user: Turn, turns: list[Turn], history: bool, replace_from: int | None) -> None:
+    def _record(self, user: Turn, turns: list[Turn], history: bool, replace_from: int | None,
+                exchange: ChatExchange) -> None:
         """Put one exchange into the history (unless ``history=False``) and tell listeners."""
         for t in turns:
             if t.role == "assistant":
@@ -657,8 +637,7 @@ class Chat:
             if replace_from is not None:
                 del self._turns[replace_from:]
             self._turns.extend((user, *turns))
-        self.last_exchange = (user, turns[-1])
-        self._notify("turn")
+        self._notify("turn", exchange)
 
     def _messages(self, turns: Sequence[Turn]) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []
@@ -679,7 +658,8 @@ class Chat:
         return _Guard(self)
 
     def add_listener(self, fn: Listener) -> None:
-        """Call ``fn(chat, event)`` after every change of history (used by the Jupyter layer)."""
+        """Call ``fn(chat, event, exchange)`` after every change of history (see ``Listener``;
+        used by the Jupyter layer)."""
         if fn not in self._listeners:
             self._listeners.append(fn)
 
@@ -687,10 +667,10 @@ class Chat:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
-    def _notify(self, event: str) -> None:
+    def _notify(self, event: str, exchange: ChatExchange | None = None) -> None:
         for fn in list(self._listeners):
             try:
-                fn(self, event)
+                fn(self, event, exchange)
             except Exception as exc:  # a broken listener must not break the conversation
                 print(f"jupyter_llmchat: listener failed: {exc!r}", file=sys.stderr)
 
@@ -934,8 +914,14 @@ class _Outcome:
         self.recorded = False
 
 
-class _StreamResult:
+class ChatExchange:
+    """One exchange as recorded: what a ``ChatStream`` reads once it is done, and what listeners
+    receive with the "turn" event."""
+
     _outcome: _Outcome
+
+    def __init__(self, outcome: _Outcome) -> None:
+        self._outcome = outcome
 
     @property
     def user_turn(self) -> Turn | None:
@@ -961,7 +947,7 @@ class _StreamResult:
         return self._outcome.recorded
 
 
-class ChatStream(_StreamResult, Generic[T]):
+class ChatStream(ChatExchange, Generic[T]):
     """The iterator ``Chat.stream()`` returns; ``close()`` ends the exchange at once."""
 
     def __init__(self, gen: Generator[T, None, None], outcome: _Outcome) -> None:
@@ -984,7 +970,7 @@ class ChatStream(_StreamResult, Generic[T]):
         self.close()
 
 
-class AsyncChatStream(_StreamResult, Generic[T]):
+class AsyncChatStream(ChatExchange, Generic[T]):
     """The async iterator ``Chat.stream_async()`` returns; ``aclose()`` ends the exchange."""
 
     def __init__(self, gen: AsyncGenerator[T, None], outcome: _Outcome) -> None:
@@ -1157,6 +1143,7 @@ class _Exchange:
                 return  # nothing arrived: leave history as it was
             # Calls not yet complete in a cut stream never ran: they are left out.
             self.turns.append(self._reply(self.answer, [], partial=True, exc=exc))
-        self.chat._record(self.user, self.turns, self.history, self.replace_from)
-        if result is not None:
-            result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history
+        # Filled in before listeners hear of it: they read the same exchange the caller will.
+        result = result if result is not None else _Outcome()
+        result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history
+        self.chat._record(self.user, self.turns, self.history, self.replace_from, ChatExchange(result))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import html
+import json
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 
 from ._markdown import safe_markdown
 
-__all__ = ["BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle"]
+__all__ = ["BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle", "tool_line"]
 
 #: Budget for intermediate updates (characters re-sent per second of streaming).
 BYTES_PER_SECOND = 16_000
@@ -59,6 +60,11 @@ class StreamDisplay:
         self._timer: threading.Timer | None = None
         self._unsent = False
         self._closed = False
+        # Tool rounds: what came before the current round's text (earlier text, one line per
+        # call) as safe Markdown, and the calls under way: id -> [name, arguments, started, done].
+        self._before: list[str] = []
+        self._calls: dict[str, list[Any]] = {}
+        self._last_result = 0.0
 
     def status(self, line: str) -> None:
         """Show (or replace) a one-line status, e.g. "starting local model..."."""
@@ -95,6 +101,53 @@ class StreamDisplay:
         """Add text without sending an update: a replayed answer is shown whole by ``final``."""
         (self._text if kind == "text" else self._thinking).append(piece)
         self._chars += len(piece)
+
+    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None:
+        """The model asked for a call: one line for it, under way until its result.
+        ``show=False``: no update now (a replayed answer is shown whole by ``final``)."""
+        with self._lock:
+            if not self._calls:
+                # A new round: the text so far was the model's words before it asked; the
+                # answer (``text``, what -o and the record get) is the last round's alone.
+                self._before.append(self._round_markdown())
+                self._text, self._thinking = [], []
+            self._calls[call_id] = [name, arguments, self._clock(), None]
+            if show:
+                self._update_now()
+
+    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None:
+        """A call's result: its line says ok or error and how long it took."""
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                return
+            now = self._clock()
+            # Calls of one round run one after another (sync) or together (async): a call's time
+            # is counted from its request or the previous result, whichever came later.
+            call[3] = (value, error, now - max(call[2], self._last_result))
+            self._last_result = now
+            if all(c[3] is not None for c in self._calls.values()):
+                self._before.append("".join(self._call_markdown(c) for c in self._calls.values()))
+                self._calls = {}
+            if show:
+                self._update_now()
+
+    def _update_now(self) -> None:
+        # A tool line is a rare event: shown at the rate's next slot, like a text piece.
+        self._chars += 1
+        now = self._clock()
+        if now >= self._next:
+            self._flush(now)
+        else:
+            self._unsent = True
+            self._schedule(self._next - now)
+
+    def _call_markdown(self, call: list[Any]) -> str:
+        name, arguments, _, done = call
+        if done is None:
+            return tool_line(name, arguments, None, None, None) + "\n\n"
+        value, error, seconds = done
+        return tool_line(name, arguments, value, error, seconds) + "\n\n"
 
     def _flush(self, now: float) -> None:
         md = self.markdown(partial_cursor=True)
@@ -145,6 +198,14 @@ class StreamDisplay:
         return "".join(self._text)
 
     def markdown(self, partial_cursor: bool = False) -> str:
+        parts = list(self._before)
+        parts.extend(self._call_markdown(c) for c in self._calls.values())
+        parts.append(self._round_markdown())
+        if partial_cursor:
+            parts.append(" ▍")
+        return "".join(parts)
+
+    def _round_markdown(self) -> str:
         parts = []
         thinking = "".join(self._thinking)
         if thinking:
@@ -152,9 +213,9 @@ class StreamDisplay:
                 "<details><summary>Thinking</summary>\n\n" + safe_markdown(thinking) + "\n\n</details>\n\n"
             )
         # Model text: JupyterLab renders a fresh output as trusted, so it must be safe already.
-        parts.append(safe_markdown(self.text))
-        if partial_cursor:
-            parts.append(" ▍")
+        text = self.text
+        if text:
+            parts.append(safe_markdown(text) + ("\n\n" if self._calls else ""))
         return "".join(parts)
 
     def final(
@@ -217,6 +278,13 @@ class TerminalDisplay:
     def fill(self, kind: str, piece: str) -> None:
         self.delta(kind, piece)
 
+    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None:
+        self._text = []  # as in StreamDisplay: the answer is the last round's text
+        sys.stdout.write(f"\n[tool call] {name}({short_arguments(arguments)})\n")
+
+    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None:
+        sys.stdout.write(f"[tool {'error' if error is not None else 'ok'}]\n")
+
     @property
     def text(self) -> str:
         return "".join(self._text)
@@ -238,3 +306,45 @@ def _md_escape(s: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def short_arguments(arguments: dict[str, Any], limit: int = 60) -> str:
+    text = json.dumps(arguments, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def result_text(value: Any, error: str | None) -> str:
+    """A call's result (or error) as text to show."""
+    if error is not None:
+        return error
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, indent=2, default=str)
+
+
+def _fenced(text: str, info: str = "") -> str:
+    """``text`` in a code fence longer than any backtick run in it, so it cannot close it."""
+    longest, run = 0, 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{info}\n{text}\n{fence}"
+
+
+def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | None,
+              seconds: float | None) -> str:
+    """One tool call as a compact line (name, short arguments, ok or error, time) that opens
+    on the full arguments and result. Everything in it comes from the model or the tool: the
+    line is HTML-escaped, the details go through ``safe_markdown`` (DESIGN §9)."""
+    if seconds is None:
+        state = "running…"
+    else:
+        state = f"{'error' if error is not None else 'ok'} · {seconds:.2f} s"
+    summary = (f"🔧 <code>{html.escape(name)}</code>({html.escape(short_arguments(arguments))})"
+               f" — {html.escape(state)}")
+    body = "Arguments:\n\n" + _fenced(json.dumps(arguments, ensure_ascii=False, indent=2), "json")
+    if seconds is not None:
+        result = result_text(value, error)
+        body += f"\n\n{'Error' if error is not None else 'Result'}:\n\n" + _fenced(result)
+    return f"<details><summary>{summary}</summary>\n\n{safe_markdown(body)}\n\n</details>"

@@ -293,41 +293,41 @@ class ChatMagics(Magics):
         if self.replay and not args.refresh and not args.no_history and at is not None:
             found = _spend.find_replay(chat.get_turns(), text, at=at, **key)
             if found is not None:
-                self._replay_next[chat] = found + 2
-                self._note_run(cell_id, run_id, found + 2)
+                end = _exchange_end(chat.get_turns(), found)
+                self._replay_next[chat] = end
+                self._note_run(cell_id, run_id, end)
                 return self._replay(display, chat, args, fmt, found)
         past = [] if args.no_history else chat.get_turns()[:rerun]
         ctx.check_spend(chat, key["model"], ctx.input_estimate(chat.system_prompt, past, text),
                         key["params"].get("max_tokens"))
         meta = {"cell_id": cell_id, "source": "cell",
                 "request_hash": _spend.request_hash(text, past, **key)}
-        before = getattr(chat, "last_exchange", None)
         # Until this answer is in, a second %chat line of this execution goes to the end.
         self._note_run(cell_id, run_id, len(chat.get_turns()))
-        events = chat._events(
-            [text], model=args.model or None, params=overrides,
+        stream = chat.stream(
+            text, content="all", model=args.model or None, params=overrides,
             history=not args.no_history, meta=meta, replace_from=rerun,
         )
         try:
-            for kind, piece in events:
-                display.delta(kind, piece)
+            for item in stream:
+                _show_item(display, item)
         except KeyboardInterrupt:
-            # Ctrl-C may land in display.delta, outside the stream, and this frame keeps `events`
-            # alive as long as the traceback: close it now, so the partial turn is recorded (and
-            # last_exchange set) before _finish, and the session's lock is released.
-            events.close()
-            self._finish(display, chat, args, fmt, before, note="interrupted: partial answer kept")
+            # Ctrl-C may land in the display, outside the stream, and this frame keeps `stream`
+            # alive as long as the traceback: close it now, so the partial turn is recorded
+            # before _finish, and the session's lock is released.
+            stream.close()
+            self._finish(display, chat, args, fmt, stream, note="interrupted: partial answer kept")
             raise
         except LLMChatError as exc:
             if display.text:
                 # The red line below is the one notice; the record says the answer is partial.
-                self._finish(display, chat, args, fmt, before, broken=True)
+                self._finish(display, chat, args, fmt, stream, broken=True)
             message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")
             display.error(message, self._hint(exc, args.session))
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
                 raise
             return None
-        answer = self._finish(display, chat, args, fmt, before)
+        answer = self._finish(display, chat, args, fmt, stream)
         self._replay_next[chat] = len(chat.get_turns())
         self._note_run(cell_id, run_id, len(chat.get_turns()))
         if args.output:
@@ -350,15 +350,14 @@ class ChatMagics(Magics):
         return exc.hint
 
     def _finish(
-        self, display: Any, chat: Any, args: Any, fmt: str, before: Any, note: str | None = None,
+        self, display: Any, chat: Any, args: Any, fmt: str, stream: Any, note: str | None = None,
         *, broken: bool = False,
     ) -> Any:
         """Final rendering with the turn's metadata; returns the value for -o."""
         from ._metadata import display_metadata
 
-        exchange = getattr(chat, "last_exchange", None)
-        if exchange is before:  # nothing arrived, so nothing was recorded: not an older exchange
-            exchange = None
+        # No turns: nothing arrived, so nothing was recorded.
+        exchange = stream.turns
         meta = (
             display_metadata(args.session, chat, exchange, recorded=not args.no_history, new=args.new)
             if exchange
@@ -366,7 +365,7 @@ class ChatMagics(Magics):
         )
         display.final(fmt, meta, note=note)
         if exchange and self.footer:
-            self._footer(chat, exchange[1])
+            self._footer(chat, exchange[-1])
         text = display.text
         if fmt == "code":
             return first_code_block(text)
@@ -396,11 +395,18 @@ class ChatMagics(Magics):
         """Show a recorded answer again: no request, no spend, history unchanged."""
         from ._metadata import KEY, display_metadata
 
-        user, reply = chat.get_turns()[index:index + 2]
-        for c in reply.contents:
-            if c.type in ("text", "thinking"):
-                display.fill(c.type, getattr(c, c.type))
-        meta = display_metadata(args.session, chat, (user, reply), recorded=True)
+        turns = chat.get_turns()
+        exchange = turns[index:_exchange_end(turns, index)]
+        user, reply = exchange[0], exchange[-1]
+        for t in exchange[1:]:
+            for c in t.contents:
+                if c.type in ("text", "thinking"):
+                    display.fill(c.type, getattr(c, c.type))
+                elif c.type == "tool_request":
+                    display.tool_request(c.id, c.name, c.arguments, show=False)
+                elif c.type == "tool_result":
+                    display.tool_result(c.id, c.value, c.error, show=False)
+        meta = display_metadata(args.session, chat, exchange, recorded=True)
         meta[KEY]["replayed"] = True
         display.final(fmt, meta)
         when = reply.started_at or user.started_at
@@ -454,7 +460,7 @@ class ChatMagics(Magics):
     def _refresh_unused(self, name: str) -> None:
         self._refresh_from_config(name, unused_only=True)
 
-    def _mark_used(self, chat: Any, event: str) -> None:
+    def _mark_used(self, chat: Any, event: str, exchange: Any = None) -> None:
         if event == "start":
             self._used.add(chat)
 
@@ -835,3 +841,28 @@ def unload(ipython: Any) -> None:
             for name in ("chat", "chat_usage", "chat_history", "chat_reset", "chat_config", "chat_panel",
                          "chat_fix", "chat_budget"):
                 ipython.magics_manager.magics[kind].pop(name, None)
+
+
+def _show_item(display: Any, item: Any) -> None:
+    """One item of ``stream(content="all")`` into the cell's output."""
+    kind = item.type
+    if kind == "text":
+        display.delta("text", item.text)
+    elif kind == "thinking":
+        display.delta("thinking", item.thinking)
+    elif kind == "tool_request":
+        display.tool_request(item.id, item.name, item.arguments)
+    elif kind == "tool_result":
+        display.tool_result(item.id, item.value, item.error)
+
+
+def _exchange_end(turns: Any, start: int) -> int:
+    """Index after the exchange whose prompt is ``turns[start]``: its tool rounds (assistant
+    turns, and user turns holding only tool results) and its answer."""
+    end = start + 1
+    while end < len(turns):
+        t = turns[end]
+        if t.role == "user" and not (t.contents and all(c.type == "tool_result" for c in t.contents)):
+            break
+        end += 1
+    return end

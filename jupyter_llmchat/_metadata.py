@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from ._chat import Chat
@@ -87,14 +88,17 @@ def build_record(sessions: dict[str, Chat], ledger: Ledger, budget: Budget | Non
 
 
 def display_metadata(
-    name: str, chat: Chat, exchange: tuple[Turn, Turn], *, recorded: bool, new: bool = False
+    name: str, chat: Chat, exchange: Sequence[Turn], *, recorded: bool, new: bool = False
 ) -> dict[str, Any]:
     """Metadata of an answer's final display: the turn, enough to rebuild the record without
     the extension (``jupyter-llmchat consolidate``).
 
+    ``exchange``: its turns, the prompt first and the answer last; the tool rounds between
+    them (answers asking for calls, the results) are kept whole under ``rounds``.
     The answer's text is not repeated: it is the output's text/plain. Its thinking is kept.
     """
-    user, reply = exchange
+    user, reply = exchange[0], exchange[-1]
+    rounds = [bounded_turn(t) for t in exchange[1:-1]]
     answer = reply.to_dict()
     p = chat.provider
     return {
@@ -117,16 +121,20 @@ def display_metadata(
             "new": new,
             "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
             "system_prompt": chat.system_prompt,
+            **({"rounds": rounds} if rounds else {}),
+            # With tool rounds the answer's request began after the prompt's.
+            **({"prompt_started_at": user.to_dict().get("started_at")} if rounds else {}),
         }
     }
 
 
-def turns_from_display(meta: dict[str, Any], text: str) -> tuple[Turn, Turn]:
-    """The (user, assistant) turns a final display stands for; inverse of ``display_metadata``."""
+def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
+    """The turns a final display stands for (prompt, tool rounds, answer); inverse of
+    ``display_metadata``."""
     common = {k: meta.get(k) for k in ("cell_id", "source") if isinstance(meta.get(k), str)}
     user = Turn.from_dict({
         "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
-        "started_at": meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
+        "started_at": meta.get("prompt_started_at") or meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
     })
     contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
     contents.append({"type": "text", "text": text})
@@ -135,7 +143,10 @@ def turns_from_display(meta: dict[str, Any], text: str) -> tuple[Turn, Turn]:
         **{k: meta.get(k) for k in ("started_at", "duration_s", "model", "tokens", "cost_usd",
                                     "finish_reason", "partial")},
     })
-    return user, reply
+    rounds = meta.get("rounds") or []
+    if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
+        raise ValueError("rounds is not a list of turns")
+    return [user, *(Turn.from_dict(r) for r in rounds), reply]
 
 
 # -- reading untrusted records -------------------------------------------------------------------
@@ -282,14 +293,17 @@ def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
             text = data.get("text/plain", "")
             text = "".join(text) if isinstance(text, list) else str(text)
             name = meta.get("session", "default")
-            user, reply = turns_from_display(meta, text)
+            turns = turns_from_display(meta, text)
             provider = meta.get("provider") or {}
             if not isinstance(provider, dict):
                 raise ValueError(f"cell {cell.get('id')!r}: provider is not an object")
             provider = {k: provider.get(k) for k in ("name", "base_url", "model")}
             # A replayed answer's output stands for the request that made it (whose own output it
-            # replaced), so its spend is counted once, here, like any other.
-            ledger.add(provider.get("name") or "unknown", reply)
+            # replaced), so its spend is counted once, here, like any other; every request of
+            # the exchange (tool rounds too) was paid for.
+            for t in turns:
+                if t.role == "assistant":
+                    ledger.add(provider.get("name") or "unknown", t)
             if not meta.get("recorded", True):
                 continue
             s = sessions.setdefault(name, {"provider": provider, "system_prompt": None, "turns": []})
@@ -297,16 +311,30 @@ def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
                 s["turns"] = []
             s["provider"] = provider
             s["system_prompt"] = meta.get("system_prompt")
-            s["turns"].extend([bounded_turn(user), bounded_turn(reply)])
+            s["turns"].extend(bounded_turn(t) for t in turns)
     return {"version": SCHEMA_VERSION, "sessions": sessions, "usage": ledger.to_list()}
 
 
-def _exchanges(turns: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return list(zip(turns[0::2], turns[1::2]))
+def _exchanges(turns: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The record's turns cut into exchanges: a prompt, its tool rounds, the answer."""
+    out: list[list[dict[str, Any]]] = []
+    for t in turns:
+        results = [c for c in t.get("contents") or [] if c.get("type") == "tool_result"]
+        if t.get("role") == "user" and results and out:
+            out[-1].append(t)  # a tool round's results belong to the exchange under way
+        elif t.get("role") == "user" or not out:
+            out.append([t])
+        else:
+            out[-1].append(t)
+    return out
 
 
-def _exchange_key(pair: tuple[dict[str, Any], dict[str, Any]]) -> str:
-    user, reply = pair
+def _replies(exchange: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in exchange if t.get("role") == "assistant"]
+
+
+def _exchange_key(exchange: list[dict[str, Any]]) -> str:
+    user, reply = exchange[0], exchange[-1]
     return json.dumps([user.get("started_at"), user.get("contents"), reply.get("started_at")], sort_keys=True)
 
 
@@ -329,19 +357,19 @@ def merge_records(existing: dict[str, Any], rebuilt: dict[str, Any]) -> dict[str
         old = out["sessions"].get(name)
         if old is None:
             out["sessions"][name] = copy.deepcopy(s)
-            added += [(provider, reply) for _, reply in _exchanges(s["turns"])]
+            added += [(provider, r) for ex in _exchanges(s["turns"]) for r in _replies(ex)]
             continue
         mine = _exchanges(old.get("turns") or [])
         known = {_exchange_key(p) for p in mine}
         fresh = [p for p in _exchanges(s["turns"]) if _exchange_key(p) not in known]
         if not fresh:
             continue
-        rerun = {u.get("cell_id") for u, _ in fresh if u.get("cell_id") and u.get("source", "cell") == "cell"}
+        rerun = {e[0].get("cell_id") for e in fresh if e[0].get("cell_id") and e[0].get("source", "cell") == "cell"}
         kept = [p for p in mine if not (p[0].get("cell_id") in rerun and p[0].get("source", "cell") == "cell")]
         ordered = sorted(kept + fresh, key=lambda p: str(p[0].get("started_at") or ""))
-        old["turns"] = [copy.deepcopy(t) for pair in ordered for t in pair]
+        old["turns"] = [copy.deepcopy(t) for ex in ordered for t in ex]
         old["provider"], old["system_prompt"] = copy.deepcopy(s["provider"]), s.get("system_prompt")
-        added += [(provider, reply) for _, reply in fresh]
+        added += [(provider, r) for ex in fresh for r in _replies(ex)]
     if added:
         ledger = Ledger()
         ledger.load(validate_record({**out, "sessions": {}})["usage"])

@@ -12,9 +12,15 @@ kernel -> front end: ``{"type": "history", "messages"}``, ``{"type": "user", "me
 the deltas carried), ``{"type": "append", "messages"}`` (turns made elsewhere: ``%%chat`` cells),
 ``{"type": "error", "message", "hint"}`` (plus ``"recorded"`` in answer to ``send``, and the
 question's ``"id", "user_id"`` once it was accepted), ``{"type": "status", "text"}`` (e.g. the
-local model starting). ``recorded`` false means the question did not enter history (refused, nothing
+local model starting), ``{"type": "tool", "id", "call"}`` (a tool call of the streaming answer
+``id``, sent when asked and again with its result: ``call`` is ``{"id", "name", "args",
+"arguments", "state": "running"|"ok"|"error", "result", "seconds"}``, as in a turn's ``tools``;
+the front end shows it as text, never HTML). ``recorded`` false means the question did not enter history (refused, nothing
 arrived, or the request failed): the front end drops the question's bubble and gives its text
 back to the input. A message's ``id`` is stable until the next ``history``, which replaces all.
+An exchange with tool rounds shows as its prompt and each assistant turn, with the calls (and
+their results, from the user turn that carries them) on the turn that asked (a panel question
+streams as one answer with its calls; a call's time is only known while it runs).
 
 Panel questions stream in a background thread, so tokens show while the kernel is idle or busy
 with other cells; the session's lock keeps the panel and ``%%chat`` cells from interleaving.
@@ -23,18 +29,21 @@ with other cells; the session's lock keeps the panel and ``%%chat`` cells from i
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as widgets
 from traitlets import Bool, Dict, List, Unicode
 
 from . import _sessions
-from ._chat import Chat
+from ._chat import AsyncChatStream, Chat, ChatExchange
+from ._display import result_text, short_arguments
 from ._errors import LLMChatError
-from ._turns import Turn
+from ._turns import ContentToolRequest, ContentToolResult, Turn
 from ._usage import UsageRow
 
 __all__ = ["ChatPanel", "panel"]
@@ -44,12 +53,53 @@ MODULE_VERSION = "^0.1.0"
 DELTA_INTERVAL = 0.1
 
 
-def _message(turn: Turn, msg_id: str, *, with_text: bool = True) -> dict[str, Any]:
+def tool_call(request: ContentToolRequest, result: ContentToolResult | None = None,
+              seconds: float | None = None) -> dict[str, Any]:
+    """One call as the panel shows it: a line (name, short arguments, ok or error, time) that
+    opens on the full arguments and result. All of it is shown as text, never as HTML."""
+    call: dict[str, Any] = {
+        "id": request.id, "name": request.name, "args": short_arguments(request.arguments),
+        "arguments": json.dumps(request.arguments, ensure_ascii=False, indent=2),
+        "state": "running", "result": None, "seconds": seconds,
+    }
+    if result is not None:
+        call["state"] = "error" if result.error is not None else "ok"
+        call["result"] = result_text(result.value, result.error)
+    return call
+
+
+def _tool_calls(turn: Turn, following: Turn | None) -> list[dict[str, Any]] | None:
+    """The calls an assistant turn asked for, with their results from the turn after it."""
+    requests = [c for c in turn.contents if isinstance(c, ContentToolRequest)]
+    if not requests:
+        return None
+    results = {c.id: c for c in (following.contents if following else []) if isinstance(c, ContentToolResult)}
+    return [tool_call(r, results.get(r.id)) for r in requests]
+
+
+def _results_only(turn: Turn) -> bool:
+    """A user turn that only carries tool results: shown on the call's line, not as a message."""
+    return turn.role == "user" and bool(turn.contents) and all(
+        isinstance(c, ContentToolResult) for c in turn.contents)
+
+
+def _messages(turns: Sequence[Turn], ids: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for i, (t, msg_id) in enumerate(zip(turns, ids)):
+        if _results_only(t):
+            continue
+        out.append(_message(t, msg_id, following=turns[i + 1] if i + 1 < len(turns) else None))
+    return out
+
+
+def _message(turn: Turn, msg_id: str, *, with_text: bool = True,
+             following: Turn | None = None) -> dict[str, Any]:
     tok = turn.tokens
     return {
         "id": msg_id,
         "role": turn.role,
         "text": turn.text if with_text else None,
+        "tools": _tool_calls(turn, following),
         "thinking": (turn.thinking or None) if with_text else None,
         "partial": turn.partial,
         "source": turn.meta.get("source", "cell"),
@@ -141,44 +191,44 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         # at the end (anything else sends the whole history again, see _on_turn).
         self._shown = len(turns)
         self._generation += 1
-        messages = [_message(t, self._turn_id(i)) for i, t in enumerate(turns)]
+        messages = _messages(turns, [self._turn_id(i) for i in range(len(turns))])
         self.send({"type": "history", "messages": messages})
 
-    def _on_chat(self, chat: Chat, event: str) -> None:
+    def _on_chat(self, chat: Chat, event: str, exchange: ChatExchange | None = None) -> None:
         if chat is not self._chat:
             return
         if event == "start":
             self.busy = True
             return
-        if event == "turn":
-            self._on_turn(chat)
+        if event == "turn" and exchange is not None:
+            self._on_turn(chat, exchange)
         elif event in ("reset", "set"):
             self._send_history()
         self._refresh()
         if event in ("turn", "abort"):
             self.busy = False
 
-    def _on_turn(self, chat: Chat) -> None:
-        exchange = getattr(chat, "last_exchange", None)
-        if exchange is None:
-            return
+    def _on_turn(self, chat: Chat, exchange: ChatExchange) -> None:
+        ex = exchange.turns  # the prompt, any tool rounds, the answer
+        k = len(ex)
         turns = chat.get_turns()
         n = len(turns)
-        in_history = n >= 2 and turns[-2] is exchange[0] and turns[-1] is exchange[1]
-        if in_history and n - 2 != self._shown:
+        in_history = exchange.recorded and n >= k and all(a is b for a, b in zip(turns[n - k:], ex))
+        if in_history and n - k != self._shown:
             # Not an addition at the end: a cell run again replaced its earlier exchange.
             self._send_history()
         elif self._streaming_here() and self._stream_binds == self._binds:
-            # The panel's own question: the front end has it from the deltas.
+            # The panel's own question: the front end has it from the deltas and "tool"
+            # messages, as one answer (ids by position only matter to the next "history").
             if in_history:
                 self._shown = n
         elif in_history:
             # A %%chat cell's exchange, or another panel's on the same session.
             self._shown = n
-            messages = [_message(t, self._turn_id(i)) for i, t in zip(range(n - 2, n), exchange)]
+            messages = _messages(ex, [self._turn_id(i) for i in range(n - k, n)])
             self.send({"type": "append", "messages": messages})
         else:  # an exchange kept out of history (%%chat --no-history): shown, not recorded
-            messages = [_message(t, uuid.uuid4().hex) for t in exchange]
+            messages = _messages(ex, [uuid.uuid4().hex for _ in ex])
             self.send({"type": "append", "messages": messages})
 
     def _turn_id(self, index: int) -> str:
@@ -270,7 +320,9 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         user_id = uuid.uuid4().hex
         pending: list[tuple[str, str]] = []
         chat: Chat | None = None
-        before: Any = None
+        stream: AsyncChatStream[Any] | None = None
+        calls: dict[str, tuple[ContentToolRequest, float]] = {}
+        last_result = [0.0]
         # Switching session mid-stream: the front end shows the other session now, so this
         # answer's messages stop (a %%chat-like "append" shows it if the user comes back).
         binds = self._binds
@@ -293,18 +345,16 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
                 await asyncio.sleep(DELTA_INTERVAL)
                 flush()
 
-        def ours() -> tuple[Turn, Turn] | None:
-            # The lock kept other exchanges out, so a new last_exchange is this question's.
-            exchange = getattr(chat, "last_exchange", None)
-            return exchange if exchange is not None and exchange is not before else None
+        def ours() -> Turn | None:
+            return stream.turn if stream is not None else None
 
         def done() -> None:
             flush()
-            exchange = ours()
+            reply = ours()
             if not live():
                 return
-            if exchange is not None:
-                final = _message(exchange[1], answer_id, with_text=False)
+            if reply is not None:
+                final = _message(reply, answer_id, with_text=False)
                 self.send({"type": "done", "message": final, "user_id": user_id, "recorded": True})
             else:  # stopped before anything arrived: history is unchanged
                 self.send({"type": "done", "message": {"id": answer_id, "partial": True},
@@ -319,14 +369,30 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
                 "id": user_id, "role": "user", "text": text, "source": "panel", "time": time.time()}})
             # Starting the local model blocks: in a worker thread, so Stop need not wait for it.
             chat = await asyncio.to_thread(_sessions.prepare, name, on_status=status)
-            before = getattr(chat, "last_exchange", None)
             ticker = asyncio.ensure_future(tick())
-            events = chat._aevents([text], meta={"source": "panel"})
+            stream = chat.stream_async(text, content="all", meta={"source": "panel"})
             try:
-                async for kind, piece in events:
-                    pending.append((kind, piece))
+                async for item in stream:
+                    if item.type == "text":
+                        pending.append(("text", item.text))
+                    elif item.type == "thinking":
+                        pending.append(("thinking", item.thinking))
+                    else:  # a tool call or its result: its line, as it happens
+                        flush()
+                        if isinstance(item, ContentToolRequest):
+                            calls[item.id] = (item, time.monotonic())
+                            call = tool_call(item)
+                        else:
+                            request, started = calls[item.id]
+                            now = time.monotonic()
+                            # One after another or together: from the later of its request
+                            # and the previous result (as in a cell).
+                            call = tool_call(request, item, now - max(started, last_result[0]))
+                            last_result[0] = now
+                        if live():
+                            self.send({"type": "tool", "id": answer_id, "call": call})
             finally:
-                await events.aclose()  # on stop: records the partial answer
+                await stream.aclose()  # on stop: records the partial answer
             done()
         except asyncio.CancelledError:  # Stop: the core kept what arrived, if anything
             done()

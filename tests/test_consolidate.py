@@ -233,3 +233,50 @@ def test_consolidate_refuses_a_record_it_cannot_read(tmp_path: Path, record: Any
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "left as it is" in done.stderr
     assert path.read_bytes() == before
+
+
+def test_tool_rounds_survive_consolidate(fake: FakeOpenAI, tmp_path: Path, kernel_env: None) -> None:
+    """An exchange with a tool round (user, assistant asking, user with the result, answer):
+    consolidate rebuilds all four turns and counts both requests' spend, as the kernel did."""
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    fake.script(
+        Reply(text="", tool_calls=[call], finish_reason="tool_calls", usage=usage(50, 9),
+              tool_args_chars=3),
+        Reply(text="It is **5**.", usage=usage(70, 4)),
+    )
+    sources = [
+        "%load_ext jupyter_llmchat",
+        f'%config ChatMagics.base_url = "{fake.base_url}"',
+        '%config ChatMagics.model = "test-model"',
+        "import jupyter_llmchat\n"
+        "def add(a: int, b: int) -> int:\n    'Add two numbers.'\n    return a + b\n"
+        "jupyter_llmchat.session().register_tool(add)",
+        "%%chat\nWhat is 2 + 3?",
+        "import json, jupyter_llmchat._bridge as b\nprint(json.dumps(b.current_bridge().record()))",
+    ]
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(s) for s in sources],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    NotebookClient(nb, timeout=60, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    for cell in nb.cells:
+        errors = [o for o in cell.outputs if o.output_type == "error" or o.get("name") == "stderr"]
+        assert not errors, (cell.source, errors)
+    (printed,) = [o for o in nb.cells[-1].outputs if o.output_type == "stream"]
+    kernel_record = json.loads(printed.text)
+    turns = kernel_record["sessions"]["default"]["turns"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[2]["contents"][0]["type"] == "tool_result" and turns[2]["contents"][0]["value"] == 5
+    assert kernel_record["usage"][0]["turns"] == 2 and kernel_record["usage"][0]["input"] == 120
+    # The cell's output showed the call's line, escaped: the tool's name in a code element.
+    (final,) = [o for o in nb.cells[4].outputs if KEY in (o.get("metadata") or {})]
+    assert "<code>add</code>" in final.data["text/markdown"] and "ok" in final.data["text/markdown"]
+    assert final.data["text/plain"] == "It is **5**."
+    path = tmp_path / "tools.ipynb"
+    nbformat.write(nb, path)
+    done = consolidate(path)
+    assert done.returncode == 0, done.stderr
+    rebuilt = json.loads(path.read_text(encoding="utf-8"))["metadata"][KEY]
+    assert rebuilt["sessions"]["default"]["turns"] == turns
+    assert rebuilt == kernel_record

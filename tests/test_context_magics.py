@@ -143,6 +143,32 @@ def test_rerun_replays_without_a_request_and_without_spend(
     assert texts(jupyter_llmchat.session())[1][1] == "Lima."  # the cell's exchange was replaced
 
 
+def test_rerun_replays_an_exchange_with_tool_rounds_whole(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replayed answer is the exchange's last turn, not the one that asked for the tool;
+    the next exchange of the notebook comes after all of its turns."""
+    in_cell(ip, monkeypatch, "cell-1")
+    call = {"id": "c1", "type": "function", "function": {"name": "twice", "arguments": '{"x": 4}'}}
+    fake.script(Reply(text="", tool_calls=[call], finish_reason="tool_calls"), Reply(text="Eight."))
+
+    def twice(x: int) -> int:
+        """Double x."""
+        return 2 * x
+
+    jupyter_llmchat.session().register_tool(twice)
+    cell = "%%chat -o ans\nTwice 4?"
+    run(ip, cell)
+    capsys.readouterr()
+    ip.user_ns["ans"] = None
+    run(ip, cell)
+    out = capsys.readouterr().out
+    assert len(fake.chat_requests()) == 2  # the two of the first run only
+    assert "[tool call] twice" in out and "Eight." in out and "replayed (recorded " in out
+    assert ip.user_ns["ans"] == "Eight."
+    assert len(jupyter_llmchat.session().get_turns()) == 4
+
+
 def test_the_same_question_in_another_cell_is_asked(
     ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -540,3 +540,50 @@ def test_display_catches_up_when_the_stream_pauses(kc: Any, server: FakeOpenAIPr
     # The piece that came right after an update showed before the stream went on.
     assert seen_while_paused and seen_while_paused[0].endswith("second-part ▍")
     assert answer_displays(msgs)[-1]["content"]["data"]["text/plain"] == "first-part second-part"
+
+
+def test_tool_calls_show_as_lines_within_the_rate(kc: Any, server: FakeOpenAIProcess) -> None:
+    """Three calls in one answer, then a slow answer: each call gets its line as it happens,
+    updates keep display_rate_hz, and what the tool and the model wrote stays text."""
+    calls = [{"id": f"c{i}", "type": "function",
+              "function": {"name": "lookup", "arguments": json.dumps({"q": f"<script>x{i}</script>"})}}
+             for i in range(3)]
+    answer = big_text(1_500)
+    server.script(
+        Reply(text="", tool_calls=calls, finish_reason="tool_calls", tool_args_chars=4, delay=0.02),
+        Reply(text=answer, chunk_chars=30, delay=0.05),
+    )
+    reply, _ = execute(
+        kc,
+        "import jupyter_llmchat, time\n"
+        "def lookup(q: str) -> str:\n"
+        "    'Look q up.'\n"
+        "    time.sleep(0.3)\n"
+        "    return '<img src=x onerror=alert(1)> found'\n"
+        "jupyter_llmchat.session().register_tool(lookup)\n",
+    )
+    assert reply["content"]["status"] == "ok", reply["content"]
+    try:
+        reply, msgs = execute(kc, "%%chat\nLook three things up.\n")
+    finally:
+        execute(kc, "jupyter_llmchat.session().set_tools([])")
+    assert reply["content"]["status"] == "ok"
+    n = measure("three tool calls, then 1500 chars", msgs, answer)
+    shown = answer_displays(msgs)
+    assert n["messages"] <= RATE_HZ * n["streaming_s"] + 2
+    assert n["busiest_second"] <= RATE_HZ
+    mds = [m["content"]["data"].get("text/markdown", "") for m in shown]
+    # The calls appear while they run (a "running" line), before the answer's text.
+    assert any("running" in md and "<code>lookup</code>" in md for md in mds[:-1])
+    final = shown[-1]["content"]
+    assert final["data"]["text/plain"] == answer
+    md = final["data"]["text/markdown"]
+    assert md.count("<code>lookup</code>") == 3 and md.count(" — ok · ") == 3
+    for text in mds:
+        # Model and tool text is HTML only inside code fences (shown as text), else escaped.
+        outside = re.sub(r"(?ms)^(`{3,})[^\n]*\n.*?^\1[ \t]*$", "", text)
+        assert "<img" not in outside and "<script" not in outside, outside
+    assert "&lt;script&gt;x0&lt;/script&gt;" in md
+    rounds = final["metadata"]["jupyter_llmchat"]["rounds"]
+    assert [t["role"] for t in rounds] == ["assistant", "user"]
+    assert [c["value"] for c in rounds[1]["contents"]] == ["<img src=x onerror=alert(1)> found"] * 3

@@ -306,7 +306,7 @@ def test_a_conversation_longer_than_the_context_leaves_the_oldest_turns_out(loca
     chat = local_chat(params=params(max_tokens=8))
     chat.set_turns(_long_history(12))  # ~12 * 2 * 500 tokens, against a 4096-token context
     chat.chat("Hello?")
-    user, reply = chat.last_exchange
+    user, reply = chat.get_turns()[-2:]
     assert user.meta.get("context_note")
     assert reply.tokens is not None and reply.tokens.input is not None
     assert reply.tokens.input + 8 <= _local.N_CTX

@@ -394,6 +394,36 @@ def test_usage_sums_tokens_with_text_and_html_twins(ip: InteractiveShell, fake: 
     assert "no known price" in text and "no known price" in page
 
 
+def test_a_cell_shows_each_tool_call_and_counts_every_round(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model asks for a call (arguments split over chunks), the tool runs, the answer
+    follows: the cell shows one line per call, -o gets the answer alone, history has all four
+    turns and %chat_usage counts both requests."""
+    config(ip, footer=False)
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    fake.script(
+        Reply(text="Let me add.", tool_calls=[call], finish_reason="tool_calls", tool_args_chars=3,
+              usage={"prompt_tokens": 40, "completion_tokens": 6}),
+        Reply(text="It is 5.", usage={"prompt_tokens": 60, "completion_tokens": 4}),
+    )
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    jupyter_llmchat.session().register_tool(add)
+    assert run(ip, "%%chat -o answer\nWhat is 2 + 3?").success
+    out, err = capsys.readouterr()
+    assert '[tool call] add({"a": 2, "b": 3})' in out and "[tool ok]" in out and err == ""
+    assert ip.user_ns["answer"] == "It is 5."
+    turns = jupyter_llmchat.session().get_turns()
+    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert fake.chat_requests()[1].body["messages"][-1] == {"role": "tool", "tool_call_id": "c1", "content": "5"}
+    row = repr(ip.run_line_magic("chat_usage", "")).splitlines()[2].split()
+    assert row[3:6] == ["2", "100", "10"]
+
+
 def test_usage_unknown_tokens_are_na_not_zero(ip: InteractiveShell, fake: FakeOpenAI) -> None:
     fake.script(Reply(text="a", usage=None))
     run(ip, "%chat one")

@@ -16,6 +16,7 @@ import pytest
 
 from jupyter_llmchat import (
     Chat,
+    ChatExchange,
     ConfigurationError,
     ContentText,
     ContentThinking,
@@ -397,13 +398,25 @@ def test_bad_content_kind_is_refused(fake_url: str) -> None:
         new_chat(fake_url).stream("q", content="some")  # type: ignore[arg-type]
 
 
-def test_legacy_events_still_yield_text_and_thinking(fake: FakeOpenAI, fake_url: str) -> None:
-    """The Jupyter layer's entry point keeps its shape until it moves onto stream()."""
-    fake.script(Reply(text="abc", reasoning="r"))
+def test_listeners_hear_every_turn_of_an_exchange(fake: FakeOpenAI, fake_url: str) -> None:
+    """A layer watching a chat (the ledger, the panel) gets the exchange's turns, tool rounds
+    included, from the "turn" event, whichever send method made it."""
+    fake.script(tool_reply(call("c1", "add", {"a": 1, "b": 2})), Reply(text="3"))
     chat = new_chat(fake_url)
-    events = list(chat._events(["q"], meta={"source": "panel"}))
-    assert events == [("thinking", "r"), ("text", "abc")]
-    assert chat.last_exchange == tuple(chat.get_turns())
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    chat.register_tool(add)
+    heard: list[tuple[str, object]] = []
+    chat.add_listener(lambda c, event, exchange: heard.append((event, exchange)))
+    assert chat.chat("q") == "3"
+    assert [e for e, _ in heard] == ["start", "turn"]
+    exchange = heard[-1][1]
+    assert isinstance(exchange, ChatExchange)
+    assert exchange.turns == chat.get_turns() and len(exchange.turns) == 4
+    assert exchange.turn is chat.get_turns()[-1] and exchange.recorded
+    assert not hasattr(chat, "last_exchange") and not hasattr(chat, "_events")
 
 
 # -- records --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import { Signal } from '@lumino/signaling';
 import type {
   FrontEndPanelMessage,
   ITokens,
+  IToolCall,
   ITurnMessage,
   KernelPanelMessage
 } from './panelProtocol';
@@ -39,6 +40,8 @@ export interface ITurnInfo {
   tokens: ITokens | null;
   costUsd: number | null;
   thinking: string;
+  /** Tool calls of the answer, in order (shown as text by panelMessage.tsx). */
+  tools: IToolCall[];
 }
 
 /** The turn info of a chat message, if this panel made it. */
@@ -75,6 +78,7 @@ export interface INotice {
 interface IStream {
   text: string;
   thinking: string;
+  tools: IToolCall[];
   time: number;
   model: string | null;
 }
@@ -233,6 +237,9 @@ export class KernelChatModel extends AbstractChatModel {
       case 'delta':
         this._delta(msg.id, msg.kind, msg.text);
         break;
+      case 'tool':
+        this._tool(msg.id, msg.call);
+        break;
       case 'done':
         this._finish(
           msg.message.id,
@@ -258,19 +265,41 @@ export class KernelChatModel extends AbstractChatModel {
     }
   }
 
-  private _delta(id: string, kind: 'text' | 'thinking', text: string): void {
+  private _stream(id: string): IStream {
     let stream = this._streams.get(id);
     if (stream === undefined) {
       // The question's time (the kernel's clock), as the history will say.
       stream = {
         text: '',
         thinking: '',
+        tools: [],
         time: this._lastTime() ?? Date.now() / 1000,
         model: this._currentModel()
       };
       this._streams.set(id, stream);
     }
+    return stream;
+  }
+
+  private _delta(id: string, kind: 'text' | 'thinking', text: string): void {
+    const stream = this._stream(id);
     stream[kind] += text;
+    this._showStream(id, stream);
+  }
+
+  /** A tool call asked for (a new line) or its result (the same line, updated). */
+  private _tool(id: string, call: IToolCall): void {
+    const stream = this._stream(id);
+    const index = stream.tools.findIndex(c => c.id === call.id);
+    if (index === -1) {
+      stream.tools.push(call);
+    } else {
+      stream.tools[index] = call;
+    }
+    this._showStream(id, stream);
+  }
+
+  private _showStream(id: string, stream: IStream): void {
     this.messageAdded(
       this._content(
         {
@@ -278,6 +307,7 @@ export class KernelChatModel extends AbstractChatModel {
           role: 'assistant',
           text: stream.text,
           thinking: stream.thinking,
+          tools: stream.tools,
           source: 'panel',
           model: stream.model,
           time: stream.time
@@ -323,6 +353,7 @@ export class KernelChatModel extends AbstractChatModel {
         model: turn.model ?? stream.model,
         text: stream.text,
         thinking: stream.thinking,
+        tools: stream.tools,
         time: stream.time
       })
     );
@@ -358,7 +389,8 @@ export class KernelChatModel extends AbstractChatModel {
       model: m.model ?? null,
       tokens: m.tokens ?? null,
       costUsd: m.cost_usd ?? null,
-      thinking: m.thinking ?? ''
+      thinking: m.thinking ?? '',
+      tools: Array.isArray(m.tools) ? m.tools : []
     };
     const metadata: IMessageMetadata = { llmchat: info };
     return {

@@ -1,6 +1,6 @@
 /**
  * What the chat panel adds around a message: the answer's thinking (folded)
- * above it, and below it where the turn came from, a "(partial)" mark, and the
+ * and its tool calls (one line each, opening on arguments and result) above it, and below it where the turn came from, a "(partial)" mark, and the
  * answer's tokens and cost.
  */
 import type {
@@ -36,6 +36,49 @@ function Thinking(props: MessagePreambleProps): JSX.Element | null {
       <summary>Thinking</summary>
       <div className="jp-llmchat-thinking-text">{info.thinking}</div>
     </details>
+  );
+}
+
+/** `3.2 s`, `0.15 s`: a call's time on its line. */
+export function formatSeconds(s: number | null | undefined): string {
+  return s === null || s === undefined ? '' : ` · ${s.toFixed(2)} s`;
+}
+
+/**
+ * One line per tool call: name, short arguments, ok / error / running, time.
+ * Everything in it comes from the model or the tool (DESIGN §9), so it is
+ * rendered as React text (escaped), never as HTML or Markdown.
+ */
+function ToolCalls(props: MessagePreambleProps): JSX.Element | null {
+  const info = turnInfo(props.message);
+  if (info === null || !info.tools || info.tools.length === 0) {
+    return null;
+  }
+  return (
+    <div className="jp-llmchat-tools">
+      {info.tools.map(call => (
+        <details
+          key={call.id}
+          className={`jp-llmchat-tool jp-llmchat-tool-${call.state}`}
+        >
+          <summary>
+            {'🔧 '}
+            <code>{call.name}</code>
+            {`(${call.args}) — ${call.state === 'running' ? 'running…' : call.state}${formatSeconds(call.seconds)}`}
+          </summary>
+          <div className="jp-llmchat-tool-label">Arguments</div>
+          <pre className="jp-llmchat-tool-arguments">{call.arguments}</pre>
+          {call.result !== null && call.result !== undefined ? (
+            <>
+              <div className="jp-llmchat-tool-label">
+                {call.state === 'error' ? 'Error' : 'Result'}
+              </div>
+              <pre className="jp-llmchat-tool-result">{call.result}</pre>
+            </>
+          ) : null}
+        </details>
+      ))}
+    </div>
   );
 }
 
@@ -90,6 +133,7 @@ function Usage(props: MessageFooterSectionProps): JSX.Element | null {
 export function createPreambleRegistry(): MessagePreambleRegistry {
   const registry = new MessagePreambleRegistry();
   registry.addComponent(Thinking);
+  registry.addComponent(ToolCalls);
   return registry;
 }
 

@@ -12,6 +12,19 @@ export interface ITokens {
   cached: number | null;
 }
 
+/** A tool call of an answer: shown as one line, opening on its arguments and result. */
+export interface IToolCall {
+  id: string;
+  name: string;
+  /** The arguments, shortened for the line. */
+  args: string;
+  /** The full arguments, as indented JSON. */
+  arguments: string;
+  state: 'running' | 'ok' | 'error';
+  result?: string | null;
+  seconds?: number | null;
+}
+
 /** One turn as the kernel describes it. */
 export interface ITurnMessage {
   id: string;
@@ -27,6 +40,8 @@ export interface ITurnMessage {
   tokens?: ITokens | null;
   cost_usd?: number | null;
   finish_reason?: string | null;
+  /** The tool calls this answer asked for, with their results. */
+  tools?: IToolCall[] | null;
 }
 
 /** `usage` trait: the session's totals. */
@@ -44,6 +59,7 @@ export type KernelPanelMessage =
   | { type: 'append'; messages: ITurnMessage[] }
   | { type: 'user'; message: ITurnMessage }
   | { type: 'delta'; id: string; kind: 'text' | 'thinking'; text: string }
+  | { type: 'tool'; id: string; call: IToolCall }
   | {
       type: 'done';
       message: ITurnMessage;
@@ -75,6 +91,7 @@ const KERNEL_TYPES: ReadonlySet<string> = new Set([
   'append',
   'user',
   'delta',
+  'tool',
   'done',
   'error',
   'status'

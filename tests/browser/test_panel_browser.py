@@ -412,3 +412,55 @@ def test_switching_sessions_mid_stream_and_back(
     # Each answer is headed with its own turn's model, after switching away and back.
     assert not any("other-model" in h for h in headers(page)), headers(page)
     assert any("test-model" in h for h in headers(page)), headers(page)
+
+
+def test_tool_calls_show_one_line_each_as_text(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
+    """A panel question whose answer calls a tool: the call's line shows while it runs and
+    after (name, short arguments, ok, time), opens on arguments and result, all as text; the
+    history shown when the panel is opened again has the same line on the turn that asked."""
+    nb, page = notebook, notebook.page
+    nb.run_cell(
+        "import time, jupyter_llmchat\n"
+        "def lookup(q: str) -> str:\n"
+        "    'Look q up.'\n"
+        "    time.sleep(1.0)\n"
+        "    return '<img src=x onerror=\"window.pwned=1\"> found'\n"
+        "jupyter_llmchat.session().register_tool(lookup)"
+    )
+    open_panel(nb)
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "lookup", "arguments": json.dumps({"q": "<b>bold</b>"})}}
+    fake_server.script(
+        Reply(text="", tool_calls=[call], finish_reason="tool_calls", tool_args_chars=4),
+        Reply(text="Found **it**."),
+    )
+    ask(page, "Look it up")
+    line = dock(page).locator(".jp-llmchat-tool summary").first
+    line.wait_for()
+    wait_text(page, "Found it.")
+    wait_idle(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-llmchat-dock .jp-llmchat-tool summary')]"
+        ".some(s => s.innerText.includes(' — ok'))", timeout=15_000)
+    summary = dock(page).locator(".jp-llmchat-tool summary").first.inner_text()
+    assert summary.startswith("🔧 lookup(") and '"q": "<b>bold</b>"' in summary and " s" in summary
+    tool = dock(page).locator(".jp-llmchat-tool").first
+    tool.locator("summary").click()
+    assert '<img src=x onerror="window.pwned=1"> found' in tool.locator(".jp-llmchat-tool-result").inner_text()
+    # Nothing from the model or the tool became HTML.
+    assert dock(page).locator(".jp-llmchat-tools img, .jp-llmchat-tools b").count() == 0
+    assert page.evaluate("() => window.pwned") is None
+    turns = kernel_turns(nb)
+    assert [role for role, _, _ in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[-1][2] == "Found **it**."
+    # The whole history again (as after a reload): the results' turn is no message of its own.
+    nb.run_cell("jupyter_llmchat.session('other')")
+    select = dock(page).locator(".jp-llmchat-session")
+    select.select_option("other")
+    dock(page).locator(".jp-llmchat-tool").first.wait_for(state="detached")
+    select.select_option("default")
+    wait_text(page, "Found it.")
+    shown = messages(page)
+    assert len(shown) == 3 and shown[0] == "Look it up" and shown[2] == "Found it."
+    assert dock(page).locator(".jp-llmchat-tool summary").first.inner_text() == (
+        '🔧 lookup({"q": "<b>bold</b>"}) — ok')
