@@ -208,7 +208,8 @@ def validate_record(obj: Any) -> dict[str, Any]:
         for i, t in enumerate(turns_raw):
             if not isinstance(t, dict):
                 raise RecordError(f"session {name!r}: turn {i} is not an object")
-            for c in t.get("contents") or []:
+            contents = t.get("contents")
+            for c in contents if isinstance(contents, list) else []:  # from_dict refuses the rest
                 if isinstance(c, dict) and any(isinstance(v, str) and len(v) > MAX_TEXT for v in c.values()):
                     raise RecordError(f"session {name!r}: turn {i} has a text over {MAX_TEXT} characters")
             try:
