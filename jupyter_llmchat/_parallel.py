@@ -226,7 +226,7 @@ def _check_budget(
     history, prompt) plus ``max_tokens`` out (or the default worst case) for each.
     """
     bridge_mod = sys.modules.get("jupyter_llmchat._bridge")
-    bridge = bridge_mod.current_bridge() if bridge_mod is not None else None  # type: ignore[attr-defined]
+    bridge = bridge_mod.current_bridge() if bridge_mod is not None else None
     budget = getattr(bridge, "budget", None)
     from ._spend import DEFAULT_WORST_OUTPUT, Budget, BudgetExceeded, Spent, check_request
 
