@@ -271,14 +271,7 @@ class PanelToolbar extends Widget {
 
     const spacer = document.createElement('span');
     spacer.className = 'jp-llmchat-spacer';
-    row.append(
-      label,
-      this._select,
-      modelLabel,
-      this._model,
-      this._stop,
-      spacer
-    );
+    row.append(label, this._select, this._stop, spacer);
     // Notebook 7's side panel has a close button of its own: one is enough.
     if (onClose !== null) {
       row.append(close);
@@ -311,7 +304,12 @@ class PanelToolbar extends Widget {
     this._note.className = 'jp-llmchat-note';
     this._note.setAttribute('aria-live', 'polite');
 
-    node.append(row, this._status, this._note, this._error);
+    // The model on a row of its own: a narrow side panel keeps Stop and Close in view.
+    const modelRow = document.createElement('div');
+    modelRow.className = 'jp-llmchat-toolbar-row jp-llmchat-model-row';
+    modelRow.append(modelLabel, this._model);
+
+    node.append(row, modelRow, this._status, this._note, this._error);
 
     this._widget.on(
       'change:sessions change:session',
