@@ -142,6 +142,9 @@ def set_budget(budget: Budget) -> None:
         raise UsageError("%chat_budget needs the extension loaded: %load_ext jupyter_llmchat")
     bridge.budget = budget
     bridge.send()
+    widget = sys.modules.get("jupyter_llmchat._widget")
+    if widget is not None:  # open panels show the budget in their status line
+        widget.refresh_panels()
 
 
 def spent() -> Spent:

@@ -364,6 +364,12 @@ class ChatMagics(Magics):
             else {}
         )
         display.final(fmt, meta, note=note)
+        user = stream.user_turn
+        context_note = user.meta.get("context_note") if exchange and user is not None else None
+        if context_note:  # the local model left old turns out of this request
+            from . import _cellcontext as ctx
+
+            ctx.show_line(self.shell, str(context_note))
         if exchange and self.footer:
             self._footer(chat, exchange[-1])
         text = display.text

@@ -5,7 +5,9 @@ right side area. State that changes rarely is synced as traits (session, busy, m
 the conversation travels as custom messages so an answer costs bytes linear in its length:
 
 front end -> kernel: ``{"type": "hello"}``, ``{"type": "send", "text"}``, ``{"type": "stop"}``,
-``{"type": "session", "name"}``.
+``{"type": "session", "name"}``, ``{"type": "names"}`` (the kernel's variable names, for ``@name``),
+``{"type": "models"}`` (the server's ``/models``), ``{"type": "model", "name"}`` (the session's
+model for later questions, from the panel and cells alike).
 kernel -> front end: ``{"type": "history", "messages"}``, ``{"type": "user", "message"}``,
 ``{"type": "delta", "id", "kind", "text"}`` (appended text, batched at most every 0.1 s),
 ``{"type": "done", "message", "user_id", "recorded"}`` (the finished turn without its text, which
@@ -15,7 +17,15 @@ question's ``"id", "user_id"`` once it was accepted), ``{"type": "status", "text
 local model starting), ``{"type": "tool", "id", "call"}`` (a tool call of the streaming answer
 ``id``, sent when asked and again with its result: ``call`` is ``{"id", "name", "args",
 "arguments", "state": "running"|"ok"|"error", "result", "seconds"}``, as in a turn's ``tools``;
-the front end shows it as text, never HTML). ``recorded`` false means the question did not enter history (refused, nothing
+the front end shows it as text, never HTML), ``{"type": "notice", "text"}`` (a quiet line that
+stays until the next question: old turns left out of a request), ``{"type": "names", "names"}``,
+``{"type": "models", "models", "error"}``.
+
+``@name`` in a question attaches the kernel value ``name`` as ``%%chat --with name`` does (the
+same bounded summary and block); an unknown name is refused and nothing is sent. A question that
+may pass the notebook's budget (``%chat_budget``) is refused the same way; ``usage`` carries the
+budget and what is left (``budget_usd``, ``left_usd``, ``budget_tokens``, ``left_tokens``).
+``recorded`` false means the question did not enter history (refused, nothing
 arrived, or the request failed): the front end drops the question's bubble and gives its text
 back to the input. A message's ``id`` is stable until the next ``history``, which replaces all.
 An exchange with tool rounds shows as its prompt and each assistant turn, with the calls (and
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import uuid
@@ -51,6 +62,12 @@ __all__ = ["ChatPanel", "panel"]
 MODULE = "jupyter-llmchat"
 MODULE_VERSION = "^0.1.0"
 DELTA_INTERVAL = 0.1
+#: At most this many variable names go to the front end for ``@`` completion.
+MAX_NAMES = 500
+#: ``@name`` in a question: not after a word character, so an e-mail address is not one.
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z_][A-Za-z0-9_]*)")
+#: Names every IPython namespace has that are not the user's variables.
+_SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
 
 
 def tool_call(request: ContentToolRequest, result: ContentToolResult | None = None,
@@ -182,6 +199,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             "output": total.output,
             "cached": total.cached,
             "cost_usd": total.complete_cost,
+            **_budget_usage(),
         }
 
     def _send_history(self) -> None:
@@ -202,6 +220,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             return
         if event == "turn" and exchange is not None:
             self._on_turn(chat, exchange)
+            self._context_note(exchange)
         elif event in ("reset", "set"):
             self._send_history()
         self._refresh()
@@ -231,6 +250,13 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             messages = _messages(ex, [uuid.uuid4().hex for _ in ex])
             self.send({"type": "append", "messages": messages})
 
+    def _context_note(self, exchange: ChatExchange) -> None:
+        """The local model left old turns out of the request: one quiet line in the panel."""
+        user = exchange.user_turn
+        note = user.meta.get("context_note") if user is not None else None
+        if note:
+            self.send({"type": "notice", "text": str(note)})
+
     def _turn_id(self, index: int) -> str:
         return f"h{self._generation}-turn-{index}"
 
@@ -256,18 +282,103 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
                 self.send({"type": "error", "message": exc.message, "hint": exc.hint})
                 return
             self._send_history()
+        elif kind == "names":
+            self.send({"type": "names", "names": _user_names()})
+        elif kind == "models":
+            threading.Thread(target=self._send_models, daemon=True,
+                             name=f"jupyter_llmchat models {self.session}").start()
+        elif kind == "model":
+            self._set_model(str(content.get("name") or ""))
+
+    def _send_models(self) -> None:
+        """The server's ``/models`` (a blocking request: in its own thread); errors said quietly."""
+        chat = self._chat
+        current = chat.provider.model if chat is not None else None
+        try:
+            if chat is None:
+                raise LLMChatError("no session")
+            from ._local import LocalProvider
+
+            if isinstance(chat.provider, LocalProvider):
+                # The bundled model is the one it serves (listing would start its server).
+                models: list[str] = [current] if current else []
+            else:
+                models = chat.provider.list_models()
+            error = ""
+        except Exception as exc:  # shown quietly next to the picker, never raised in a thread
+            models = [current] if current else []
+            error = exc.message if isinstance(exc, LLMChatError) else f"{type(exc).__name__}: {exc}"
+        self.send({"type": "models", "models": models, "error": error})
+
+    def _set_model(self, name: str) -> None:
+        chat = self._chat
+        if chat is None or not name.strip():
+            return
+        if chat.busy:
+            self.send({"type": "error", "message": f"session {self.session!r} is busy answering",
+                       "hint": "change the model when the answer is in"})
+            self._refresh()
+            return
+        chat.provider.model = name.strip()
+        self._refresh()
+
+    def _refuse(self, message: str, hint: str = "") -> None:
+        """A question not sent: the front end drops its bubble and gives the text back."""
+        self.send({"type": "error", "message": message, "hint": hint, "recorded": False})
+
+    def _with_mentions(self, text: str) -> str | None:
+        """``text`` with the ``@name`` values attached, or None (refused: an unknown name)."""
+        names = list(dict.fromkeys(MENTION.findall(text)))
+        if not names:
+            return text
+        from IPython import get_ipython
+
+        from . import _context
+
+        shell = get_ipython()
+        ns: dict[str, Any] = shell.user_ns if shell is not None else {}
+        missing = [n for n in names if n not in ns]
+        if missing:
+            self._refuse(f"no variable named {missing[0]!r} in the kernel; nothing sent",
+                         "@name attaches a variable of the notebook's kernel, as %%chat --with name")
+            return None
+        attached = [_context.summarize(n, ns[n], _context_max_tokens(shell)) for n in names]
+        self.send({"type": "notice", "text": _context.describe_attachments(attached)})
+        return _context.attach(text, attached)
+
+    def _over_budget(self, chat: Chat, text: str) -> bool:
+        """Refuse (and say so) a question that may pass the notebook's budget."""
+        from . import _cellcontext as ctx
+        from ._spend import BudgetExceeded, check_request
+
+        budget = ctx.get_budget()
+        if not budget.active:
+            return False
+        try:
+            check_request(
+                budget, ctx.spent(), price_provider=chat.provider.price_provider,
+                model=chat.provider.model,
+                input_tokens=ctx.input_estimate(chat.system_prompt, chat.get_turns(), text),
+                max_tokens=chat.provider.params.get("max_tokens"),
+            )
+        except BudgetExceeded as exc:
+            self._refuse(str(exc), "%chat_budget shows the budget and what is left")
+            return True
+        return False
 
     def ask(self, text: str) -> None:
         """Send ``text`` through the session, streaming the answer in a background thread."""
         if not text.strip():
-            self.send({"type": "error", "message": "the message is empty", "hint": "",
-                       "recorded": False})
+            self._refuse("the message is empty")
             return
         chat = self._chat
         if chat is None or chat.busy or (self._thread is not None and self._thread.is_alive()):
-            self.send({"type": "error", "message": f"session {self.session!r} is busy answering",
-                       "hint": "wait for it to finish, or stop it", "recorded": False})
+            self._refuse(f"session {self.session!r} is busy answering", "wait for it to finish, or stop it")
             return
+        sent = self._with_mentions(text)
+        if sent is None or self._over_budget(chat, sent):
+            return
+        text = sent
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(text,), daemon=True,
                                         name=f"jupyter_llmchat panel {self.session}")
@@ -411,6 +522,58 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._stream_binds = None
             self._refresh()
             self.busy = False
+
+
+def _budget_usage() -> dict[str, Any]:
+    """The notebook's budget and what is left, for the status line (empty: no budget)."""
+    from . import _cellcontext as ctx
+
+    budget = ctx.get_budget()
+    if not budget.active:
+        return {}
+    spent = ctx.spent()
+    out: dict[str, Any] = {}
+    if budget.usd is not None:
+        out["budget_usd"] = budget.usd
+        out["left_usd"] = max(0.0, budget.usd - spent.usd)
+    if budget.tokens is not None:
+        out["budget_tokens"] = budget.tokens
+        out["left_tokens"] = max(0, budget.tokens - spent.tokens)
+    return out
+
+
+def _context_max_tokens(shell: Any) -> int:
+    """``ChatMagics.context_max_tokens`` where the magics are loaded (the same bound as --with)."""
+    magics = getattr(getattr(shell, "magics_manager", None), "registry", {}).get("ChatMagics")
+    value = getattr(magics, "context_max_tokens", None)
+    return value if isinstance(value, int) and value > 0 else 2000
+
+
+def _user_names() -> list[str]:
+    """The notebook's own top-level variables (no values, no modules, no IPython names)."""
+    import types
+
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return []
+    hidden = getattr(shell, "user_ns_hidden", {})
+    names = []
+    for name, value in list(shell.user_ns.items()):
+        if (name.startswith("_") or name in hidden or name in _SHELL_NAMES
+                or isinstance(value, types.ModuleType) or not name.isidentifier()):
+            continue
+        names.append(name)
+        if len(names) >= MAX_NAMES:
+            break
+    return sorted(names)
+
+
+def refresh_panels() -> None:
+    """The budget changed (``%chat_budget``): every panel's status line says so."""
+    for p in _live_panels():
+        p._refresh()
 
 
 def _live_panels() -> list[ChatPanel]:

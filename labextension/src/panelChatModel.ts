@@ -7,14 +7,22 @@
  * growing Markdown, never the wire.
  */
 import type {
+  ChatCommand,
   IActiveCellManager,
+  IChatCommandProvider,
+  IChatCommandRegistry,
+  IInputModel,
   IChatContext,
   IMessageContent,
   IMessageMetadata,
   INewMessage,
   IUser
 } from '@jupyter/chat';
-import { AbstractChatContext, AbstractChatModel } from '@jupyter/chat';
+import {
+  AbstractChatContext,
+  AbstractChatModel,
+  ChatCommandRegistry
+} from '@jupyter/chat';
 import type { WidgetModel } from '@jupyter-widgets/base';
 import type { ISignal } from '@lumino/signaling';
 import { Signal } from '@lumino/signaling';
@@ -70,7 +78,8 @@ function assistant(model: string | null | undefined): IUser {
 
 /** A short line for the toolbar: an error (with its hint) or a status. */
 export interface INotice {
-  kind: 'error' | 'status';
+  /** `note`: a quiet line that stays until the next question. */
+  kind: 'error' | 'status' | 'note';
   text: string;
   hint?: string;
 }
@@ -124,6 +133,44 @@ export class KernelChatModel extends AbstractChatModel {
   get notice(): INotice | null {
     return this._notice;
   }
+
+  /** Emitted with the server's models (and an error, empty if none) when they arrive. */
+  get modelsChanged(): ISignal<this, { models: string[]; error: string }> {
+    return this._modelsChanged;
+  }
+
+  /** Ask the kernel for the server's models (it answers `models`). */
+  requestModels(): void {
+    this._send({ type: 'models' });
+  }
+
+  /** The session's model for later questions (from the panel and cells alike). */
+  selectModel(name: string): void {
+    this.setNotice(null);
+    this._send({ type: 'model', name });
+  }
+
+  /** The kernel's variable names (for `@name`), asked afresh; [] if it does not answer soon. */
+  names(): Promise<string[]> {
+    if (this._namesWaiting === null) {
+      this._namesWaiting = new Promise<string[]>(resolve => {
+        const timer = setTimeout(() => {
+          this._namesResolve = null;
+          this._namesWaiting = null;
+          resolve(this._names);
+        }, 1000);
+        this._namesResolve = (names: string[]) => {
+          clearTimeout(timer);
+          resolve(names);
+        };
+      });
+      this._send({ type: 'names' });
+    }
+    return this._namesWaiting;
+  }
+
+  /** `@name` completion of the input, from the kernel's variable names. */
+  readonly chatCommandRegistry: IChatCommandRegistry = makeRegistry(this);
 
   /** Emitted when the user sends a question. */
   get sent(): ISignal<this, void> {
@@ -262,6 +309,30 @@ export class KernelChatModel extends AbstractChatModel {
       case 'status':
         this.setNotice({ kind: 'status', text: msg.text });
         break;
+      case 'notice':
+        this.setNotice({ kind: 'note', text: msg.text });
+        break;
+      case 'names': {
+        const names = Array.isArray(msg.names)
+          ? msg.names.filter((n): n is string => typeof n === 'string')
+          : [];
+        this._names = names;
+        const resolve = this._namesResolve;
+        this._namesResolve = null;
+        this._namesWaiting = null;
+        resolve?.(names);
+        break;
+      }
+      case 'models': {
+        const models = Array.isArray(msg.models)
+          ? msg.models.filter((n): n is string => typeof n === 'string')
+          : [];
+        this._modelsChanged.emit({
+          models,
+          error: typeof msg.error === 'string' ? msg.error : ''
+        });
+        break;
+      }
     }
   }
 
@@ -412,6 +483,50 @@ export class KernelChatModel extends AbstractChatModel {
   private _lastSent = '';
   private readonly _noticeChanged = new Signal<this, INotice | null>(this);
   private readonly _sent = new Signal<this, void>(this);
+  private readonly _modelsChanged = new Signal<
+    this,
+    { models: string[]; error: string }
+  >(this);
+  private _names: string[] = [];
+  private _namesWaiting: Promise<string[]> | null = null;
+  private _namesResolve: ((names: string[]) => void) | null = null;
+}
+
+/** At most this many `@name` completions in the menu. */
+const MAX_COMPLETIONS = 30;
+
+/**
+ * `@name` completion: @jupyter/chat's chat commands menu, offered the kernel's
+ * top-level variable names (names only, never values). The kernel attaches the
+ * values when the question arrives, as `%%chat --with name` does.
+ */
+function makeRegistry(model: KernelChatModel): IChatCommandRegistry {
+  const provider: IChatCommandProvider = {
+    id: 'jupyter-llmchat:kernel-names',
+    async listCommandCompletions(input: IInputModel): Promise<ChatCommand[]> {
+      const word = input.currentWord ?? '';
+      if (!word.startsWith('@')) {
+        return [];
+      }
+      const prefix = word.slice(1);
+      const names = await model.names();
+      return names
+        .filter(n => n.startsWith(prefix))
+        .slice(0, MAX_COMPLETIONS)
+        .map(n => ({
+          name: `@${n}`,
+          providerId: 'jupyter-llmchat:kernel-names',
+          description: 'attach this kernel value',
+          spaceOnAccept: true
+        }));
+    },
+    async onSubmit(): Promise<void> {
+      // The kernel reads the @names of the question it receives.
+    }
+  };
+  const registry = new ChatCommandRegistry();
+  registry.addProvider(provider);
+  return registry;
 }
 
 export namespace KernelChatModel {

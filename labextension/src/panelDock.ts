@@ -56,6 +56,7 @@ export class ChatDock extends Panel {
       rmRegistry: options.rmRegistry,
       themeManager: options.themeManager ?? null,
       inputToolbarRegistry,
+      chatCommandRegistry: this.chatModel.chatCommandRegistry,
       messageFooterRegistry: createFooterRegistry(),
       messagePreambleRegistry: createPreambleRegistry(),
       area: 'sidebar'
@@ -229,6 +230,28 @@ class PanelToolbar extends Widget {
       }
     });
 
+    const modelId = `jp-llmchat-model-${nextId}`;
+    const modelLabel = document.createElement('label');
+    modelLabel.className = 'jp-llmchat-session-label';
+    modelLabel.htmlFor = modelId;
+    modelLabel.textContent = 'Model';
+    this._model = document.createElement('select');
+    this._model.id = modelId;
+    this._model.className = 'jp-llmchat-model';
+    this._model.setAttribute('aria-label', 'Model');
+    this._model.title =
+      "The session's model for later questions (the server's /models)";
+    this._model.addEventListener('change', () => {
+      const name = this._model.value;
+      if (name && name !== this._widget.get('model')) {
+        chatModel.selectModel(name);
+      }
+    });
+    // The list is asked for when the picker is about to open, and once now.
+    this._model.addEventListener('mousedown', () => chatModel.requestModels());
+    this._model.addEventListener('focus', () => chatModel.requestModels());
+    chatModel.modelsChanged.connect(this._onModels, this);
+
     this._stop = this._button(
       'jp-llmchat-stop',
       'Stop',
@@ -277,7 +300,16 @@ class PanelToolbar extends Widget {
     dismiss.addEventListener('click', () => chatModel.setNotice(null));
     this._error.append(texts, dismiss);
 
-    node.append(row, this._status, this._error);
+    this._note = document.createElement('div');
+    this._note.className = 'jp-llmchat-note';
+    this._note.setAttribute('aria-live', 'polite');
+
+    // The model on a row of its own: a narrow side panel keeps Stop and Close in view.
+    const modelRow = document.createElement('div');
+    modelRow.className = 'jp-llmchat-toolbar-row jp-llmchat-model-row';
+    modelRow.append(modelLabel, this._model);
+
+    node.append(row, modelRow, this._status, this._note, this._error);
 
     this._widget.on(
       'change:sessions change:session',
@@ -289,7 +321,10 @@ class PanelToolbar extends Widget {
       this._renderStatus,
       this
     );
+    this._widget.on('change:model', this._renderModels, this);
     chatModel.noticeChanged.connect(this._renderNotice, this);
+    chatModel.requestModels();
+    this._renderModels();
     this._renderSessions();
     this._renderStatus();
     this._renderNotice();
@@ -301,6 +336,7 @@ class PanelToolbar extends Widget {
     }
     this._widget.off(null, null, this);
     this._chatModel.noticeChanged.disconnect(this._renderNotice, this);
+    this._chatModel.modelsChanged.disconnect(this._onModels, this);
     super.dispose();
   }
 
@@ -351,6 +387,40 @@ class PanelToolbar extends Widget {
     this._select.value = current;
   }
 
+  private _onModels(
+    _: KernelChatModel,
+    args: { models: string[]; error: string }
+  ): void {
+    this._models = args.models;
+    // Quietly: the reason is in the tooltip, the picker still shows the current model.
+    this._model.title = args.error
+      ? `Could not list the server's models: ${args.error}`
+      : "The session's model for later questions (the server's /models)";
+    this._model.classList.toggle('jp-mod-error', !!args.error);
+    this._renderModels();
+  }
+
+  private _renderModels(): void {
+    const raw: unknown = this._widget.get('model');
+    const current = typeof raw === 'string' ? raw : '';
+    const names = [...this._models];
+    if (current && !names.includes(current)) {
+      names.unshift(current);
+    }
+    if (!names.length) {
+      names.push('');
+    }
+    this._model.replaceChildren(
+      ...names.map(name => {
+        const option = document.createElement('option');
+        option.value = name;
+        option.textContent = name || '(server default)';
+        return option;
+      })
+    );
+    this._model.value = current;
+  }
+
   private _renderStatus(): void {
     const busy = this._widget.get('busy') === true;
     const model: unknown = this._widget.get('model');
@@ -360,6 +430,16 @@ class PanelToolbar extends Widget {
       `tokens ${formatTokens(usage.input, usage.output)}`,
       `cost ${formatCost(usage.cost_usd)}`
     ];
+    if (typeof usage.budget_usd === 'number') {
+      parts.push(
+        `budget ${formatCost(usage.budget_usd)}, left ${formatCost(usage.left_usd)}`
+      );
+    }
+    if (typeof usage.budget_tokens === 'number') {
+      parts.push(
+        `token budget ${usage.budget_tokens.toLocaleString('en-US')}, left ${(usage.left_tokens ?? 0).toLocaleString('en-US')}`
+      );
+    }
     const notice = this._chatModel.notice;
     if (busy) {
       parts.push(notice?.kind === 'status' ? `${notice.text}…` : 'busy…');
@@ -373,6 +453,9 @@ class PanelToolbar extends Widget {
   private _renderNotice(): void {
     const notice: INotice | null = this._chatModel.notice;
     const error = notice?.kind === 'error' ? notice : null;
+    const note = notice?.kind === 'note' ? notice : null;
+    this._note.hidden = note === null;
+    this._note.textContent = note?.text ?? '';
     this._error.hidden = error === null;
     // Long messages are cut to three lines; the tooltip has all of it.
     this._errorText.textContent = error ? `Error: ${error.text}` : '';
@@ -391,6 +474,9 @@ class PanelToolbar extends Widget {
   private readonly _select: HTMLSelectElement;
   private readonly _stop: HTMLButtonElement;
   private readonly _status: HTMLDivElement;
+  private readonly _note: HTMLDivElement;
+  private readonly _model: HTMLSelectElement;
+  private _models: string[] = [];
   private readonly _error: HTMLDivElement;
   private readonly _errorText: HTMLDivElement;
   private readonly _errorHint: HTMLDivElement;

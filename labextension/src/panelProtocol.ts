@@ -51,6 +51,11 @@ export interface IUsage {
   output?: number | null;
   cached?: number | null;
   cost_usd?: number | null;
+  /** The notebook's budget (%chat_budget) and what is left; absent without one. */
+  budget_usd?: number | null;
+  left_usd?: number | null;
+  budget_tokens?: number | null;
+  left_tokens?: number | null;
 }
 
 /** Kernel -> front end. */
@@ -77,14 +82,23 @@ export type KernelPanelMessage =
       id?: string;
       user_id?: string;
     }
-  | { type: 'status'; text: string };
+  | { type: 'status'; text: string }
+  /** A quiet line kept until the next question (attachments, old turns left out). */
+  | { type: 'notice'; text: string }
+  /** The kernel's top-level variable names, for `@name` completion. */
+  | { type: 'names'; names: string[] }
+  /** The server's models (`/models`); `error` set when it could not say. */
+  | { type: 'models'; models: string[]; error?: string };
 
 /** Front end -> kernel. */
 export type FrontEndPanelMessage =
   | { type: 'hello' }
   | { type: 'send'; text: string }
   | { type: 'stop' }
-  | { type: 'session'; name: string };
+  | { type: 'session'; name: string }
+  | { type: 'names' }
+  | { type: 'models' }
+  | { type: 'model'; name: string };
 
 const KERNEL_TYPES: ReadonlySet<string> = new Set([
   'history',
@@ -94,7 +108,10 @@ const KERNEL_TYPES: ReadonlySet<string> = new Set([
   'tool',
   'done',
   'error',
-  'status'
+  'status',
+  'notice',
+  'names',
+  'models'
 ]);
 
 /** A shallow check: enough to dispatch on `type` without trusting the rest blindly. */
