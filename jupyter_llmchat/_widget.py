@@ -372,6 +372,14 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._refuse("the message is empty")
             return
         chat = self._chat
+        if not self.busy:
+            # The previous answer said it is done; its thread (and the session's lock) may take
+            # a moment more to let go: a question sent right then is not "busy".
+            deadline = time.monotonic() + 1.0
+            if self._thread is not None:
+                self._thread.join(timeout=1.0)
+            while chat is not None and chat.busy and time.monotonic() < deadline:
+                time.sleep(0.01)
         if chat is None or chat.busy or (self._thread is not None and self._thread.is_alive()):
             self._refuse(f"session {self.session!r} is busy answering", "wait for it to finish, or stop it")
             return

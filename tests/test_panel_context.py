@@ -59,13 +59,13 @@ class RecordingPanel(ChatPanel):
 def panel(ip: InteractiveShell) -> Any:
     from jupyter_llmchat._spend import Budget
 
-    from jupyter_llmchat import _widget
+    from jupyter_llmchat import _sessions
 
     current_bridge().ledger.load([])
     p = RecordingPanel("default")
-    _widget._PANELS.append(p)  # as %chat_panel keeps it: told when the budget changes
+    _sessions.registry.panels.append(p)  # as %chat_panel keeps it: told when the budget changes
     yield p
-    _widget._PANELS.remove(p)
+    _sessions.registry.panels.remove(p)
     p.close()
     current_bridge().budget = Budget()
 
