@@ -754,8 +754,9 @@ class Chat:
     def __repr__(self) -> str:
         p = self.provider
         n = len(self._turns)
-        cost = self.get_cost()
-        cost_s = "n/a" if cost is None else f"${cost:.4f}"
+        from ._usage import format_row_cost
+
+        cost_s = format_row_cost(self.get_cost(), free=self.provider.free)
         return (
             f"<Chat {p.name} model={p.model or '(auto)'} url={p.display_url} "
             f"turns={n} cost={cost_s}>"

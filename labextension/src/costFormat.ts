@@ -1,6 +1,6 @@
 /**
  * A cost in US dollars: the same rule as `format_cost` in the kernel's
- * `jupyter_llmchat/_report.py` (its docstring states it; tests/test_markdown.py
+ * `jupyter_llmchat/_usage.py` (its docstring states it; tests/test_markdown.py
  * checks both sides on one table of cases).
  */
 export function formatCost(usd: number | null | undefined): string {
