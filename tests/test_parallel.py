@@ -84,7 +84,10 @@ def test_parallel_chat_returns_copies_that_keep_working(fake: FakeOpenAI, fake_u
 
 def test_max_active_is_honoured(fake: FakeOpenAI, fake_url: str) -> None:
     prompts = [f"q{i}" for i in range(9)]
-    fake.default_reply = Reply(text="ok", hang=0.2)
+    # The first answers are held until three requests are in progress: max_active is then
+    # reached whatever the machine's speed, and a fourth sent meanwhile would show as 4.
+    fake.script(*[Reply(text="ok", gate=3) for _ in range(3)])
+    fake.default_reply = Reply(text="ok", hang=0.05)
     answers = parallel_chat_text(new_chat(fake_url), prompts, max_active=3, rpm=FAST)
     assert answers == ["ok"] * 9
     assert fake.max_in_flight == 3  # reached, never passed
@@ -102,8 +105,8 @@ def test_rpm_is_honoured(fake: FakeOpenAI, fake_url: str) -> None:
     times = sorted(r.time for r in fake.chat_requests())
     interval = 60 / rpm
     # Five starts spaced by the interval span four intervals (a little slack for scheduling).
+    # Single gaps are not checked: a busy machine may deliver two spaced starts together.
     assert times[-1] - times[0] >= 4 * interval - 0.03
-    assert all(b - a >= interval / 2 for a, b in zip(times, times[1:]))
 
 
 def test_429_with_retry_after_then_success(fake: FakeOpenAI, fake_url: str) -> None:
