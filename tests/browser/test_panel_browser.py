@@ -372,7 +372,12 @@ def test_stop_works_while_the_server_has_not_answered(
     )
     dock(page).locator(".jp-llmchat-stop").click()
     wait_idle(page, timeout_s=20)  # long before the server would answer
-    # Nothing arrived: no turn, the question's bubble gone and its text back in the input.
+    # Nothing arrived: no turn, the question's bubble gone and its text back in the input. The
+    # session's "abort" clears busy a moment before the panel's own "done" drops the bubble.
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 0",
+        timeout=10_000,
+    )
     assert messages(page) == []
     assert dock(page).locator("textarea").first.input_value() == "Are you there?"
     assert kernel_turns(nb) == []
