@@ -1,9 +1,10 @@
 """How well the bundled local model answers: short factual questions through ``%%chat``.
 
 Runs a real kernel (nbclient) with no configuration, so the kernel starts the bundled model the
-way a new user's first ``%%chat`` does, and asks each question alone (``--no-history``). Each
-answer is scored by keywords (any of a question's keywords, case-insensitive, counts as on
-topic). It prints the score, how many answers drift into another script (letters outside Latin),
+way a new user's first ``%%chat`` does, and asks each question alone (``--no-history``): the
+24 questions of the benchmark, then 24 held out (a check that a format does not merely fit the
+benchmark). Each answer is scored by keywords (any of a question's keywords, case-insensitive,
+counts as on topic). It prints the two scores, how many answers drift into another script (letters outside Latin),
 how many repeat the question, how many end by themselves (finish_reason "stop"), the token
 counts the kernel recorded, and the startup and speed of the model. It asserts nothing.
 
@@ -31,7 +32,8 @@ import unicodedata
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-#: (question, keywords): none of these is among the examples the format shows the model.
+#: (question, keywords): the benchmark. None is among the examples the server shows the model
+#: (tests/test_local_format.py checks it).
 QUESTIONS: list[tuple[str, list[str]]] = [
     ("What is the capital of France?", ["paris"]),
     ("What is the capital of Italy?", ["rome"]),
@@ -57,6 +59,34 @@ QUESTIONS: list[tuple[str, list[str]]] = [
     ("What is Python in computing?", ["programming", "language"]),
     ("How many hours are in a day?", ["24", "twenty-four", "twenty four"]),
     ("What is the currency of Japan?", ["yen"]),
+]
+#: Held-out questions (the check on over-fitting): written before the server's example bank was
+#: chosen, and no example was added or changed to answer one of them. Scored apart.
+HELD_OUT: list[tuple[str, list[str]]] = [
+ ("What is the capital of Spain?", ["madrid"]),
+ ("What is the capital of Canada?", ["ottawa"]),
+ ("What is the tallest mountain in the world?", ["everest"]),
+ ("What is the closest star to Earth?", ["sun"]),
+ ("How many sides does a triangle have?", ["three", "3"]),
+ ("How many minutes are in an hour?", ["sixty", "60"]),
+ ("What is the chemical formula for water?", ["h2o"]),
+ ("Who painted the Mona Lisa?", ["leonardo", "vinci"]),
+ ("Who discovered penicillin?", ["fleming"]),
+ ("What is the largest country by area?", ["russia"]),
+ ("What language is spoken in Mexico?", ["spanish"]),
+ ("What is the currency of the United Kingdom?", ["pound", "pounds", "sterling"]),
+ ("What color are ripe bananas?", ["yellow"]),
+ ("What is the opposite of up?", ["down"]),
+ ("What animal gives us milk?", ["cow", "cows"]),
+ ("What is frozen water called?", ["ice"]),
+ ("What is the largest mammal?", ["blue whale", "whale"]),
+ ("Which planet is closest to the Sun?", ["mercury"]),
+ ("What is the main ingredient of guacamole?", ["avocado", "avocados"]),
+ ("How many months are in a year?", ["twelve", "12"]),
+ ("What is the capital of Australia?", ["canberra"]),
+ ("What does a thermometer measure?", ["temperature"]),
+ ("What is HTML used for?", ["web", "webpages", "pages", "markup"]),
+ ("Who developed the theory of relativity?", ["einstein"]),
 ]
 
 
@@ -104,7 +134,7 @@ def _notebook(args: argparse.Namespace) -> object:
     ]
     cells.append("jupyter_llmchat.session().add_listener("
                  "lambda c, e, x: _seen.append(x) if e == 'turn' else None)")
-    for question, _ in QUESTIONS:
+    for question, _ in QUESTIONS + HELD_OUT:
         cells.append(f"%%chat --no-history -o _a\n{question}")
         cells.append(
             "_r = _seen[-1].turn\n"
@@ -181,12 +211,14 @@ def main() -> int:
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)  # type: ignore[attr-defined]
     rows = json.loads(printed.split("ROWS ", 1)[1])
 
-    score = drift = echo = stops = 0
+    score = {"benchmark": 0, "held out": 0}
+    drift = echo = stops = 0
     outputs = []
-    for (question, keywords), row in zip(QUESTIONS, rows):
+    asked = [(q, k, "benchmark") for q, k in QUESTIONS] + [(q, k, "held out") for q, k in HELD_OUT]
+    for (question, keywords, kind), row in zip(asked, rows):
         answer = row["answer"]
         ok, dr, rep = on_topic(answer, keywords), drifts(answer), repeats(question, answer)
-        score += ok
+        score[kind] += ok
         drift += dr
         echo += rep
         stops += row["finish"] == "stop"
@@ -195,11 +227,14 @@ def main() -> int:
         if args.show:
             flags = ("ok " if ok else "-- ") + ("D" if dr else " ") + ("R" if rep else " ")
             print(f"{flags} [{row['finish']}, {row['input']}/{row['output']} tok] {question}\n      -> {answer!r}")
-    n = len(QUESTIONS)
+    n = len(asked)
     print(f"format={args.format or 'default'} examples={args.examples or 'shipped'} temperature={args.temperature} "
           f"repeat_penalty={args.repeat_penalty} max_tokens={args.max_tokens}")
-    print(f"on topic: {score}/{n} ({score / n:.0%})   drift into another script: {drift}   "
-          f"repeat the question: {echo}   finish_reason stop: {stops}/{n}")
+    b, h = score["benchmark"], score["held out"]
+    print(f"on topic: {b}/{len(QUESTIONS)} ({b / len(QUESTIONS):.0%}) of the benchmark; "
+          f"{h}/{len(HELD_OUT)} ({h / len(HELD_OUT):.0%}) held out")
+    print(f"of all {n}: drift into another script: {drift}   repeat the question: {echo}   "
+          f"finish_reason stop: {stops}/{n}")
     known = sum(1 for r in rows if r["input"] is not None and r["output"] is not None)
     print(f"token counts recorded: {known}/{n}   cost recorded: {sorted({str(r['cost']) for r in rows})}")
     if outputs:

@@ -5,8 +5,9 @@ never imported by the kernel (it imports llama_cpp, fastapi and uvicorn). What i
 llama-cpp-python's own server:
 
 - the chat format ``jupyter-llmchat-base``: the bundled GGUF is the *base* gemma-3-270m (no chat
-  template); it follows a plain "User: / Assistant:" transcript with a few example exchanges far
-  better than Gemma's instruction template (figures in benchmarks/README.md);
+  template); it follows a plain "User: / Assistant:" transcript with a few example exchanges,
+  picked for the question, far better than Gemma's instruction template (figures in
+  benchmarks/README.md);
 - the usage chunk llama-cpp-python leaves out of streams when ``stream_options.include_usage``
   is asked, counted with the model's own tokenizer (the same numbers a whole answer reports);
 - ``GET /extras/jupyter-llmchat/identity``: the token the parent gave in ``$JUPYTER_LLMCHAT_TOKEN``,
@@ -22,11 +23,14 @@ from __future__ import annotations
 import argparse
 import contextvars
 import json
+import math
 import os
+import re
 import select
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,22 +47,94 @@ ANSWER_RESERVE = 512
 # -- the conversation format ----------------------------------------------------------------------
 
 # Chosen by measurement (benchmarks/bench_local_quality.py, figures in benchmarks/README.md): a
-# one-line instruction and three exchanges of different kinds (a fact, a definition, a request)
-# teach the base model the length and tone of an answer. Five or eight examples scored no
-# better and cost 50-120 more prompt tokens per request; without the request ("Name two ...")
-# the model echoed requests back instead of answering them. None is a benchmark question.
+# one-line instruction and four example exchanges, picked from BANK for the conversation's first
+# question (the exchanges whose questions share its rarest words: a "how many" question is shown
+# answers that are counts, a "who" question answers that are people, a request answers that do
+# what was asked). Three fixed examples answered 16 of the benchmark's 24 questions; picked ones
+# answer 19, and 15 of 24 held-out questions (14 with the fixed three). None of BANK is a
+# question of the benchmark, and no answer in it answers one (tests/test_local_format.py).
 INSTRUCTION = (
     "Below is a conversation between a User and a helpful, knowledgeable Assistant. "
     "The Assistant answers each question correctly, in one or two short sentences of plain English."
 )
-EXAMPLES: tuple[tuple[str, str], ...] = (
+#: Example exchanges. Facts put the subject first and the answer last ("The capital of Japan is
+#: Tokyo."), so the model reads the question again before it commits to an answer.
+BANK: tuple[tuple[str, str], ...] = (
     ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
-    ("What is photosynthesis?",
-     "Photosynthesis is the process by which plants use sunlight, water and carbon dioxide to make sugar and oxygen."),
-    ("Name two primary colors.", "Red and blue are two primary colors."),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+    ("What is the largest hot desert in the world?", "The largest hot desert in the world is the Sahara."),
+    ("What is the hottest planet in the solar system?", "The hottest planet in the solar system is Venus."),
+    ("What is the tallest animal?", "The tallest animal is the giraffe."),
+    ("What is the fastest land animal?", "The fastest land animal is the cheetah."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("How many wheels does a bicycle have?", "A bicycle has two wheels."),
+    ("How many strings does a violin have?", "A violin has four strings."),
+    ("What is the chemical symbol for sodium?", "The chemical symbol for sodium is Na."),
+    ("Who wrote Pride and Prejudice?", "Pride and Prejudice was written by Jane Austen."),
+    ("Who invented the telephone?", "The telephone was invented by Alexander Graham Bell."),
+    ("Who was the first person to walk on the Moon?", "The first person to walk on the Moon was Neil Armstrong."),
+    ("What language is mainly spoken in Egypt?", "The main language of Egypt is Arabic."),
+    ("What is the currency of the United States?", "The currency of the United States is the dollar."),
+    ("What color is grass?", "Grass is green."),
+    ("What is the opposite of big?", "The opposite of big is small."),
+    ("What do caterpillars turn into?", "Caterpillars turn into butterflies."),
+    ("What is the square root of 81?", "The square root of 81 is 9."),
+    ("What is a volcano?", "A volcano is an opening in the Earth's crust through which molten rock, ash and gas escape."),
+    ("What is a noun?", "A noun is a word that names a person, place or thing."),
+    ("What is an API in programming?", "An API is a set of rules that lets one program use the functions of another."),
+    ("In one sentence, what is Git?", "Git is a version control system that records the changes made to files over time."),
+    ("Name two musical instruments.", "Two musical instruments are the piano and the guitar."),
+    ("Give me a synonym for happy.", "A synonym for happy is glad."),
+    ('Translate "thank you" into French.', '"Thank you" in French is "merci".'),
+    ("Write a Python expression that adds 5 and 4.", "5 + 4"),
+    ("Explain in one sentence why leaves change color in autumn.",
+     "Leaves change color in autumn because they stop making chlorophyll, the pigment that makes them green."),
+    ("Hello!", "Hello! How can I help you today?"),
+    ("Thanks!", "You're welcome!"),
 )  # fmt: skip
+#: How many examples a prompt shows.
+N_EXAMPLES = 4
+#: Shown when a question shares no word with BANK (least fitting first): a definition, a
+#: request, a greeting. Without a request among them the model echoes requests back.
+DEFAULT_EXAMPLES = (19, 23, 28)
+#: Fixed examples instead of picked ones (load_format, to measure other prompts); None: pick.
+EXAMPLES: tuple[tuple[str, str], ...] | None = None
 USER, ASSISTANT = "User:", "Assistant:"
 STOP = ["\nUser:", "\n\n", "\nAssistant:"]
+# Words that say nothing of a question's kind ("how", "many", "who" do, and are kept).
+_STOPWORDS = frozenset(
+    "a an the of in on to is are was were be do does did and or for from with by at as it its this that what "
+    "which there".split()
+)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOPWORDS}
+
+
+_BANK_WORDS = [_words(q) for q, _ in BANK]
+_DOC_FREQ = Counter(w for words in _BANK_WORDS for w in words)
+
+
+def pick_examples(question: str) -> tuple[tuple[str, str], ...]:
+    """The examples a prompt shows for ``question``: BANK's exchanges whose questions share the
+    most of its words, rarer words counting more (idf), topped up with DEFAULT_EXAMPLES; the
+    closest last, next to the question."""
+    if EXAMPLES is not None:
+        return EXAMPLES
+    asked = _words(question)
+    n = len(BANK)
+    scores = [
+        (sum(math.log((n + 1) / (_DOC_FREQ[w] + 0.5)) for w in asked & words), i)
+        for i, words in enumerate(_BANK_WORDS)
+    ]  # on a tie, the later exchange of BANK
+    chosen = [i for score, i in sorted(scores, reverse=True)[:N_EXAMPLES] if score > 0]
+    for i in DEFAULT_EXAMPLES:
+        if len(chosen) >= N_EXAMPLES:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return tuple(BANK[i] for i in reversed(chosen))
 
 
 def _text(content: Any) -> str:
@@ -73,25 +149,30 @@ def _text(content: Any) -> str:
 
 
 def load_format(path: str) -> None:
-    """Use another instruction and examples, from a JSON file ``{"instruction": str,
+    """Use another instruction and fixed examples, from a JSON file ``{"instruction": str,
     "examples": [[question, answer], ...]}`` (benchmarks/bench_local_quality.py --examples)."""
     global INSTRUCTION, EXAMPLES
     with open(path, encoding="utf-8") as f:
         spec = json.load(f)
     INSTRUCTION = str(spec.get("instruction", INSTRUCTION))
-    EXAMPLES = tuple((str(q), str(a)) for q, a in spec.get("examples", EXAMPLES))
+    if "examples" in spec:
+        EXAMPLES = tuple((str(q), str(a)) for q, a in spec["examples"])
 
 
 def format_prompt(messages: list[dict[str, Any]]) -> str:
-    """The transcript the base model continues: instruction, system prompt, examples, history."""
+    """The transcript the base model continues: instruction, system prompt, examples, history.
+
+    The examples are picked for the conversation's *first* question, so the prompt's beginning
+    stays the same from one turn to the next and llama.cpp reuses what it evaluated."""
     system = " ".join(_text(m.get("content")) for m in messages if m.get("role") == "system").strip()
+    first = next((_text(m.get("content")) for m in messages if m.get("role") == "user"), "")
     parts = [INSTRUCTION]
     if system:
         # The system prompt is the user's instruction to the assistant: after the house one, so
         # it wins where they differ.
         parts.append(f"Instructions for the Assistant: {system}")
     lines = ["\n".join(parts), ""]
-    for question, answer in EXAMPLES:
+    for question, answer in pick_examples(first):
         lines += [f"{USER} {question}", f"{ASSISTANT} {answer}", ""]
     for m in messages:
         role = m.get("role")
