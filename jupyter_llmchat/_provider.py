@@ -21,9 +21,6 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-from httpx_sse import EventSource, SSEError
-
 from ._errors import (
     APIStatusError,
     AuthenticationError,
@@ -39,6 +36,21 @@ from ._params import wire_params
 if TYPE_CHECKING:  # asyncio is imported lazily: the sync path never needs it
     import asyncio
 
+    import httpx
+else:
+
+    class _LazyHttpx:
+        """httpx, imported on first use: it costs ~200 ms (its CLI pulls in rich), and a kernel
+        that only loads the extension never needs it."""
+
+        def __getattr__(self, name: str) -> Any:
+            import httpx
+
+            globals()["httpx"] = httpx
+            return getattr(httpx, name)
+
+    httpx = _LazyHttpx()
+
 __all__ = ["Credentials", "OpenAICompatible", "credentials_from", "deep_merge", "safe_url"]
 
 #: What ``credentials`` may return: a bearer token, a mapping of headers, or nothing.
@@ -48,7 +60,8 @@ Credentials = Callable[[], CredentialValue]
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Longest single wait we honour from Retry-After before giving up instead.
 MAX_RETRY_WAIT = 60.0
-_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=30.0)
+#: The default timeouts, in seconds.
+_TIMEOUT = {"connect": 10.0, "read": 300.0, "write": 30.0, "pool": 30.0}
 #: Hosts already warned about a key sent over plain http (the warning is once per host).
 
 
@@ -312,7 +325,7 @@ class OpenAICompatible:
         return {"timeout": self._timeout(), "trust_env": not local, "verify": _ssl_context()}
 
     def _timeout(self) -> httpx.Timeout:
-        return _TIMEOUT if self.timeout is None else httpx.Timeout(self.timeout)
+        return httpx.Timeout(**_TIMEOUT) if self.timeout is None else httpx.Timeout(self.timeout)
 
     @property
     def client(self) -> httpx.Client:
@@ -481,6 +494,8 @@ class OpenAICompatible:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _iter_data(self, resp: httpx.Response) -> Iterator[str]:
+        from httpx_sse import EventSource, SSEError
+
         url = self.url("chat/completions")
         if not _is_sse(resp):
             # A server that ignored "stream": true answers with one JSON document.
@@ -534,6 +549,8 @@ class OpenAICompatible:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _aiter_data(self, resp: httpx.Response) -> AsyncIterator[str]:
+        from httpx_sse import EventSource, SSEError
+
         url = self.url("chat/completions")
         try:
             if not _is_sse(resp):
