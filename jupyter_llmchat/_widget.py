@@ -224,7 +224,9 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         elif event in ("reset", "set"):
             self._send_history()
         self._refresh()
-        if event in ("turn", "abort"):
+        if event in ("turn", "abort") and threading.current_thread() is not self._thread:
+            # A cell's answer ended. The panel's own question clears busy in its thread, after
+            # its last message to the front end ("done" or "error").
             self.busy = False
 
     def _on_turn(self, chat: Chat, exchange: ChatExchange) -> None:

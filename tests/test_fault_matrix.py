@@ -17,13 +17,12 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.testing import globalipapp
 
 import jupyter_llmchat
 from jupyter_llmchat import (
@@ -224,6 +223,8 @@ class RecordingPanel(ChatPanel):
     def send(self, content: dict[str, Any], buffers: Any = None) -> None:
         self.sent.append(content)
         if content.get("type") in ("done", "error"):
+            # The front end hears "busy" cleared only after the question's last message.
+            self.busy_at_end = self.busy
             self.finished.set()
 
 
@@ -237,6 +238,7 @@ def via_panel(chat: jupyter_llmchat.Chat, ip: InteractiveShell) -> Outcome:
         while panel.busy and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not panel.busy
+        assert panel.busy_at_end
     finally:
         panel.close()
     kinds = [m["type"] for m in panel.sent]
@@ -255,16 +257,6 @@ SURFACES = ["chat", "stream", "cell", "panel"]
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def _ip() -> Iterator[InteractiveShell]:
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
-    shell.run_line_magic("load_ext", "jupyter_llmchat")
-    yield shell
-    shell.run_line_magic("unload_ext", "jupyter_llmchat")
-    _sessions.drop(SESSION)
 
 
 # -- the matrix -------------------------------------------------------------------------------
