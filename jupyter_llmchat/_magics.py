@@ -371,7 +371,7 @@ class ChatMagics(Magics):
 
             ctx.show_line(self.shell, str(context_note))
         if exchange and self.footer:
-            self._footer(chat, exchange[-1])
+            self._footer(chat, exchange)
         text = display.text
         if fmt == "code":
             return first_code_block(text)
@@ -418,7 +418,7 @@ class ChatMagics(Magics):
         when = reply.started_at or user.started_at
         recorded = when.strftime("%Y-%m-%d %H:%M UTC") if when else "earlier"
         if self.footer:
-            self._footer(chat, reply, replayed_at=recorded)
+            self._footer(chat, exchange, replayed_at=recorded)
         else:
             from . import _cellcontext as ctx
 
@@ -426,11 +426,12 @@ class ChatMagics(Magics):
         if args.output:
             self.shell.user_ns[args.output] = _output_value(display.text, fmt)
 
-    def _footer(self, chat: Any, reply: Any, replayed_at: str | None = None) -> None:
+    def _footer(self, chat: Any, exchange: list[Any], replayed_at: str | None = None) -> None:
         from . import _cellcontext as ctx
 
-        line = _spend.footer(reply.model, reply.tokens, reply.cost,
-                             local=_sessions.is_local(chat), replayed_at=replayed_at)
+        tokens, cost, requests = _spend.exchange_spend(exchange)
+        line = _spend.footer(exchange[-1].model, tokens, cost, local=_sessions.is_local(chat),
+                             replayed_at=replayed_at, requests=requests)
         ctx.show_line(self.shell, line)
 
     def _display(self) -> Any:

@@ -193,7 +193,7 @@ def _run(
     template.provider.close()
     _check_budget(label, template, args, kwargs)
 
-    state = _State(len(args))
+    state = _State(len(args), len(template.get_turns()), template.provider.free)
     batch = _Batch(template, args, send, max_active, float(rpm), on_error, state)
     line = _ProgressLine(label, state) if progress else None
     outcome = _in_private_loop(batch.run, line)
@@ -280,8 +280,12 @@ def _prompt_args(label: str, prompts: Iterable[Any]) -> list[tuple[Any, ...]]:
 class _State:
     """Counters the loop thread writes and the progress line reads (ints and floats: no lock)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, base: int = 0, free: bool = False) -> None:
         self.total = total
+        #: Turns each copy starts with (the template's history): the answers after them are new.
+        self.base = base
+        #: The bundled model: its cost shows as free, not as $0.
+        self.free = free
         self.done = 0
         self.failed = 0
         #: The answers' totals, by the one rule of every view (None = unknown).
@@ -289,8 +293,8 @@ class _State:
         self.changes = 0
 
     def add(self, copy: Chat) -> None:
-        answers = [t for t in copy.get_turns() if t.role == "assistant"]
-        self.usage.add_turns(answers[-1:])
+        # Every request of the exchange: a tool round is one more answer.
+        self.usage.add_turns(copy.get_turns()[self.base:])
         self.done += 1
         self.changes += 1
 
@@ -304,13 +308,13 @@ class _State:
         if self.failed:
             parts[0] += f", {self.failed} failed"
         u = self.usage
-        if self.done and u.unknown_tokens == self.done:
+        if self.done and u.unknown_tokens == u.turns:
             parts.append("tokens n/a")
         elif self.done:
             more = "+" if u.unknown_tokens else ""
             parts.append(f"tokens {u.input or 0:,}{more} in, {u.output or 0:,}{more} out")
         if self.done:
-            parts.append("cost " + format_row_cost(u.cost, unknown=u.unknown_cost))
+            parts.append("cost " + format_row_cost(u.cost, unknown=u.unknown_cost, free=self.free))
         return " · ".join(parts)
 
 

@@ -260,13 +260,26 @@ def footer(
     *,
     local: bool = False,
     replayed_at: str | None = None,
+    requests: int = 1,
 ) -> str:
-    """The quiet line under an answer: model, tokens in/out, cost, and whether it was replayed."""
+    """The quiet line under an answer: model, tokens in/out, cost (of all ``requests`` the answer
+    took: a tool exchange makes one per round), and whether it was replayed."""
     tok = tokens or Tokens()
     t_in = "n/a" if tok.input is None else f"{tok.input:,}"
     t_out = "n/a" if tok.output is None else f"{tok.output:,}"
     price = format_row_cost(cost, free=local, prose=True)
     parts = [model or "unknown model", f"{t_in} in / {t_out} out", price]
+    if requests > 1:
+        parts.append(f"{requests} requests")
     if replayed_at is not None:
         parts.append(f"replayed (recorded {replayed_at}), no request")
     return " · ".join(parts)
+
+
+def exchange_spend(exchange: Sequence[Turn]) -> tuple[Tokens, float | None, int]:
+    """Tokens and cost of an exchange's answers (one per request), summed by the views' one rule,
+    and their number. A count one answer did not report makes the total unknown, never smaller."""
+    row = UsageRow("", "").add_turns(exchange)
+    known = not row.unknown_tokens
+    tokens = Tokens(row.input if known else None, row.output if known else None, row.cached if known else None)
+    return tokens, row.complete_cost, row.turns

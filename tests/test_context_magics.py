@@ -15,7 +15,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import jupyter_llmchat
 from jupyter_llmchat._bridge import current_bridge
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.test_magics import _ip, config, ip, run, texts  # noqa: F401  (fixtures)
+from tests.test_magics import config, ip, run, texts  # noqa: F401  (a fixture)
 
 pd = pytest.importorskip("pandas")
 
@@ -229,6 +229,27 @@ def test_footer_under_each_answer_and_off_with_the_trait(
     finally:
         config(ip, footer=True)
     assert " in / " not in capsys.readouterr().out
+
+
+def test_footer_counts_every_request_of_a_tool_exchange(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    fake.script(
+        Reply(text="", tool_calls=[call], finish_reason="tool_calls", usage={"prompt_tokens": 40, "completion_tokens": 6}),
+        Reply(text="It is 5.", usage={"prompt_tokens": 60, "completion_tokens": 4}),
+    )
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    jupyter_llmchat.session().register_tool(add)
+    try:
+        run(ip, "%chat What is 2 + 3?")
+    finally:
+        jupyter_llmchat.session().set_tools([])
+    assert "test-model · 100 in / 10 out · n/a · 2 requests" in capsys.readouterr().out
 
 
 # -- %chat_fix ---------------------------------------------------------------------------------

@@ -258,3 +258,30 @@ def test_structured_answers_in_prompt_order(fake: FakeOpenAI, fake_url: str) -> 
         assert r.body["response_format"]["type"] == "json_schema"
 
 
+
+
+def test_progress_line_counts_every_request_of_a_tool_exchange(fake: FakeOpenAI, fake_url: str) -> None:
+    from jupyter_llmchat._parallel import _State
+
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    chat = new_chat(fake_url)
+    chat.chat("earlier", echo="none")  # history the copies start with: not counted again
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    chat.register_tool(add)
+    fake.script(
+        Reply(text="", tool_calls=[call], finish_reason="tool_calls", usage={"prompt_tokens": 40, "completion_tokens": 6}),
+        Reply(text="It is 5.", usage={"prompt_tokens": 60, "completion_tokens": 4}),
+    )
+    [copy] = parallel_chat(chat, ["What is 2 + 3?"], rpm=FAST, progress=False)
+    assert isinstance(copy, Chat)
+    state = _State(1, len(chat.get_turns()))
+    state.add(copy)
+    assert state.line() == "1/1 done · tokens 100 in, 10 out · cost n/a"
+    free = _State(1, len(chat.get_turns()), free=True)
+    copy.get_turns()[-1].cost = copy.get_turns()[-3].cost = 0.0
+    free.add(copy)
+    assert free.line() == "1/1 done · tokens 100 in, 10 out · cost $0, local"
