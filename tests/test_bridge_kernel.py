@@ -12,7 +12,6 @@ doing what bridge.ts does (``tests/kernel_frontend.py``) and the fake server in 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,12 @@ import pytest
 from jupyter_llmchat._metadata import validate_record
 from tests.fake_openai import FakeOpenAIProcess, Reply
 from tests.kernel_frontend import FrontEnd, kernel, load, notebook_file
-from tests.test_restore import turn, valid_record
+from tests.test_restore import valid_record
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
 pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAIProcess]:
-    with FakeOpenAIProcess() as srv:
-        yield srv
 
 
 RECORD = "__import__('jupyter_llmchat._bridge')._bridge.current_bridge().record()"

@@ -21,12 +21,6 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def server() -> Any:
-    with FakeOpenAIProcess() as srv:
-        yield srv
-
-
 def notebook(base_url: str, cells: list[str]) -> Any:
     nb = nbformat.v4.new_notebook()
     setup = (

@@ -33,33 +33,31 @@ DISPLAY = ("display_data", "update_display_data")
 Msg = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAIProcess]:
-    with FakeOpenAIProcess() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def kernel(server: FakeOpenAIProcess) -> Iterator[tuple[Any, Any]]:
-    """A python3 kernel from this venv with the extension loaded and pointed at the fake server."""
+def start_kernel(setup: str) -> Iterator[tuple[Any, Any]]:
+    """A python3 kernel from this checkout (no OPENAI_* settings), after running ``setup``."""
     from jupyter_client.manager import start_new_kernel
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(ROOT), startup_timeout=60)
     try:
-        reply, msgs = execute(
-            kc,
-            "%load_ext jupyter_llmchat\n"
-            f"%config ChatMagics.base_url = {server.base_url!r}\n"
-            "%config ChatMagics.model = 'test-model'\n"
-            f"%config ChatMagics.display_rate_hz = {RATE_HZ}\n",
-        )
+        reply, _ = execute(kc, setup)
         assert reply["content"]["status"] == "ok", reply["content"]
         yield km, kc
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel(server: FakeOpenAIProcess) -> Iterator[tuple[Any, Any]]:
+    """A kernel with the extension loaded and pointed at the fake server."""
+    yield from start_kernel(
+        "%load_ext jupyter_llmchat\n"
+        f"%config ChatMagics.base_url = {server.base_url!r}\n"
+        "%config ChatMagics.model = 'test-model'\n"
+        f"%config ChatMagics.display_rate_hz = {RATE_HZ}\n"
+    )
 
 
 @pytest.fixture

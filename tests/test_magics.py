@@ -9,13 +9,11 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
-from IPython.testing import globalipapp
 
 import jupyter_llmchat
 from jupyter_llmchat import _sessions
@@ -39,16 +37,6 @@ DEFAULTS = {
     "replay": True,
     "context_max_tokens": 2000,
 }
-
-
-@pytest.fixture(scope="module")
-def _ip() -> Iterator[InteractiveShell]:
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
-    shell.run_line_magic("load_ext", "jupyter_llmchat")
-    yield shell
-    shell.run_line_magic("unload_ext", "jupyter_llmchat")
-    _sessions.registry.sessions.clear()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from jupyter_llmchat._bridge import current_bridge
 from jupyter_llmchat._errors import LLMChatError
 from jupyter_llmchat._widget import ChatPanel
 from tests.fake_openai import FakeOpenAI
-from tests.test_magics import _ip, config, ip, run  # noqa: F401  (fixtures)
+from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
 
 
 class RecordingPanel(ChatPanel):

@@ -3,46 +3,24 @@ interrupt (a real SIGINT) keeps the answers that finished."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jupyter_llmchat._parallel import PROGRESS_HZ
 from tests.fake_openai import FakeOpenAIProcess, Reply
-from tests.test_kernel_iopub import Msg, busiest_second, displays, execute, stdout
+from tests.test_kernel_iopub import Msg, busiest_second, displays, execute, start_kernel, stdout
 
 pytestmark = pytest.mark.kernel
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAIProcess]:
-    with FakeOpenAIProcess() as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
 def kernel(server: FakeOpenAIProcess) -> Iterator[tuple[Any, Any]]:
-    from jupyter_client.manager import start_new_kernel
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(ROOT), startup_timeout=60)
-    try:
-        reply, _ = execute(
-            kc,
-            "import jupyter_llmchat as j\n"
-            f"chat = j.chat_openai_compatible({server.base_url!r}, model='test-model')\n",
-        )
-        assert reply["content"]["status"] == "ok", reply["content"]
-        yield km, kc
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+    yield from start_kernel(
+        "import jupyter_llmchat as j\n"
+        f"chat = j.chat_openai_compatible({server.base_url!r}, model='test-model')\n"
+    )
 
 
 def progress_messages(msgs: list[Msg]) -> list[Msg]:

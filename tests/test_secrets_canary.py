@@ -21,7 +21,6 @@ from typing import Any
 import nbformat
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.testing import globalipapp
 from nbclient import NotebookClient
 
 import jupyter_llmchat
@@ -86,16 +85,6 @@ def canary_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     yield
-
-
-@pytest.fixture(scope="module")
-def _ip() -> Iterator[InteractiveShell]:
-    globalipapp.start_ipython()
-    shell = globalipapp.get_ipython()
-    shell.run_line_magic("load_ext", "jupyter_llmchat")
-    yield shell
-    shell.run_line_magic("unload_ext", "jupyter_llmchat")
-    _sessions.registry.sessions.clear()
 
 
 def echoing_errors() -> list[Reply]:
