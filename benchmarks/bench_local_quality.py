@@ -3,7 +3,8 @@
 Runs a real kernel (nbclient) with no configuration, so the kernel starts the bundled model the
 way a new user's first ``%%chat`` does, and asks each question alone (``--no-history``): the
 24 questions of the benchmark, then 24 held out (a check that a format does not merely fit the
-benchmark). Each answer is scored by keywords (any of a question's keywords, case-insensitive,
+benchmark), then 8 follow-ups (a first question, then one that refers back to it, scored on the
+second answer: the history mapped in). Each answer is scored by keywords (any of a question's keywords, case-insensitive,
 counts as on topic). It prints the two scores, how many answers drift into another script (letters outside Latin),
 how many repeat the question, how many end by themselves (finish_reason "stop"), the token
 counts the kernel recorded, and the startup and speed of the model. It asserts nothing.
@@ -89,6 +90,22 @@ HELD_OUT: list[tuple[str, list[str]]] = [
  ("Who developed the theory of relativity?", ["einstein"]),
 ]
 
+#: Follow-ups (the history mapped in): a first question, then one that refers back to it; only
+#: the second answer is scored. Written before the follow-up example of the format was chosen.
+FOLLOW_UPS: list[tuple[str, str, list[str]]] = [
+    ("What is the capital of France?", "And of Italy?", ["rome"]),
+    ("In one sentence, what is a Jupyter notebook?", "Say that again, in five words or fewer.",
+     ["notebook", "jupyter"]),
+    ("What is the capital of Spain?", "What language do people speak there?", ["spanish"]),
+    ("Who wrote Romeo and Juliet?", "Name another play by him.",
+     ["hamlet", "macbeth", "othello", "lear", "tempest", "dream", "caesar", "twelfth", "merry", "windsor",
+      "richard", "henry", "much ado", "winter's", "coriolanus", "cymbeline", "titus"]),
+    ("What is 2 + 2?", "And 3 + 3?", ["6", "six"]),
+    ("What is the opposite of hot?", "And the opposite of tall?", ["short"]),
+    ("What do bees make?", "What color is it?", ["yellow", "gold", "golden", "amber", "brown"]),
+    ("What is Python in computing?", "Who created it?", ["guido", "rossum"]),
+]
+
 
 def _latin_or_common(ch: str) -> bool:
     if not ch.isalpha():
@@ -134,13 +151,15 @@ def _notebook(args: argparse.Namespace) -> object:
     ]
     cells.append("jupyter_llmchat.session().add_listener("
                  "lambda c, e, x: _seen.append(x) if e == 'turn' else None)")
+    row = (
+        "_r = _seen[-1].turn\n"
+        "_rows.append({'answer': _a, 'finish': _r.finish_reason, 'input': _r.tokens.input, "
+        "'output': _r.tokens.output, 'duration': _r.duration, 'cost': _r.cost})"
+    )
     for question, _ in QUESTIONS + HELD_OUT:
-        cells.append(f"%%chat --no-history -o _a\n{question}")
-        cells.append(
-            "_r = _seen[-1].turn\n"
-            "_rows.append({'answer': _a, 'finish': _r.finish_reason, 'input': _r.tokens.input, "
-            "'output': _r.tokens.output, 'duration': _r.duration, 'cost': _r.cost})"
-        )
+        cells += [f"%%chat --no-history -o _a\n{question}", row]
+    for first, follow_up, _ in FOLLOW_UPS:
+        cells += [f"%%chat --new -o _a\n{first}", row, f"%%chat -o _a\n{follow_up}", row]
     cells.append("print('ROWS ' + json.dumps(_rows))")
     nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
     return nb
@@ -211,13 +230,15 @@ def main() -> int:
     printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)  # type: ignore[attr-defined]
     rows = json.loads(printed.split("ROWS ", 1)[1])
 
-    score = {"benchmark": 0, "held out": 0}
+    score = {"benchmark": 0, "held out": 0, "follow-up": 0, "first": 0}
     drift = echo = stops = 0
     outputs = []
     asked = [(q, k, "benchmark") for q, k in QUESTIONS] + [(q, k, "held out") for q, k in HELD_OUT]
+    for first, follow_up, keywords in FOLLOW_UPS:
+        asked += [(first, [], "first"), (f"{first} / {follow_up}", keywords, "follow-up")]
     for (question, keywords, kind), row in zip(asked, rows):
         answer = row["answer"]
-        ok, dr, rep = on_topic(answer, keywords), drifts(answer), repeats(question, answer)
+        ok, dr, rep = on_topic(answer, keywords), drifts(answer), repeats(question.split(" / ")[-1], answer)
         score[kind] += ok
         drift += dr
         echo += rep
@@ -232,7 +253,8 @@ def main() -> int:
           f"repeat_penalty={args.repeat_penalty} max_tokens={args.max_tokens}")
     b, h = score["benchmark"], score["held out"]
     print(f"on topic: {b}/{len(QUESTIONS)} ({b / len(QUESTIONS):.0%}) of the benchmark; "
-          f"{h}/{len(HELD_OUT)} ({h / len(HELD_OUT):.0%}) held out")
+          f"{h}/{len(HELD_OUT)} ({h / len(HELD_OUT):.0%}) held out; "
+          f"{score['follow-up']}/{len(FOLLOW_UPS)} follow-ups")
     print(f"of all {n}: drift into another script: {drift}   repeat the question: {echo}   "
           f"finish_reason stop: {stops}/{n}")
     known = sum(1 for r in rows if r["input"] is not None and r["output"] is not None)

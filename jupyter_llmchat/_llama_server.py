@@ -51,8 +51,9 @@ ANSWER_RESERVE = 512
 # question (the exchanges whose questions share its rarest words: a "how many" question is shown
 # answers that are counts, a "who" question answers that are people, a request answers that do
 # what was asked). Three fixed examples answered 16 of the benchmark's 24 questions; picked ones
-# answer 19, and 15 of 24 held-out questions (14 with the fixed three). None of BANK is a
-# question of the benchmark, and no answer in it answers one (tests/test_local_format.py).
+# answer 19. On 24 held-out questions both score alike (13 and 14): what is left wrong is the
+# model's knowledge. None of BANK is a measured question, and no answer in it answers one
+# (tests/test_local_format.py).
 INSTRUCTION = (
     "Below is a conversation between a User and a helpful, knowledgeable Assistant. "
     "The Assistant answers each question correctly, in one or two short sentences of plain English."
@@ -99,6 +100,13 @@ N_EXAMPLES = 4
 DEFAULT_EXAMPLES = (19, 23, 28)
 #: Fixed examples instead of picked ones (load_format, to measure other prompts); None: pick.
 EXAMPLES: tuple[tuple[str, str], ...] | None = None
+#: Shown once a conversation has a follow-up question: an exchange that refers back.
+FOLLOW_UP_EXAMPLE: tuple[str, ...] = (
+    "What is a library?",
+    "A library is a place where books and other materials are kept for people to read or borrow.",
+    "Say that more briefly.",
+    "A library lends books.",
+)
 USER, ASSISTANT = "User:", "Assistant:"
 STOP = ["\nUser:", "\n\n", "\nAssistant:"]
 # Words that say nothing of a question's kind ("how", "many", "who" do, and are kept).
@@ -172,14 +180,17 @@ def format_prompt(messages: list[dict[str, Any]]) -> str:
         # it wins where they differ.
         parts.append(f"Instructions for the Assistant: {system}")
     lines = ["\n".join(parts), ""]
-    for question, answer in pick_examples(first):
+    examples: list[tuple[str, str]] = list(pick_examples(first))
+    conversation = [m for m in messages if m.get("role") in ("user", "assistant")]
+    for question, answer in examples:
         lines += [f"{USER} {question}", f"{ASSISTANT} {answer}", ""]
-    for m in messages:
-        role = m.get("role")
-        if role == "user":
-            lines.append(f"{USER} {_single_paragraph(_text(m.get('content')))}")
-        elif role == "assistant":
-            lines += [f"{ASSISTANT} {_single_paragraph(_text(m.get('content')))}", ""]
+    if FOLLOW_UP_EXAMPLE and sum(m.get("role") == "user" for m in conversation) > 1:
+        lines += [f"{USER if i % 2 == 0 else ASSISTANT} {text}" for i, text in enumerate(FOLLOW_UP_EXAMPLE)] + [""]
+    # One block: the turns of a conversation follow each other (a blank line would make each
+    # exchange look independent, like the examples, and "that" would point at an example).
+    for m in conversation:
+        label = USER if m.get("role") == "user" else ASSISTANT
+        lines.append(f"{label} {_single_paragraph(_text(m.get('content')))}")
     lines.append(ASSISTANT)
     return "\n".join(lines)
 

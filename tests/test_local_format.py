@@ -37,12 +37,14 @@ DESCRIPTIVE = {"programming", "language", "notebook", "code", "document", "inter
 def test_no_example_is_a_measured_question_or_answers_one() -> None:
     bench = _bench()
     measured = bench.QUESTIONS + bench.HELD_OUT  # type: ignore[attr-defined]
+    measured += [(q, k) for _, q, k in bench.FOLLOW_UPS]  # type: ignore[attr-defined]
     assert len(measured) >= 40
     bank_questions = {q.lower() for q, _ in server.BANK}
     for question, keywords in measured:
         assert question.lower() not in bank_questions
         facts = [k for k in keywords if k not in DESCRIPTIVE]
-        for example_q, example_a in server.BANK:
+        follow_up = server.FOLLOW_UP_EXAMPLE
+        for example_q, example_a in [*server.BANK, (follow_up[0], follow_up[1]), (follow_up[2], follow_up[3])]:
             assert not bench.on_topic(example_a, facts), (question, example_a)  # type: ignore[attr-defined]
             assert not bench.on_topic(example_q, facts), (question, example_q)  # type: ignore[attr-defined]
 
@@ -67,15 +69,35 @@ def test_a_question_sharing_no_word_gets_the_defaults() -> None:
     assert any(not q.endswith("?") for q, _ in picked)
 
 
-def test_examples_stay_the_same_for_the_whole_conversation() -> None:
-    # Picked for the first question, so each turn's prompt begins with the last one's and
-    # llama.cpp reuses what it has evaluated.
-    first = server.format_prompt([user("How many legs does an ant have?")])
-    later = server.format_prompt(
-        [user("How many legs does an ant have?"), {"role": "assistant", "content": "Six."}, user("Who wrote Hamlet?")]
+def test_the_prompt_grows_at_its_end_from_the_second_question_on() -> None:
+    # Examples picked for the first question, so each turn's prompt begins with the last one's
+    # and llama.cpp reuses what it has evaluated (the second question adds the follow-up example).
+    ant = user("How many legs does an ant have?")
+    first = server.format_prompt([ant])
+    second = server.format_prompt([ant, {"role": "assistant", "content": "Six."}, user("And a spider?")])
+    third = server.format_prompt(
+        [ant, {"role": "assistant", "content": "Six."}, user("And a spider?"),
+         {"role": "assistant", "content": "Eight."}, user("Who wrote Hamlet?")]
+    )  # fmt: skip
+    assert first.startswith(second.split("User: What is a library?")[0])
+    assert third.startswith(second)
+    assert third.endswith("User: And a spider?\nAssistant: Eight.\nUser: Who wrote Hamlet?\nAssistant:")
+
+
+def test_a_follow_up_sees_one_conversation_and_an_example_that_refers_back() -> None:
+    one = server.format_prompt([user("What is the capital of France?")])
+    two = server.format_prompt(
+        [user("What is the capital of France?"), {"role": "assistant", "content": "Paris."}, user("And of Italy?")]
     )
-    assert later.startswith(first)
-    assert later.endswith("User: Who wrote Hamlet?\nAssistant:")
+    follow_up = "\n".join(
+        f"{'User:' if i % 2 == 0 else 'Assistant:'} {t}" for i, t in enumerate(server.FOLLOW_UP_EXAMPLE)
+    )
+    assert follow_up not in one and follow_up in two
+    # No blank line inside the conversation: a blank line would make the follow-up look like an
+    # exchange of its own, and "that" could point at an example.
+    assert two.endswith(
+        f"{follow_up}\n\nUser: What is the capital of France?\nAssistant: Paris.\nUser: And of Italy?\nAssistant:"
+    )
 
 
 def test_system_prompt_and_history_are_mapped_in() -> None:
@@ -86,7 +108,7 @@ def test_system_prompt_and_history_are_mapped_in() -> None:
     head, _, rest = prompt.partition("\n\n")
     assert head == f"{server.INSTRUCTION}\nInstructions for the Assistant: Answer in French."
     # A message's own blank lines would end the exchange early: kept as single newlines.
-    assert "Assistant: Bonjour !\nÇa va ?\n\nUser: Thanks\nAssistant:" in rest
+    assert rest.endswith("User: Hi\nAssistant: Bonjour !\nÇa va ?\nUser: Thanks\nAssistant:")
 
 
 def test_fixed_examples_from_a_format_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
