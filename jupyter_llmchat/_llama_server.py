@@ -100,13 +100,17 @@ N_EXAMPLES = 4
 DEFAULT_EXAMPLES = (19, 23, 28)
 #: Fixed examples instead of picked ones (load_format, to measure other prompts); None: pick.
 EXAMPLES: tuple[tuple[str, str], ...] | None = None
-#: Shown once a conversation has a follow-up question: an exchange that refers back.
+#: Shown once a conversation has a second question: two exchanges, the second referring back.
 FOLLOW_UP_EXAMPLE: tuple[str, ...] = (
     "What is a library?",
     "A library is a place where books and other materials are kept for people to read or borrow.",
     "Say that more briefly.",
     "A library lends books.",
 )
+#: A blank line after each exchange of the history, as after each example. (Without: the same
+#: score on the benchmark's follow-ups, and the tour's third answer ran to the limit listing
+#: "the Place de la Concorde" again and again.)
+HISTORY_BLANK_LINES = True
 USER, ASSISTANT = "User:", "Assistant:"
 STOP = ["\nUser:", "\n\n", "\nAssistant:"]
 # Words that say nothing of a question's kind ("how", "many", "who" do, and are kept).
@@ -157,14 +161,19 @@ def _text(content: Any) -> str:
 
 
 def load_format(path: str) -> None:
-    """Use another instruction and fixed examples, from a JSON file ``{"instruction": str,
-    "examples": [[question, answer], ...]}`` (benchmarks/bench_local_quality.py --examples)."""
-    global INSTRUCTION, EXAMPLES
+    """Use another format, to measure it (benchmarks/bench_local_quality.py --examples): a JSON
+    file with any of ``"instruction"`` (str), ``"examples"`` (fixed ``[[question, answer], ...]``
+    instead of picked ones), ``"follow_up"`` (``[question, answer, question, answer]`` or null)
+    and ``"history_blank_lines"`` (true: a blank line after each exchange of the history)."""
+    global INSTRUCTION, EXAMPLES, FOLLOW_UP_EXAMPLE, HISTORY_BLANK_LINES
     with open(path, encoding="utf-8") as f:
         spec = json.load(f)
     INSTRUCTION = str(spec.get("instruction", INSTRUCTION))
     if "examples" in spec:
         EXAMPLES = tuple((str(q), str(a)) for q, a in spec["examples"])
+    if "follow_up" in spec:
+        FOLLOW_UP_EXAMPLE = tuple(str(t) for t in spec["follow_up"] or ())
+    HISTORY_BLANK_LINES = bool(spec.get("history_blank_lines", HISTORY_BLANK_LINES))
 
 
 def format_prompt(messages: list[dict[str, Any]]) -> str:
@@ -180,17 +189,19 @@ def format_prompt(messages: list[dict[str, Any]]) -> str:
         # it wins where they differ.
         parts.append(f"Instructions for the Assistant: {system}")
     lines = ["\n".join(parts), ""]
-    examples: list[tuple[str, str]] = list(pick_examples(first))
     conversation = [m for m in messages if m.get("role") in ("user", "assistant")]
-    for question, answer in examples:
+    for question, answer in pick_examples(first):
         lines += [f"{USER} {question}", f"{ASSISTANT} {answer}", ""]
     if FOLLOW_UP_EXAMPLE and sum(m.get("role") == "user" for m in conversation) > 1:
+        # Without it, "Say that again, in five words or fewer." after an answer came back as a
+        # copy of an example ("...say that a volcano is an opening in the Earth's crust..."): it
+        # shows that a question may refer to the answer before it.
         lines += [f"{USER if i % 2 == 0 else ASSISTANT} {text}" for i, text in enumerate(FOLLOW_UP_EXAMPLE)] + [""]
-    # One block: the turns of a conversation follow each other (a blank line would make each
-    # exchange look independent, like the examples, and "that" would point at an example).
     for m in conversation:
         label = USER if m.get("role") == "user" else ASSISTANT
         lines.append(f"{label} {_single_paragraph(_text(m.get('content')))}")
+        if HISTORY_BLANK_LINES and label == ASSISTANT:
+            lines.append("")
     lines.append(ASSISTANT)
     return "\n".join(lines)
 

@@ -81,10 +81,10 @@ def test_the_prompt_grows_at_its_end_from_the_second_question_on() -> None:
     )  # fmt: skip
     assert first.startswith(second.split("User: What is a library?")[0])
     assert third.startswith(second)
-    assert third.endswith("User: And a spider?\nAssistant: Eight.\nUser: Who wrote Hamlet?\nAssistant:")
+    assert third.endswith("User: And a spider?\nAssistant: Eight.\n\nUser: Who wrote Hamlet?\nAssistant:")
 
 
-def test_a_follow_up_sees_one_conversation_and_an_example_that_refers_back() -> None:
+def test_a_follow_up_is_shown_an_example_that_refers_back() -> None:
     one = server.format_prompt([user("What is the capital of France?")])
     two = server.format_prompt(
         [user("What is the capital of France?"), {"role": "assistant", "content": "Paris."}, user("And of Italy?")]
@@ -93,10 +93,9 @@ def test_a_follow_up_sees_one_conversation_and_an_example_that_refers_back() -> 
         f"{'User:' if i % 2 == 0 else 'Assistant:'} {t}" for i, t in enumerate(server.FOLLOW_UP_EXAMPLE)
     )
     assert follow_up not in one and follow_up in two
-    # No blank line inside the conversation: a blank line would make the follow-up look like an
-    # exchange of its own, and "that" could point at an example.
+    # Just before the conversation, whose exchanges end with a blank line like the examples'.
     assert two.endswith(
-        f"{follow_up}\n\nUser: What is the capital of France?\nAssistant: Paris.\nUser: And of Italy?\nAssistant:"
+        f"{follow_up}\n\nUser: What is the capital of France?\nAssistant: Paris.\n\nUser: And of Italy?\nAssistant:"
     )
 
 
@@ -108,7 +107,7 @@ def test_system_prompt_and_history_are_mapped_in() -> None:
     head, _, rest = prompt.partition("\n\n")
     assert head == f"{server.INSTRUCTION}\nInstructions for the Assistant: Answer in French."
     # A message's own blank lines would end the exchange early: kept as single newlines.
-    assert rest.endswith("User: Hi\nAssistant: Bonjour !\nÇa va ?\nUser: Thanks\nAssistant:")
+    assert rest.endswith("User: Hi\nAssistant: Bonjour !\nÇa va ?\n\nUser: Thanks\nAssistant:")
 
 
 def test_fixed_examples_from_a_format_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
