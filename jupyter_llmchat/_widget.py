@@ -100,17 +100,18 @@ def _results_only(turn: Turn) -> bool:
         isinstance(c, ContentToolResult) for c in turn.contents)
 
 
-def _messages(turns: Sequence[Turn], ids: Sequence[str]) -> list[dict[str, Any]]:
+def _messages(turns: Sequence[Turn], ids: Sequence[str], *, free: bool = False) -> list[dict[str, Any]]:
     out = []
     for i, (t, msg_id) in enumerate(zip(turns, ids)):
         if _results_only(t):
             continue
-        out.append(_message(t, msg_id, following=turns[i + 1] if i + 1 < len(turns) else None))
+        out.append(_message(t, msg_id, following=turns[i + 1] if i + 1 < len(turns) else None, free=free))
     return out
 
 
 def _message(turn: Turn, msg_id: str, *, with_text: bool = True,
-             following: Turn | None = None) -> dict[str, Any]:
+             following: Turn | None = None, free: bool = False) -> dict[str, Any]:
+    """``free``: the session is on the bundled model, so a cost of 0 shows as "$0, local"."""
     tok = turn.tokens
     return {
         "id": msg_id,
@@ -124,6 +125,7 @@ def _message(turn: Turn, msg_id: str, *, with_text: bool = True,
         "time": turn.started_at.timestamp() if turn.started_at else time.time(),
         "tokens": tok.to_dict() if tok else None,
         "cost_usd": turn.cost,
+        "free": free,
         "finish_reason": turn.finish_reason,
     }
 
@@ -199,8 +201,13 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             "output": total.output,
             "cached": total.cached,
             "cost_usd": total.complete_cost,
+            "free": self._free(),
             **_budget_usage(),
         }
+
+    def _free(self) -> bool:
+        """The session is on the bundled model: its answers cost nothing, shown as "$0, local"."""
+        return self._chat is not None and self._chat.provider.free
 
     def _send_history(self) -> None:
         """Replace what the front end shows by the session's whole history."""
@@ -209,7 +216,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         # at the end (anything else sends the whole history again, see _on_turn).
         self._shown = len(turns)
         self._generation += 1
-        messages = _messages(turns, [self._turn_id(i) for i in range(len(turns))])
+        messages = _messages(turns, [self._turn_id(i) for i in range(len(turns))], free=self._free())
         self.send({"type": "history", "messages": messages})
 
     def _on_chat(self, chat: Chat, event: str, exchange: ChatExchange | None = None) -> None:
@@ -246,10 +253,10 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         elif in_history:
             # A %%chat cell's exchange, or another panel's on the same session.
             self._shown = n
-            messages = _messages(ex, [self._turn_id(i) for i in range(n - k, n)])
+            messages = _messages(ex, [self._turn_id(i) for i in range(n - k, n)], free=self._free())
             self.send({"type": "append", "messages": messages})
         else:  # an exchange kept out of history (%%chat --no-history): shown, not recorded
-            messages = _messages(ex, [uuid.uuid4().hex for _ in ex])
+            messages = _messages(ex, [uuid.uuid4().hex for _ in ex], free=self._free())
             self.send({"type": "append", "messages": messages})
 
     def _context_note(self, exchange: ChatExchange) -> None:
@@ -475,7 +482,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             if not live():
                 return
             if reply is not None:
-                final = _message(reply, answer_id, with_text=False)
+                final = _message(reply, answer_id, with_text=False, free=self._free())
                 self.send({"type": "done", "message": final, "user_id": user_id, "recorded": True})
             else:  # stopped before anything arrived: history is unchanged
                 self.send({"type": "done", "message": {"id": answer_id, "partial": True},

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_llmchat._markdown import safe_markdown
-from jupyter_llmchat._usage import format_cost
+from jupyter_llmchat._usage import format_cost, format_row_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "labextension" / "lib"
@@ -144,11 +144,13 @@ def _node_module(name: str, tmp_path: Path) -> Path:
     return target
 
 
-def _run_node(module: Path, function: str, inputs: list[object]) -> list[str]:
+def _run_node(module: Path, function: str, inputs: list[object], *, spread: bool = False) -> list[str]:
+    """``function`` of each input, in node; ``spread``: each input is a list of arguments."""
+    call = f"{function}(...x)" if spread else f"{function}(x)"
     script = (
         f"import {{ {function} }} from {json.dumps(module.as_uri())};"
         "let data = ''; process.stdin.on('data', d => data += d);"
-        f"process.stdin.on('end', () => process.stdout.write(JSON.stringify(JSON.parse(data).map(x => {function}(x)))));"
+        f"process.stdin.on('end', () => process.stdout.write(JSON.stringify(JSON.parse(data).map(x => {call}))));"
     )
     done = subprocess.run(["node", "--input-type=module", "-e", script], input=json.dumps(inputs),
                           capture_output=True, text=True, timeout=60, check=True)
@@ -166,3 +168,11 @@ def test_typescript_cost_format_is_the_same(tmp_path: Path) -> None:
     # NaN does not survive JSON: the TypeScript side gets the finite cases.
     finite = [(usd, out) for usd, out in COSTS if usd is None or usd == usd]
     assert _run_node(module, "formatCost", [usd for usd, _ in finite]) == [out for _, out in finite]
+
+
+def test_typescript_row_cost_tells_the_bundled_model_apart(tmp_path: Path) -> None:
+    module = _node_module("costFormat", tmp_path)
+    cases = [[usd, free] for usd in (None, 0.0, 0.0021, 12.5) for free in (False, True)]
+    expected = [format_row_cost(usd, free=free) for usd, free in cases]
+    assert "$0, local" in expected and "$0" in expected and "n/a" in expected
+    assert _run_node(module, "formatRowCost", cases, spread=True) == expected  # type: ignore[arg-type]

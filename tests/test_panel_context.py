@@ -96,7 +96,7 @@ def test_panel_question_over_the_budget_is_refused_before_sending(
 def test_panel_usage_shows_the_usd_budget_and_what_is_left(
     ip: InteractiveShell, fake: FakeOpenAI, panel: RecordingPanel
 ) -> None:
-    assert "budget_usd" not in panel.usage
+    assert "budget_usd" not in panel.usage and panel.usage["free"] is False  # a priced server
     run(ip, "%chat_budget 1")
     assert panel.usage["budget_usd"] == 1.0 and panel.usage["left_usd"] == 1.0
     run(ip, "%chat_budget --off")

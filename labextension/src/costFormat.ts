@@ -19,3 +19,18 @@ export function formatCost(usd: number | null | undefined): string {
   const decimals = Math.max(2, 1 - Math.floor(Math.log10(v)));
   return `${sign}$${v.toFixed(decimals)}`;
 }
+
+/**
+ * A cost as the views show it: `format_row_cost(usd, free=...)` in `_usage.py`.
+ * The bundled local model's answers are known to be free: "$0, local", told
+ * apart from an unknown price ("n/a") and from a priced model's "$0".
+ */
+export function formatRowCost(
+  usd: number | null | undefined,
+  free: boolean
+): string {
+  if (free && !usd) {
+    return '$0, local';
+  }
+  return formatCost(usd);
+}

@@ -47,6 +47,8 @@ export interface ITurnInfo {
   model: string | null;
   tokens: ITokens | null;
   costUsd: number | null;
+  /** On the bundled model: a cost of 0 shows as "$0, local". */
+  free: boolean;
   thinking: string;
   /** Tool calls of the answer, in order (shown as text by panelMessage.tsx). */
   tools: IToolCall[];
@@ -460,6 +462,7 @@ export class KernelChatModel extends AbstractChatModel {
       model: m.model ?? null,
       tokens: m.tokens ?? null,
       costUsd: m.cost_usd ?? null,
+      free: m.free === true,
       thinking: m.thinking ?? '',
       tools: Array.isArray(m.tools) ? m.tools : []
     };

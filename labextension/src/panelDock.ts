@@ -13,7 +13,7 @@ import { Panel, Widget } from '@lumino/widgets';
 
 import type { INotice } from './panelChatModel';
 import { KernelChatModel } from './panelChatModel';
-import { formatCost } from './costFormat';
+import { formatCost, formatRowCost } from './costFormat';
 import {
   createFooterRegistry,
   createPreambleRegistry,
@@ -428,7 +428,7 @@ class PanelToolbar extends Widget {
     const parts = [
       typeof model === 'string' && model ? model : 'no model',
       `tokens ${formatTokens(usage.input, usage.output)}`,
-      `cost ${formatCost(usage.cost_usd)}`
+      `cost ${formatRowCost(usage.cost_usd, usage.free === true)}`
     ];
     if (typeof usage.budget_usd === 'number') {
       parts.push(

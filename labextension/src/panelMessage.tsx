@@ -10,7 +10,7 @@ import type {
 import { MessageFooterRegistry, MessagePreambleRegistry } from '@jupyter/chat';
 import * as React from 'react';
 
-import { formatCost } from './costFormat';
+import { formatRowCost } from './costFormat';
 import type { ITurnInfo } from './panelChatModel';
 import { turnInfo } from './panelChatModel';
 
@@ -119,7 +119,7 @@ function Usage(props: MessageFooterSectionProps): JSX.Element | null {
   ) {
     return null;
   }
-  const text = `${formatTokens(info.tokens.input, info.tokens.output)} · cost ${formatCost(info.costUsd)}`;
+  const text = `${formatTokens(info.tokens.input, info.tokens.output)} · cost ${formatRowCost(info.costUsd, info.free)}`;
   return (
     <div
       className="jp-llmchat-turn-usage"

@@ -39,6 +39,8 @@ export interface ITurnMessage {
   time?: number;
   tokens?: ITokens | null;
   cost_usd?: number | null;
+  /** The session is on the bundled model: a cost of 0 shows as "$0, local". */
+  free?: boolean;
   finish_reason?: string | null;
   /** The tool calls this answer asked for, with their results. */
   tools?: IToolCall[] | null;
@@ -51,6 +53,8 @@ export interface IUsage {
   output?: number | null;
   cached?: number | null;
   cost_usd?: number | null;
+  /** The session is on the bundled model: a cost of 0 shows as "$0, local". */
+  free?: boolean;
   /** The notebook's budget (%chat_budget) and what is left; absent without one. */
   budget_usd?: number | null;
   left_usd?: number | null;
