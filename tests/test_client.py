@@ -615,6 +615,29 @@ def test_core_imports_no_jupyter_modules() -> None:
     assert json.loads(out.stdout) == []
 
 
+def test_load_ext_defers_the_http_stack_to_the_first_request() -> None:
+    """httpx (and the `rich` its CLI pulls in) costs ~150 ms of imports: %load_ext, creating a
+    session and a Chat import none of it; the first request does."""
+    code = (
+        "import sys, json\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "shell = InteractiveShell.instance()\n"
+        "shell.run_line_magic('load_ext', 'jupyter_llmchat')\n"
+        "import jupyter_llmchat as j\n"
+        "c = j.chat_openai_compatible('http://127.0.0.1:1/v1', model='m')\n"
+        "before = sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'httpx_sse', 'rich'))\n"
+        "try:\n"
+        "    c.chat('hi', echo='none')\n"
+        "except j.LLMChatError:\n"
+        "    pass\n"
+        "print(json.dumps([before, 'httpx' in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert json.loads(out.stdout) == [[], True]
+
 
 # -- presets: the same class with a base_url, a key variable and quirks --------------------------
 
