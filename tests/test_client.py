@@ -608,11 +608,7 @@ def test_core_imports_no_jupyter_modules() -> None:
         "print(json.dumps(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('IPython', 'traitlets', 'ipywidgets', 'ipykernel', 'comm'))))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
-    )
-    assert json.loads(out.stdout) == []
+    assert _printed_json(code) == []
 
 
 def test_load_ext_defers_the_http_stack_to_the_first_request() -> None:
@@ -632,11 +628,16 @@ def test_load_ext_defers_the_http_stack_to_the_first_request() -> None:
         "    pass\n"
         "print(json.dumps([before, 'httpx' in sys.modules]))\n"
     )
+    assert _printed_json(code) == [[], True]
+
+
+def _printed_json(code: str) -> Any:
+    """What ``code`` prints as JSON, run in a fresh interpreter (so sys.modules starts empty)."""
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
     )
-    assert json.loads(out.stdout) == [[], True]
+    return json.loads(out.stdout)
 
 
 # -- presets: the same class with a base_url, a key variable and quirks --------------------------
