@@ -90,12 +90,7 @@ class StreamDisplay:
             else:
                 self._thinking.append(piece)
             self._chars += len(piece)
-            now = self._clock()
-            if now >= self._next:
-                self._flush(now)
-            else:
-                self._unsent = True
-                self._schedule(self._next - now)
+            self._flush_or_schedule()
 
     def fill(self, kind: str, piece: str) -> None:
         """Add text without sending an update: a replayed answer is shown whole by ``final``."""
@@ -135,6 +130,10 @@ class StreamDisplay:
     def _update_now(self) -> None:
         # A tool line is a rare event: shown at the rate's next slot, like a text piece.
         self._chars += 1
+        self._flush_or_schedule()
+
+    def _flush_or_schedule(self) -> None:
+        """Send an update if the rate allows one now, else once it does (lock held)."""
         now = self._clock()
         if now >= self._next:
             self._flush(now)
@@ -144,9 +143,7 @@ class StreamDisplay:
 
     def _call_markdown(self, call: list[Any]) -> str:
         name, arguments, _, done = call
-        if done is None:
-            return tool_line(name, arguments, None, None, None) + "\n\n"
-        value, error, seconds = done
+        value, error, seconds = done if done is not None else (None, None, None)
         return tool_line(name, arguments, value, error, seconds) + "\n\n"
 
     def _flush(self, now: float) -> None:

@@ -170,6 +170,11 @@ def notebook_file(path: Path, record: Any = None) -> Path:
     return path
 
 
+def record_texts(record: dict[str, Any], session: str = "default") -> list[str]:
+    """The text of each turn of ``session`` in a notebook record (first content of each)."""
+    return [t["contents"][0]["text"] for t in record["sessions"][session]["turns"]]
+
+
 def load(k: Kernel, base_url: str) -> str:
     """``%load_ext`` and point the sessions at ``base_url``; what the cell printed."""
     out = k.ok("%load_ext jupyter_llmchat")

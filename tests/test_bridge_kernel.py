@@ -19,7 +19,7 @@ import pytest
 
 from jupyter_llmchat._metadata import validate_record
 from tests.fake_openai import FakeOpenAIProcess, Reply
-from tests.kernel_frontend import FrontEnd, kernel, load, notebook_file
+from tests.kernel_frontend import FrontEnd, kernel, load, notebook_file, record_texts
 from tests.test_restore import valid_record
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
@@ -73,7 +73,7 @@ def test_a_refused_record_is_never_written_over(
         # From then on it is this kernel's record, and it follows the chat.
         server.reset()
         k.ok("%chat Again")
-        assert [t["contents"][0]["text"] for t in fe.record["sessions"]["default"]["turns"]][0] == "Again"
+        assert record_texts(fe.record)[0] == "Again"
         assert fe.record == k.value(RECORD)
 
 
@@ -183,7 +183,7 @@ def test_a_new_chat_with_a_freed_id_still_reaches_the_record(tmp_path: Path, ser
         k.ok("%chat first")
         assert "reused True" in k.ok(REUSE.replace("BASE_URL", repr(server.base_url)))
         k.ok("%chat second")
-        texts = [t["contents"][0]["text"] for t in fe.record["sessions"]["default"]["turns"]]
+        texts = record_texts(fe.record)
         assert texts[0::2] == ["second"], texts
         assert fe.record == k.value(RECORD)
 
@@ -228,7 +228,7 @@ def test_two_notebooks_on_two_kernels_record_independently(tmp_path: Path, serve
             kb.ok(f"%chat b{i}")
         for fe, name in ((fa, "a"), (fb, "b")):
             validate_record(fe.record)
-            assert [t["contents"][0]["text"] for t in fe.record["sessions"]["default"]["turns"]][0::2] == [
+            assert record_texts(fe.record)[0::2] == [
                 f"{name}{i}" for i in range(3)]
 
 
@@ -254,7 +254,7 @@ def test_a_kernel_restart_mid_stream_leaves_a_valid_record(tmp_path: Path, serve
         server.reset()
         k.ok("%chat after")
         validate_record(fe.record)
-        texts = [t["contents"][0]["text"] for t in fe.record["sessions"]["default"]["turns"]][0::2]
+        texts = record_texts(fe.record)[0::2]
         assert texts == ["before", "after"], texts
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.helpers import quiet_run, run_notebook
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 
@@ -63,20 +63,9 @@ def executed_notebook(fake: FakeOpenAI, tmp_path: Path) -> tuple[Path, dict[str,
         "%%chat\nAnd of Italy?",
         "import json, jupyter_llmchat._bridge as b\nprint(json.dumps(b.current_bridge().record()))",
     ]
-    nb = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(s) for s in sources],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    )
-    client = NotebookClient(
-        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    for cell in nb.cells:
-        errors = [o for o in cell.outputs if o.output_type == "error" or o.get("name") == "stderr"]
-        assert not errors, (cell.source, errors)
+    nb = run_notebook(sources, tmp_path)
+    kernel_record = quiet_run(nb)
     assert KEY not in nb.metadata  # nothing wrote the record: no extension
-    (printed,) = [o for o in nb.cells[-1].outputs if o.output_type == "stream"]
-    kernel_record = json.loads(printed.text)
     path = tmp_path / "chats.ipynb"
     nbformat.write(nb, path)
     return path, kernel_record
@@ -87,6 +76,17 @@ def consolidate(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "jupyter_llmchat", "consolidate", str(path), *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ},
     )
+
+
+def assert_refused(nb: Any, path: Path, reason: str) -> None:
+    """consolidate refuses ``nb`` (saved at ``path``): exit 2, ``reason`` said without a
+    traceback, the file left byte for byte."""
+    nbformat.write(nb, path)
+    before = path.read_bytes()
+    done = consolidate(path)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and reason in done.stderr
+    assert path.read_bytes() == before
 
 
 def test_consolidate_writes_the_kernels_record_and_is_idempotent(
@@ -143,13 +143,7 @@ def test_malformed_outputs_are_refused_without_a_traceback(tmp_path: Path, meta:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("%%chat\nhi", outputs=[
         nbformat.v4.new_output("display_data", data={"text/plain": "answer"}, metadata={KEY: meta}),
     ])])
-    path = tmp_path / "bad.ipynb"
-    nbformat.write(nb, path)
-    before = path.read_bytes()
-    done = consolidate(path)
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr and "malformed" in done.stderr
-    assert path.read_bytes() == before
+    assert_refused(nb, tmp_path / "bad.ipynb", "malformed")
 
 
 # -- merging into the record the notebook holds (issue "Trust", item 10) --------------------------
@@ -226,13 +220,7 @@ def test_consolidate_refuses_a_record_it_cannot_read(tmp_path: Path, record: Any
                                metadata={KEY: {"version": 1, "prompt": "hi"}}),
     ])])
     nb.metadata[KEY] = record
-    path = tmp_path / "refused.ipynb"
-    nbformat.write(nb, path)
-    before = path.read_bytes()
-    done = consolidate(path)
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr and "left as it is" in done.stderr
-    assert path.read_bytes() == before
+    assert_refused(nb, tmp_path / "refused.ipynb", "left as it is")
 
 
 def test_tool_rounds_survive_consolidate(fake: FakeOpenAI, tmp_path: Path, kernel_env: None) -> None:
@@ -254,17 +242,8 @@ def test_tool_rounds_survive_consolidate(fake: FakeOpenAI, tmp_path: Path, kerne
         "%%chat\nWhat is 2 + 3?",
         "import json, jupyter_llmchat._bridge as b\nprint(json.dumps(b.current_bridge().record()))",
     ]
-    nb = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(s) for s in sources],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    )
-    NotebookClient(nb, timeout=60, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
-    for cell in nb.cells:
-        errors = [o for o in cell.outputs if o.output_type == "error" or o.get("name") == "stderr"]
-        assert not errors, (cell.source, errors)
-    (printed,) = [o for o in nb.cells[-1].outputs if o.output_type == "stream"]
-    kernel_record = json.loads(printed.text)
+    nb = run_notebook(sources, tmp_path)
+    kernel_record = quiet_run(nb)
     turns = kernel_record["sessions"]["default"]["turns"]
     assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
     assert turns[2]["contents"][0]["type"] == "tool_result" and turns[2]["contents"][0]["value"] == 5

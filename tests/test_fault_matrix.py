@@ -15,7 +15,6 @@ from __future__ import annotations
 import email.utils
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +37,8 @@ from jupyter_llmchat import (
     chat_openai_compatible,
 )
 from jupyter_llmchat import _sessions
-from jupyter_llmchat._widget import ChatPanel
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.panel_recorder import RecordingPanel
 
 SESSION = "faults"
 QUESTION = "What went wrong?"
@@ -212,28 +211,12 @@ def via_cell(chat: jupyter_llmchat.Chat, ip: InteractiveShell, capsys: pytest.Ca
     return Outcome(errors, out)
 
 
-class RecordingPanel(ChatPanel):
-    """The panel with its messages to the front end kept (no front end in this test)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.finished = threading.Event()
-        super().__init__(*args, **kwargs)
-
-    def send(self, content: dict[str, Any], buffers: Any = None) -> None:
-        self.sent.append(content)
-        if content.get("type") in ("done", "error"):
-            # The front end hears "busy" cleared only after the question's last message.
-            self.busy_at_end = self.busy
-            self.finished.set()
-
-
 def via_panel(chat: jupyter_llmchat.Chat, ip: InteractiveShell) -> Outcome:
     panel = RecordingPanel(SESSION)
     try:
         panel.sent.clear()
         panel.ask(QUESTION)
-        assert panel.finished.wait(60), "the panel never finished"
+        panel.finish(60)
         deadline = time.monotonic() + 30
         while panel.busy and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -440,23 +440,14 @@ def test_usage_report_shows_the_local_model_as_free() -> None:
 
 def test_the_panel_shows_the_local_model_as_free(local_server: LocalServer) -> None:
     import jupyter_llmchat
-    from jupyter_llmchat._widget import ChatPanel
-
-    done = threading.Event()
-    sent: list[dict[str, Any]] = []
-
-    class Panel(ChatPanel):  # its messages to the front end kept (no front end here)
-        def send(self, content: dict[str, Any], buffers: Any = None) -> None:
-            sent.append(content)
-            if content.get("type") in ("done", "error"):
-                done.set()
+    from tests.panel_recorder import RecordingPanel
 
     jupyter_llmchat.use(local_chat(params=params(max_tokens=16)), "local-panel")
-    panel = Panel("local-panel")
+    panel = RecordingPanel("local-panel")
     try:
         panel.ask("What is the capital of Italy?")
-        assert done.wait(120)
-        [final] = [m for m in sent if m["type"] == "done"]
+        panel.finish(120)
+        [final] = [m for m in panel.sent if m["type"] == "done"]
         assert final["message"]["cost_usd"] == 0.0 and final["message"]["free"] is True
         assert panel.usage["cost_usd"] == 0.0 and panel.usage["free"] is True
     finally:

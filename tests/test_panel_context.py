@@ -9,7 +9,6 @@ fake server received and on the messages, never on model wording.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -19,40 +18,9 @@ from IPython.core.interactiveshell import InteractiveShell
 import jupyter_llmchat
 from jupyter_llmchat._bridge import current_bridge
 from jupyter_llmchat._errors import LLMChatError
-from jupyter_llmchat._widget import ChatPanel
 from tests.fake_openai import FakeOpenAI
+from tests.panel_recorder import RecordingPanel
 from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
-
-
-class RecordingPanel(ChatPanel):
-    """The panel with its messages to the front end kept."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.arrived = threading.Condition()
-        super().__init__(*args, **kwargs)
-
-    def send(self, content: dict[str, Any], buffers: Any = None) -> None:
-        with self.arrived:
-            self.sent.append(content)
-            self.arrived.notify_all()
-
-    def front_end(self, **content: Any) -> None:
-        """A message from the front end, as the comm delivers it."""
-        self._on_front_end(self, content, None)
-
-    def wait_for(self, kind: str, timeout: float = 30) -> dict[str, Any]:
-        with self.arrived:
-            ok = self.arrived.wait_for(lambda: any(m["type"] == kind for m in self.sent), timeout)
-        assert ok, f"no {kind!r} message: {[m['type'] for m in self.sent]}"
-        return next(m for m in self.sent if m["type"] == kind)
-
-    def finish(self) -> None:
-        """Wait for the question's end (done or error) and the thread to let go."""
-        with self.arrived:
-            self.arrived.wait_for(lambda: any(m["type"] in ("done", "error") for m in self.sent), 30)
-        if self._thread is not None:
-            self._thread.join(30)
 
 
 @pytest.fixture

@@ -21,12 +21,12 @@ from typing import Any
 import nbformat
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-from nbclient import NotebookClient
 
 import jupyter_llmchat
 from jupyter_llmchat import LLMChatError, chat_openai_compatible, token_usage
 from jupyter_llmchat import _sessions
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.helpers import run_notebook
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -211,14 +211,7 @@ def notebook_flow(fake: FakeOpenAI, tmp_path: Path, seen: Seen) -> None:
         "print(jupyter_llmchat.session().to_json())",
         "import jupyter_llmchat._bridge as b, json\nprint(json.dumps(b.current_bridge().record()))",
     ]
-    nb = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(s) for s in sources],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    )
-    NotebookClient(
-        nb, timeout=60, kernel_name="python3", allow_errors=True,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    nb = run_notebook(sources, tmp_path, allow_errors=True)
     fake.require_auth = None
     path = tmp_path / "canary.ipynb"
     nbformat.write(nb, path)
