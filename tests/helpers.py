@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,11 @@ def quiet_run(nb: Any) -> Any:
         assert not errors, (cell.source, errors)
     (printed,) = [o for o in nb.cells[-1].outputs if o.output_type == "stream"]
     return json.loads(printed.text)
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"

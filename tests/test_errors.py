@@ -3,7 +3,6 @@ that no key ever shows up in a message, a repr, a JSON record or a turn."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -18,19 +17,10 @@ from jupyter_llmchat import (
     TransportError,
     chat_openai_compatible,
 )
-from tests.helpers import new_chat
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.helpers import closed_port_url, new_chat
 
 SECRET = "sk-test-SECRET1234567890"
-
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on (the port was free a moment ago)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 def test_error_tree() -> None:

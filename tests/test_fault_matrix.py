@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import email.utils
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,18 +37,12 @@ from jupyter_llmchat import (
 )
 from jupyter_llmchat import _sessions
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.helpers import closed_port_url
 from tests.panel_recorder import RecordingPanel
 
 SESSION = "faults"
 QUESTION = "What went wrong?"
 NOW: dict[str, str] = {"Retry-After": "0"}
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 def http_date_now() -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import jupyter_llmchat
 from jupyter_llmchat import LLMChatError, chat_openai_compatible, token_usage
 from jupyter_llmchat import _sessions
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.helpers import run_notebook
+from tests.helpers import closed_port_url, run_notebook
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -34,13 +33,6 @@ CANARY = "sk-canary-7Qx2Lm9Vt4Rw8Zp3"
 #: Pieces a partial leak would show (a prefix cut by truncation, a suffix after a cut).
 FRAGMENTS = (CANARY, "7Qx2Lm9V", "t4Rw8Zp3", "canary-7Qx2")
 ENV_VAR = "LLMCHAT_CANARY_KEY"
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 class Seen:
