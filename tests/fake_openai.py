@@ -58,6 +58,8 @@ __all__ = [
     "Reply",
     "big_text",
     "main",
+    "wire_chunk",
+    "wire_completion",
 ]
 
 AUTO_USAGE: Literal["auto"] = "auto"
@@ -144,6 +146,13 @@ class Reply:
     (splits events, UTF-8 sequences and line ends across network reads)."""
     line_end: str = "\n"
     """What ends each SSE line: "\n", "\r\n" or "\r" (all three are valid SSE)."""
+    raw_body: Any = None
+    """When not None, the whole response body, sent with ``status`` instead of the generated one
+    (as JSON; a str is sent as it is), to streaming requests too: a real server's odd answer
+    (``wire_completion(...)``) or error body (vLLM's ``{"error": "Unauthorized"}``)."""
+    raw_events: list[str] | None = None
+    """When not None and the request streams: these ``data:`` payloads, verbatim and in order,
+    are the whole stream (add ``"[DONE]"`` yourself); build them with ``wire_chunk(...)``."""
 
     def __post_init__(self) -> None:
         if self.chunk_chars < 1:
@@ -666,11 +675,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.fake._sleep(reply.hang):
             self.close_connection = True
             return
+        if reply.raw_body is not None:
+            self._send_raw(reply.status, reply.raw_body, reply.headers)
+            return
         if reply.status != 200:
             self._send_error_body(reply.status, reply.error_message, reply.headers)
             return
         model = reply.model or str(body.get("model") or DEFAULT_MODELS[0])
-        if body.get("stream") is True:
+        if body.get("stream") is True and reply.raw_events is not None:
+            self._stream_raw(reply)
+        elif body.get("stream") is True:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             self._stream(reply, model, include_usage)
@@ -765,6 +779,36 @@ class _Handler(BaseHTTPRequestHandler):
         out.close()
         return None
 
+    def _stream_raw(self, reply: Reply) -> None:
+        """``reply.raw_events`` as the whole stream, one ``data:`` event each."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        out = _ChunkedWriter(self.wfile, batch=reply.delay <= 0)
+        for payload in reply.raw_events or ():
+            if not self.fake._sleep(reply.delay):
+                out.flush()
+                self.close_connection = True
+                return
+            out.write(f"data: {payload}{reply.line_end}{reply.line_end}")
+        out.close()
+
+    def _send_raw(self, status: int, body: Any, headers: dict[str, str]) -> None:
+        if not isinstance(body, str):
+            self._send_json(status, body, headers)
+            return
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
@@ -856,6 +900,53 @@ class _ChunkMaker:
 
     def usage(self, usage: dict[str, Any]) -> str:
         return json.dumps({**self._base, "choices": [], "usage": usage})
+
+
+def wire_chunk(
+    delta: dict[str, Any] | None = None,
+    finish_reason: str | None = None,
+    *,
+    model: str = "test-model",
+    choices: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
+    **extra: Any,
+) -> str:
+    """One ``chat.completion.chunk`` as a ``Reply.raw_events`` payload.
+
+    ``delta`` (with ``finish_reason``) makes the usual one choice; ``choices`` replaces it as
+    given (``[]`` for a usage or prompt-filter chunk); ``extra`` adds top-level fields
+    (``prompt_filter_results``, ...)."""
+    if choices is None:
+        choices = [{"index": 0, "delta": delta or {}, "logprobs": None,
+                    "finish_reason": finish_reason}]
+    chunk: dict[str, Any] = {"id": "chatcmpl-raw", "object": "chat.completion.chunk",
+                             "created": 0, "model": model, "choices": choices, **extra}
+    if usage is not None:
+        chunk["usage"] = usage
+    return json.dumps(chunk)
+
+
+def wire_completion(
+    message: dict[str, Any],
+    finish_reason: str | None = "stop",
+    *,
+    model: str = "test-model",
+    usage: dict[str, Any] | None = None,
+    choice: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A whole ``chat.completion`` as a ``Reply.raw_body``: ``message`` is the choice's message
+    (``{"role": "assistant", "content": ...}``); ``choice`` adds fields to the choice (Perplexity's
+    ``delta``); ``extra`` adds top-level fields."""
+    body: dict[str, Any] = {
+        "id": "chatcmpl-raw", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": finish_reason, **(choice or {})}],
+        **extra,
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
 
 
 def _split(text: str, size: int) -> list[str]:

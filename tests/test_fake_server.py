@@ -12,7 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_openai import FakeOpenAI, FakeOpenAIProcess, Reply, big_text
+from tests.fake_openai import (
+    FakeOpenAI,
+    FakeOpenAIProcess,
+    Reply,
+    big_text,
+    wire_chunk,
+    wire_completion,
+)
 
 CHAT = "/chat/completions"
 
@@ -280,3 +287,23 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_raw_body_and_raw_events_are_sent_verbatim(fake: FakeOpenAI, client: httpx.Client) -> None:
+    stream = [wire_chunk(choices=[], model="", prompt_filter_results=[]),
+              wire_chunk({"content": "x"}), '{"error": "a string"}', "[DONE]"]
+    # From JSON specs, as the subprocess gets them.
+    fake.script(*(Reply.from_dict(Reply(**spec).to_dict()) for spec in (
+        {"raw_body": wire_completion({"role": "assistant", "content": None, "refusal": "No."})},
+        {"raw_body": "not JSON at all", "status": 502},
+        {"raw_events": stream},
+        {"raw_events": stream, "raw_body": {"error": "Unauthorized"}, "status": 401},
+    )))
+    whole = client.post(CHAT, json=ask(stream=False)).json()
+    message = whole["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": None, "refusal": "No."}
+    bad = client.post(CHAT, json=ask(stream=False))
+    assert (bad.status_code, bad.text) == (502, "not JSON at all")
+    assert stream_events(client, ask()) == stream
+    refused = client.post(CHAT, json=ask())  # raw_body wins, for streams too
+    assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"})
