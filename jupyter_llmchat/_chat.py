@@ -46,7 +46,7 @@ from contextlib import aclosing, closing
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from ._errors import APIStatusError, ConfigurationError, StreamError
-from ._provider import OpenAICompatible, credentials_from, safe_url
+from ._provider import OpenAICompatible, credentials_from, refuses_json_schema, safe_url
 from ._tools import Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
 from ._turns import (
     Content,
@@ -99,6 +99,7 @@ class _Answer:
 
     __slots__ = (
         "text", "thinking", "finish_reason", "usage", "model", "done", "calls", "skipped", "_redact",
+        "refused",
     )
 
     def __init__(self, redact: Callable[[str], str] | None = None) -> None:
@@ -112,6 +113,8 @@ class _Answer:
         self.calls: dict[int, dict[str, Any]] = {}
         self.skipped = 0
         self._redact = redact or (lambda s: s)
+        #: The model refused (OpenAI's ``refusal``): its words are the text.
+        self.refused = False
 
     def feed(self, data: str) -> tuple[_Piece, ...]:
         """Decode one SSE data field; return the new thinking and text, if any, in that order."""
@@ -136,7 +139,8 @@ class _Answer:
             )
         if isinstance(obj.get("usage"), dict) and obj["usage"]:
             self.usage = obj["usage"]
-        if self.model is None and isinstance(obj.get("model"), str):
+        # The first non-empty model: Azure's prompt-filter chunk comes first with "model": "".
+        if self.model is None and isinstance(obj.get("model"), str) and obj["model"]:
             self.model = obj["model"]
         choices = obj.get("choices")
         if choices is None or choices == []:
@@ -146,11 +150,14 @@ class _Answer:
             self.skipped += 1
             return ()
         delta = choice.get("delta")
-        whole = delta is None
-        if whole:  # a whole (non-streamed) completion
-            delta = choice.get("message")
-            if delta is None:
-                delta = {}
+        message = choice.get("message")
+        # A whole (non-streamed) completion. Perplexity's also carries an empty ``delta``, and its
+        # stream chunks carry the ``message`` so far: a chunk's delta is what counts.
+        whole = delta is None or (
+            isinstance(message, dict) and obj.get("object") != "chat.completion.chunk"
+        )
+        if whole:
+            delta = message if message is not None else {}
         if not isinstance(delta, dict):
             self.skipped += 1
             return ()
@@ -164,10 +171,14 @@ class _Answer:
         if reasoning and isinstance(reasoning, str):
             self.thinking.append(reasoning)
             events.append(("thinking", reasoning))
-        content = delta.get("content")
-        if content and isinstance(content, str):
-            self.text.append(content)
-            events.append(("text", content))
+        for kind, piece in _content_pieces(delta.get("content")):
+            (self.thinking if kind == "thinking" else self.text).append(piece)
+            events.append((kind, piece))
+        refusal = delta.get("refusal")
+        if refusal and isinstance(refusal, str):  # OpenAI: content null, the words here
+            self.refused = True
+            self.text.append(refusal)
+            events.append(("text", refusal))
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             self._feed_calls(calls)
@@ -223,6 +234,12 @@ class _Answer:
     def has_content(self) -> bool:
         return bool(self.text or self.thinking)
 
+    @property
+    def empty(self) -> bool:
+        """Nothing at all came: no text, thinking, tool call or usage (what LiteLLM's proxy sends
+        for an upstream that failed), unlike an empty answer the server counted."""
+        return not (self.text or self.thinking or self.calls or self.usage)
+
     def tokens(self) -> Tokens:
         u = self.usage
         if not isinstance(u, dict):
@@ -230,6 +247,39 @@ class _Answer:
         details = u.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return Tokens(_int(u.get("prompt_tokens")), _int(u.get("completion_tokens")), _int(cached))
+
+
+def _content_pieces(content: Any) -> list[_Piece]:
+    """``content`` as ("text" | "thinking", piece) pairs: a str, or a list of typed parts
+    (Mistral's magistral: ``{"type": "text", "text"}`` and ``{"type": "thinking", "thinking":
+    [parts]}``)."""
+    if isinstance(content, str):
+        return [("text", content)] if content else []
+    if not isinstance(content, list):
+        return []
+    out: list[_Piece] = []
+    for part in content:
+        if isinstance(part, str):
+            out.extend(_content_pieces(part))
+        elif not isinstance(part, dict):
+            continue
+        elif part.get("type") == "text" and isinstance(part.get("text"), str) and part["text"]:
+            out.append(("text", part["text"]))
+        elif part.get("type") == "thinking":
+            inner = part.get("thinking")
+            inner_parts = _content_pieces(inner if isinstance(inner, list) else [inner])
+            out.extend(("thinking", p) for _, p in inner_parts)
+    return out
+
+
+def _check_not_empty(answer: _Answer, url: str) -> None:
+    """An answer with nothing in it, not even usage, is a failure, not an empty reply: say so
+    (recording nothing: the exchange then leaves no user turn behind)."""
+    if answer.empty:
+        raise StreamError(
+            f"the server sent an empty answer: no content and no usage (POST {safe_url(url)})",
+            hint="the server, or a proxy in front of it, may have failed upstream: see its logs",
+        )
 
 
 def _int(v: Any) -> int | None:
@@ -373,13 +423,14 @@ class Chat:
         """Send a message, wait for the whole answer (tool calls included), return its text."""
         return self._collect(args, echo, dict(kwargs, model=model, params=params))
 
-    def _collect(self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any]) -> str:
+    def _collect(self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any],
+                 result: _Outcome | None = None) -> str:
         mode = _start_echo(args, echo, self._echo)
         out: list[str] = []
         # Without echo nothing is shown while it arrives: ask for the whole answer at once, which
         # also gets token usage from servers that send none while streaming (llama.cpp's).
         opts.setdefault("stream", mode != "none")
-        with closing(self._run(args, opts)) as items:
+        with closing(self._run(args, opts, result)) as items:
             for item in items:
                 _take(item, out, mode)
         if mode != "none":
@@ -445,12 +496,13 @@ class Chat:
         return await self._acollect(args, echo, dict(kwargs, model=model, params=params))
 
     async def _acollect(
-        self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any]
+        self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any],
+        result: _Outcome | None = None,
     ) -> str:
         mode = _start_echo(args, echo, self._echo)
         out: list[str] = []
         opts.setdefault("stream", mode != "none")  # as in chat()
-        async with aclosing(self._arun(args, opts)) as items:
+        async with aclosing(self._arun(args, opts, result)) as items:
             async for item in items:
                 _take(item, out, mode)
         if mode != "none":
@@ -514,15 +566,16 @@ class Chat:
         from ._structured import parse_structured, response_format
 
         fmt = response_format(data_model, compat=self._schema_compat)
+        result = _Outcome()
         try:
-            text = self._collect(args, echo, dict(kwargs, response_format=fmt))
+            text = self._collect(args, echo, dict(kwargs, response_format=fmt), result)
         except APIStatusError as exc:
             if self._schema_compat or not _refuses_json_schema(exc):
                 raise
             self._schema_compat = True
             fmt = response_format(data_model, compat=True)
-            text = self._collect(args, echo, dict(kwargs, response_format=fmt))
-        return parse_structured(text, data_model)
+            text = self._collect(args, echo, dict(kwargs, response_format=fmt), result)
+        return parse_structured(text, data_model, _finish(result))
 
     async def chat_structured_async(
         self, *args: str | Content, data_model: Any, echo: Echo | None = None, **kwargs: Any
@@ -530,15 +583,16 @@ class Chat:
         from ._structured import parse_structured, response_format
 
         fmt = response_format(data_model, compat=self._schema_compat)
+        result = _Outcome()
         try:
-            text = await self._acollect(args, echo, dict(kwargs, response_format=fmt))
+            text = await self._acollect(args, echo, dict(kwargs, response_format=fmt), result)
         except APIStatusError as exc:
             if self._schema_compat or not _refuses_json_schema(exc):
                 raise
             self._schema_compat = True
             fmt = response_format(data_model, compat=True)
-            text = await self._acollect(args, echo, dict(kwargs, response_format=fmt))
-        return parse_structured(text, data_model)
+            text = await self._acollect(args, echo, dict(kwargs, response_format=fmt), result)
+        return parse_structured(text, data_model, _finish(result))
 
     # -- the exchange, driven by one sync and one async loop ------------------------------------
 
@@ -872,7 +926,12 @@ def _check_tool_turns(turns: list[Turn]) -> None:
 def _refuses_json_schema(exc: APIStatusError) -> bool:
     """The server validated response_format and does not know ``json_schema`` (a request it
     refused produced nothing, so asking again is safe)."""
-    return exc.status_code in (400, 422, 500) and "response_format" in exc.body and "json_schema" in exc.body
+    return refuses_json_schema(exc.status_code, exc.body)
+
+
+def _finish(result: _Outcome) -> str | None:
+    """The finish reason of an exchange's final answer (None if nothing was recorded)."""
+    return result.turns[-1].finish_reason if result.turns else None
 
 
 def _check_content(content: str) -> None:
@@ -1053,6 +1112,7 @@ class _Exchange:
                 f"the answer's stream from {self.chat.provider.display_url} ended before it was "
                 f"complete{skipped}"
             )
+        _check_not_empty(self.answer, self.chat.provider.url("chat/completions"))
         requests, self.bad_args = self.answer.tool_requests()
         self.turns.append(self._reply(self.answer, requests, partial=False))
         self.answer = _Answer(self.chat.provider.redact)
@@ -1115,7 +1175,7 @@ class _Exchange:
         provider = self.chat.provider
         model = answer.model or self.user.model or provider.model or "unknown"
         tokens = answer.tokens()
-        finish = answer.finish_reason
+        finish = "refusal" if answer.refused else answer.finish_reason
         if partial and finish is None:
             cancelled = isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc)
             finish = "interrupted" if cancelled else "error"

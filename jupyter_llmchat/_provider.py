@@ -488,6 +488,8 @@ class OpenAICompatible:
             finally:
                 resp.close()
             wait = self._retry_wait(attempt, resp)
+            if _fallback_handles(body, resp.status_code, text):
+                wait = None
             if wait is None:
                 raise self._map_status(resp.status_code, resp.headers, text, "POST", url)
             time.sleep(wait)
@@ -543,6 +545,8 @@ class OpenAICompatible:
             finally:
                 await resp.aclose()
             wait = self._retry_wait(attempt, resp)
+            if _fallback_handles(body, resp.status_code, text):
+                wait = None
             if wait is None:
                 raise self._map_status(resp.status_code, resp.headers, text, "POST", url)
             await _asleep(wait)
@@ -652,6 +656,20 @@ def _set_header(headers: dict[str, str], name: str, value: str) -> None:
     for old in [k for k in headers if k.lower() == name.lower()]:
         del headers[old]
     headers[name] = value
+
+
+def refuses_json_schema(status: int, text: str) -> bool:
+    """The server validated response_format and does not know ``json_schema`` (LiteLLM passes
+    llama-cpp-python's 422 on as a 500); a request it refused produced nothing."""
+    return status in (400, 422, 500) and "response_format" in text and "json_schema" in text
+
+
+def _fallback_handles(body: dict[str, Any], status: int, text: str) -> bool:
+    """A json_schema request the server refused: ``chat_structured`` asks again as json_object
+    at once, so retries first would only wait (16 s against LiteLLM) for the same refusal."""
+    fmt = body.get("response_format")
+    schema = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+    return schema and refuses_json_schema(status, text)
 
 
 def _is_sse(resp: httpx.Response) -> bool:

@@ -65,8 +65,14 @@ def response_format(data_model: Any, *, compat: bool = False) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
-def parse_structured(raw: str, data_model: Any) -> Any:
-    """The answer as an instance of ``data_model`` (a dict for a JSON schema or a TypedDict)."""
+def parse_structured(raw: str, data_model: Any, finish_reason: str | None = None) -> Any:
+    """The answer as an instance of ``data_model`` (a dict for a JSON schema or a TypedDict).
+
+    ``finish_reason`` is the answer's: "refusal" (the model's words are ``raw``) and, when the
+    JSON is broken, "length" (cut at max_tokens) are said as such."""
+    if finish_reason == "refusal":
+        words = " ".join(raw.split())[:300]
+        raise StructuredOutputError(f"the model refused to answer: {words}", raw=raw)
     text = raw.strip()
     fence = re.match(r"^```(?:json)?\s*\n(.*)\n```$", text, re.DOTALL)
     if fence:  # some models wrap JSON in a fence even under a grammar-free json_schema
@@ -74,6 +80,12 @@ def parse_structured(raw: str, data_model: Any) -> Any:
     try:
         data = json.loads(text)
     except ValueError as exc:
+        if finish_reason == "length":
+            raise StructuredOutputError(
+                f"the answer was cut at max_tokens (finish_reason length) before its JSON was "
+                f"complete ({len(raw)} characters)",
+                raw=raw,
+            ) from None
         raise StructuredOutputError(f"the answer is not valid JSON: {exc}", raw=raw) from None
     try:
         if _is_pydantic(data_model):

@@ -8,6 +8,7 @@ the first priced turn, not at import time.
 from __future__ import annotations
 
 import decimal
+import logging
 import math
 import threading
 from collections.abc import Iterable, Mapping
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._turns import Tokens, Turn
+
+_log = logging.getLogger("jupyter_llmchat")
+#: (price provider, model) whose price lookup raised, already logged (once each).
+_price_failures: set[tuple[str, str]] = set()
 
 __all__ = [
     "FREE",
@@ -299,6 +304,14 @@ def cost_of(price_provider: str | None, model: str | None, tokens: Tokens | None
         try:
             price = calc_price(usage, model_ref=model, provider_id=price_provider)
         except LookupError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - a price table must never lose an answer
+            # genai-prices rejects some real usage (more cached tokens than prompt tokens):
+            # the cost is unknown then, said once per model at debug level.
+            if (price_provider, model) not in _price_failures:
+                _price_failures.add((price_provider, model))
+                _log.debug("no price for %s/%s: genai-prices raised %s: %s",
+                           price_provider, model, type(exc).__name__, exc)
             return None
     return float(price.total_price)
 
