@@ -79,7 +79,7 @@ MAX_TOOL_ROUNDS = 10
 #: Called on every change: (chat, what happened, the exchange). "start": an answer begins
 #: streaming; "turn": an exchange was recorded (the third argument is its ``ChatExchange``,
 #: None for every other event); "abort": an answer failed with nothing to keep; "reset" and
-#: "set": history or system prompt replaced.
+#: "set": history, system prompt or provider replaced.
 Listener = Callable[["Chat", str, "ChatExchange | None"], None]
 
 
@@ -281,6 +281,17 @@ class Chat:
     def get_model(self) -> str:
         """The model's name; asks the server's /models once if none was given."""
         return self.provider.resolve_model()
+
+    def set_provider(self, provider: OpenAICompatible) -> None:
+        """Send the next requests through ``provider`` (another server, model or params): the
+        same Chat goes on, its turns, tools and listeners kept. Refused while it is answering."""
+        if not isinstance(provider, OpenAICompatible):
+            raise ConfigurationError(f"set_provider() takes a provider, not a {type(provider).__name__}")
+        with self._guard():
+            old, self.provider = self.provider, provider
+        if old is not provider:
+            old.close()  # its HTTP connections go to the old server
+        self._notify("set")
 
     def get_turns(self, include_system_prompt: bool = False) -> list[Turn]:
         turns = list(self._turns)
