@@ -150,15 +150,29 @@ def _jsonable(value: Any) -> Any:
 
 
 def _succeeded(request: ContentToolRequest, value: Any) -> ContentToolResult:
-    return ContentToolResult(request.id, _jsonable(value), None, name=request.name)
+    try:
+        kept = _jsonable(value)
+    except Exception as exc:  # its __str__ raised: the model is told, the exchange goes on
+        error = f"Tool call failed with error: its result could not be turned into text: {_describe(exc)}"
+        return ContentToolResult(request.id, None, error, name=request.name)
+    return ContentToolResult(request.id, kept, None, name=request.name)
 
 
 def _failed(request: ContentToolRequest, exc: Exception) -> ContentToolResult:
     if isinstance(exc, ToolRejectError):
         error = f"Tool call rejected. {exc.message}"
     else:
-        error = f"Tool call failed with error: {type(exc).__name__}: {exc}"
+        error = f"Tool call failed with error: {_describe(exc)}"
     return ContentToolResult(request.id, None, error, name=request.name)
+
+
+def _describe(exc: Exception) -> str:
+    """``Type: message`` of a tool's exception, even one whose own ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(its message could not be read)"
+    return f"{type(exc).__name__}: {text}"
 
 
 def tool_result_text(result: ContentToolResult) -> str:

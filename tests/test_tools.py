@@ -610,3 +610,44 @@ def test_a_call_without_an_id_gets_one_and_its_result_is_tied_to_it(
     assistant, tool_msg = fake.last_body()["messages"][1:]
     call_id = assistant["tool_calls"][0]["id"]
     assert call_id and tool_msg["tool_call_id"] == call_id
+
+
+# -- issue 16: results that cannot be text, calls cut off by max_tokens, big results ---------------
+
+
+class Unprintable:
+    """A tool's result that JSON cannot hold and whose ``str`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_a_result_that_cannot_be_text_is_an_error_result(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(tool_reply(call("u", "odd", {})), Reply(text="I see"))
+    chat = new_chat(fake_url)
+
+    def odd() -> object:
+        return Unprintable()
+
+    chat.register_tool(odd)
+    assert chat.chat("go") == "I see"
+    tool_msg = fake.last_body()["messages"][2]
+    assert tool_msg["tool_call_id"] == "u"
+    assert "RuntimeError" in tool_msg["content"] and "no text for you" in tool_msg["content"]
+    (result,) = chat.get_turns()[2].tool_results
+    assert result.value is None and result.error == tool_msg["content"]
+    assert_valid_history(chat)
+
+
+async def test_an_async_result_that_cannot_be_text_is_an_error_result(
+    fake: FakeOpenAI, fake_url: str
+) -> None:
+    fake.script(tool_reply(call("u", "odd", {})), Reply(text="I see"))
+    chat = new_chat(fake_url)
+
+    async def odd() -> object:
+        return Unprintable()
+
+    chat.register_tool(odd)
+    assert await chat.chat_async("go") == "I see"
+    assert "no text for you" in fake.last_body()["messages"][2]["content"]
