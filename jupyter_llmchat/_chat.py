@@ -1038,6 +1038,8 @@ class _Exchange:
         self.pending: list[ContentToolRequest] = []
         self.results: dict[str, ContentToolResult] = {}
         self.bad_args: dict[str, str] = {}
+        #: The last turn already ends the exchange (a partial answer): close() adds none.
+        self.ended = False
 
     def _meta(self) -> dict[str, Any]:
         return {k: v for k, v in self.user.meta.items() if k in ("cell_id", "source")}
@@ -1064,6 +1066,8 @@ class _Exchange:
                 f"the answer's stream from {self.chat.provider.display_url} ended before it was "
                 f"complete{skipped}"
             )
+        if self.answer.finish_reason == "length" and self.answer.calls:
+            self._end_cut_off()
         requests, self.bad_args = self.answer.tool_requests()
         self.turns.append(self._reply(self.answer, requests, partial=False))
         self.answer = _Answer(self.chat.provider.redact)
@@ -1077,6 +1081,17 @@ class _Exchange:
             )
         self.rounds += 1
         return requests
+
+    def _end_cut_off(self) -> None:
+        """The answer ran out of ``max_tokens`` inside a tool call: its calls are incomplete, and
+        asking again would be cut the same way. End on it now, a partial answer without them."""
+        self.turns.append(self._reply(self.answer, [], partial=True))
+        self.ended = True
+        raise ToolError(
+            "the model's tool call was cut off by max_tokens (finish_reason \"length\"); "
+            "it was not run",
+            hint="raise max_tokens (params(max_tokens=...), or %%chat --max-tokens N)",
+        )
 
     def _check(self, request: ContentToolRequest) -> tuple[Tool | None, ContentToolResult | None]:
         if request.id in self.bad_args:
@@ -1146,7 +1161,7 @@ class _Exchange:
 
     def close(self, exc: BaseException | None, result: _Outcome | None) -> None:
         """Record the exchange (``exc``: it was cut short by this)."""
-        if exc is not None:
+        if exc is not None and not self.ended:
             if self.pending:
                 cancelled = isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc)
                 self._close_round("interrupted" if cancelled else f"{type(exc).__name__}: {exc}")

@@ -651,3 +651,35 @@ async def test_an_async_result_that_cannot_be_text_is_an_error_result(
     chat.register_tool(odd)
     assert await chat.chat_async("go") == "I see"
     assert "no text for you" in fake.last_body()["messages"][2]["content"]
+
+
+@pytest.mark.parametrize("earlier_round", [False, True])
+def test_a_call_cut_off_by_max_tokens_stops_at_once(
+    fake: FakeOpenAI, fake_url: str, earlier_round: bool
+) -> None:
+    ran: list[str] = []
+
+    def record(city: str) -> str:
+        ran.append(city)
+        return city
+
+    cut = Reply(text="Let me check. ", tool_calls=[call("c", "record", '{"city": "Os')],
+                finish_reason="length", tool_args_chars=3)
+    first = [tool_reply(call("a", "record", {"city": "Rome"}))] if earlier_round else []
+    fake.script(*first, cut, Reply(text="never asked"))
+    chat = new_chat(fake_url)
+    chat.register_tool(record)
+    with pytest.raises(ToolError, match="max_tokens") as err:
+        chat.chat("go", params={"max_tokens": 5})
+    assert "raise max_tokens" in err.value.hint
+    assert len(fake.chat_requests()) == 1 + len(first)  # no further round
+    assert ran == (["Rome"] if earlier_round else [])  # the cut call never ran
+    turns = chat.get_turns()
+    end = turns[-1]
+    assert end.role == "assistant" and end.partial and end.finish_reason == "length"
+    assert end.text == "Let me check. " and end.tool_requests == []
+    assert len(turns) == (4 if earlier_round else 2)
+    assert_valid_history(chat)
+    fake.reset()
+    fake.script(Reply(text="fine"))
+    assert chat.chat("next") == "fine"
