@@ -47,7 +47,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 from ._errors import APIStatusError, ConfigurationError, StreamError
 from ._provider import OpenAICompatible, credentials_from, safe_url
-from ._tools import Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
+from ._tools import MAX_TOOL_RESULT_CHARS, Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
 from ._turns import (
     Content,
     ContentImage,
@@ -250,6 +250,7 @@ class Chat:
         echo: Echo = "none",
         turns: Sequence[Turn] = (),
         max_tool_rounds: int = MAX_TOOL_ROUNDS,
+        max_tool_result_chars: int | None = MAX_TOOL_RESULT_CHARS,
     ) -> None:
         self.provider = provider
         self._system_prompt = system_prompt
@@ -262,6 +263,9 @@ class Chat:
         self._schema_compat = False
         #: Most requests in a row that may end asking for tools, in one exchange.
         self.max_tool_rounds = max_tool_rounds
+        #: Most characters of one tool result sent to the model, in every request that carries
+        #: it (None: no cap); the turns keep the whole result.
+        self.max_tool_result_chars = max_tool_result_chars
         if turns:
             self.set_turns(turns)
 
@@ -655,7 +659,7 @@ class Chat:
         if self._system_prompt:
             msgs.append({"role": "system", "content": self._system_prompt})
         for t in turns:
-            msgs.extend(_wire(t))
+            msgs.extend(_wire(t, self.max_tool_result_chars))
         return msgs
 
     # -- locking and listeners ----------------------------------------------------------------
@@ -757,7 +761,8 @@ class Chat:
         # Turns are mutable (the Jupyter layer annotates ``meta``): the copy gets its own.
         turns = _copy.deepcopy(self._turns)
         chat = Chat(prov, system_prompt=self._system_prompt, echo=self._echo, turns=turns,
-                    max_tool_rounds=self.max_tool_rounds)
+                    max_tool_rounds=self.max_tool_rounds,
+                    max_tool_result_chars=self.max_tool_result_chars)
         chat._tools = dict(self._tools)  # tools are immutable records: sharing them is safe
         chat._schema_compat = self._schema_compat
         return chat
@@ -838,11 +843,12 @@ def _start_echo(args: Sequence[str | Content], echo: str | None, default: Echo) 
 _OMITTED_IMAGE = "[an image was here; it was not kept in the notebook's record]"
 
 
-def _wire(t: Turn) -> list[dict[str, Any]]:
+def _wire(t: Turn, max_result_chars: int | None = MAX_TOOL_RESULT_CHARS) -> list[dict[str, Any]]:
     """One turn as chat-completions messages; thinking is not sent back.
 
     An assistant turn's tool requests become its ``tool_calls``; a user turn's tool results
-    become one ``tool`` message each (then its other contents, if any, as a user message)."""
+    become one ``tool`` message each, capped at ``max_result_chars`` (then its other contents,
+    if any, as a user message)."""
     if t.role == "assistant":
         msg: dict[str, Any] = {"role": "assistant", "content": t.text}
         requests = t.tool_requests
@@ -855,7 +861,8 @@ def _wire(t: Turn) -> list[dict[str, Any]]:
             ]
         return [msg]
     out: list[dict[str, Any]] = [
-        {"role": "tool", "tool_call_id": r.id, "content": tool_result_text(r)} for r in t.tool_results
+        {"role": "tool", "tool_call_id": r.id, "content": tool_result_text(r, max_result_chars)}
+        for r in t.tool_results
     ]
     rest = [c for c in t.contents if isinstance(c, (ContentText, ContentImage))]
     if out and not rest:
@@ -1052,7 +1059,7 @@ class _Exchange:
         self.started = _now()
         messages = list(self._base)
         for t in self.turns:
-            messages.extend(_wire(t))
+            messages.extend(_wire(t, self.chat.max_tool_result_chars))
         return {**self._body, "messages": messages}
 
     def feed(self, data: str) -> list[StreamContent]:

@@ -683,3 +683,43 @@ def test_a_call_cut_off_by_max_tokens_stops_at_once(
     fake.reset()
     fake.script(Reply(text="fine"))
     assert chat.chat("next") == "fine"
+
+
+def test_a_big_result_is_capped_on_the_wire_in_every_later_request(
+    fake: FakeOpenAI, fake_url: str
+) -> None:
+    big = "x" * 2_100_000
+    fake.script(tool_reply(call("b", "dump", {})), Reply(text="got it"), Reply(text="again"))
+    chat = new_chat(fake_url)
+
+    def dump() -> str:
+        return big
+
+    chat.register_tool(dump)
+    s = chat.stream("go", content="all")
+    items = list(s)
+    # The caller gets the whole result: in the stream and in the history.
+    (shown,) = [i for i in items if isinstance(i, ContentToolResult)]
+    assert shown.value == big and chat.get_turns()[2].tool_results[0].value == big
+    chat.chat("and now?")
+    for request in fake.chat_requests()[1:]:
+        (tool_msg,) = [m for m in request.body["messages"] if m["role"] == "tool"]
+        sent = tool_msg["content"]
+        assert len(sent) < 33_000 and sent.startswith("x" * 32_000)
+        assert "2,068,000 of 2,100,000 characters" in sent and "left out" in sent
+    assert chat.max_tool_result_chars == 32_000
+
+
+def test_the_result_cap_is_configurable(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(tool_reply(call("b", "dump", {})), Reply(text="got it"))
+    chat = new_chat(fake_url)
+    chat.max_tool_result_chars = 10
+    chat.register_tool(lambda: "0123456789abcdef", name="dump")
+    chat.chat("go")
+    sent = fake.last_body()["messages"][2]["content"]
+    assert sent.startswith("0123456789") and "abcdef" not in sent and "6 of 16 characters" in sent
+    assert chat.copy().max_tool_result_chars == 10
+    fake.script(tool_reply(call("c", "dump", {})), Reply(text="whole"))
+    chat.max_tool_result_chars = None  # no cap
+    chat.chat("again")
+    assert fake.last_body()["messages"][-1]["content"] == "0123456789abcdef"
