@@ -1169,6 +1169,7 @@ class _Exchange:
     def close(self, exc: BaseException | None, result: _Outcome | None) -> None:
         """Record the exchange (``exc``: it was cut short by this)."""
         if exc is not None and not self.ended:
+            between = bool(self.pending)  # cut while tools ran: no request was under way
             if self.pending:
                 cancelled = isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc)
                 self._close_round("interrupted" if cancelled else f"{type(exc).__name__}: {exc}")
@@ -1176,7 +1177,12 @@ class _Exchange:
                 self.chat._notify("abort")
                 return  # nothing arrived: leave history as it was
             # Calls not yet complete in a cut stream never ran: they are left out.
-            self.turns.append(self._reply(self.answer, [], partial=True, exc=exc))
+            end = self._reply(self.answer, [], partial=True, exc=exc)
+            if between:
+                # This turn only closes the history; no server answered it, so it cost nothing
+                # (unknown tokens would make the exchange's known totals unknown).
+                end.tokens, end.cost = Tokens(0, 0, 0), 0.0
+            self.turns.append(end)
         # Filled in before listeners hear of it: they read the same exchange the caller will.
         result = result if result is not None else _Outcome()
         result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history

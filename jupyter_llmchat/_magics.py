@@ -321,7 +321,9 @@ class ChatMagics(Magics):
             self._finish(display, chat, args, fmt, stream, note="interrupted: partial answer kept")
             raise
         except LLMChatError as exc:
-            if display.text:
+            # Anything recorded (text, or tool rounds past max_tool_rounds) gets the final
+            # bundle, its metadata and footer: the output is finished, the error below it.
+            if display.text or stream.turns:
                 # The red line below is the one notice; the record says the answer is partial.
                 self._finish(display, chat, args, fmt, stream, broken=True)
             message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")

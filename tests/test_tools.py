@@ -723,3 +723,17 @@ def test_the_result_cap_is_configurable(fake: FakeOpenAI, fake_url: str) -> None
     chat.max_tool_result_chars = None  # no cap
     chat.chat("again")
     assert fake.last_body()["messages"][-1]["content"] == "0123456789abcdef"
+
+
+def test_the_turn_closing_a_cut_tool_round_cost_nothing(fake: FakeOpenAI, fake_url: str) -> None:
+    """Past max_tool_rounds no request answers the last turn: its tokens are 0, not unknown,
+    so the exchange's totals stay known."""
+    chat = new_chat(fake_url)
+    chat.max_tool_rounds = 1
+    chat.register_tool(get_weather)
+    fake.script(*(tool_reply(call(f"c{i}", "get_weather", {"city": "Oslo"})) for i in range(2)))
+    with pytest.raises(ToolError):
+        chat.chat("loop")
+    rows = chat.get_tokens()
+    assert [r["input"] for r in rows] == [11, 11, 0] and rows[-1]["partial"]
+    assert rows[-1]["output"] == 0 and rows[-1]["cost"] in (0.0, None)
