@@ -47,7 +47,9 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 from ._errors import APIStatusError, ConfigurationError, StreamError
 from ._provider import OpenAICompatible, credentials_from, safe_url
-from ._tools import MAX_TOOL_RESULT_CHARS, Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
+from ._tools import (
+    MAX_TOOL_RESULT_CHARS, Tool, ToolError, bad_arguments, tool_result_text, unknown_tool,
+)
 from ._turns import (
     Content,
     ContentImage,
@@ -290,7 +292,9 @@ class Chat:
         """Send the next requests through ``provider`` (another server, model or params): the
         same Chat goes on, its turns, tools and listeners kept. Refused while it is answering."""
         if not isinstance(provider, OpenAICompatible):
-            raise ConfigurationError(f"set_provider() takes a provider, not a {type(provider).__name__}")
+            raise ConfigurationError(
+                f"set_provider() takes a provider, not a {type(provider).__name__}"
+            )
         with self._guard():
             old, self.provider = self.provider, provider
         if old is not provider:

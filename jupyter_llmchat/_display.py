@@ -336,7 +336,7 @@ def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | Non
     """One tool call as a compact line (name, short arguments, ok or error, time) that opens
     on the full arguments and result. Everything in it comes from the model or the tool: the
     line is HTML-escaped, the details go through ``safe_markdown`` (DESIGN §9).
-    ``interrupted``: the call never finished (the output is final, the line must not say running)."""
+    ``interrupted``: the call never finished (the output is final: it must not say running)."""
     if interrupted:
         state = "interrupted"
     elif seconds is None:

@@ -158,7 +158,8 @@ def _succeeded(request: ContentToolRequest, value: Any) -> ContentToolResult:
     try:
         kept = _jsonable(value)
     except Exception as exc:  # its __str__ raised: the model is told, the exchange goes on
-        error = f"Tool call failed with error: its result could not be turned into text: {_describe(exc)}"
+        error = ("Tool call failed with error: its result could not be turned into text: "
+                 f"{_describe(exc)}")
         return ContentToolResult(request.id, None, error, name=request.name)
     return ContentToolResult(request.id, kept, None, name=request.name)
 

@@ -34,7 +34,8 @@ def with_tool(kc: Any, rounds: int = 10) -> None:
 
 
 def tool_reply(call_id: str, q: str) -> Reply:
-    call = {"id": call_id, "type": "function", "function": {"name": "lookup", "arguments": json.dumps({"q": q})}}
+    call = {"id": call_id, "type": "function",
+            "function": {"name": "lookup", "arguments": json.dumps({"q": q})}}
     return Reply(text="", tool_calls=[call], finish_reason="tool_calls")
 
 
@@ -68,7 +69,8 @@ def test_ctrl_c_during_a_tool_says_interrupted_in_the_saved_output(
     sent: list[Msg] = []
 
     def interrupt_when_running(msg: Msg) -> None:
-        data = msg["content"].get("data", {}) if msg["msg_type"] in ("display_data", "update_display_data") else {}
+        shown = msg["msg_type"] in ("display_data", "update_display_data")
+        data = msg["content"].get("data", {}) if shown else {}
         if "running" in data.get("text/markdown", "") and not sent:
             sent.append(msg)  # once: the tool is now sleeping in the kernel
             km.interrupt_kernel()
