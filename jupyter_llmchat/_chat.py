@@ -265,11 +265,25 @@ class Chat:
         self._schema_compat = False
         #: Most requests in a row that may end asking for tools, in one exchange.
         self.max_tool_rounds = max_tool_rounds
-        #: Most characters of one tool result sent to the model, in every request that carries
-        #: it (None: no cap); the turns keep the whole result.
         self.max_tool_result_chars = max_tool_result_chars
         if turns:
             self.set_turns(turns)
+
+    @property
+    def max_tool_result_chars(self) -> int | None:
+        """Most characters of one tool result sent to the model, in every request that carries
+        it, with a note saying how much was left out (None: no cap); the turns keep it whole."""
+        return self._max_tool_result_chars
+
+    @max_tool_result_chars.setter
+    def max_tool_result_chars(self, value: int | None) -> None:
+        positive = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if value is not None and not positive:
+            raise ConfigurationError(
+                f"max_tool_result_chars must be a positive number of characters or None, "
+                f"not {value!r}"
+            )
+        self._max_tool_result_chars = value
 
     # -- ellmer's accessors -------------------------------------------------------------------
 

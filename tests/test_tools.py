@@ -737,3 +737,13 @@ def test_the_turn_closing_a_cut_tool_round_cost_nothing(fake: FakeOpenAI, fake_u
     rows = chat.get_tokens()
     assert [r["input"] for r in rows] == [11, 11, 0] and rows[-1]["partial"]
     assert rows[-1]["output"] == 0 and rows[-1]["cost"] in (0.0, None)
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, 2.5, "100"])
+def test_a_bad_result_cap_is_refused(fake_url: str, bad: object) -> None:
+    chat = new_chat(fake_url)
+    with pytest.raises(ConfigurationError, match="max_tool_result_chars"):
+        chat.max_tool_result_chars = bad  # type: ignore[assignment]
+    with pytest.raises(ConfigurationError, match="max_tool_result_chars"):
+        Chat(chat.provider, max_tool_result_chars=bad)  # type: ignore[arg-type]
+    assert chat.max_tool_result_chars == 32_000
