@@ -47,7 +47,9 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 from ._errors import APIStatusError, ConfigurationError, StreamError
 from ._provider import OpenAICompatible, credentials_from, refuses_json_schema, safe_url
-from ._tools import Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
+from ._tools import (
+    MAX_TOOL_RESULT_CHARS, Tool, ToolError, bad_arguments, tool_result_text, unknown_tool,
+)
 from ._turns import (
     Content,
     ContentImage,
@@ -79,7 +81,7 @@ MAX_TOOL_ROUNDS = 10
 #: Called on every change: (chat, what happened, the exchange). "start": an answer begins
 #: streaming; "turn": an exchange was recorded (the third argument is its ``ChatExchange``,
 #: None for every other event); "abort": an answer failed with nothing to keep; "reset" and
-#: "set": history or system prompt replaced.
+#: "set": history, system prompt or provider replaced.
 Listener = Callable[["Chat", str, "ChatExchange | None"], None]
 
 
@@ -300,6 +302,7 @@ class Chat:
         echo: Echo = "none",
         turns: Sequence[Turn] = (),
         max_tool_rounds: int = MAX_TOOL_ROUNDS,
+        max_tool_result_chars: int | None = MAX_TOOL_RESULT_CHARS,
     ) -> None:
         self.provider = provider
         self._system_prompt = system_prompt
@@ -312,8 +315,25 @@ class Chat:
         self._schema_compat = False
         #: Most requests in a row that may end asking for tools, in one exchange.
         self.max_tool_rounds = max_tool_rounds
+        self.max_tool_result_chars = max_tool_result_chars
         if turns:
             self.set_turns(turns)
+
+    @property
+    def max_tool_result_chars(self) -> int | None:
+        """Most characters of one tool result sent to the model, in every request that carries
+        it, with a note saying how much was left out (None: no cap); the turns keep it whole."""
+        return self._max_tool_result_chars
+
+    @max_tool_result_chars.setter
+    def max_tool_result_chars(self, value: int | None) -> None:
+        positive = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if value is not None and not positive:
+            raise ConfigurationError(
+                f"max_tool_result_chars must be a positive number of characters or None, "
+                f"not {value!r}"
+            )
+        self._max_tool_result_chars = value
 
     # -- ellmer's accessors -------------------------------------------------------------------
 
@@ -331,6 +351,19 @@ class Chat:
     def get_model(self) -> str:
         """The model's name; asks the server's /models once if none was given."""
         return self.provider.resolve_model()
+
+    def set_provider(self, provider: OpenAICompatible) -> None:
+        """Send the next requests through ``provider`` (another server, model or params): the
+        same Chat goes on, its turns, tools and listeners kept. Refused while it is answering."""
+        if not isinstance(provider, OpenAICompatible):
+            raise ConfigurationError(
+                f"set_provider() takes a provider, not a {type(provider).__name__}"
+            )
+        with self._guard():
+            old, self.provider = self.provider, provider
+        if old is not provider:
+            old.close()  # its HTTP connections go to the old server
+        self._notify("set")
 
     def get_turns(self, include_system_prompt: bool = False) -> list[Turn]:
         turns = list(self._turns)
@@ -698,7 +731,7 @@ class Chat:
         if self._system_prompt:
             msgs.append({"role": "system", "content": self._system_prompt})
         for t in turns:
-            msgs.extend(_wire(t))
+            msgs.extend(_wire(t, self.max_tool_result_chars))
         return msgs
 
     # -- locking and listeners ----------------------------------------------------------------
@@ -800,7 +833,8 @@ class Chat:
         # Turns are mutable (the Jupyter layer annotates ``meta``): the copy gets its own.
         turns = _copy.deepcopy(self._turns)
         chat = Chat(prov, system_prompt=self._system_prompt, echo=self._echo, turns=turns,
-                    max_tool_rounds=self.max_tool_rounds)
+                    max_tool_rounds=self.max_tool_rounds,
+                    max_tool_result_chars=self.max_tool_result_chars)
         chat._tools = dict(self._tools)  # tools are immutable records: sharing them is safe
         chat._schema_compat = self._schema_compat
         return chat
@@ -881,11 +915,12 @@ def _start_echo(args: Sequence[str | Content], echo: str | None, default: Echo) 
 _OMITTED_IMAGE = "[an image was here; it was not kept in the notebook's record]"
 
 
-def _wire(t: Turn) -> list[dict[str, Any]]:
+def _wire(t: Turn, max_result_chars: int | None = MAX_TOOL_RESULT_CHARS) -> list[dict[str, Any]]:
     """One turn as chat-completions messages; thinking is not sent back.
 
     An assistant turn's tool requests become its ``tool_calls``; a user turn's tool results
-    become one ``tool`` message each (then its other contents, if any, as a user message)."""
+    become one ``tool`` message each, capped at ``max_result_chars`` (then its other contents,
+    if any, as a user message)."""
     if t.role == "assistant":
         msg: dict[str, Any] = {"role": "assistant", "content": t.text}
         requests = t.tool_requests
@@ -898,7 +933,8 @@ def _wire(t: Turn) -> list[dict[str, Any]]:
             ]
         return [msg]
     out: list[dict[str, Any]] = [
-        {"role": "tool", "tool_call_id": r.id, "content": tool_result_text(r)} for r in t.tool_results
+        {"role": "tool", "tool_call_id": r.id, "content": tool_result_text(r, max_result_chars)}
+        for r in t.tool_results
     ]
     rest = [c for c in t.contents if isinstance(c, (ContentText, ContentImage))]
     if out and not rest:
@@ -1086,6 +1122,8 @@ class _Exchange:
         self.pending: list[ContentToolRequest] = []
         self.results: dict[str, ContentToolResult] = {}
         self.bad_args: dict[str, str] = {}
+        #: The last turn already ends the exchange (a partial answer): close() adds none.
+        self.ended = False
 
     def _meta(self) -> dict[str, Any]:
         return {k: v for k, v in self.user.meta.items() if k in ("cell_id", "source")}
@@ -1098,7 +1136,7 @@ class _Exchange:
         self.started = _now()
         messages = list(self._base)
         for t in self.turns:
-            messages.extend(_wire(t))
+            messages.extend(_wire(t, self.chat.max_tool_result_chars))
         return {**self._body, "messages": messages}
 
     def feed(self, data: str) -> list[StreamContent]:
@@ -1113,6 +1151,8 @@ class _Exchange:
                 f"complete{skipped}"
             )
         _check_not_empty(self.answer, self.chat.provider.url("chat/completions"))
+        if self.answer.finish_reason == "length" and self.answer.calls:
+            self._end_cut_off()
         requests, self.bad_args = self.answer.tool_requests()
         self.turns.append(self._reply(self.answer, requests, partial=False))
         self.answer = _Answer(self.chat.provider.redact)
@@ -1126,6 +1166,17 @@ class _Exchange:
             )
         self.rounds += 1
         return requests
+
+    def _end_cut_off(self) -> None:
+        """The answer ran out of ``max_tokens`` inside a tool call: its calls are incomplete, and
+        asking again would be cut the same way. End on it now, a partial answer without them."""
+        self.turns.append(self._reply(self.answer, [], partial=True))
+        self.ended = True
+        raise ToolError(
+            "the model's tool call was cut off by max_tokens (finish_reason \"length\"); "
+            "it was not run",
+            hint="raise max_tokens (params(max_tokens=...), or %%chat --max-tokens N)",
+        )
 
     def _check(self, request: ContentToolRequest) -> tuple[Tool | None, ContentToolResult | None]:
         if request.id in self.bad_args:
@@ -1195,7 +1246,8 @@ class _Exchange:
 
     def close(self, exc: BaseException | None, result: _Outcome | None) -> None:
         """Record the exchange (``exc``: it was cut short by this)."""
-        if exc is not None:
+        if exc is not None and not self.ended:
+            between = bool(self.pending)  # cut while tools ran: no request was under way
             if self.pending:
                 cancelled = isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc)
                 self._close_round("interrupted" if cancelled else f"{type(exc).__name__}: {exc}")
@@ -1203,7 +1255,12 @@ class _Exchange:
                 self.chat._notify("abort")
                 return  # nothing arrived: leave history as it was
             # Calls not yet complete in a cut stream never ran: they are left out.
-            self.turns.append(self._reply(self.answer, [], partial=True, exc=exc))
+            end = self._reply(self.answer, [], partial=True, exc=exc)
+            if between:
+                # This turn only closes the history; no server answered it, so it cost nothing
+                # (unknown tokens would make the exchange's known totals unknown).
+                end.tokens, end.cost = Tokens(0, 0, 0), 0.0
+            self.turns.append(end)
         # Filled in before listeners hear of it: they read the same exchange the caller will.
         result = result if result is not None else _Outcome()
         result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history

@@ -144,7 +144,9 @@ class StreamDisplay:
     def _call_markdown(self, call: list[Any]) -> str:
         name, arguments, _, done = call
         value, error, seconds = done if done is not None else (None, None, None)
-        return tool_line(name, arguments, value, error, seconds) + "\n\n"
+        # Still under way once the display is closed: the run stopped while it ran (Ctrl-C).
+        stopped = done is None and self._closed
+        return tool_line(name, arguments, value, error, seconds, interrupted=stopped) + "\n\n"
 
     def _flush(self, now: float) -> None:
         md = self.markdown(partial_cursor=True)
@@ -330,11 +332,14 @@ def _fenced(text: str, info: str = "") -> str:
 
 
 def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | None,
-              seconds: float | None) -> str:
+              seconds: float | None, *, interrupted: bool = False) -> str:
     """One tool call as a compact line (name, short arguments, ok or error, time) that opens
     on the full arguments and result. Everything in it comes from the model or the tool: the
-    line is HTML-escaped, the details go through ``safe_markdown`` (DESIGN §9)."""
-    if seconds is None:
+    line is HTML-escaped, the details go through ``safe_markdown`` (DESIGN §9).
+    ``interrupted``: the call never finished (the output is final: it must not say running)."""
+    if interrupted:
+        state = "interrupted"
+    elif seconds is None:
         state = "running…"
     else:
         state = f"{'error' if error is not None else 'ok'} · {seconds:.2f} s"

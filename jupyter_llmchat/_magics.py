@@ -27,12 +27,13 @@ from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
 from traitlets import TraitError
 
 from . import _context, _sessions, _spend
+from ._chat import ChatBusyError
 from ._errors import AuthenticationError, ConfigurationError, LLMChatError
 
 __all__ = ["ChatMagics", "load", "unload"]
 
 FORMATS = ("markdown", "text", "code", "json")
-#: The settings a session is built from; changing one makes %chat_reset / --new rebuild it.
+#: The settings a session is built from; a changed one applies to it at its next question.
 _SESSION_SETTINGS = (
     "base_url", "model", "system_prompt", "provider_name", "params", "api_args", "api_headers",
     "credentials_env",
@@ -133,18 +134,15 @@ class ChatMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        #: Sessions this object built: name -> (the Chat, the settings it was built with).
+        #: Sessions this object built: name -> (the Chat, the settings it last took).
         self._from_config: dict[str, tuple[Any, str]] = {}
-        #: Those Chats that have sent a request (their settings are then kept). Weak, by the
-        #: object: an id() could be reused by a new Chat after the old one is gone.
-        self._used: weakref.WeakSet[Any] = weakref.WeakSet()
         #: cell id -> (the execution (its request's msg_id) that last sent from that cell, the
         #: history index where that execution's next exchange starts).
         self._runs: dict[str, tuple[str, int]] = {}
         #: Where cells have no id: per session, the index of the next recorded exchange a re-run
         #: notebook may replay (restored sessions start at 0; a fresh question moves it to the end).
         self._replay_next: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        _sessions.set_factory(self._make_session, self._refresh_unused)
+        _sessions.set_factory(self._make_session, self._refresh_from_config)
 
     def _session_settings(self) -> str:
         values = [getattr(self, name) for name in _SESSION_SETTINGS]
@@ -153,6 +151,12 @@ class ChatMagics(Magics):
     # -- sessions -----------------------------------------------------------------------------
 
     def _make_session(self, name: str) -> Any:
+        chat = self._configured_chat()
+        self._from_config[name] = (chat, self._session_settings())
+        return chat
+
+    def _configured_chat(self) -> Any:
+        """A Chat made from the settings in force."""
         from ._presets import chat_openai_compatible
         from ._provider import env_credentials
 
@@ -172,8 +176,6 @@ class ChatMagics(Magics):
                 api_headers=self.api_headers,
                 **common,
             )
-        self._from_config[name] = (chat, self._session_settings())
-        chat.add_listener(self._mark_used)
         return chat
 
     def _existing(self, name: str | None) -> list[str]:
@@ -319,7 +321,9 @@ class ChatMagics(Magics):
             self._finish(display, chat, args, fmt, stream, note="interrupted: partial answer kept")
             raise
         except LLMChatError as exc:
-            if display.text:
+            # Anything recorded (text, or tool rounds past max_tool_rounds) gets the final
+            # bundle, its metadata and footer: the output is finished, the error below it.
+            if display.text or stream.turns:
                 # The red line below is the one notice; the record says the answer is partial.
                 self._finish(display, chat, args, fmt, stream, broken=True)
             message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")
@@ -441,35 +445,31 @@ class ChatMagics(Magics):
             return TerminalDisplay()
         return StreamDisplay(self.display_rate_hz)
 
-    def _refresh_from_config(self, name: str, *, unused_only: bool = False) -> None:
-        """Rebuild a configuration-made session so that new settings apply.
+    def _refresh_from_config(self, name: str) -> None:
+        """Apply the settings changed since a configuration-made session last took them.
 
-        After a reset (empty history), always. Before a send, only when the session has not
-        sent anything yet in this kernel: a session restored from the notebook at
-        ``%load_ext`` then picks up the ``%config`` lines that follow, keeping its turns, so
-        "Restart Kernel and Run All" talks to the configured server. A session that has
-        talked keeps its settings, and a Chat given to ``use()`` is never replaced.
+        Run before each question (and after a reset), in place: the session stays the same
+        Chat, so a handle from ``session()`` keeps working and its turns, tools and listeners
+        stay (DESIGN §2). A session restored from the notebook at ``%load_ext`` so picks up the
+        ``%config`` lines that follow. The system prompt follows the setting only when the
+        setting changed (a ``%%chat --system`` stays until then). A Chat given to ``use()`` is
+        the user's: never changed.
         """
         made = self._from_config.get(name)
-        old = _sessions.sessions().get(name)
-        if made is None or old is not made[0] or made[1] == self._session_settings():
+        chat = _sessions.sessions().get(name)
+        settings = self._session_settings()
+        if made is None or chat is not made[0] or made[1] == settings:
             return
-        if unused_only and old in self._used:
-            return
-        _sessions.drop(name)
-        del self._from_config[name]
-        if unused_only and old.get_turns():
-            new = _sessions.session(name)
-            new.set_turns(old.get_turns())
-            if old.system_prompt:
-                new.system_prompt = old.system_prompt
-
-    def _refresh_unused(self, name: str) -> None:
-        self._refresh_from_config(name, unused_only=True)
-
-    def _mark_used(self, chat: Any, event: str, exchange: Any = None) -> None:
-        if event == "start":
-            self._used.add(chat)
+        before = dict(zip(_SESSION_SETTINGS, json.loads(made[1])))
+        now = dict(zip(_SESSION_SETTINGS, json.loads(settings)))
+        if any(before[k] != now[k] for k in _SESSION_SETTINGS if k != "system_prompt"):
+            try:
+                chat.set_provider(self._configured_chat().provider)
+            except ChatBusyError:
+                return  # answering (in the panel): its next question takes them
+        if before["system_prompt"] != now["system_prompt"]:
+            chat.system_prompt = self.system_prompt or None
+        self._from_config[name] = (chat, settings)
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -572,8 +572,8 @@ class ChatMagics(Magics):
             for name, chat in _sessions.sessions().items()
         }
         note = (
-            "Settings apply to sessions created afterwards; "
-            "%chat_reset -s NAME (or %%chat --new) rebuilds a session with them."
+            "A changed setting applies to the sessions made from these settings at their next "
+            "question, in place (turns and tools kept); a Chat given to use() keeps its own."
         )
         return ConfigView(rows, sessions, note)
 

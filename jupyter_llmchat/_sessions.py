@@ -117,7 +117,8 @@ def _default_factory(name: str) -> Chat:
 
 
 def refresh(name: str) -> None:
-    """Let the configuration rebuild session ``name`` if it changed since (see the magics)."""
+    """Let the configuration apply its changed settings to session ``name``, in place (the
+    magics' hook: the session stays the same Chat)."""
     if registry.refresher is not None:
         registry.refresher(name)
 
@@ -134,7 +135,8 @@ def prepare(name: str = "default", on_status: Callable[[str], None] | None = Non
 
 
 def set_factory(factory: Factory | None, refresher: Callable[[str], None] | None = None) -> None:
-    """Install how sessions are made, and a hook run before each use (it may rebuild one)."""
+    """Install how sessions are made, and a hook run before each use (it may change one's
+    settings in place, never replace it)."""
     registry.factory = factory
     registry.refresher = refresher
 

@@ -28,6 +28,11 @@ __all__ = ["Tool", "ToolError", "ToolRejectError", "json_schema_of", "tool_resul
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+#: Most characters of one tool result sent to the model (``Chat.max_tool_result_chars``): a
+#: result is sent again with every later request of the conversation, so a 2 MB one would cost
+#: a million input tokens each time. The whole result stays in the turn for the caller.
+MAX_TOOL_RESULT_CHARS = 32_000
+
 
 class ToolRejectError(LLMChatError):
     """Raise it in a tool to refuse a call; its message goes back to the model as the reason."""
@@ -150,24 +155,48 @@ def _jsonable(value: Any) -> Any:
 
 
 def _succeeded(request: ContentToolRequest, value: Any) -> ContentToolResult:
-    return ContentToolResult(request.id, _jsonable(value), None, name=request.name)
+    try:
+        kept = _jsonable(value)
+    except Exception as exc:  # its __str__ raised: the model is told, the exchange goes on
+        error = ("Tool call failed with error: its result could not be turned into text: "
+                 f"{_describe(exc)}")
+        return ContentToolResult(request.id, None, error, name=request.name)
+    return ContentToolResult(request.id, kept, None, name=request.name)
 
 
 def _failed(request: ContentToolRequest, exc: Exception) -> ContentToolResult:
     if isinstance(exc, ToolRejectError):
         error = f"Tool call rejected. {exc.message}"
     else:
-        error = f"Tool call failed with error: {type(exc).__name__}: {exc}"
+        error = f"Tool call failed with error: {_describe(exc)}"
     return ContentToolResult(request.id, None, error, name=request.name)
 
 
-def tool_result_text(result: ContentToolResult) -> str:
-    """What goes back to the model as the ``tool`` message's content."""
+def _describe(exc: Exception) -> str:
+    """``Type: message`` of a tool's exception, even one whose own ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(its message could not be read)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def tool_result_text(result: ContentToolResult, max_chars: int | None = None) -> str:
+    """What goes back to the model as the ``tool`` message's content: at most ``max_chars``
+    characters of it (None: all), then a note saying how much was left out."""
     if result.error is not None:
-        return result.error
-    if isinstance(result.value, str):
-        return result.value
-    return json.dumps(result.value, ensure_ascii=False)
+        text = result.error
+    elif isinstance(result.value, str):
+        text = result.value
+    else:
+        text = json.dumps(result.value, ensure_ascii=False)
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    left = len(text) - max_chars
+    return (
+        f"{text[:max_chars]}\n\n[{left:,} of {len(text):,} characters of this tool result were "
+        f"left out: only the first {max_chars:,} are sent to the model]"
+    )
 
 
 def unknown_tool(request: ContentToolRequest) -> ContentToolResult:

@@ -47,7 +47,7 @@ def ip(_ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch)
     config(_ip, base_url=fake.base_url, **DEFAULTS)
     magics = chat_magics(_ip)
     # Other test modules load the extension into shells of their own; sessions come from this one.
-    _sessions.set_factory(magics._make_session, magics._refresh_unused)
+    _sessions.set_factory(magics._make_session, magics._refresh_from_config)
     assert magics.base_url == fake.base_url and magics.model == "test-model"
     return _ip
 
@@ -513,20 +513,63 @@ def test_config_reflects_config_changes(ip: InteractiveShell, fake: FakeOpenAI) 
     assert messages(fake.last_body())[0] == ("system", "Be nice.")
 
 
-def test_settings_apply_to_a_session_rebuilt_by_reset(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+def lookup(q: str) -> str:
+    """Look q up."""
+    return q.upper()
+
+
+def test_a_session_is_one_object_and_new_settings_apply_in_place(
+    ip: InteractiveShell, fake: FakeOpenAI
+) -> None:
+    """DESIGN §2: the handle stays the session; its tools and listeners survive every change."""
+    handle = jupyter_llmchat.session()
+    handle.register_tool(lookup)
+    heard: list[str] = []
+    handle.add_listener(lambda chat, event, exchange: heard.append(event))
+
+    def sent() -> dict[str, Any]:
+        body = fake.last_body()
+        assert [t["function"]["name"] for t in body["tools"]] == ["lookup"]
+        assert jupyter_llmchat.session() is handle
+        return body
+
     run(ip, "%chat one")
-    config(ip, model="other-model")
-    run(ip, "%chat two")  # an existing session keeps its settings until it is reset
-    assert fake.last_body()["model"] == "test-model"
+    config(ip, model="other-model")  # after the first question: applies to the next one
+    run(ip, "%chat two")
+    assert sent()["model"] == "other-model"
+    assert [c for _, c in messages(fake.last_body())] == ["one", fake.default_reply.text, "two"]
+    config(ip, params={"temperature": 0.5}, system_prompt="Be brief.", api_args={"seed": 7},
+           base_url=fake.root_url)  # the fake answers /chat/completions without /v1 too
+    run(ip, "%chat three")
+    body = sent()
+    assert fake.chat_requests()[-1].path == "/chat/completions"
+    assert (body["temperature"], body["seed"]) == (0.5, 7)
+    assert messages(body)[0] == ("system", "Be brief.") and len(body["messages"]) == 6
     run(ip, "%chat -s second hello")  # making another session meanwhile must not matter
     assert fake.last_body()["model"] == "other-model"
+
     run(ip, "%chat_reset")
-    run(ip, "%chat three")
-    assert fake.last_body()["model"] == "other-model"
-    assert messages(fake.last_body()) == [("user", "three")]
+    assert handle.get_turns() == []
+    run(ip, "%chat four")
+    assert messages(sent()) == [("system", "Be brief."), ("user", "four")]
     config(ip, model="third-model")
-    run(ip, "%%chat --new\nfour\n")
-    assert fake.last_body()["model"] == "third-model"
+    run(ip, "%%chat --new\nfive\n")
+    assert sent()["model"] == "third-model"
+    assert messages(fake.last_body()) == [("system", "Be brief."), ("user", "five\n")]
+    assert heard.count("turn") == 5 and [t.name for t in handle.get_tools()] == ["lookup"]
+
+
+def test_system_flag_stays_until_the_system_prompt_setting_changes(
+    ip: InteractiveShell, fake: FakeOpenAI
+) -> None:
+    run(ip, '%chat --system "Talk like a pirate." one')
+    config(ip, model="other-model")  # another setting: the session's own prompt stays
+    run(ip, "%chat two")
+    assert messages(fake.last_body())[0] == ("system", "Talk like a pirate.")
+    assert fake.last_body()["model"] == "other-model"
+    config(ip, system_prompt="Be brief.")
+    run(ip, "%chat three")
+    assert messages(fake.last_body())[0] == ("system", "Be brief.")
 
 
 @pytest.mark.parametrize(
@@ -731,16 +774,6 @@ def test_session_made_before_config_picks_it_up_and_keeps_its_turns(
     assert _sessions.session().provider.base_url == fake.base_url
 
 
-def test_session_that_talked_keeps_its_settings(ip: InteractiveShell, fake: FakeOpenAI) -> None:
-    run(ip, "%%chat\nfirst")
-    config(ip, model="other-model")
-    run(ip, "%%chat\nsecond")
-    assert fake.last_body()["model"] == "test-model"  # applies to sessions created afterwards
-    run(ip, "%chat_reset")
-    run(ip, "%%chat\nthird")
-    assert fake.last_body()["model"] == "other-model"
-
-
 def test_usage_all_keeps_the_spend_of_reset_and_no_history_answers(
     ip: InteractiveShell, fake: FakeOpenAI
 ) -> None:
@@ -859,26 +892,6 @@ def test_history_is_safe_markdown_with_even_spacing(ip: InteractiveShell, fake: 
 def test_chat_panel_in_a_terminal_is_one_line(ip: InteractiveShell) -> None:
     shown = ip.run_line_magic("chat_panel", "")
     assert "not active here" in repr(shown)
-
-
-def test_sessions_used_are_known_by_object_not_id(ip: InteractiveShell, fake: FakeOpenAI) -> None:
-    import gc
-
-    magics = chat_magics(ip)
-    for round_ in range(5):
-        run(ip, f"%chat q{round_}")  # the session has talked: its settings are kept
-        config(ip, model=f"model-{round_}")
-        run(ip, "%chat_reset")  # rebuilt with the new settings; the old Chat is freed
-        gc.collect()
-        run(ip, "import jupyter_llmchat; jupyter_llmchat.session()")  # made with model-N
-        config(ip, model=f"later-{round_}")
-        # A new Chat that never sent picks up settings made after it; an id() reused from the
-        # freed Chat would make it look "used" and keep model-N.
-        run(ip, "%chat check")
-        assert fake.last_body()["model"] == f"later-{round_}"
-        config(ip, model="test-model")
-        run(ip, "%chat_reset")
-    assert all(not isinstance(x, int) for x in magics._used)
 
 
 # -- one registry: the sessions, with everything else hanging off it ------------------------------

@@ -130,7 +130,7 @@ def python_flows(fake: FakeOpenAI, seen: Seen) -> None:
 def shell_flows(ip: InteractiveShell, fake: FakeOpenAI, seen: Seen, capsys: pytest.CaptureFixture[str]) -> None:
     _sessions.registry.sessions.clear()
     magics = ip.magics_manager.registry["ChatMagics"]
-    _sessions.set_factory(magics._make_session, magics._refresh_unused)
+    _sessions.set_factory(magics._make_session, magics._refresh_from_config)
     for line in (
         f'ChatMagics.base_url = "{fake.base_url}"',
         'ChatMagics.model = "test-model"',

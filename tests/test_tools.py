@@ -610,3 +610,140 @@ def test_a_call_without_an_id_gets_one_and_its_result_is_tied_to_it(
     assistant, tool_msg = fake.last_body()["messages"][1:]
     call_id = assistant["tool_calls"][0]["id"]
     assert call_id and tool_msg["tool_call_id"] == call_id
+
+
+# -- issue 16: results that cannot be text, calls cut off by max_tokens, big results ---------------
+
+
+class Unprintable:
+    """A tool's result that JSON cannot hold and whose ``str`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_a_result_that_cannot_be_text_is_an_error_result(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(tool_reply(call("u", "odd", {})), Reply(text="I see"))
+    chat = new_chat(fake_url)
+
+    def odd() -> object:
+        return Unprintable()
+
+    chat.register_tool(odd)
+    assert chat.chat("go") == "I see"
+    tool_msg = fake.last_body()["messages"][2]
+    assert tool_msg["tool_call_id"] == "u"
+    assert "RuntimeError" in tool_msg["content"] and "no text for you" in tool_msg["content"]
+    (result,) = chat.get_turns()[2].tool_results
+    assert result.value is None and result.error == tool_msg["content"]
+    assert_valid_history(chat)
+
+
+async def test_an_async_result_that_cannot_be_text_is_an_error_result(
+    fake: FakeOpenAI, fake_url: str
+) -> None:
+    fake.script(tool_reply(call("u", "odd", {})), Reply(text="I see"))
+    chat = new_chat(fake_url)
+
+    async def odd() -> object:
+        return Unprintable()
+
+    chat.register_tool(odd)
+    assert await chat.chat_async("go") == "I see"
+    assert "no text for you" in fake.last_body()["messages"][2]["content"]
+
+
+@pytest.mark.parametrize("earlier_round", [False, True])
+def test_a_call_cut_off_by_max_tokens_stops_at_once(
+    fake: FakeOpenAI, fake_url: str, earlier_round: bool
+) -> None:
+    ran: list[str] = []
+
+    def record(city: str) -> str:
+        ran.append(city)
+        return city
+
+    cut = Reply(text="Let me check. ", tool_calls=[call("c", "record", '{"city": "Os')],
+                finish_reason="length", tool_args_chars=3)
+    first = [tool_reply(call("a", "record", {"city": "Rome"}))] if earlier_round else []
+    fake.script(*first, cut, Reply(text="never asked"))
+    chat = new_chat(fake_url)
+    chat.register_tool(record)
+    with pytest.raises(ToolError, match="max_tokens") as err:
+        chat.chat("go", params={"max_tokens": 5})
+    assert "raise max_tokens" in err.value.hint
+    assert len(fake.chat_requests()) == 1 + len(first)  # no further round
+    assert ran == (["Rome"] if earlier_round else [])  # the cut call never ran
+    turns = chat.get_turns()
+    end = turns[-1]
+    assert end.role == "assistant" and end.partial and end.finish_reason == "length"
+    assert end.text == "Let me check. " and end.tool_requests == []
+    assert len(turns) == (4 if earlier_round else 2)
+    assert_valid_history(chat)
+    fake.reset()
+    fake.script(Reply(text="fine"))
+    assert chat.chat("next") == "fine"
+
+
+def test_a_big_result_is_capped_on_the_wire_in_every_later_request(
+    fake: FakeOpenAI, fake_url: str
+) -> None:
+    big = "x" * 2_100_000
+    fake.script(tool_reply(call("b", "dump", {})), Reply(text="got it"), Reply(text="again"))
+    chat = new_chat(fake_url)
+
+    def dump() -> str:
+        return big
+
+    chat.register_tool(dump)
+    s = chat.stream("go", content="all")
+    items = list(s)
+    # The caller gets the whole result: in the stream and in the history.
+    (shown,) = [i for i in items if isinstance(i, ContentToolResult)]
+    assert shown.value == big and chat.get_turns()[2].tool_results[0].value == big
+    chat.chat("and now?")
+    for request in fake.chat_requests()[1:]:
+        (tool_msg,) = [m for m in request.body["messages"] if m["role"] == "tool"]
+        sent = tool_msg["content"]
+        assert len(sent) < 33_000 and sent.startswith("x" * 32_000)
+        assert "2,068,000 of 2,100,000 characters" in sent and "left out" in sent
+    assert chat.max_tool_result_chars == 32_000
+
+
+def test_the_result_cap_is_configurable(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(tool_reply(call("b", "dump", {})), Reply(text="got it"))
+    chat = new_chat(fake_url)
+    chat.max_tool_result_chars = 10
+    chat.register_tool(lambda: "0123456789abcdef", name="dump")
+    chat.chat("go")
+    sent = fake.last_body()["messages"][2]["content"]
+    assert sent.startswith("0123456789") and "abcdef" not in sent and "6 of 16 characters" in sent
+    assert chat.copy().max_tool_result_chars == 10
+    fake.script(tool_reply(call("c", "dump", {})), Reply(text="whole"))
+    chat.max_tool_result_chars = None  # no cap
+    chat.chat("again")
+    assert fake.last_body()["messages"][-1]["content"] == "0123456789abcdef"
+
+
+def test_the_turn_closing_a_cut_tool_round_cost_nothing(fake: FakeOpenAI, fake_url: str) -> None:
+    """Past max_tool_rounds no request answers the last turn: its tokens are 0, not unknown,
+    so the exchange's totals stay known."""
+    chat = new_chat(fake_url)
+    chat.max_tool_rounds = 1
+    chat.register_tool(get_weather)
+    fake.script(*(tool_reply(call(f"c{i}", "get_weather", {"city": "Oslo"})) for i in range(2)))
+    with pytest.raises(ToolError):
+        chat.chat("loop")
+    rows = chat.get_tokens()
+    assert [r["input"] for r in rows] == [11, 11, 0] and rows[-1]["partial"]
+    assert rows[-1]["output"] == 0 and rows[-1]["cost"] in (0.0, None)
+
+
+@pytest.mark.parametrize("bad", [0, -5, True, 2.5, "100"])
+def test_a_bad_result_cap_is_refused(fake_url: str, bad: object) -> None:
+    chat = new_chat(fake_url)
+    with pytest.raises(ConfigurationError, match="max_tool_result_chars"):
+        chat.max_tool_result_chars = bad  # type: ignore[assignment]
+    with pytest.raises(ConfigurationError, match="max_tool_result_chars"):
+        Chat(chat.provider, max_tool_result_chars=bad)  # type: ignore[arg-type]
+    assert chat.max_tool_result_chars == 32_000
