@@ -106,9 +106,16 @@ class Tool:
         return _succeeded(request, value)
 
     async def ainvoke(self, request: ContentToolRequest) -> ContentToolResult:
-        """Run one call on the running loop (a sync tool runs inline, as in chatlas)."""
+        """Run one call on the running loop; a sync tool in a worker thread, so the loop stays
+        live while it runs: Stop (a cancelled task) ends the answer at once, and the call, left
+        to finish in its thread, has its result discarded."""
+        import asyncio  # only here: the sync path and ``import jupyter_llmchat`` never need it
+
         try:
-            value = self.func(**request.arguments)
+            if self.is_async:
+                value = self.func(**request.arguments)
+            else:
+                value = await asyncio.to_thread(self.func, **request.arguments)
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:

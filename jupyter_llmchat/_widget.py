@@ -4,7 +4,9 @@ The front end (``labextension/src/panel*``) renders it with ``@jupyter/chat`` in
 right side area. State that changes rarely is synced as traits (session, busy, model, usage);
 the conversation travels as custom messages so an answer costs bytes linear in its length:
 
-front end -> kernel: ``{"type": "hello"}``, ``{"type": "send", "text"}``, ``{"type": "stop"}``,
+front end -> kernel: ``{"type": "hello"}``, ``{"type": "send", "text", "id"}`` (``id``: the
+question's bubble, shown at once, queued while the kernel runs a cell; the kernel's messages about
+the question use it as ``user_id``), ``{"type": "stop"}``,
 ``{"type": "session", "name"}``, ``{"type": "names"}`` (the kernel's variable names, for ``@name``),
 ``{"type": "models"}`` (the server's ``/models``), ``{"type": "model", "name"}`` (the session's
 model for later questions, from the panel and cells alike).
@@ -16,7 +18,8 @@ the deltas carried), ``{"type": "append", "messages"}`` (turns made elsewhere: `
 question's ``"id", "user_id"`` once it was accepted), ``{"type": "status", "text"}`` (e.g. the
 local model starting), ``{"type": "tool", "id", "call"}`` (a tool call of the streaming answer
 ``id``, sent when asked and again with its result: ``call`` is ``{"id", "name", "args",
-"arguments", "state": "running"|"ok"|"error", "result", "seconds"}``, as in a turn's ``tools``;
+"arguments", "state": "running"|"ok"|"error"|"stopped", "result", "seconds"}``, as in a turn's
+``tools``; "stopped": the answer was stopped while the call ran, its late result discarded;
 the front end shows it as text, never HTML), ``{"type": "notice", "text"}`` (a quiet line that
 stays until the next question: old turns left out of a request), ``{"type": "names", "names"}``,
 ``{"type": "models", "models", "error"}``.
@@ -27,7 +30,8 @@ may pass the notebook's budget (``%chat_budget``) is refused the same way; ``usa
 budget and what is left (``budget_usd``, ``left_usd``, ``budget_tokens``, ``left_tokens``).
 ``recorded`` false means the question did not enter history (refused, nothing
 arrived, or the request failed): the front end drops the question's bubble and gives its text
-back to the input. A message's ``id`` is stable until the next ``history``, which replaces all.
+back to the input; refusals carry the question's ``user_id`` too. A message's ``id`` is stable
+until the next ``history``, which replaces all.
 An exchange with tool rounds shows as its prompt and each assistant turn, with the calls (and
 their results, from the user turn that carries them) on the turn that asked (a panel question
 streams as one answer with its calls; a call's time is only known while it runs).
@@ -171,6 +175,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         #: Counts session switches; a streaming answer stops showing after one.
         self._binds = 0
         self._stream_binds: int | None = None
+        #: The id of the question being checked by ask(): its refusals name it.
+        self._asking: str | None = None
         self.on_msg(self._on_front_end)
         self._bind(session)
 
@@ -280,7 +286,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._refresh()
             self._send_history()
         elif kind == "send":
-            self.ask(str(content.get("text", "")))
+            self.ask(str(content.get("text", "")), question_id=_question_id(content.get("id")))
         elif kind == "stop":
             self.stop()
         elif kind == "session":
@@ -333,7 +339,10 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
 
     def _refuse(self, message: str, hint: str = "") -> None:
         """A question not sent: the front end drops its bubble and gives the text back."""
-        self.send({"type": "error", "message": message, "hint": hint, "recorded": False})
+        refusal: dict[str, Any] = {"type": "error", "message": message, "hint": hint, "recorded": False}
+        if self._asking is not None:
+            refusal["user_id"] = self._asking
+        self.send(refusal)
 
     def _with_mentions(self, text: str) -> str | None:
         """``text`` with the ``@name`` values attached, or None (refused: an unknown name)."""
@@ -375,8 +384,17 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             return True
         return False
 
-    def ask(self, text: str) -> None:
-        """Send ``text`` through the session, streaming the answer in a background thread."""
+    def ask(self, text: str, question_id: str | None = None) -> None:
+        """Send ``text`` through the session, streaming the answer in a background thread.
+
+        ``question_id``: the id the front end shows the question under (a new one if None)."""
+        self._asking = question_id or uuid.uuid4().hex
+        try:
+            self._ask(text, self._asking)
+        finally:
+            self._asking = None
+
+    def _ask(self, text: str, user_id: str) -> None:
         if not text.strip():
             self._refuse("the message is empty")
             return
@@ -397,7 +415,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             return
         text = sent
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(text,), daemon=True,
+        self._thread = threading.Thread(target=self._run, args=(text, user_id), daemon=True,
                                         name=f"jupyter_llmchat panel {self.session}")
         self.busy = True
         self._thread.start()
@@ -416,13 +434,13 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             except RuntimeError:  # the loop is closed: the question is over anyway
                 pass
 
-    def _run(self, text: str) -> None:
+    def _run(self, text: str, user_id: str) -> None:
         """The panel thread: one question on this panel's own event loop."""
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
         loop = self._loop
         asyncio.set_event_loop(loop)
-        task = loop.create_task(self._astream(text))
+        task = loop.create_task(self._astream(text, user_id))
         self._task = task
         if self._stop.is_set():  # stopped before the task existed
             task.cancel()
@@ -442,10 +460,9 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._loop.close()
         super().close()
 
-    async def _astream(self, text: str) -> None:
+    async def _astream(self, text: str, user_id: str) -> None:
         name = self.session
         answer_id = uuid.uuid4().hex
-        user_id = uuid.uuid4().hex
         pending: list[tuple[str, str]] = []
         chat: Chat | None = None
         stream: AsyncChatStream[Any] | None = None
@@ -511,7 +528,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
                             calls[item.id] = (item, time.monotonic())
                             call = tool_call(item)
                         else:
-                            request, started = calls[item.id]
+                            request, started = calls.pop(item.id)
                             now = time.monotonic()
                             # One after another or together: from the later of its request
                             # and the previous result (as in a cell).
@@ -523,6 +540,12 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
                 await stream.aclose()  # on stop: records the partial answer
             done()
         except asyncio.CancelledError:  # Stop: the core kept what arrived, if anything
+            for request, started in calls.values():
+                # Abandoned: its thread may finish later; that result goes nowhere.
+                call = {**tool_call(request), "state": "stopped",
+                        "seconds": time.monotonic() - max(started, last_result[0])}
+                if live():
+                    self.send({"type": "tool", "id": answer_id, "call": call})
             done()
         except Exception as exc:  # never let the thread die silently
             flush()
@@ -539,6 +562,11 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._stream_binds = None
             self._refresh()
             self.busy = False
+
+
+def _question_id(value: Any) -> str | None:
+    """The front end's id for a question: a short string, or None (the kernel makes one)."""
+    return value if isinstance(value, str) and 0 < len(value) <= 100 else None
 
 
 def _budget_usage() -> dict[str, Any]:

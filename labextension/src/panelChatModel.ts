@@ -5,6 +5,13 @@
  * An answer streams as deltas (appended text); each delta re-adds the message
  * under the same id, which replaces it, so only the browser re-renders the
  * growing Markdown, never the wire.
+ *
+ * A question shows at once, under an id of the page's own. A comm message
+ * reaches the kernel only between cells, so while the kernel runs a cell (or
+ * the panel is answering) the question waits here, queued, marked "waiting
+ * for the kernel…", and goes out when the kernel is idle; the kernel answers
+ * under the same id. Stop (or the bubble's Cancel) on a queued question acts
+ * in the page: it is never sent, and its text goes back to the input.
  */
 import type {
   ChatCommand,
@@ -24,6 +31,7 @@ import {
   ChatCommandRegistry
 } from '@jupyter/chat';
 import type { WidgetModel } from '@jupyter-widgets/base';
+import type { Kernel } from '@jupyterlab/services';
 import type { ISignal } from '@lumino/signaling';
 import { Signal } from '@lumino/signaling';
 
@@ -52,6 +60,8 @@ export interface ITurnInfo {
   thinking: string;
   /** Tool calls of the answer, in order (shown as text by panelMessage.tsx). */
   tools: IToolCall[];
+  /** A question waiting in the page for the kernel (not sent yet). */
+  queued: boolean;
 }
 
 /** The turn info of a chat message, if this panel made it. */
@@ -86,6 +96,40 @@ export interface INotice {
   hint?: string;
 }
 
+/** A question asked in the panel and not sent yet. */
+interface IQueued {
+  id: string;
+  text: string;
+  time: number;
+}
+
+/**
+ * The kernel behind a widget model, where the widget manager has one (as
+ * JupyterLab's and Notebook 7's do); null elsewhere (questions then go at once).
+ */
+function kernelOf(model: WidgetModel): Kernel.IKernelConnection | null {
+  const manager = model.widget_manager as unknown as {
+    kernel?: Kernel.IKernelConnection | null;
+  };
+  const kernel = manager?.kernel;
+  return kernel && typeof kernel.status === 'string' && kernel.statusChanged
+    ? kernel
+    : null;
+}
+
+/** Kernel states in which a comm message would wait in the kernel's queue. */
+const KERNEL_WAITING: ReadonlySet<string> = new Set([
+  'busy',
+  'starting',
+  'restarting',
+  'autorestarting'
+]);
+
+let nextQuestion = 0;
+
+/** Queued questions sort this much (seconds) after the last message: strictly after it. */
+const TICK = 0.001;
+
 interface IStream {
   text: string;
   thinking: string;
@@ -110,6 +154,8 @@ export class KernelChatModel extends AbstractChatModel {
     this.name = `jupyter-llmchat-${this._widget.model_id}`;
     this._widget.on('msg:custom', this._onCustom, this);
     this._widget.on('change:busy', this._onBusy, this);
+    this._kernel = kernelOf(this._widget);
+    this._kernel?.statusChanged.connect(this._pump, this);
     // Nothing here is unread: it is the user's own conversation. (Unread messages
     // would add "go to unread" buttons over the messages.)
     this.lastRead = Number.POSITIVE_INFINITY;
@@ -179,16 +225,46 @@ export class KernelChatModel extends AbstractChatModel {
     return this._sent;
   }
 
+  /** Emitted when questions are queued or leave the queue. */
+  get queueChanged(): ISignal<this, void> {
+    return this._queueChanged;
+  }
+
+  /** Questions waiting in the page for the kernel. */
+  get queued(): number {
+    return this._queue.length;
+  }
+
   sendMessage(message: INewMessage): boolean {
     const text = message.body;
     if (!text.trim()) {
       return false;
     }
-    this._lastSent = text;
     this.setNotice(null);
-    this._send({ type: 'send', text });
+    const question: IQueued = {
+      id: `q-${Date.now().toString(36)}-${++nextQuestion}`,
+      text,
+      // After everything shown, queued questions included.
+      time: Math.max(Date.now() / 1000, (this._lastTime(new Set()) ?? 0) + TICK)
+    };
+    this._queue.push(question);
+    this.messageAdded(this._queuedContent(question));
+    this._queueChanged.emit();
     this._sent.emit();
+    this._pump();
     return true;
+  }
+
+  /** Cancel a queued question (never sent); its text goes back to the input. */
+  cancel(id: string): void {
+    const index = this._queue.findIndex(q => q.id === id);
+    if (index === -1) {
+      return;
+    }
+    const [question] = this._queue.splice(index, 1);
+    this._remove(id);
+    this._giveBack(question.text);
+    this._queueChanged.emit();
   }
 
   /** Ask the kernel for the whole history (it answers `history`). */
@@ -196,9 +272,17 @@ export class KernelChatModel extends AbstractChatModel {
     this._send({ type: 'hello' });
   }
 
-  /** Stop the answer streaming from the panel; the kernel keeps what arrived, partial. */
+  /**
+   * Stop: queued questions are cancelled here, at once (never sent); an answer
+   * streaming from the panel is stopped in the kernel, which keeps what arrived.
+   */
   stop(): void {
-    this._send({ type: 'stop' });
+    for (const question of [...this._queue].reverse()) {
+      this.cancel(question.id);
+    }
+    if (this._widget.get('busy') === true || this._inFlight !== null) {
+      this._send({ type: 'stop' });
+    }
   }
 
   /** Talk through another session of the kernel (it answers `history`). */
@@ -224,6 +308,7 @@ export class KernelChatModel extends AbstractChatModel {
       return;
     }
     this._widget.off(null, null, this);
+    this._kernel?.statusChanged.disconnect(this._pump, this);
     this._streams.clear();
     super.dispose();
     Signal.clearData(this);
@@ -233,12 +318,16 @@ export class KernelChatModel extends AbstractChatModel {
     if (this._widget.comm_live) {
       this._widget.send(message);
     } else {
-      this.setNotice({
-        kind: 'error',
-        text: 'the kernel is not connected',
-        hint: 'run %chat_panel again'
-      });
+      this._notConnected();
     }
+  }
+
+  private _notConnected(): void {
+    this.setNotice({
+      kind: 'error',
+      text: 'the kernel is not connected',
+      hint: 'run %chat_panel again'
+    });
   }
 
   private _onBusy(): void {
@@ -246,6 +335,96 @@ export class KernelChatModel extends AbstractChatModel {
     this.updateWriters(busy ? [{ user: assistant(this._currentModel()) }] : []);
     if (!busy && this._notice?.kind === 'status') {
       this.setNotice(null);
+    }
+    if (busy && this._inFlight !== null) {
+      this._inFlightSeenBusy = true;
+    } else if (!busy && this._inFlightSeenBusy) {
+      // The question's answer is over even if its own end was not shown here
+      // (the view switched session meanwhile): the next may go.
+      this._inFlight = null;
+      this._inFlightSeenBusy = false;
+    }
+    this._pump();
+  }
+
+  /** Send the first queued question if nothing is in the way of it. */
+  private _pump(): void {
+    if (
+      this.isDisposed ||
+      this._queue.length === 0 ||
+      this._inFlight !== null ||
+      this._widget.get('busy') === true ||
+      (this._kernel !== null && KERNEL_WAITING.has(this._kernel.status))
+    ) {
+      return;
+    }
+    if (!this._widget.comm_live) {
+      // Kept queued (Stop cancels it); the notice says why it waits.
+      this._notConnected();
+      return;
+    }
+    const question = this._queue.shift()!;
+    this._inFlight = question.id;
+    this._inFlightSeenBusy = false;
+    this._inFlightText = question.text;
+    this._queueChanged.emit();
+    // Shown as asked (no longer queued) until the kernel's `user` replaces it.
+    this.messageAdded(this._queuedContent(question, false));
+    this._send({ type: 'send', text: question.text, id: question.id });
+  }
+
+  /** The question in flight ended (answered, refused or failed): the next may go. */
+  private _landed(userId: string | undefined): void {
+    if (userId === undefined || userId === this._inFlight) {
+      this._inFlight = null;
+      this._inFlightSeenBusy = false;
+    }
+    // After the kernel's message is handled (a refusal gives the text back first).
+    setTimeout(() => this._pump(), 0);
+  }
+
+  /** Put a question's text back in the input, unless the user is typing another. */
+  private _giveBack(text: string): void {
+    if (!text) {
+      return;
+    }
+    const current = this.input.value;
+    if (!current.trim()) {
+      this.input.value = text;
+    } else if (!current.includes(text)) {
+      this.input.value = `${text}\n\n${current}`;
+    }
+  }
+
+  private _queuedContent(question: IQueued, queued = true): IMessageContent {
+    return this._content(
+      {
+        id: question.id,
+        role: 'user',
+        text: question.text,
+        source: 'panel',
+        time: question.time
+      },
+      false,
+      queued
+    );
+  }
+
+  /** Keep queued questions after every other message (they are asked last). */
+  private _keepQueuedLast(): void {
+    if (this._queue.length === 0) {
+      return;
+    }
+    const ids = this._queuedIds();
+    const firstQueued = this.messages.findIndex(m => ids.has(m.id));
+    const after = this.messages.slice(Math.max(firstQueued, 0));
+    if (firstQueued !== -1 && after.every(m => ids.has(m.id))) {
+      return;
+    }
+    const last = this._lastTime() ?? 0;
+    for (const question of this._queue) {
+      question.time = Math.max(question.time, last + TICK);
+      this.messageAdded(this._queuedContent(question));
     }
   }
 
@@ -266,9 +445,19 @@ export class KernelChatModel extends AbstractChatModel {
   }
 
   private _handle(msg: KernelPanelMessage): void {
+    this._dispatch(msg);
+    if (msg.type !== 'names' && msg.type !== 'models') {
+      this._keepQueuedLast();
+    }
+  }
+
+  private _dispatch(msg: KernelPanelMessage): void {
     switch (msg.type) {
       case 'history':
         this._streams.clear();
+        // A question in flight belongs to what was shown before (or is in this history).
+        this._inFlight = null;
+        this._inFlightSeenBusy = false;
         this.clearMessages();
         if (msg.messages.length) {
           this.messagesInserted(
@@ -296,11 +485,18 @@ export class KernelChatModel extends AbstractChatModel {
           msg.recorded !== false,
           msg.user_id
         );
+        this._landed(msg.user_id);
         break;
       case 'error':
         // In answer to a question (`recorded` is set): mark or drop its turn.
         if (msg.recorded !== undefined) {
-          this._finish(msg.id ?? '', null, msg.recorded, msg.user_id);
+          this._finish(
+            msg.id ?? '',
+            null,
+            msg.recorded,
+            msg.user_id ?? this._inFlight ?? undefined
+          );
+          this._landed(msg.user_id);
         }
         this.setNotice({
           kind: 'error',
@@ -405,8 +601,8 @@ export class KernelChatModel extends AbstractChatModel {
         this._remove(userId);
       }
       // Give the question back, so it can be sent again.
-      if (this._lastSent && !this.input.value.trim()) {
-        this.input.value = this._lastSent;
+      if (userId === this._inFlight || userId === undefined) {
+        this._giveBack(this._inFlightText);
       }
       return;
     }
@@ -441,9 +637,19 @@ export class KernelChatModel extends AbstractChatModel {
     );
   }
 
-  private _lastTime(): number | null {
-    const last = this.messages[this.messages.length - 1];
-    return last === undefined ? null : last.time;
+  private _queuedIds(): ReadonlySet<string> {
+    return new Set(this._queue.map(q => q.id));
+  }
+
+  /** The time of the last message shown, not counting ``except`` (by default the queued
+   * questions, which stay after everything else). */
+  private _lastTime(except: ReadonlySet<string> = this._queuedIds()): number | null {
+    for (let i = this.messages.length - 1; i >= 0; i--) {
+      if (!except.has(this.messages[i].id)) {
+        return this.messages[i].time;
+      }
+    }
+    return null;
   }
 
   private _remove(id: string): void {
@@ -453,7 +659,11 @@ export class KernelChatModel extends AbstractChatModel {
     }
   }
 
-  private _content(m: ITurnMessage, streaming = false): IMessageContent {
+  private _content(
+    m: ITurnMessage,
+    streaming = false,
+    queued = false
+  ): IMessageContent {
     const info: ITurnInfo = {
       role: m.role,
       source: m.source ?? null,
@@ -464,7 +674,8 @@ export class KernelChatModel extends AbstractChatModel {
       costUsd: m.cost_usd ?? null,
       free: m.free === true,
       thinking: m.thinking ?? '',
-      tools: Array.isArray(m.tools) ? m.tools : []
+      tools: Array.isArray(m.tools) ? m.tools : [],
+      queued
     };
     const metadata: IMessageMetadata = { llmchat: info };
     return {
@@ -483,7 +694,15 @@ export class KernelChatModel extends AbstractChatModel {
   private readonly _widget: WidgetModel;
   private readonly _streams = new Map<string, IStream>();
   private _notice: INotice | null = null;
-  private _lastSent = '';
+  private readonly _kernel: Kernel.IKernelConnection | null;
+  /** Questions asked and not sent yet, in order. */
+  private readonly _queue: IQueued[] = [];
+  /** The question sent and not yet answered, refused or failed. */
+  private _inFlight: string | null = null;
+  private _inFlightText = '';
+  /** The kernel said busy since the question in flight was sent. */
+  private _inFlightSeenBusy = false;
+  private readonly _queueChanged = new Signal<this, void>(this);
   private readonly _noticeChanged = new Signal<this, INotice | null>(this);
   private readonly _sent = new Signal<this, void>(this);
   private readonly _modelsChanged = new Signal<

@@ -323,6 +323,7 @@ class PanelToolbar extends Widget {
     );
     this._widget.on('change:model', this._renderModels, this);
     chatModel.noticeChanged.connect(this._renderNotice, this);
+    chatModel.queueChanged.connect(this._renderStatus, this);
     chatModel.requestModels();
     this._renderModels();
     this._renderSessions();
@@ -336,6 +337,7 @@ class PanelToolbar extends Widget {
     }
     this._widget.off(null, null, this);
     this._chatModel.noticeChanged.disconnect(this._renderNotice, this);
+    this._chatModel.queueChanged.disconnect(this._renderStatus, this);
     this._chatModel.modelsChanged.disconnect(this._onModels, this);
     super.dispose();
   }
@@ -444,10 +446,26 @@ class PanelToolbar extends Widget {
     if (busy) {
       parts.push(notice?.kind === 'status' ? `${notice.text}…` : 'busy…');
     }
+    const queued = this._chatModel.queued;
+    if (queued) {
+      parts.push(
+        queued === 1
+          ? '1 question waiting for the kernel…'
+          : `${queued} questions waiting for the kernel…`
+      );
+    }
     this._status.textContent = parts.join(' · ');
     this._status.title = `Session totals: ${usage.answers ?? 0} answers`;
-    this._stop.disabled = !busy;
-    this.toggleClass('jp-mod-busy', busy);
+    // Stop acts on queued questions too, at once (they are still in the page).
+    this._stop.disabled = !busy && !queued;
+    const label = busy
+      ? 'Stop the answer'
+      : queued === 1
+        ? 'Cancel the queued question'
+        : 'Cancel the queued questions';
+    this._stop.setAttribute('aria-label', label);
+    this._stop.title = label;
+    this.toggleClass('jp-mod-busy', busy || queued > 0);
   }
 
   private _renderNotice(): void {

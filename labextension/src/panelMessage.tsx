@@ -12,7 +12,7 @@ import * as React from 'react';
 
 import { formatRowCost } from './costFormat';
 import type { ITurnInfo } from './panelChatModel';
-import { turnInfo } from './panelChatModel';
+import { KernelChatModel, turnInfo } from './panelChatModel';
 
 function count(n: number | null | undefined): string {
   return n === null || n === undefined ? 'n/a' : n.toLocaleString();
@@ -44,6 +44,18 @@ export function formatSeconds(s: number | null | undefined): string {
   return s === null || s === undefined ? '' : ` · ${s.toFixed(2)} s`;
 }
 
+/** A call's state on its line. */
+function callState(state: string): string {
+  switch (state) {
+    case 'running':
+      return 'running…';
+    case 'stopped':
+      return 'stopped (abandoned; a late result is discarded)';
+    default:
+      return state;
+  }
+}
+
 /**
  * One line per tool call: name, short arguments, ok / error / running, time.
  * Everything in it comes from the model or the tool (DESIGN §9), so it is
@@ -64,7 +76,7 @@ function ToolCalls(props: MessagePreambleProps): JSX.Element | null {
           <summary>
             {'🔧 '}
             <code>{call.name}</code>
-            {`(${call.args}) — ${call.state === 'running' ? 'running…' : call.state}${formatSeconds(call.seconds)}`}
+            {`(${call.args}) — ${callState(call.state)}${formatSeconds(call.seconds)}`}
           </summary>
           <div className="jp-llmchat-tool-label">Arguments</div>
           <pre className="jp-llmchat-tool-arguments">{call.arguments}</pre>
@@ -82,12 +94,48 @@ function ToolCalls(props: MessagePreambleProps): JSX.Element | null {
   );
 }
 
+/** A question still in the page: "waiting for the kernel…" and its Cancel button. */
+function Queued(props: {
+  model: MessageFooterSectionProps['model'];
+  id: string;
+}): JSX.Element {
+  const { model, id } = props;
+  return (
+    <span className="jp-llmchat-queued" role="status">
+      <span
+        className="jp-llmchat-queued-text"
+        title="A comm message reaches the kernel only between cells: this question goes out when the kernel is idle."
+      >
+        waiting for the kernel…
+      </span>
+      <button
+        type="button"
+        className="jp-llmchat-cancel"
+        aria-label="Cancel this question (it was not sent)"
+        title="Cancel this question (it was not sent)"
+        onClick={() => {
+          if (model instanceof KernelChatModel) {
+            model.cancel(id);
+          }
+        }}
+      >
+        Cancel
+      </button>
+    </span>
+  );
+}
+
 function Origin(props: MessageFooterSectionProps): JSX.Element | null {
   const info = turnInfo(props.message);
   if (info === null) {
     return null;
   }
   const marks: JSX.Element[] = [];
+  if (info.queued) {
+    marks.push(
+      <Queued key="queued" model={props.model} id={props.message.id} />
+    );
+  }
   if (info.partial) {
     marks.push(
       <span

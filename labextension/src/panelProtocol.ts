@@ -20,7 +20,8 @@ export interface IToolCall {
   args: string;
   /** The full arguments, as indented JSON. */
   arguments: string;
-  state: 'running' | 'ok' | 'error';
+  /** `stopped`: the answer was stopped while it ran; a late result is discarded. */
+  state: 'running' | 'ok' | 'error' | 'stopped';
   result?: string | null;
   seconds?: number | null;
 }
@@ -97,7 +98,8 @@ export type KernelPanelMessage =
 /** Front end -> kernel. */
 export type FrontEndPanelMessage =
   | { type: 'hello' }
-  | { type: 'send'; text: string }
+  /** `id`: the question's bubble in the page; the kernel answers under it (`user_id`). */
+  | { type: 'send'; text: string; id?: string }
   | { type: 'stop' }
   | { type: 'session'; name: string }
   | { type: 'names' }

@@ -400,17 +400,31 @@ class NotebookPage:
 
     def run_cell(self, text: str, timeout_ms: int = TIMEOUT_MS) -> int:
         """Type ``text`` into a new cell at the end, run it (Shift+Enter), wait until it is done."""
+        index = self.start_cell(text)
+        self.wait_for_cell(index, timeout_ms)
+        return index
+
+    def start_cell(self, text: str) -> int:
+        """Type ``text`` into a new cell at the end and run it (Shift+Enter), without waiting."""
         self._edit_empty_last_cell()
         index = self.cells.count() - 1
         self.page.keyboard.insert_text(text)
         self.page.keyboard.press("Shift+Enter")
+        return index
+
+    def wait_for_cell(self, index: int, timeout_ms: int = TIMEOUT_MS) -> None:
+        """Until cell ``index`` has finished running (its prompt shows a number)."""
         prompt = self.cell(index).locator(".jp-InputPrompt")
         deadline = time.monotonic() + timeout_ms / 1000
         while not _PROMPT_DONE.match(prompt.inner_text().strip()):
             if time.monotonic() > deadline:
-                raise AssertionError(f"cell {index} did not finish: {text[:60]!r}")
+                raise AssertionError(f"cell {index} did not finish: {self.cell(index).inner_text()[:60]!r}")
             time.sleep(0.05)
-        return index
+
+    def wait_for_kernel_busy(self, timeout_ms: int = TIMEOUT_MS) -> None:
+        """Until the page knows the kernel is busy (running a cell)."""
+        self._wait_js("panel !== null && panel.sessionContext.session?.kernel?.status === 'busy'",
+                      timeout_ms=timeout_ms)
 
     def output(self, index: int) -> str:
         """The visible text of a cell's outputs."""

@@ -419,22 +419,28 @@ def test_switching_sessions_mid_stream_and_back(
     assert any("test-model" in h for h in headers(page)), headers(page)
 
 
+def register_tool(nb: NotebookPage, name: str, body: str) -> None:
+    """Define ``name(q: str)`` with ``body`` in the kernel and register it on the default session."""
+    indented = "".join(f"    {line}\n" for line in body.splitlines())
+    nb.run_cell(f"import os, time, jupyter_llmchat\ndef {name}(q: str) -> str:\n{indented}"
+                f"jupyter_llmchat.session().register_tool({name})")
+
+
+def tool_call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """One OpenAI-format tool call, as the fake server streams it."""
+    return {"id": "c1", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
 def test_tool_calls_show_one_line_each_as_text(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
     """A panel question whose answer calls a tool: the call's line shows while it runs and
     after (name, short arguments, ok, time), opens on arguments and result, all as text; the
     history shown when the panel is opened again has the same line on the turn that asked."""
     nb, page = notebook, notebook.page
-    nb.run_cell(
-        "import time, jupyter_llmchat\n"
-        "def lookup(q: str) -> str:\n"
-        "    'Look q up.'\n"
-        "    time.sleep(1.0)\n"
-        "    return '<img src=x onerror=\"window.pwned=1\"> found'\n"
-        "jupyter_llmchat.session().register_tool(lookup)"
-    )
+    register_tool(nb, "lookup", "'Look q up.'\ntime.sleep(1.0)\n"
+                  "return '<img src=x onerror=\"window.pwned=1\"> found'")
     open_panel(nb)
-    call = {"id": "c1", "type": "function",
-            "function": {"name": "lookup", "arguments": json.dumps({"q": "<b>bold</b>"})}}
+    call = tool_call("lookup", {"q": "<b>bold</b>"})
     fake_server.script(
         Reply(text="", tool_calls=[call], finish_reason="tool_calls", tool_args_chars=4),
         Reply(text="Found **it**."),
@@ -469,3 +475,128 @@ def test_tool_calls_show_one_line_each_as_text(notebook: NotebookPage, fake_serv
     assert len(shown) == 3 and shown[0] == "Look it up" and shown[2] == "Found it."
     assert dock(page).locator(".jp-llmchat-tool summary").first.inner_text() == (
         '🔧 lookup({"q": "<b>bold</b>"}) — ok')
+
+
+# -- promises kept: a question asked while a cell runs, Stop on a sync tool (issue 16) ----------
+
+
+def blocking_cell(flag: Any) -> str:
+    """A cell that runs until ``flag`` (a path) exists: the kernel is busy for as long as the
+    test wants, with no timing in the test."""
+    return f"import os, time\nwhile not os.path.exists({str(flag)!r}):\n    time.sleep(0.05)"
+
+
+def queued(page: Page) -> Locator:
+    return dock(page).locator(".jp-llmchat-queued")
+
+
+def questions_sent(fake: FakeOpenAI) -> list[str]:
+    """The last user message of every chat request the fake server received."""
+    return [r.body["messages"][-1]["content"] for r in fake.chat_requests()]
+
+
+def test_a_question_asked_while_a_cell_runs_is_queued_then_answered(
+    notebook: NotebookPage, fake_server: FakeOpenAI, tmp_path: Any
+) -> None:
+    nb, page = notebook, notebook.page
+    open_panel(nb)
+    box = dock(page).locator("textarea").first
+    flag = tmp_path / "release"
+    running = nb.start_cell(blocking_cell(flag))
+    nb.wait_for_kernel_busy()
+
+    # Shown at once, marked as waiting; nothing reaches the server while the cell runs.
+    fake_server.script(Reply(text="First answer."))
+    ask(page, "First, asked while a cell runs")
+    queued(page).wait_for()
+    assert messages(page) == ["First, asked while a cell runs"]
+    assert "waiting for the kernel" in queued(page).inner_text()
+    ask(page, "Second, to be cancelled")
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-llmchat-dock .jp-llmchat-queued').length === 2")
+    assert "2 questions waiting for the kernel" in dock(page).locator(".jp-llmchat-status").inner_text()
+    stop = dock(page).locator(".jp-llmchat-stop")
+    assert stop.is_enabled() and stop.get_attribute("aria-label") == "Cancel the queued questions"
+    nb.screenshot("panel-queued.png")
+
+    # The second one's Cancel acts in the page, at once, while the cell still runs.
+    queued(page).nth(1).locator(".jp-llmchat-cancel").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-llmchat-dock .jp-llmchat-queued').length === 1")
+    assert messages(page) == ["First, asked while a cell runs"]
+    assert box.input_value() == "Second, to be cancelled"  # given back, not dropped
+    assert fake_server.chat_requests() == []
+
+    # The cell ends: the first goes out and is answered; the cancelled one never went.
+    flag.touch()
+    nb.wait_for_cell(running)
+    wait_text(page, "First answer.")
+    wait_idle(page)
+    assert queued(page).count() == 0
+    assert messages(page) == ["First, asked while a cell runs", "First answer."]
+    assert questions_sent(fake_server) == ["First, asked while a cell runs"]
+
+    # Stop on a queued question: gone at once, text back in the input, never sent.
+    flag.unlink()
+    running = nb.start_cell(blocking_cell(flag))
+    nb.wait_for_kernel_busy()
+    box.fill("")
+    ask(page, "Third, stopped while queued")
+    queued(page).wait_for()
+    assert stop.get_attribute("aria-label") == "Cancel the queued question"
+    stop.click()
+    queued(page).wait_for(state="detached")
+    assert box.input_value() == "Third, stopped while queued"
+    assert stop.is_disabled()
+    flag.touch()
+    nb.wait_for_cell(running)
+    nb.wait_for_kernel_idle()
+    assert questions_sent(fake_server) == ["First, asked while a cell runs"]
+
+    # Nothing is stuck: the next question is answered, with the first exchange as history.
+    fake_server.script(Reply(text="Fourth answer."))
+    box.fill("")
+    ask(page, "Fourth")
+    wait_text(page, "Fourth answer.")
+    wait_idle(page)
+    assert questions_sent(fake_server) == ["First, asked while a cell runs", "Fourth"]
+    assert [role for role, _ in sent(fake_server)] == ["user", "assistant", "user"]
+    assert not any("Second" in json.dumps(r.body) or "Third" in json.dumps(r.body)
+                   for r in fake_server.chat_requests())
+
+
+def test_stop_during_a_sync_tool_marks_its_line_and_frees_the_panel(
+    notebook: NotebookPage, fake_server: FakeOpenAI, tmp_path: Any
+) -> None:
+    nb, page = notebook, notebook.page
+    flag = tmp_path / "release"
+    register_tool(nb, "slow_lookup", "'Look q up, slowly.'\n"
+                  f"while not os.path.exists({str(flag)!r}):\n    time.sleep(0.05)\n"
+                  "return 'late result'")
+    open_panel(nb)
+    call = tool_call("slow_lookup", {"q": "x"})
+    fake_server.script(Reply(text="Looking. ", tool_calls=[call], finish_reason="tool_calls"))
+    ask(page, "Look x up")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-llmchat-dock .jp-llmchat-tool summary')]"
+        ".some(s => s.innerText.includes('running…'))")
+    dock(page).locator(".jp-llmchat-stop").click()
+    wait_idle(page)
+    line = dock(page).locator(".jp-llmchat-tool summary").first
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-llmchat-dock .jp-llmchat-tool summary')]"
+        ".some(s => s.innerText.includes('stopped'))")
+    assert "running" not in line.inner_text()
+    dock(page).locator(".jp-llmchat-partial").wait_for()
+
+    # The panel takes the next question at once, while the tool still runs in its thread.
+    fake_server.script(Reply(text="Next answer."))
+    ask(page, "Next?")
+    wait_text(page, "Next answer.")
+    wait_idle(page)
+    assert not flag.exists()
+    flag.touch()
+    turns = kernel_turns(nb)
+    assert turns[-1] == ("assistant", False, "Next answer.")
+    assert "late result" not in json.dumps(turns)
+    assert len(fake_server.chat_requests()) == 2
