@@ -45,7 +45,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from contextlib import aclosing, closing
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from ._errors import APIStatusError, ConfigurationError, StreamError
+from ._errors import APIStatusError, BudgetExceeded, ConfigurationError, StreamError
 from ._provider import OpenAICompatible, credentials_from, safe_url
 from ._tools import Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
 from ._turns import (
@@ -59,7 +59,8 @@ from ._turns import (
     Turn,
     check_tool_pairs,
 )
-from ._usage import UsageRow, cost_of, record_usage, warm_up_prices
+from ._spend import Reservation, SpendRequest, body_estimate, spend_guard
+from ._usage import UsageRow, cost_of, warm_up_prices
 
 __all__ = ["AsyncChatStream", "Chat", "ChatExchange", "ChatStream", "Echo", "StreamContent"]
 
@@ -582,7 +583,7 @@ class Chat:
             self._notify("start")
             try:
                 while True:
-                    with self.provider.stream(ex.body()) as chunks:
+                    with self.provider.stream(ex.request()) as chunks:
                         for data in chunks:
                             yield from ex.feed(data)
                     requests = ex.end_round()
@@ -611,7 +612,7 @@ class Chat:
             self._notify("start")
             try:
                 while True:
-                    async with self.provider.astream(ex.body()) as chunks:
+                    async with self.provider.astream(ex.request()) as chunks:
                         async for data in chunks:
                             for item in ex.feed(data):
                                 yield item
@@ -629,10 +630,9 @@ class Chat:
 
     def _record(self, user: Turn, turns: list[Turn], history: bool, replace_from: int | None,
                 exchange: ChatExchange) -> None:
-        """Put one exchange into the history (unless ``history=False``) and tell listeners."""
-        for t in turns:
-            if t.role == "assistant":
-                record_usage(self.provider.name, t.model or "unknown", t.tokens or Tokens(), t.cost)
+        """Put one exchange into the history (unless ``history=False``) and tell listeners.
+
+        Its spend is already in the ledgers: each answer settled its request (``_Exchange``)."""
         if history:
             if replace_from is not None:
                 del self._turns[replace_from:]
@@ -1027,6 +1027,8 @@ class _Exchange:
         self.pending: list[ContentToolRequest] = []
         self.results: dict[str, ContentToolResult] = {}
         self.bad_args: dict[str, str] = {}
+        #: The request in flight's pass of the spend guard, until its answer settles it.
+        self.reservation: Reservation | None = None
 
     def _meta(self) -> dict[str, Any]:
         return {k: v for k, v in self.user.meta.items() if k in ("cell_id", "source")}
@@ -1042,6 +1044,28 @@ class _Exchange:
             messages.extend(_wire(t))
         return {**self._body, "messages": messages}
 
+    def request(self) -> dict[str, Any]:
+        """The next request's body, once it passed the spend guard (every round does, with the
+        model resolved: ``_prepare`` set it); raises ``BudgetExceeded`` and sends nothing."""
+        body = self.body()
+        provider = self.chat.provider
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        self.reservation = spend_guard.reserve(SpendRequest(
+            provider.name, body.get("model"), body_estimate(body.get("messages") or []),
+            max_tokens if isinstance(max_tokens, int) else None, self.user.meta.get("source"),
+            price_provider=lambda: provider.price_provider,
+        ))
+        return body
+
+    def _settle(self, turn: Turn | None) -> None:
+        """The request in flight is over: its answer's usage (``turn``) or nothing (None)."""
+        reservation, self.reservation = self.reservation, None
+        if reservation is not None:
+            if turn is None:
+                reservation.release()
+            else:
+                reservation.settle(turn)
+
     def feed(self, data: str) -> list[StreamContent]:
         return [ContentText(p) if kind == "text" else ContentThinking(p) for kind, p in self.answer.feed(data)]
 
@@ -1055,6 +1079,7 @@ class _Exchange:
             )
         requests, self.bad_args = self.answer.tool_requests()
         self.turns.append(self._reply(self.answer, requests, partial=False))
+        self._settle(self.turns[-1])
         self.answer = _Answer(self.chat.provider.redact)
         if not requests:
             return []
@@ -1140,10 +1165,15 @@ class _Exchange:
                 cancelled = isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc)
                 self._close_round("interrupted" if cancelled else f"{type(exc).__name__}: {exc}")
             if not self.answer.has_content and not self.turns:
+                self._settle(None)
                 self.chat._notify("abort")
                 return  # nothing arrived: leave history as it was
             # Calls not yet complete in a cut stream never ran: they are left out.
-            self.turns.append(self._reply(self.answer, [], partial=True, exc=exc))
+            partial = self._reply(self.answer, [], partial=True, exc=exc)
+            if isinstance(exc, BudgetExceeded):  # a later round refused: nothing was sent for it
+                partial.tokens, partial.cost = Tokens(0, 0, 0), 0.0
+            self.turns.append(partial)
+            self._settle(partial)
         # Filled in before listeners hear of it: they read the same exchange the caller will.
         result = result if result is not None else _Outcome()
         result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history

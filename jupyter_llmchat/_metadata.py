@@ -240,7 +240,8 @@ def validate_record(obj: Any) -> dict[str, Any]:
         try:
             clean["budget"] = Budget.from_dict(obj["budget"]).to_dict()
         except ValueError as exc:
-            raise RecordError(str(exc)) from None
+            # The rest is read: the reader refuses requests until a budget is set (DESIGN §6).
+            clean["budget_error"] = str(exc)
     usage = obj.get("usage", [])
     if not isinstance(usage, list) or len(usage) > MAX_USAGE_ROWS:
         raise RecordError("usage must be a list")
