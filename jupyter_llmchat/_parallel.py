@@ -20,6 +20,11 @@ exception. What happens to the other prompts is ``on_error``'s choice, as in ell
 - ``"stop"``: cancel what is in flight and raise ``ParallelChatError`` (``.results`` keeps what
   finished).
 
+Each request passes the spend guard (``_spend.spend_guard``: the notebook's ``%chat_budget``)
+as it starts, with the others' worst case held while they are in flight: a refused prompt fails
+on its own (``results.errors[i]`` is a ``BudgetExceeded``); a batch refused before anything was
+sent raises that refusal.
+
 Ctrl-C (KeyboardInterrupt, e.g. the notebook's interrupt button) cancels the requests in flight
 and *returns* what finished: the unfinished slots are None, ``results.interrupted`` is True and
 one line on stderr says so. Returning rather than raising keeps the finished (paid-for) answers
