@@ -1,6 +1,7 @@
-"""Spend: replay keys, the notebook's budget rule and the one-line footer under an answer.
+"""Spend: replay keys, the spend guard and its budget rule, and the one-line footer under an answer.
 
-Core module (no IPython): the magics, and later the panel and ``parallel_chat``, call these.
+Core module (no IPython): ``Chat`` passes the guard before each request; the notebook layer
+(``_bridge``) installs the budget on it; the magics use the replay keys and the footer.
 
 - ``request_hash`` keys an exchange by everything that decides the request: the prompt as sent
   (after ``{{ }}`` and ``--with``), the history before it, provider, model, system prompt and
