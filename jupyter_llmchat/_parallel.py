@@ -109,8 +109,7 @@ def parallel_chat(
         await copy.chat_async(*args, echo="none", **dict(kwargs or {}))
         return copy
 
-    results = _run("parallel_chat", chat, prompts, send, max_active, rpm, on_error, progress,
-                   kwargs)
+    results = _run("parallel_chat", chat, prompts, send, max_active, rpm, on_error, progress)
     out: ParallelResults[Chat | Exception | None] = ParallelResults(
         results, results.errors, results.interrupted
     )
@@ -135,8 +134,7 @@ def parallel_chat_text(
     async def send(copy: Chat, args: tuple[Any, ...]) -> str:
         return await copy.chat_async(*args, echo="none", **dict(kwargs or {}))
 
-    return _run("parallel_chat_text", chat, prompts, send, max_active, rpm, on_error, progress,
-                kwargs)
+    return _run("parallel_chat_text", chat, prompts, send, max_active, rpm, on_error, progress)
 
 
 def parallel_chat_structured(
@@ -159,7 +157,6 @@ def parallel_chat_structured(
 
     return _run(
         "parallel_chat_structured", chat, prompts, send, max_active, rpm, on_error, progress,
-        kwargs,
     )
 
 
@@ -175,7 +172,6 @@ def _run(
     rpm: int,
     on_error: str,
     progress: bool,
-    kwargs: Mapping[str, Any] | None = None,
 ) -> ParallelResults[R | None]:
     """Check the arguments, then run every request on a private loop in a private thread."""
     from ._chat import Chat
