@@ -111,6 +111,8 @@ class Bridge:
         #: one, every request is refused, and the record keeps the budget as it was written.
         self.unreadable_budget: str | None = None
         self._raw_budget: Any = None
+        #: Spend the front end has not been sent yet (answers of Chats that are no session).
+        self._usage_unsent = False
         # By the object (weakly): an id() is reused by the next Chat once this one is freed.
         self._watched: weakref.WeakSet[Chat] = weakref.WeakSet()
         #: Per session, what the front end holds; None: it must get the whole record next.
@@ -220,6 +222,13 @@ class Bridge:
         """Every answer of every Chat of the kernel (a tool round's too) is the notebook's spend."""
         self._delta.add(provider, turn)
         self.ledger.add(provider, turn)
+        self._usage_unsent = True
+
+    def after_cell(self) -> None:
+        """IPython's post_execute: spend that no session turn carried (a Chat of the user's,
+        ``parallel_chat``) goes into the record once per cell, not once per answer."""
+        if self._usage_unsent:
+            self.send()
 
     def _on_session(self, name: str, chat: Chat) -> None:
         if chat not in self._watched:
@@ -279,6 +288,7 @@ class Bridge:
         """Send the whole record (``set_metadata``), if it is one we would read back."""
         if not self._may_send():
             return
+        self._usage_unsent = False  # tried once: a record too large is not retried every cell
         record, synced = self._snapshot()
         try:
             validate_record(record)
@@ -330,6 +340,7 @@ class Bridge:
         if self._post(message):
             self._synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None)
             self._sent_chars += size
+            self._usage_unsent = False  # the message carries the whole ledger
 
     def replace_record(self) -> None:
         """Replace the notebook's record with the kernel's, on purpose (``%chat_reset --all``).
@@ -423,6 +434,9 @@ def start_bridge(shell: Any, magics: Any) -> Bridge:
     if bridge is None:
         bridge = bridges[shell] = Bridge(shell, magics)
         _sessions.on_session(bridge._on_session)
+        events = getattr(shell, "events", None)
+        if events is not None:
+            events.register("post_execute", bridge.after_cell)
         bridge.restore_from_file()
         bridge.open_comm()
     else:
