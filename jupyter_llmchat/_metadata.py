@@ -177,7 +177,10 @@ def _placeholder(c: Content) -> Content:
 
 
 def validate_record(obj: Any) -> dict[str, Any]:
-    """Check a record read from a notebook; return a clean copy, or raise ``RecordError``."""
+    """Check a record read from a notebook; return a clean copy, or raise ``RecordError``.
+
+    A budget it cannot read does not refuse the record: the copy says why in ``budget_error``
+    (and has no ``budget``), so the reader restores the rest and lifts no limit (DESIGN §6)."""
     if not isinstance(obj, dict):
         raise RecordError("the record is not an object")
     if obj.get("version") != SCHEMA_VERSION:
