@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._errors import (
         APIStatusError,
         AuthenticationError,
+        BudgetExceeded,
         ConfigurationError,
         LLMChatError,
         ParallelChatError,
@@ -63,6 +64,7 @@ __all__ = [
     "APIStatusError",
     "AsyncChatStream",
     "AuthenticationError",
+    "BudgetExceeded",
     "Chat",
     "ChatExchange",
     "ChatStream",
@@ -120,6 +122,7 @@ _LAZY = {
     "content_image_url": "_content",
     "APIStatusError": "_errors",
     "AuthenticationError": "_errors",
+    "BudgetExceeded": "_errors",
     "ConfigurationError": "_errors",
     "LLMChatError": "_errors",
     "ParallelChatError": "_errors",

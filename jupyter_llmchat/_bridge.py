@@ -34,6 +34,11 @@ answers made in this kernel. A hello whose usage extends ``base`` (an earlier ke
 spend, as in Restart Kernel and Run All) becomes the base; once a front end holds our totals, a
 hello that extends them replaces both. The kernel never waits for the front end: with no
 extension, the comm simply stays closed.
+
+The bridge is the notebook's ``SpendRule`` on the core's spend guard (``_spend.spend_guard``):
+every request of every Chat of the kernel is checked against its budget and its ledger, and
+every answer's usage lands in that ledger as it arrives. A budget the record holds but the
+kernel cannot read refuses every request until ``%chat_budget`` sets one (DESIGN §6).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from typing import Any
 
 from . import _sessions
 from ._chat import Chat, ChatExchange
+from ._errors import BudgetExceeded
 from ._metadata import (
     KEY,
     MAX_RECORD_CHARS,
@@ -61,7 +67,7 @@ from ._metadata import (
     turns_extend,
     validate_record,
 )
-from ._spend import Budget
+from ._spend import Budget, Spent, SpendRequest, check_request, spend_guard, unreadable_budget
 from ._turns import Turn
 
 __all__ = ["Bridge", "current_bridge", "replace_record", "start_bridge"]
@@ -101,6 +107,12 @@ class Bridge:
         self._usage_synced = False
         #: The notebook's spend limit (%chat_budget), kept in the record's "budget".
         self.budget = Budget()
+        #: Why the record's budget could not be read (None: it could): until %chat_budget sets
+        #: one, every request is refused, and the record keeps the budget as it was written.
+        self.unreadable_budget: str | None = None
+        self._raw_budget: Any = None
+        #: Spend the front end has not been sent yet (answers of Chats that are no session).
+        self._usage_unsent = False
         # By the object (weakly): an id() is reused by the next Chat once this one is freed.
         self._watched: weakref.WeakSet[Chat] = weakref.WeakSet()
         #: Per session, what the front end holds; None: it must get the whole record next.
@@ -168,8 +180,11 @@ class Bridge:
                 if s["system_prompt"] and not chat.system_prompt:
                     chat.system_prompt = s["system_prompt"]
         # A budget set in this kernel (say, by a cell of Run All before the hello) wins.
-        if "budget" in clean and (replace or not self.budget.active):
+        if "budget_error" in clean and (replace or not self.budget.active):
+            self._unreadable(clean["budget_error"], record.get("budget"))
+        elif "budget" in clean and (replace or not self.budget.active):
             self.budget = Budget.from_dict(clean["budget"])
+            self.unreadable_budget = self._raw_budget = None
         theirs = Ledger()
         theirs.load(clean["usage"])
         if replace:
@@ -181,6 +196,39 @@ class Bridge:
             # An earlier kernel's spend (Restart Kernel and Run All): ours comes on top of it.
             self._base = theirs
         self.ledger = Ledger.sum(self._base, self._delta)
+
+    # -- the budget: installed on the spend guard every request of the kernel passes ------------
+
+    def _unreadable(self, reason: str, raw: Any) -> None:
+        """Never lift a budget silently (DESIGN §6): refuse every request until one is set."""
+        if self.unreadable_budget is None:
+            warnings.warn("jupyter_llmchat: " + unreadable_budget(reason), UserWarning, stacklevel=5)
+        self.budget = Budget()
+        self.unreadable_budget, self._raw_budget = reason, raw
+
+    def set_budget(self, budget: Budget) -> None:
+        """``%chat_budget``: the notebook's budget from now on (also one the record held unread)."""
+        self.budget = budget
+        self.unreadable_budget = self._raw_budget = None
+        self.send()
+
+    def check_spend(self, request: SpendRequest, held: Spent) -> Spent:
+        """The ``SpendRule`` of the notebook: its budget against its whole ledger."""
+        if self.unreadable_budget is not None:
+            raise BudgetExceeded(unreadable_budget(self.unreadable_budget))
+        return check_request(self.budget, Spent.of(self.ledger.total()), request, held=held)
+
+    def add_spend(self, provider: str, turn: Turn) -> None:
+        """Every answer of every Chat of the kernel (a tool round's too) is the notebook's spend."""
+        self._delta.add(provider, turn)
+        self.ledger.add(provider, turn)
+        self._usage_unsent = True
+
+    def after_cell(self) -> None:
+        """IPython's post_execute: spend that no session turn carried (a Chat of the user's,
+        ``parallel_chat``) goes into the record once per cell, not once per answer."""
+        if self._usage_unsent:
+            self.send()
 
     def _on_session(self, name: str, chat: Chat) -> None:
         if chat not in self._watched:
@@ -194,12 +242,7 @@ class Bridge:
     def _on_change(self, chat: Chat, event: str, exchange: ChatExchange | None = None) -> None:
         if event not in ("turn", "reset", "set"):
             return
-        if event == "turn":
-            # Every request of the exchange was paid for: the tool rounds' answers too.
-            for t in exchange.turns if exchange is not None else []:
-                if t.role == "assistant":
-                    self._delta.add(chat.provider.name, t)
-                    self.ledger.add(chat.provider.name, t)
+        if event == "turn":  # its spend came in as it arrived (add_spend)
             self.send_update(chat)
             return
         self._synced = None
@@ -212,6 +255,8 @@ class Bridge:
         record: dict[str, Any] = {"version": SCHEMA_VERSION, "sessions": {}, "usage": self.ledger.to_list()}
         if self.budget.active:
             record["budget"] = self.budget.to_dict()
+        elif self.unreadable_budget is not None:  # kept as written until %chat_budget replaces it
+            record["budget"] = self._raw_budget
         synced: dict[str, _Synced] = {}
         for name, chat in _sessions.sessions().items():
             turns = chat.get_turns()
@@ -243,6 +288,7 @@ class Bridge:
         """Send the whole record (``set_metadata``), if it is one we would read back."""
         if not self._may_send():
             return
+        self._usage_unsent = False  # tried once: a record too large is not retried every cell
         record, synced = self._snapshot()
         try:
             validate_record(record)
@@ -294,6 +340,7 @@ class Bridge:
         if self._post(message):
             self._synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None)
             self._sent_chars += size
+            self._usage_unsent = False  # the message carries the whole ledger
 
     def replace_record(self) -> None:
         """Replace the notebook's record with the kernel's, on purpose (``%chat_reset --all``).
@@ -387,10 +434,14 @@ def start_bridge(shell: Any, magics: Any) -> Bridge:
     if bridge is None:
         bridge = bridges[shell] = Bridge(shell, magics)
         _sessions.on_session(bridge._on_session)
+        events = getattr(shell, "events", None)
+        if events is not None:
+            events.register("post_execute", bridge.after_cell)
         bridge.restore_from_file()
         bridge.open_comm()
     else:
         bridge.magics = magics
+    spend_guard.install(bridge)  # the notebook's budget holds for every request of the kernel
     return bridge
 
 

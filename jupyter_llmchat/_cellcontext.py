@@ -13,12 +13,11 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ._context import Attachment, ErrorContext, error_context, summarize
-from ._spend import Budget, BudgetExceeded, Spent, budget_lines, check_request
+from ._spend import Budget, Spent, budget_lines, input_estimate, message_text
 from ._turns import Turn
 
 __all__ = [
     "attachments",
-    "check_spend",
     "dry_run_text",
     "get_budget",
     "last_error",
@@ -57,17 +56,6 @@ def show_line(shell: Any, text: str) -> None:
 
     show: Any = display  # IPython is untyped
     show({"text/plain": text}, raw=True)
-
-
-def message_text(turns: Sequence[Turn]) -> int:
-    return sum(len(t.text) for t in turns)
-
-
-def input_estimate(system_prompt: str | None, history: Sequence[Turn], text: str) -> int:
-    """Tokens the request will carry, estimated (chars / 4) before anything is sent."""
-    chars = len(system_prompt or "") + message_text(history) + len(text)
-    # A few tokens per message for the chat template's role markers.
-    return -(-chars // 4) + 4 * (len(history) + 2)
 
 
 def dry_run_text(
@@ -140,8 +128,7 @@ def set_budget(budget: Budget) -> None:
     bridge = _bridge()
     if bridge is None:
         raise UsageError("%chat_budget needs the extension loaded: %load_ext jupyter_llmchat")
-    bridge.budget = budget
-    bridge.send()
+    bridge.set_budget(budget)
     widget = sys.modules.get("jupyter_llmchat._widget")
     if widget is not None:  # open panels show the budget in their status line
         widget.refresh_panels()
@@ -157,17 +144,11 @@ def spent() -> Spent:
     return Spent.of(process_ledger().total())
 
 
+def has_budget() -> bool:
+    """A budget is set, or the record holds one the kernel could not read (it still holds)."""
+    return get_budget().active or getattr(_bridge(), "unreadable_budget", None) is not None
+
+
 def budget_report() -> list[str]:
-    return budget_lines(get_budget(), spent())
-
-
-def check_spend(chat: Any, model: str | None, input_tokens: int, max_tokens: int | None) -> None:
-    """Refuse (UsageError) before sending when this request may pass the notebook's budget."""
-    budget = get_budget()
-    if not budget.active:
-        return
-    try:
-        check_request(budget, spent(), price_provider=chat.provider.price_provider, model=model,
-                      input_tokens=input_tokens, max_tokens=max_tokens)
-    except BudgetExceeded as exc:
-        raise UsageError(str(exc)) from None
+    bridge = _bridge()
+    return budget_lines(get_budget(), spent(), getattr(bridge, "unreadable_budget", None))

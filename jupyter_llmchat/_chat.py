@@ -45,7 +45,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from contextlib import aclosing, closing
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from ._errors import APIStatusError, ConfigurationError, StreamError
+from ._errors import APIStatusError, BudgetExceeded, ConfigurationError, StreamError
 from ._provider import OpenAICompatible, credentials_from, refuses_json_schema, safe_url
 from ._tools import (
     MAX_TOOL_RESULT_CHARS, Tool, ToolError, bad_arguments, tool_result_text, unknown_tool,
@@ -61,7 +61,8 @@ from ._turns import (
     Turn,
     check_tool_pairs,
 )
-from ._usage import UsageRow, cost_of, record_usage, warm_up_prices
+from ._spend import Reservation, SpendRequest, body_estimate, spend_guard
+from ._usage import UsageRow, cost_of, warm_up_prices
 
 __all__ = ["AsyncChatStream", "Chat", "ChatExchange", "ChatStream", "Echo", "StreamContent"]
 
@@ -669,7 +670,7 @@ class Chat:
             self._notify("start")
             try:
                 while True:
-                    with self.provider.stream(ex.body()) as chunks:
+                    with self.provider.stream(ex.request()) as chunks:
                         for data in chunks:
                             yield from ex.feed(data)
                     requests = ex.end_round()
@@ -698,7 +699,7 @@ class Chat:
             self._notify("start")
             try:
                 while True:
-                    async with self.provider.astream(ex.body()) as chunks:
+                    async with self.provider.astream(ex.request()) as chunks:
                         async for data in chunks:
                             for item in ex.feed(data):
                                 yield item
@@ -716,10 +717,9 @@ class Chat:
 
     def _record(self, user: Turn, turns: list[Turn], history: bool, replace_from: int | None,
                 exchange: ChatExchange) -> None:
-        """Put one exchange into the history (unless ``history=False``) and tell listeners."""
-        for t in turns:
-            if t.role == "assistant":
-                record_usage(self.provider.name, t.model or "unknown", t.tokens or Tokens(), t.cost)
+        """Put one exchange into the history (unless ``history=False``) and tell listeners.
+
+        Its spend is already in the ledgers: each answer settled its request (``_Exchange``)."""
         if history:
             if replace_from is not None:
                 del self._turns[replace_from:]
@@ -1124,6 +1124,8 @@ class _Exchange:
         self.bad_args: dict[str, str] = {}
         #: The last turn already ends the exchange (a partial answer): close() adds none.
         self.ended = False
+        #: The request in flight's pass of the spend guard, until its answer settles it.
+        self.reservation: Reservation | None = None
 
     def _meta(self) -> dict[str, Any]:
         return {k: v for k, v in self.user.meta.items() if k in ("cell_id", "source")}
@@ -1138,6 +1140,28 @@ class _Exchange:
         for t in self.turns:
             messages.extend(_wire(t, self.chat.max_tool_result_chars))
         return {**self._body, "messages": messages}
+
+    def request(self) -> dict[str, Any]:
+        """The next request's body, once it passed the spend guard (every round does, with the
+        model resolved: ``_prepare`` set it); raises ``BudgetExceeded`` and sends nothing."""
+        body = self.body()
+        provider = self.chat.provider
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        self.reservation = spend_guard.reserve(SpendRequest(
+            provider.name, body.get("model"), body_estimate(body.get("messages") or []),
+            max_tokens if isinstance(max_tokens, int) else None, self.user.meta.get("source"),
+            price_provider=lambda: provider.price_provider,
+        ))
+        return body
+
+    def _settle(self, turn: Turn | None) -> None:
+        """The request in flight is over: its answer's usage (``turn``) or nothing (None)."""
+        reservation, self.reservation = self.reservation, None
+        if reservation is not None:
+            if turn is None:
+                reservation.release()
+            else:
+                reservation.settle(turn)
 
     def feed(self, data: str) -> list[StreamContent]:
         return [ContentText(p) if kind == "text" else ContentThinking(p) for kind, p in self.answer.feed(data)]
@@ -1155,6 +1179,7 @@ class _Exchange:
             self._end_cut_off()
         requests, self.bad_args = self.answer.tool_requests()
         self.turns.append(self._reply(self.answer, requests, partial=False))
+        self._settle(self.turns[-1])
         self.answer = _Answer(self.chat.provider.redact)
         if not requests:
             return []
@@ -1171,6 +1196,7 @@ class _Exchange:
         """The answer ran out of ``max_tokens`` inside a tool call: its calls are incomplete, and
         asking again would be cut the same way. End on it now, a partial answer without them."""
         self.turns.append(self._reply(self.answer, [], partial=True))
+        self._settle(self.turns[-1])
         self.ended = True
         raise ToolError(
             "the model's tool call was cut off by max_tokens (finish_reason \"length\"); "
@@ -1252,15 +1278,18 @@ class _Exchange:
                 cancelled = isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _is_cancel(exc)
                 self._close_round("interrupted" if cancelled else f"{type(exc).__name__}: {exc}")
             if not self.answer.has_content and not self.turns:
+                self._settle(None)
                 self.chat._notify("abort")
                 return  # nothing arrived: leave history as it was
             # Calls not yet complete in a cut stream never ran: they are left out.
             end = self._reply(self.answer, [], partial=True, exc=exc)
-            if between:
-                # This turn only closes the history; no server answered it, so it cost nothing
-                # (unknown tokens would make the exchange's known totals unknown).
+            if between or isinstance(exc, BudgetExceeded):
+                # This turn only closes the history (between rounds, or a later round the spend
+                # guard refused); no server answered it, so it cost nothing (unknown tokens would
+                # make the exchange's known totals unknown).
                 end.tokens, end.cost = Tokens(0, 0, 0), 0.0
             self.turns.append(end)
+            self._settle(end)
         # Filled in before listeners hear of it: they read the same exchange the caller will.
         result = result if result is not None else _Outcome()
         result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history

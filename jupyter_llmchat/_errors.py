@@ -10,6 +10,7 @@ One tree, one root::
     │   ├── RateLimitError        429
     │   └── ServerError           5xx
     ├── StreamError               the answer's stream broke or could not be decoded
+    ├── BudgetExceeded            the notebook's budget refused a request before it was sent
     └── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
@@ -22,6 +23,7 @@ from typing import Any
 __all__ = [
     "APIStatusError",
     "AuthenticationError",
+    "BudgetExceeded",
     "ConfigurationError",
     "LLMChatError",
     "ParallelChatError",
@@ -95,6 +97,15 @@ class StreamError(LLMChatError):
     """The streamed answer was cut, malformed, or reported an error mid-stream."""
 
     hint = "the answer so far is kept and marked partial"
+
+
+class BudgetExceeded(LLMChatError):
+    """The spend guard refused a request before anything was sent (``%chat_budget``).
+
+    Raised by whatever sent it (a cell, the panel, ``parallel_chat``, a ``Chat`` of the user's);
+    the message names the budget, what is left and how to raise it."""
+
+    hint = "%chat_budget shows the budget and what is left"
 
 
 class ParallelChatError(LLMChatError):

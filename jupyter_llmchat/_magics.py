@@ -28,7 +28,7 @@ from traitlets import TraitError
 
 from . import _context, _sessions, _spend
 from ._chat import ChatBusyError
-from ._errors import AuthenticationError, ConfigurationError, LLMChatError
+from ._errors import AuthenticationError, BudgetExceeded, ConfigurationError, LLMChatError
 
 __all__ = ["ChatMagics", "load", "unload"]
 
@@ -300,8 +300,6 @@ class ChatMagics(Magics):
                 self._note_run(cell_id, run_id, end)
                 return self._replay(display, chat, args, fmt, found)
         past = [] if args.no_history else chat.get_turns()[:rerun]
-        ctx.check_spend(chat, key["model"], ctx.input_estimate(chat.system_prompt, past, text),
-                        key["params"].get("max_tokens"))
         meta = {"cell_id": cell_id, "source": "cell",
                 "request_hash": _spend.request_hash(text, past, **key)}
         # Until this answer is in, a second %chat line of this execution goes to the end.
@@ -320,6 +318,11 @@ class ChatMagics(Magics):
             stream.close()
             self._finish(display, chat, args, fmt, stream, note="interrupted: partial answer kept")
             raise
+        except BudgetExceeded as exc:  # the spend guard refused a request (a later tool round too)
+            if stream.turns:
+                self._finish(display, chat, args, fmt, stream, broken=True)
+            kept = "; the exchange so far is kept, marked partial" if stream.turns else ""
+            raise UsageError(exc.message + kept) from None
         except LLMChatError as exc:
             # Anything recorded (text, or tool rounds past max_tool_rounds) gets the final
             # bundle, its metadata and footer: the output is finished, the error below it.
@@ -497,7 +500,7 @@ class ChatMagics(Magics):
             spend = bridge.ledger.to_list() if bridge is not None else token_usage()
         from . import _cellcontext as ctx
 
-        if ctx.get_budget().active:
+        if ctx.has_budget():
             ctx.show_line(self.shell, "\n".join(ctx.budget_report()))
         return UsageReport({n: _sessions.session(n) for n in names}, turns=args.turns, spend=spend)
 
@@ -608,21 +611,24 @@ class ChatMagics(Magics):
     def chat_budget(self, line: str) -> None:
         """The notebook's spend limit, kept in its record; shows what is spent and left.
 
-        A %%chat or %chat_fix whose worst case (input estimate + max_tokens at the known price)
-        would pass it is refused before anything is sent. %chat_budget alone shows it.
+        Every request of this kernel (a %%chat cell and each of its tool rounds, %chat_fix, the
+        chat panel, session().chat(), parallel_chat, a Chat you made) whose worst case (input
+        estimate + max_tokens at the known price, with the requests in flight) would pass it is
+        refused before anything is sent. %chat_budget alone shows it.
         """
         import math
 
         from . import _cellcontext as ctx
-        from ._spend import Budget
+        from ._spend import MAX_BUDGET_TOKENS, MAX_BUDGET_USD, Budget
 
         args = _parse_options(self.chat_budget, line)
         if args.off and (args.usd is not None or args.tokens is not None):
             raise UsageError("%chat_budget --off takes no amount")
-        if args.usd is not None and (not math.isfinite(args.usd) or args.usd < 0):
-            raise UsageError("the budget must be a non-negative amount in USD, e.g. %chat_budget 0.50")
-        if args.tokens is not None and args.tokens < 0:
-            raise UsageError("--tokens must be a non-negative number")
+        if args.usd is not None and (not math.isfinite(args.usd) or not 0 <= args.usd <= MAX_BUDGET_USD):
+            raise UsageError(f"the budget must be an amount in USD from 0 to {MAX_BUDGET_USD:,.0f}, "
+                             "e.g. %chat_budget 0.50")
+        if args.tokens is not None and not 0 <= args.tokens <= MAX_BUDGET_TOKENS:
+            raise UsageError(f"--tokens must be a number from 0 to {MAX_BUDGET_TOKENS:,}")
         if args.off:
             ctx.set_budget(Budget())
         elif args.usd is not None or args.tokens is not None:

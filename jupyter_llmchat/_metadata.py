@@ -177,7 +177,10 @@ def _placeholder(c: Content) -> Content:
 
 
 def validate_record(obj: Any) -> dict[str, Any]:
-    """Check a record read from a notebook; return a clean copy, or raise ``RecordError``."""
+    """Check a record read from a notebook; return a clean copy, or raise ``RecordError``.
+
+    A budget it cannot read does not refuse the record: the copy says why in ``budget_error``
+    (and has no ``budget``), so the reader restores the rest and lifts no limit (DESIGN §6)."""
     if not isinstance(obj, dict):
         raise RecordError("the record is not an object")
     if obj.get("version") != SCHEMA_VERSION:
@@ -240,7 +243,8 @@ def validate_record(obj: Any) -> dict[str, Any]:
         try:
             clean["budget"] = Budget.from_dict(obj["budget"]).to_dict()
         except ValueError as exc:
-            raise RecordError(str(exc)) from None
+            # The rest is read: the reader refuses requests until a budget is set (DESIGN §6).
+            clean["budget_error"] = str(exc)
     usage = obj.get("usage", [])
     if not isinstance(usage, list) or len(usage) > MAX_USAGE_ROWS:
         raise RecordError("usage must be a list")

@@ -20,6 +20,11 @@ exception. What happens to the other prompts is ``on_error``'s choice, as in ell
 - ``"stop"``: cancel what is in flight and raise ``ParallelChatError`` (``.results`` keeps what
   finished).
 
+Each request passes the spend guard (``_spend.spend_guard``: the notebook's ``%chat_budget``)
+as it starts, with the others' worst case held while they are in flight: a refused prompt fails
+on its own (``results.errors[i]`` is a ``BudgetExceeded``); a batch refused before anything was
+sent raises that refusal.
+
 Ctrl-C (KeyboardInterrupt, e.g. the notebook's interrupt button) cancels the requests in flight
 and *returns* what finished: the unfinished slots are None, ``results.interrupted`` is True and
 one line on stderr says so. Returning rather than raising keeps the finished (paid-for) answers
@@ -40,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from ._errors import ConfigurationError, LLMChatError, ParallelChatError
+from ._errors import BudgetExceeded, ConfigurationError, ParallelChatError
 from ._usage import UsageRow, format_row_cost
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,8 +109,7 @@ def parallel_chat(
         await copy.chat_async(*args, echo="none", **dict(kwargs or {}))
         return copy
 
-    results = _run("parallel_chat", chat, prompts, send, max_active, rpm, on_error, progress,
-                   kwargs)
+    results = _run("parallel_chat", chat, prompts, send, max_active, rpm, on_error, progress)
     out: ParallelResults[Chat | Exception | None] = ParallelResults(
         results, results.errors, results.interrupted
     )
@@ -130,8 +134,7 @@ def parallel_chat_text(
     async def send(copy: Chat, args: tuple[Any, ...]) -> str:
         return await copy.chat_async(*args, echo="none", **dict(kwargs or {}))
 
-    return _run("parallel_chat_text", chat, prompts, send, max_active, rpm, on_error, progress,
-                kwargs)
+    return _run("parallel_chat_text", chat, prompts, send, max_active, rpm, on_error, progress)
 
 
 def parallel_chat_structured(
@@ -154,7 +157,6 @@ def parallel_chat_structured(
 
     return _run(
         "parallel_chat_structured", chat, prompts, send, max_active, rpm, on_error, progress,
-        kwargs,
     )
 
 
@@ -170,7 +172,6 @@ def _run(
     rpm: int,
     on_error: str,
     progress: bool,
-    kwargs: Mapping[str, Any] | None = None,
 ) -> ParallelResults[R | None]:
     """Check the arguments, then run every request on a private loop in a private thread."""
     from ._chat import Chat
@@ -191,7 +192,6 @@ def _run(
     template = chat.copy()
     template.get_model()
     template.provider.close()
-    _check_budget(label, template, args, kwargs)
 
     state = _State(len(args), len(template.get_turns()), template.provider.free)
     batch = _Batch(template, args, send, max_active, float(rpm), on_error, state)
@@ -206,6 +206,16 @@ def _run(
     results: ParallelResults[R | None] = ParallelResults(
         batch.results, batch.errors, outcome.interrupted
     )
+    refused = [e for e in batch.errors.values() if isinstance(e, BudgetExceeded)]
+    if refused and len(refused) == len(batch.errors) and state.done == 0 and not outcome.interrupted:
+        # The budget (every request passes the spend guard) refused the batch before anything
+        # was sent: nothing to return, so the refusal is the answer.
+        first = min(batch.errors)
+        why = batch.errors[first]
+        raise BudgetExceeded(
+            f"{label}: prompt {first + 1} of {len(args)} refused, nothing sent: "
+            + (why.message if isinstance(why, BudgetExceeded) else str(why))
+        ) from None
     if on_error == "stop" and batch.errors and not outcome.interrupted:
         first = min(batch.errors)
         exc = batch.errors[first]
@@ -215,50 +225,6 @@ def _run(
             errors=batch.errors,
         ) from exc
     return results
-
-
-def _check_budget(
-    label: str, template: Chat, args: list[tuple[Any, ...]], kwargs: Mapping[str, Any] | None
-) -> None:
-    """Refuse the whole batch, before any request, if its worst case may pass the budget.
-
-    The budget is the notebook's (``%chat_budget``), kept by the kernel's bridge: only where
-    that is loaded is there one. The worst case is every prompt's input estimate (system prompt,
-    history, prompt) plus ``max_tokens`` out (or the default worst case) for each.
-    """
-    bridge_mod = sys.modules.get("jupyter_llmchat._bridge")
-    bridge = bridge_mod.current_bridge() if bridge_mod is not None else None
-    budget = getattr(bridge, "budget", None)
-    from ._spend import DEFAULT_WORST_OUTPUT, Budget, BudgetExceeded, Spent, check_request
-
-    if not isinstance(budget, Budget) or not budget.active:
-        return
-    assert bridge is not None
-    history = sum(len(t.text) for t in template.get_turns()) + len(template.system_prompt or "")
-    n_history = len(template.get_turns())
-    input_tokens = 0
-    for a in args:
-        chars = history + sum(len(p) if isinstance(p, str) else 0 for p in a)
-        images = sum(1 for p in a if not isinstance(p, str))
-        # chars / 4, a few tokens per message, and a generous guess per image.
-        input_tokens += -(-chars // 4) + 4 * (n_history + 2) + 1000 * images
-    params = dict(template.provider.params)
-    extra = (kwargs or {}).get("params")
-    if isinstance(extra, Mapping):
-        params.update(extra)
-    per_prompt = params.get("max_tokens")
-    out = (per_prompt if isinstance(per_prompt, int) else DEFAULT_WORST_OUTPUT) * len(args)
-    try:
-        check_request(
-            budget, Spent.from_rows(bridge.ledger.to_list()),
-            price_provider=template.provider.price_provider, model=template.provider.model,
-            input_tokens=input_tokens, max_tokens=out,
-        )
-    except BudgetExceeded as exc:
-        raise LLMChatError(
-            f"{label}: {len(args)} prompts refused, nothing sent: {exc}",
-            hint="%chat_budget shows the budget and what is left",
-        ) from None
 
 
 def _prompt_args(label: str, prompts: Iterable[Any]) -> list[tuple[Any, ...]]:

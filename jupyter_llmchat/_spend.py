@@ -1,6 +1,7 @@
-"""Spend: replay keys, the notebook's budget rule and the one-line footer under an answer.
+"""Spend: replay keys, the spend guard and its budget rule, and the one-line footer under an answer.
 
-Core module (no IPython): the magics, and later the panel and ``parallel_chat``, call these.
+Core module (no IPython): ``Chat`` passes the guard before each request; the notebook layer
+(``_bridge``) installs the budget on it; the magics use the replay keys and the footer.
 
 - ``request_hash`` keys an exchange by everything that decides the request: the prompt as sent
   (after ``{{ }}`` and ``--with``), the history before it, provider, model, system prompt and
@@ -9,6 +10,13 @@ Core module (no IPython): the magics, and later the panel and ``parallel_chat``,
 - ``check_budget`` is the whole budget rule: refuse before anything is sent when the spend is
   already at the budget, or when this request's worst case (input estimate + max_tokens at the
   known price) would pass it.
+- ``spend_guard`` is the process's one spend guard: every request of every ``Chat`` (each round
+  of a tool exchange too) passes ``spend_guard.reserve`` before it is sent, with its model
+  resolved and its worst case estimated by ``body_estimate`` (the formula ``--dry-run`` shows).
+  The notebook layer installs its budget on it (a ``SpendRule``); without one nothing is
+  refused. The guard holds the worst case of the requests in flight, so two at once cannot pass
+  the budget together, and settles each when its answer's usage arrives (that feeds the process
+  ledger and the rule's), or releases it when nothing arrived.
 """
 
 from __future__ import annotations
@@ -16,27 +24,42 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from ._errors import BudgetExceeded
 from ._turns import Tokens, Turn
-from ._usage import UsageRow, format_cost, format_limit, format_row_cost
+from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cost, record_usage
 
 __all__ = [
     "Budget",
     "BudgetExceeded",
+    "SpendGuard",
+    "SpendRequest",
+    "SpendRule",
     "Spent",
+    "body_estimate",
     "check_budget",
     "check_request",
     "find_replay",
     "footer",
+    "input_estimate",
     "request_hash",
+    "spend_guard",
+    "unreadable_budget",
 ]
 
 HASH_KEY = "request_hash"
 #: Output tokens assumed for the worst case when neither the cell nor the session sets max_tokens.
 DEFAULT_WORST_OUTPUT = 4096
+#: The largest budget ``%chat_budget`` and the record take: past it a typo, not a limit.
+MAX_BUDGET_USD = 1_000_000.0
+MAX_BUDGET_TOKENS = 10**12
+#: Tokens counted for an image part of a request: its real count depends on its size and the
+#: model (OpenAI's run from 85 to about 1,100), and the worst case must not be far below it.
+IMAGE_TOKENS = 1000
 
 
 def _history_item(t: Turn) -> list[str]:
@@ -127,10 +150,11 @@ class Budget:
             raise ValueError("budget must be an object")
         usd, tokens = d.get("usd"), d.get("tokens")
         if usd is not None and (isinstance(usd, bool) or not isinstance(usd, (int, float))
-                                or not math.isfinite(usd) or usd < 0):
-            raise ValueError("budget.usd must be a non-negative number or null")
-        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
-            raise ValueError("budget.tokens must be a non-negative integer or null")
+                                or not math.isfinite(usd) or not 0 <= usd <= MAX_BUDGET_USD):
+            raise ValueError(f"budget.usd must be a number from 0 to {MAX_BUDGET_USD:,.0f}, or null")
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)
+                                   or not 0 <= tokens <= MAX_BUDGET_TOKENS):
+            raise ValueError(f"budget.tokens must be an integer from 0 to {MAX_BUDGET_TOKENS:,}, or null")
         return cls(None if usd is None else float(usd), tokens)
 
 
@@ -141,6 +165,9 @@ class Spent:
     usd: float = 0.0
     tokens: int = 0
     unknown_cost: int = 0  # answers whose cost is unknown (not counted in usd)
+
+    def __add__(self, other: Spent) -> Spent:
+        return Spent(self.usd + other.usd, self.tokens + other.tokens, self.unknown_cost + other.unknown_cost)
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]]) -> Spent:
@@ -156,8 +183,13 @@ class Spent:
         return cls(total.cost or 0.0, (total.input or 0) + (total.output or 0), total.unknown_cost)
 
 
-class BudgetExceeded(Exception):
-    """Not an error of the chat: the caller turns it into its own refusal (UsageError, ...)."""
+#: How to ask for less output, in the terms of the surface that asked: a cell has an option for
+#: it; the panel, ``parallel_chat`` and a Python ``Chat`` take the session's or the Chat's params.
+LOWER_IN_CELL = "or lower --max-tokens"
+LOWER_IN_SESSION = (
+    "or lower max_tokens: %config ChatMagics.params = {'max_tokens': N} for the notebook's "
+    "sessions, params(max_tokens=N) for a Chat"
+)
 
 
 def check_budget(
@@ -168,71 +200,229 @@ def check_budget(
     max_tokens: int | None,
     worst_usd: float | None,
     how_to_raise: str = "%chat_budget USD",
+    lower: str = LOWER_IN_CELL,
+    held: Spent = Spent(),
 ) -> None:
     """Raise ``BudgetExceeded`` if this request may pass the budget; return otherwise.
 
     ``worst_usd`` is the cost of ``input_tokens`` in and ``max_tokens`` out at the known price,
     or None when the price is unknown (then only a token budget can refuse on the worst case).
+    ``held`` is the worst case of the requests in flight, counted as spent until they settle.
     """
     if not budget.active:
         return
     out = max_tokens if max_tokens is not None else DEFAULT_WORST_OUTPUT
     worst_tokens = input_tokens + out
+    total = spent + held
     if budget.usd is not None:
-        if spent.usd >= budget.usd:
+        in_flight = f" (+{format_cost(held.usd)} held by requests in flight)" if held.usd else ""
+        if total.usd >= budget.usd:
             raise BudgetExceeded(
-                f"budget reached: {format_cost(spent.usd)} spent of {format_limit(budget.usd)}; nothing sent "
-                f"(raise it with {how_to_raise}, or turn it off with %chat_budget --off)"
+                f"budget reached: {format_cost(spent.usd)} spent{in_flight} of {format_limit(budget.usd)}; "
+                f"nothing sent (raise it with {how_to_raise}, or turn it off with %chat_budget --off)"
             )
-        if worst_usd is not None and spent.usd + worst_usd > budget.usd:
+        if worst_usd is not None and total.usd + worst_usd > budget.usd:
             raise BudgetExceeded(
                 f"this request could cost up to {format_cost(worst_usd)} ({input_tokens:,} tokens in, "
                 f"up to {out:,} out) and pass the budget of {format_limit(budget.usd)} "
-                f"({format_cost(budget.usd - spent.usd)} left); nothing sent (raise it with {how_to_raise}, "
-                "or lower --max-tokens)"
+                f"({format_cost(budget.usd - total.usd)} left{in_flight}); nothing sent (raise it with "
+                f"{how_to_raise}, {lower})"
             )
     if budget.tokens is not None:
-        if spent.tokens >= budget.tokens:
+        in_flight = f" (+{held.tokens:,} held by requests in flight)" if held.tokens else ""
+        if total.tokens >= budget.tokens:
             raise BudgetExceeded(
-                f"token budget reached: {spent.tokens:,} of {budget.tokens:,} tokens used; nothing "
-                "sent (raise it with %chat_budget --tokens N, or turn it off with %chat_budget --off)"
+                f"token budget reached: {spent.tokens:,}{in_flight} of {budget.tokens:,} tokens used; "
+                "nothing sent (raise it with %chat_budget --tokens N, or turn it off with %chat_budget --off)"
             )
-        if spent.tokens + worst_tokens > budget.tokens:
+        if total.tokens + worst_tokens > budget.tokens:
             raise BudgetExceeded(
                 f"this request could use up to {worst_tokens:,} tokens ({input_tokens:,} in, up to "
                 f"{out:,} out) and pass the token budget of {budget.tokens:,} "
-                f"({budget.tokens - spent.tokens:,} left); nothing sent (raise it with "
-                "%chat_budget --tokens N, or lower --max-tokens)"
+                f"({budget.tokens - total.tokens:,} left{in_flight}); nothing sent (raise it with "
+                f"%chat_budget --tokens N, {lower})"
             )
 
 
 def check_request(
     budget: Budget,
     spent: Spent,
+    request: SpendRequest,
     *,
-    price_provider: str | None,
-    model: str | None,
-    input_tokens: int,
-    max_tokens: int | None,
+    held: Spent = Spent(),
     how_to_raise: str = "%chat_budget USD",
-) -> None:
-    """``check_budget`` for one request to a provider: its worst case priced with genai-prices.
-
-    For every sender (a ``%%chat`` cell, ``%chat_fix``, the panel, ``parallel_chat``): call it
-    before anything is sent; it raises ``BudgetExceeded`` with the message to show.
-    """
+) -> Spent:
+    """``check_budget`` for one request: its worst case priced with genai-prices (only when a
+    USD budget needs it). Returns that worst case, for the guard to hold while it is in flight."""
     if not budget.active:
-        return
-    from ._usage import cost_of
+        return Spent()
+    worst = request.worst_usd() if budget.usd is not None else None
+    check_budget(budget, spent, input_tokens=request.input_tokens, max_tokens=request.max_tokens,
+                 worst_usd=worst, how_to_raise=how_to_raise, held=held,
+                 lower=LOWER_IN_CELL if request.source == "cell" else LOWER_IN_SESSION)
+    return Spent(worst or 0.0, request.worst_tokens)
 
-    out = max_tokens if max_tokens is not None else DEFAULT_WORST_OUTPUT
-    worst = cost_of(price_provider, model, Tokens(input_tokens, out, 0)) if model else None
-    check_budget(budget, spent, input_tokens=input_tokens, max_tokens=max_tokens, worst_usd=worst,
-                 how_to_raise=how_to_raise)
+
+# -- the spend guard: every request of the process passes it -----------------------------------
 
 
-def budget_lines(budget: Budget, spent: Spent) -> list[str]:
+def estimate_tokens(chars: int, messages: int) -> int:
+    """The one token estimate: characters / 4, and a few tokens per message for the chat
+    template's role markers (``messages`` counts the system prompt's place, set or not)."""
+    return -(-chars // 4) + 4 * messages
+
+
+def message_text(turns: Sequence[Turn]) -> int:
+    return sum(len(t.text) for t in turns)
+
+
+def input_estimate(system_prompt: str | None, history: Sequence[Turn], text: str) -> int:
+    """Tokens a request will carry, estimated before anything is sent (what ``--dry-run`` shows)."""
+    chars = len(system_prompt or "") + message_text(history) + len(text)
+    return estimate_tokens(chars, len(history) + 2)
+
+
+def body_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
+    """``input_estimate`` of a request body's messages, as the guard counts them: every text
+    sent (tool calls' arguments and tool results too) and ``IMAGE_TOKENS`` per image."""
+    chars, count, images = 0, 1, 0  # 1: the system prompt's place, as input_estimate counts it
+    for m in messages:
+        if m.get("role") != "system":
+            count += 1
+        content = m.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, Mapping) and part.get("type") == "image_url":
+                    images += 1
+                elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") or {} if isinstance(call, Mapping) else {}
+            chars += len(str(fn.get("name") or "")) + len(str(fn.get("arguments") or ""))
+    return estimate_tokens(chars, count) + IMAGE_TOKENS * images
+
+
+@dataclass(frozen=True)
+class SpendRequest:
+    """What the guard sees of one request before it is sent: its worst case."""
+
+    provider: str
+    model: str | None
+    input_tokens: int
+    max_tokens: int | None
+    #: Who asked: "cell", "panel", or None (Python: ``session().chat()``, ``parallel_chat``, ...).
+    source: str | None = None
+    #: The genai-prices provider id, asked only when a USD budget needs a price (it loads the table).
+    price_provider: Callable[[], str | None] = field(default=lambda: None, compare=False)
+
+    @property
+    def worst_tokens(self) -> int:
+        return self.input_tokens + (self.max_tokens if self.max_tokens is not None else DEFAULT_WORST_OUTPUT)
+
+    def worst_usd(self) -> float | None:
+        out = self.max_tokens if self.max_tokens is not None else DEFAULT_WORST_OUTPUT
+        if not self.model:
+            return None
+        return cost_of(self.price_provider(), self.model, Tokens(self.input_tokens, out, 0))
+
+
+class SpendRule(Protocol):
+    """What the notebook layer installs on the guard (its budget and its ledger)."""
+
+    def check_spend(self, request: SpendRequest, held: Spent) -> Spent:
+        """Raise ``BudgetExceeded``, or return the request's worst case to hold while in flight."""
+
+    def add_spend(self, provider: str, turn: Turn) -> None:
+        """An answer's usage arrived (its tokens and cost, None where unknown)."""
+
+
+class Reservation:
+    """One request's pass: held by the guard until ``settle`` (its answer) or ``release``."""
+
+    def __init__(self, guard: SpendGuard, request: SpendRequest, held: Spent) -> None:
+        self.guard, self.request, self.held = guard, request, held
+        self.done = False
+
+    def settle(self, turn: Turn) -> None:
+        """The answer arrived: its usage goes into the ledgers, the hold is let go."""
+        self.guard._end(self, turn)
+
+    def release(self) -> None:
+        """Nothing arrived (the request failed before its answer): the hold is let go."""
+        self.guard._end(self, None)
+
+
+class SpendGuard:
+    """The process's one spend guard (``spend_guard``); thread-safe.
+
+    A check and a settlement happen under one lock, so two requests checked at once (a cell,
+    the panel and ``parallel_chat`` together) each see the other's worst case held."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rule: SpendRule | None = None
+        self._held: list[Reservation] = []
+
+    def install(self, rule: SpendRule | None) -> None:
+        """Make ``rule`` the budget every request passes (None: no budget)."""
+        with self._lock:
+            self._rule = rule
+
+    @property
+    def rule(self) -> SpendRule | None:
+        return self._rule
+
+    def held(self) -> Spent:
+        """The worst case of the requests in flight."""
+        with self._lock:
+            return self._held_total()
+
+    def _held_total(self) -> Spent:
+        total = Spent()
+        for r in self._held:
+            total = total + r.held
+        return total
+
+    def reserve(self, request: SpendRequest) -> Reservation:
+        """Pass ``request`` (raises ``BudgetExceeded``) and hold its worst case until it settles."""
+        with self._lock:
+            rule = self._rule
+            held = rule.check_spend(request, self._held_total()) if rule is not None else Spent()
+            reservation = Reservation(self, request, held)
+            self._held.append(reservation)
+        return reservation
+
+    def _end(self, reservation: Reservation, turn: Turn | None) -> None:
+        with self._lock:
+            if reservation.done:
+                return
+            reservation.done = True
+            self._held.remove(reservation)
+            if turn is None:
+                return
+            provider = reservation.request.provider
+            record_usage(provider, turn.model or "unknown", turn.tokens or Tokens(), turn.cost)
+            if self._rule is not None:
+                self._rule.add_spend(provider, turn)
+
+
+#: The hook every request of every Chat of this process passes (DESIGN §1, "Spend guard").
+spend_guard = SpendGuard()
+
+
+def unreadable_budget(reason: str) -> str:
+    """The line for a budget the record holds and the kernel cannot read (DESIGN §6): it is
+    never lifted silently, so nothing is sent until ``%chat_budget`` sets one again."""
+    return (f"the notebook's budget could not be read ({reason[:200]}); nothing is sent until "
+            "%chat_budget sets it again (%chat_budget USD, --tokens N, or --off)")
+
+
+def budget_lines(budget: Budget, spent: Spent, unreadable: str | None = None) -> list[str]:
     """How the budget stands, for ``%chat_budget`` and ``%chat_usage``."""
+    if unreadable is not None:
+        return [unreadable_budget(unreadable)]
     if not budget.active:
         return ["budget: none (set one with %chat_budget USD or %chat_budget --tokens N)"]
     lines = []

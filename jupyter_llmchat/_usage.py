@@ -250,9 +250,15 @@ def format_cost(usd: float | None) -> str:
     return sign + "$" + _fixed(v, decimals)
 
 
+#: Enough digits for any finite float to its last decimal (the default 28 raise InvalidOperation
+#: from $1e28 up: a budget of 1e30 broke every report).
+_EXACT = decimal.Context(prec=1200)
+
+
 def _fixed(v: float, decimals: int) -> str:
     exact = decimal.Decimal(v)  # the binary value itself, as toFixed rounds it
-    return format(exact.quantize(decimal.Decimal(1).scaleb(-decimals), rounding=decimal.ROUND_HALF_UP), "f")
+    step = decimal.Decimal(1).scaleb(-decimals)
+    return format(exact.quantize(step, rounding=decimal.ROUND_HALF_UP, context=_EXACT), "f")
 
 
 def _thousands(fixed: str) -> str:
@@ -264,8 +270,10 @@ def format_limit(usd: float) -> str:
     """A budget the user set, as set: exact, where a cost is rounded to two significant digits
     (a limit of $0.00125 is not "$0.0013"). Cents at least, thousands separated."""
     text = f"{usd:,.2f}"
-    if float(text.replace(",", "")) != usd:
-        text = f"{usd:,.10f}".rstrip("0")
+    if math.isfinite(usd) and float(text.replace(",", "")) != usd:
+        # The shortest decimal that reads back as the value, never an exponent (1e-05 or 5e-324).
+        whole, _, frac = format(decimal.Decimal(repr(usd)), "f").partition(".")
+        text = _thousands(whole) + "." + frac.ljust(2, "0")
     return "$" + text
 
 

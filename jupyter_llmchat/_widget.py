@@ -26,8 +26,9 @@ stays until the next question: old turns left out of a request), ``{"type": "nam
 
 ``@name`` in a question attaches the kernel value ``name`` as ``%%chat --with name`` does (the
 same bounded summary and block); an unknown name is refused and nothing is sent. A question that
-may pass the notebook's budget (``%chat_budget``) is refused the same way; ``usage`` carries the
-budget and what is left (``budget_usd``, ``left_usd``, ``budget_tokens``, ``left_tokens``).
+may pass the notebook's budget (``%chat_budget``) is refused by the spend guard every request
+passes, and shows as any failed question does (``error``, ``recorded`` false); ``usage`` carries
+the budget and what is left (``budget_usd``, ``left_usd``, ``budget_tokens``, ``left_tokens``).
 ``recorded`` false means the question did not enter history (refused, nothing
 arrived, or the request failed): the front end drops the question's bubble and gives its text
 back to the input; refusals carry the question's ``user_id`` too. A message's ``id`` is stable
@@ -364,26 +365,6 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         self.send({"type": "notice", "text": _context.describe_attachments(attached)})
         return _context.attach(text, attached)
 
-    def _over_budget(self, chat: Chat, text: str) -> bool:
-        """Refuse (and say so) a question that may pass the notebook's budget."""
-        from . import _cellcontext as ctx
-        from ._spend import BudgetExceeded, check_request
-
-        budget = ctx.get_budget()
-        if not budget.active:
-            return False
-        try:
-            check_request(
-                budget, ctx.spent(), price_provider=chat.provider.price_provider,
-                model=chat.provider.model,
-                input_tokens=ctx.input_estimate(chat.system_prompt, chat.get_turns(), text),
-                max_tokens=chat.provider.params.get("max_tokens"),
-            )
-        except BudgetExceeded as exc:
-            self._refuse(str(exc), "%chat_budget shows the budget and what is left")
-            return True
-        return False
-
     def ask(self, text: str, question_id: str | None = None) -> None:
         """Send ``text`` through the session, streaming the answer in a background thread.
 
@@ -411,7 +392,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._refuse(f"session {self.session!r} is busy answering", "wait for it to finish, or stop it")
             return
         sent = self._with_mentions(text)
-        if sent is None or self._over_budget(chat, sent):
+        if sent is None:
             return
         text = sent
         self._stop.clear()

@@ -217,6 +217,27 @@ def test_restart_and_run_all_counts_the_rerun_answers(tmp_path: Path, server: Fa
         assert {key: row[key] for key in expected} == expected, row
 
 
+def test_the_spend_of_chats_that_are_no_session_reaches_the_record(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
+    """A Chat of the user's and parallel_chat are the notebook's spend too: in its ledger and,
+    after the cell, in the record (no session turn carries it there)."""
+    server.reset()
+    nb = notebook_file(tmp_path / "spend.ipynb")
+    with kernel(nb) as k:
+        fe = k.attach(FrontEnd("spend.ipynb"))
+        load(k, server.base_url)
+        k.sync()
+        server.script(Reply(text="a", usage=usage(20, 5)), Reply(text="b", usage=usage(20, 5)))
+        k.ok("import jupyter_llmchat\n"
+             f"c = jupyter_llmchat.chat_openai_compatible({server.base_url!r}, model='test-model')\n"
+             "c.chat('mine')\n"
+             "jupyter_llmchat.parallel_chat_text(c, ['many'], progress=False)")
+        assert [(r["turns"], r["input"], r["output"]) for r in k.value(LEDGER)] == [(2, 40, 10)]
+        assert fe.record is not None and fe.record["usage"] == k.value(LEDGER)
+        assert fe.record["sessions"] == {}
+
+
 def test_two_notebooks_on_two_kernels_record_independently(tmp_path: Path, server: FakeOpenAIProcess) -> None:
     a, b = notebook_file(tmp_path / "a.ipynb"), notebook_file(tmp_path / "b.ipynb")
     with kernel(a) as ka, kernel(b) as kb:

@@ -8,6 +8,8 @@ each view and check that they agree.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from jupyter_llmchat import Chat, chat_openai_compatible, token_usage
@@ -117,3 +119,16 @@ def test_the_bundled_model_is_free_in_one_place() -> None:
 def test_a_budget_shows_as_set(usd: float, text: str) -> None:
     # A limit the user typed is shown exactly; a cost is rounded to two significant digits.
     assert format_limit(usd) == text
+
+
+@pytest.mark.parametrize("usd", [1e30, 1e308, sys.float_info.max, 5e-324, 1e-20, 2.5e-7, 0.125, 1e28])
+def test_no_formatter_raises_on_a_finite_value(usd: float) -> None:
+    """A budget or a spend of any finite size prints (1e30 once broke every report with
+    decimal.InvalidOperation), and never as an exponent."""
+    from jupyter_llmchat._spend import Budget, Spent, budget_lines
+
+    shown = [format_cost(usd), format_cost(-usd), format_limit(usd), format_row_cost(usd, unknown=1),
+             *budget_lines(Budget(usd, 10**30), Spent(usd / 3, 10**29)), footer("m", Tokens(1, 2), usd)]
+    for text in shown:
+        assert "e+" not in text and "e-" not in text and "n/a" not in text, text
+    assert float(format_limit(usd)[1:].replace(",", "")) == usd  # a limit reads back as set

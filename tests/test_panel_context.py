@@ -57,7 +57,10 @@ def test_panel_question_over_the_budget_is_refused_before_sending(
     # Refused as the other refusals are: not recorded, so the front end gives the text back.
     assert error["recorded"] is False
     assert "token budget of 100" in error["message"] and "%chat_budget --tokens N" in error["message"]
-    assert [m["type"] for m in panel.sent] == ["error"]
+    # The remedy is one the panel has: the session's params, not a cell's --max-tokens.
+    assert "--max-tokens" not in error["message"] and "ChatMagics.params" in error["message"]
+    # The spend guard refused it as the request was made: the front end drops the bubble.
+    assert [m["type"] for m in panel.sent] == ["user", "error"]
     assert fake.requests == [] and jupyter_llmchat.session().get_turns() == []
 
 
@@ -74,17 +77,18 @@ def test_panel_usage_shows_the_usd_budget_and_what_is_left(
 def test_parallel_chat_over_the_budget_raises_before_any_request(
     ip: InteractiveShell, fake: FakeOpenAI, panel: RecordingPanel
 ) -> None:
+    """Each of its requests passes the spend guard; a batch refused whole raises the refusal."""
     chat = jupyter_llmchat.chat_openai_compatible(fake.base_url, model="test-model")
     run(ip, "%chat_budget --tokens 500")
     prompts = ["one", "two", "three"]
     for fn in (jupyter_llmchat.parallel_chat, jupyter_llmchat.parallel_chat_text):
         with pytest.raises(LLMChatError, match="token budget of 500") as info:
-            fn(chat, prompts, kwargs={"params": {"max_tokens": 200}}, progress=False)
-        assert "3 prompts refused" in info.value.message and "%chat_budget --tokens N" in info.value.message
+            fn(chat, prompts, kwargs={"params": {"max_tokens": 600}}, progress=False)
+        assert "refused, nothing sent" in info.value.message and "%chat_budget --tokens N" in info.value.message
     with pytest.raises(LLMChatError, match="token budget of 500"):
         jupyter_llmchat.parallel_chat_structured(chat, prompts, {"type": "object"}, progress=False)
     assert fake.chat_requests() == []
-    # The worst case over all prompts fits: sent.
+    # Each request's worst case fits, with the others' held while they are in flight: sent.
     out = jupyter_llmchat.parallel_chat_text(chat, prompts, kwargs={"params": {"max_tokens": 20}},
                                              progress=False)
     assert len(out) == 3 and len(fake.chat_requests()) == 3

@@ -280,6 +280,47 @@ def test_valid_record_is_restored(
     assert sent[2][1] == record["sessions"]["default"]["turns"][1]["contents"][0]["text"]
 
 
+def test_an_unreadable_budget_is_never_lifted_and_the_rest_is_restored(
+    ip: InteractiveShell, tmp_path: Path, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DESIGN §6: a one-field typo in the budget keeps the sessions and the ledger, and nothing
+    is sent until %chat_budget sets a budget again (one line says so)."""
+    from IPython.core.error import UsageError
+
+    import jupyter_llmchat
+    from jupyter_llmchat import BudgetExceeded
+
+    record = valid_record()
+    record["budget"] = {"usd": "2.00", "tokens": None}
+    path = tmp_path / "typo.ipynb"
+    before = write_notebook(path, record)
+
+    caught = load(ip, path)
+
+    assert [w.category for w in caught] == [UserWarning], [str(w.message) for w in caught]
+    assert "budget could not be read" in str(caught[0].message) and "%chat_budget" in str(caught[0].message)
+    assert _sessions.session_names() == ["default", "other"]  # the rest of the record is read
+    assert len(_sessions.session("default").get_turns()) == 4
+    bridge = _bridge.current_bridge()
+    assert bridge is not None and bridge.ledger.to_list() == record["usage"]
+    assert bridge.record()["budget"] == record["budget"]  # kept as written, never dropped
+    ip.run_line_magic("config", f"ChatMagics.base_url = {fake.base_url!r}")
+    ip.run_line_magic("config", "ChatMagics.model = 'test-model'")
+    capsys.readouterr()
+    ip.run_line_magic("chat_budget", "")
+    assert "could not be read" in capsys.readouterr().out
+    result = ip.run_cell("%chat hello", store_history=False)
+    assert isinstance(result.error_in_exec, UsageError) and "could not be read" in str(result.error_in_exec)
+    with pytest.raises(BudgetExceeded, match="could not be read"):
+        jupyter_llmchat.session("other").chat("hello")
+    assert fake.chat_requests() == []
+    ip.run_line_magic("chat_budget", "2")  # set again: requests go out under it
+    assert bridge.record()["budget"] == {"usd": 2.0, "tokens": None}
+    ip.run_cell("%chat hello", store_history=False)
+    assert len(fake.chat_requests()) == 1
+    assert path.read_bytes() == before
+
+
 class _Tags(HTMLParser):
     """The elements and the text of an HTML fragment."""
 
