@@ -38,6 +38,7 @@ import itertools
 import json
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -144,6 +145,12 @@ class Reply:
     (splits events, UTF-8 sequences and line ends across network reads)."""
     line_end: str = "\n"
     """What ends each SSE line: "\n", "\r\n" or "\r" (all three are valid SSE)."""
+    drop: str | None = None
+    """End the connection before any byte of the answer: "close" (a clean close: the client
+    reads "disconnected without sending a response") or "reset" (a TCP reset)."""
+    error_body: Any = None
+    """When set (and status != 200), the error response's JSON body as given, e.g. LiteLLM's
+    ``{"error": {"message": "No connected db.", "type": "no_db_connection"}}``."""
 
     def __post_init__(self) -> None:
         if self.chunk_chars < 1:
@@ -666,6 +673,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.fake._sleep(reply.hang):
             self.close_connection = True
             return
+        if reply.drop is not None:
+            self._drop(reply.drop)
+            return
+        if reply.status != 200 and reply.error_body is not None:
+            self._send_json(reply.status, reply.error_body, reply.headers)
+            return
         if reply.status != 200:
             self._send_error_body(reply.status, reply.error_message, reply.headers)
             return
@@ -766,6 +779,16 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _drop(self, how: str) -> None:
+        """End the connection without answering (``Reply.drop``)."""
+        if how not in ("close", "reset"):
+            raise ValueError(f"drop must be 'close' or 'reset', got {how!r}")
+        self.close_connection = True
+        if how == "reset":
+            # Linger 0: the close (when the handler's files let go of the socket) sends a RST.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
