@@ -45,7 +45,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from contextlib import aclosing, closing
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from ._errors import APIStatusError, ConfigurationError, StreamError
+from ._errors import APIStatusError, ConfigurationError, LLMChatError, StreamError, raise_clean
 from ._provider import OpenAICompatible, credentials_from, safe_url
 from ._tools import Tool, ToolError, bad_arguments, tool_result_text, unknown_tool
 from ._turns import (
@@ -577,8 +577,9 @@ class Chat:
         self, args: Sequence[str | Content], opts: dict[str, Any], result: _Outcome | None = None
     ) -> Generator[StreamContent, None, None]:
         """The sync driver: stream each request, run the tools it asks for, until done."""
+        __tracebackhide__ = True  # noqa: F841 - IPython hides this frame (its locals hold the answer)
         with self._guard():
-            ex = _Exchange(self, args, opts)
+            ex = _cleanly(_Exchange, self, args, opts)
             self._notify("start")
             try:
                 while True:
@@ -594,6 +595,9 @@ class Chat:
                         yield done
             except BaseException as exc:  # KeyboardInterrupt and GeneratorExit included
                 ex.close(exc, result)
+                if isinstance(exc, (LLMChatError, KeyboardInterrupt)):
+                    data = ""  # noqa: F841 - a chunk may echo the key, and this frame stays shown
+                    raise_clean(exc)  # the frames below hold the request, its key, the answer
                 raise
             ex.close(None, result)
 
@@ -603,11 +607,15 @@ class Chat:
         """The async driver: as ``_run``, with the calls of one answer run concurrently."""
         import asyncio
 
+        __tracebackhide__ = True  # noqa: F841 - as in _run
         with self._guard():
             if not opts.get("model") and not self.provider.model:
                 # Ask /models without blocking the loop; _prepare then finds the model set.
-                await self.provider.aresolve_model()
-            ex = _Exchange(self, args, opts)
+                try:
+                    await self.provider.aresolve_model()
+                except LLMChatError as exc:
+                    raise_clean(exc)
+            ex = _cleanly(_Exchange, self, args, opts)
             self._notify("start")
             try:
                 while True:
@@ -624,6 +632,9 @@ class Chat:
                         yield done
             except BaseException as exc:  # CancelledError and GeneratorExit included
                 ex.close(exc, result)
+                if isinstance(exc, (LLMChatError, KeyboardInterrupt)):
+                    data = ""  # noqa: F841 - as in _run
+                    raise_clean(exc)
                 raise
             ex.close(None, result)
 
@@ -782,6 +793,15 @@ class _Guard:
 
 class ChatBusyError(ConfigurationError):
     """Raised when a second message is sent while an answer is still streaming."""
+
+
+def _cleanly(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, its LLMChatError raised without the frames below (see ``raise_clean``)."""
+    __tracebackhide__ = True  # noqa: F841
+    try:
+        return fn(*args)
+    except LLMChatError as exc:
+        raise_clean(exc)
 
 
 def _is_cancel(exc: BaseException | None) -> bool:
