@@ -371,9 +371,11 @@ class Chat:
         params: dict[str, Any] | None = None, **kwargs: Any,
     ) -> str:
         """Send a message, wait for the whole answer (tool calls included), return its text."""
+        __tracebackhide__ = True  # noqa: F841 - IPython shows the caller's frames, not ours
         return self._collect(args, echo, dict(kwargs, model=model, params=params))
 
     def _collect(self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any]) -> str:
+        __tracebackhide__ = True  # noqa: F841
         mode = _start_echo(args, echo, self._echo)
         out: list[str] = []
         # Without echo nothing is shown while it arrives: ask for the whole answer at once, which
@@ -428,6 +430,7 @@ class Chat:
     ) -> Generator[Any, None, None]:
         # Closing this generator early (break, close()) closes the exchange at once: the partial
         # answer is recorded and the chat freed now, not whenever the inner one is collected.
+        __tracebackhide__ = True  # noqa: F841
         with closing(self._run(args, opts, result)) as items:
             for item in items:
                 if mode != "none":
@@ -442,11 +445,13 @@ class Chat:
         params: dict[str, Any] | None = None, **kwargs: Any,
     ) -> str:
         """``chat()`` on the running event loop; several tool calls of one answer run at once."""
+        __tracebackhide__ = True  # noqa: F841
         return await self._acollect(args, echo, dict(kwargs, model=model, params=params))
 
     async def _acollect(
         self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any]
     ) -> str:
+        __tracebackhide__ = True  # noqa: F841
         mode = _start_echo(args, echo, self._echo)
         out: list[str] = []
         opts.setdefault("stream", mode != "none")  # as in chat()
@@ -490,6 +495,7 @@ class Chat:
     ) -> AsyncGenerator[Any, None]:
         # As in stream(); an async generator is only closed by aclose() (or, after a plain
         # ``break``, by the event loop a moment later), so pass that close on to the exchange.
+        __tracebackhide__ = True  # noqa: F841
         async with aclosing(self._arun(args, opts, result)) as items:
             async for item in items:
                 if mode != "none":
@@ -979,6 +985,7 @@ class ChatStream(ChatExchange, Generic[T]):
         return self
 
     def __next__(self) -> T:
+        __tracebackhide__ = True  # noqa: F841
         return next(self._gen)
 
     def close(self) -> None:
@@ -1002,6 +1009,7 @@ class AsyncChatStream(ChatExchange, Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        __tracebackhide__ = True  # noqa: F841
         return await self._gen.__anext__()
 
     async def aclose(self) -> None:

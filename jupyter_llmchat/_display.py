@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import html
 import json
+import os
 import sys
 import threading
 import time
@@ -21,7 +22,9 @@ from typing import Any
 
 from ._markdown import safe_markdown
 
-__all__ = ["BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle", "tool_line"]
+__all__ = [
+    "BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle", "showwarning_hook", "tool_line",
+]
 
 #: Budget for intermediate updates (characters re-sent per second of streaming).
 BYTES_PER_SECOND = 16_000
@@ -345,3 +348,36 @@ def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | Non
         result = result_text(value, error)
         body += f"\n\n{'Error' if error is not None else 'Result'}:\n\n" + _fenced(result)
     return f"<details><summary>{summary}</summary>\n\n{safe_markdown(body)}\n\n</details>"
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+ShowWarning = Callable[..., None]
+
+
+def showwarning_hook(original: ShowWarning) -> ShowWarning:
+    """A ``warnings.showwarning`` that shows the package's own warnings as one clean line.
+
+    The default names the file and line that warned (``.../jupyter_llmchat/_bridge.py:290:
+    UserWarning: ...``) and quotes its source: in a cell, that is noise about our internals.
+    Every other warning goes to ``original`` unchanged (filters still decide what is shown)."""
+    if getattr(original, "_llmchat_original", None) is not None:
+        return original  # already installed
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        text = str(message)
+        ours = text.startswith("jupyter_llmchat") or os.path.abspath(filename).startswith(_PACKAGE_DIR)
+        if not ours:
+            original(message, category, filename, lineno, file, line)
+            return
+        stream = sys.stderr if file is None else file
+        if stream is None:  # pythonw: nowhere to show it, as in warnings' own
+            return
+        prefix = "" if text.startswith("jupyter_llmchat") else "jupyter_llmchat: "
+        try:
+            stream.write(f"{prefix}{text}\n")
+        except OSError:
+            pass
+
+    show._llmchat_original = original  # type: ignore[attr-defined]
+    return show

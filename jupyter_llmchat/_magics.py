@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import warnings
 import weakref
 from typing import Any
 
@@ -27,7 +28,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
 from traitlets import TraitError
 
 from . import _context, _sessions, _spend
-from ._errors import AuthenticationError, ConfigurationError, LLMChatError
+from ._errors import AuthenticationError, ConfigurationError, LLMChatError, StreamError, raise_clean
 
 __all__ = ["ChatMagics", "load", "unload"]
 
@@ -221,6 +222,7 @@ class ChatMagics(Magics):
 
             %chat -o answer What is a monad?
         """
+        __tracebackhide__ = True  # noqa: F841 - %xmode Verbose shows the user's frames, not ours
         if cell is None:
             args, prompt = _split_line(self.chat, line)
         else:
@@ -234,6 +236,7 @@ class ChatMagics(Magics):
         return self._run(args, prompt)
 
     def _run(self, args: Any, prompt: str, *, template: bool = True) -> Any:
+        __tracebackhide__ = True  # noqa: F841 - as in chat
         from . import _cellcontext as ctx
         from ._params import params as make_params
 
@@ -317,7 +320,9 @@ class ChatMagics(Magics):
             # before _finish, and the session's lock is released.
             stream.close()
             self._finish(display, chat, args, fmt, stream, note="interrupted: partial answer kept")
-            raise
+            # An ordinary stop: one line (UsageError is IPython's no-traceback error), which
+            # still stops the cell and a Run All.
+            raise UsageError("stopped (Ctrl-C)") from None
         except LLMChatError as exc:
             if display.text:
                 # The red line below is the one notice; the record says the answer is partial.
@@ -325,7 +330,7 @@ class ChatMagics(Magics):
             message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")
             display.error(message, self._hint(exc, args.session))
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
-                raise
+                raise_clean(exc)  # the user's frames only: ours hold the prompt, the session
             return None
         answer = self._finish(display, chat, args, fmt, stream)
         self._replay_next[chat] = len(chat.get_turns())
@@ -347,6 +352,8 @@ class ChatMagics(Magics):
             state = "is set but was refused" if os.environ.get(self.credentials_env) else "is not set"
             return (f"{self.credentials_env} {state}: set {self.credentials_env} before starting "
                     "Jupyter, or %config ChatMagics.credentials_env = 'NAME_OF_YOUR_VARIABLE'")
+        if isinstance(exc, StreamError) and exc.hint == StreamError.hint:
+            return ""  # the message says whether anything was kept (nothing, when it broke at once)
         return exc.hint
 
     def _finish(
@@ -828,6 +835,10 @@ def protect_questions(lines: list[str]) -> list[str]:
 
 
 def load(ipython: Any) -> None:
+    from ._display import showwarning_hook
+
+    # The package's warnings show in the cell as one line, without our file paths.
+    warnings.showwarning = showwarning_hook(warnings.showwarning)
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
     _sessions.registry.magics[ipython] = magics
@@ -840,6 +851,9 @@ def load(ipython: Any) -> None:
 
 def unload(ipython: Any) -> None:
     magics = _sessions.registry.magics.pop(ipython, None)
+    original = getattr(warnings.showwarning, "_llmchat_original", None)
+    if original is not None:
+        warnings.showwarning = original
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
     if magics is not None:
