@@ -148,6 +148,9 @@ class Reply:
     drop: str | None = None
     """End the connection before any byte of the answer: "close" (a clean close: the client
     reads "disconnected without sending a response") or "reset" (a TCP reset)."""
+    echo_auth: bool = False
+    """Quote the request's Authorization header in the error message (of the error body and of
+    the ``error_event_at`` event), as some servers and proxies do."""
     error_body: Any = None
     """When set (and status != 200), the error response's JSON body as given, e.g. LiteLLM's
     ``{"error": {"message": "No connected db.", "type": "no_db_connection"}}``."""
@@ -668,6 +671,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_body(400, "the request body must be a JSON object")
             return
         reply = self.fake._next_reply()
+        if reply.echo_auth:
+            quoted = f"{reply.error_message} (Authorization: {self.headers.get('Authorization')})"
+            reply = dataclasses.replace(reply, error_message=quoted)
         if reply.gate:
             self.fake._wait_for_active(reply.gate)
         if not self.fake._sleep(reply.hang):

@@ -136,3 +136,20 @@ def test_a_warning_from_the_package_shows_as_a_clean_line(
     assert "an API key is sent over plain http to example.invalid" in err
     assert ".py:" not in err and "jupyter_llmchat/" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_warning_in_a_kernel_cell_is_one_clean_line() -> None:
+    """In a real kernel with the extension loaded, a package warning reaches the cell as its
+    message alone (the hook is installed by %load_ext)."""
+    from tests.kernel_frontend import kernel
+
+    with kernel(None) as k:
+        k.ok("%load_ext jupyter_llmchat")
+        out = k.ok(
+            "from jupyter_llmchat._provider import OpenAICompatible\n"
+            "OpenAICompatible(base_url='http://example.invalid/v1', name='x', model='m', params=None,\n"
+            "    api_args=None, api_headers=None, credentials=lambda: 'k-0123456789').headers();"
+        )
+    assert "an API key is sent over plain http to example.invalid" in out, out
+    assert ".py:" not in out and "UserWarning" not in out and "warnings.warn" not in out, out
+    assert len(out.strip().splitlines()) == 1, out
