@@ -23,7 +23,7 @@ from typing import Any
 from ._markdown import safe_markdown
 
 __all__ = [
-    "BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle", "showwarning_hook", "tool_line",
+    "BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle", "formatwarning_hook", "tool_line",
 ]
 
 #: Budget for intermediate updates (characters re-sent per second of streaming).
@@ -351,33 +351,25 @@ def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | Non
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-ShowWarning = Callable[..., None]
+FormatWarning = Callable[..., str]
 
 
-def showwarning_hook(original: ShowWarning) -> ShowWarning:
-    """A ``warnings.showwarning`` that shows the package's own warnings as one clean line.
+def formatwarning_hook(original: FormatWarning) -> FormatWarning:
+    """A ``warnings.formatwarning`` that shows the package's own warnings as one clean line.
 
     The default names the file and line that warned (``.../jupyter_llmchat/_bridge.py:290:
     UserWarning: ...``) and quotes its source: in a cell, that is noise about our internals.
-    Every other warning goes to ``original`` unchanged (filters still decide what is shown)."""
+    Other warnings are formatted by ``original``. Only the text changes: filters still decide
+    what is shown, and ``catch_warnings(record=True)`` still records (it never formats)."""
     if getattr(original, "_llmchat_original", None) is not None:
         return original  # already installed
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: Any = None, line: str | None = None) -> None:
+    def format(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+               line: str | None = None) -> str:
         text = str(message)
-        ours = text.startswith("jupyter_llmchat") or os.path.abspath(filename).startswith(_PACKAGE_DIR)
-        if not ours:
-            original(message, category, filename, lineno, file, line)
-            return
-        stream = sys.stderr if file is None else file
-        if stream is None:  # pythonw: nowhere to show it, as in warnings' own
-            return
-        prefix = "" if text.startswith("jupyter_llmchat") else "jupyter_llmchat: "
-        try:
-            stream.write(f"{prefix}{text}\n")
-        except OSError:
-            pass
+        if text.startswith("jupyter_llmchat") or os.path.abspath(filename).startswith(_PACKAGE_DIR):
+            return (text if text.startswith("jupyter_llmchat") else f"jupyter_llmchat: {text}") + "\n"
+        return original(message, category, filename, lineno, line)
 
-    show._llmchat_original = original  # type: ignore[attr-defined]
-    return show
+    format._llmchat_original = original  # type: ignore[attr-defined]
+    return format

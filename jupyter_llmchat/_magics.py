@@ -835,10 +835,10 @@ def protect_questions(lines: list[str]) -> list[str]:
 
 
 def load(ipython: Any) -> None:
-    from ._display import showwarning_hook
+    from ._display import formatwarning_hook
 
     # The package's warnings show in the cell as one line, without our file paths.
-    warnings.showwarning = showwarning_hook(warnings.showwarning)
+    warnings.formatwarning = formatwarning_hook(warnings.formatwarning)
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
     _sessions.registry.magics[ipython] = magics
@@ -851,9 +851,9 @@ def load(ipython: Any) -> None:
 
 def unload(ipython: Any) -> None:
     magics = _sessions.registry.magics.pop(ipython, None)
-    original = getattr(warnings.showwarning, "_llmchat_original", None)
+    original = getattr(warnings.formatwarning, "_llmchat_original", None)
     if original is not None:
-        warnings.showwarning = original
+        warnings.formatwarning = original
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
     if magics is not None:

@@ -118,24 +118,24 @@ def test_a_broken_stream_says_once_that_the_answer_is_kept(
     assert printed.count("kept") == 1, printed
 
 
-def test_a_warning_from_the_package_shows_as_a_clean_line(
-    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """What the kernel shows for the package's warnings (``warnings.showwarning``): the message,
-    not ``.../site-packages/jupyter_llmchat/_bridge.py:290: UserWarning:``."""
+def test_a_warning_from_the_package_shows_as_a_clean_line(shell: InteractiveShell) -> None:
+    """How the package's warnings are shown with the extension loaded (``warnings.formatwarning``,
+    what Python's display of a warning calls): the message, not
+    ``.../site-packages/jupyter_llmchat/_bridge.py:290: UserWarning:`` and a source line."""
     from jupyter_llmchat._provider import OpenAICompatible
 
     provider = OpenAICompatible(base_url="http://example.invalid/v1", name="x", model="m", params=None,
                                 api_args=None, api_headers=None, credentials=lambda: KEY)
     _sessions.registry.plain_http_warned.discard("example.invalid")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warnings.showwarning = jupyter_llmchat._display.showwarning_hook(warnings.showwarning)
         provider.headers()
-    err = capsys.readouterr().err
-    assert "an API key is sent over plain http to example.invalid" in err
-    assert ".py:" not in err and "jupyter_llmchat/" not in err, err
-    assert len(err.strip().splitlines()) == 1, err
+        warnings.warn("a user's own warning", UserWarning, stacklevel=1)
+    mine, users = (warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
+    assert mine.startswith("jupyter_llmchat: an API key is sent over plain http to example.invalid"), mine
+    assert ".py:" not in mine and "UserWarning" not in mine and mine.count("\n") == 1, mine
+    # Anyone else's warning keeps its file and line.
+    assert "test_error_display.py:" in users and "UserWarning: a user's own warning" in users
 
 
 def test_a_warning_in_a_kernel_cell_is_one_clean_line() -> None:
