@@ -364,12 +364,12 @@ def formatwarning_hook(original: FormatWarning) -> FormatWarning:
     if getattr(original, "_llmchat_original", None) is not None:
         return original  # already installed
 
-    def format(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-               line: str | None = None) -> str:
+    def clean(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
         text = str(message)
         if text.startswith("jupyter_llmchat") or os.path.abspath(filename).startswith(_PACKAGE_DIR):
             return (text if text.startswith("jupyter_llmchat") else f"jupyter_llmchat: {text}") + "\n"
         return original(message, category, filename, lineno, line)
 
-    format._llmchat_original = original  # type: ignore[attr-defined]
-    return format
+    clean._llmchat_original = original  # type: ignore[attr-defined]
+    return clean

@@ -673,7 +673,7 @@ _KEY_REFUSED = re.compile(
 )
 
 
-def _connect_class() -> tuple[type[Exception], ...]:
+def _connect_class() -> tuple[type[httpx.HTTPError], ...]:
     """Errors of a request that got no byte of an answer: the connection was refused, timed
     out opening, or was reset or closed before the response began. Nothing was generated, so
     these are retried (a read timeout is not: the server may be working on it)."""
