@@ -619,7 +619,7 @@ class Chat:
                 # Ask /models without blocking the loop; _prepare then finds the model set.
                 try:
                     await self.provider.aresolve_model()
-                except LLMChatError as exc:
+                except (LLMChatError, KeyboardInterrupt) as exc:
                     raise_clean(exc)
             ex = _cleanly(_Exchange, self, args, opts)
             self._notify("start")
@@ -802,11 +802,12 @@ class ChatBusyError(ConfigurationError):
 
 
 def _cleanly(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)``, its LLMChatError raised without the frames below (see ``raise_clean``)."""
+    """``fn(*args)``, an LLMChatError or Ctrl-C in it raised without the frames below (see
+    ``raise_clean``: asking ``/models`` sends the key too)."""
     __tracebackhide__ = True  # noqa: F841
     try:
         return fn(*args)
-    except LLMChatError as exc:
+    except (LLMChatError, KeyboardInterrupt) as exc:
         raise_clean(exc)
 
 

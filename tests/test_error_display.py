@@ -109,6 +109,36 @@ def test_ctrl_c_shows_one_line_and_keeps_the_partial_answer(
     assert turn is not None and turn.partial and turn.text.startswith("piece ")
 
 
+def _ctrl_c_once_the_request_is_in(fake: FakeOpenAI, after: float) -> None:
+    """Send this process a SIGINT (Ctrl-C), ``after`` seconds after the server got a request."""
+
+    def interrupt() -> None:
+        while not fake.chat_requests():
+            threading.Event().wait(0.02)
+        threading.Event().wait(after)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+
+
+@pytest.mark.parametrize("mode", ["Verbose", "Context"])
+def test_ctrl_c_while_waiting_for_the_server_shows_no_key(
+    shell: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    """Ctrl-C during a request through the Python API: the frames it came through (httpx's hold
+    the request's headers) are not in the traceback."""
+    shell.run_line_magic("xmode", mode)
+    capsys.readouterr()
+    fake.script(Reply(hang=5))
+    shell.user_ns["c"] = jupyter_llmchat.chat_openai_compatible(
+        fake.base_url, model="test-model", credentials=KEY, api_args={"user_token": KEY})
+    _ctrl_c_once_the_request_is_in(fake, 0.3)
+    error, printed = run(shell, "c.chat('hi')", capsys)
+    assert isinstance(error, KeyboardInterrupt)
+    assert "9Tq4Zr7W" not in printed, printed
+    assert not [name for name in INTERNALS + ("httpx", "httpcore") if name in printed], printed
+
+
 def test_a_broken_stream_says_once_that_the_answer_is_kept(
     shell: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
 ) -> None:
