@@ -84,31 +84,6 @@ def test_no_key_and_no_internals_in_any_xmode(
         assert "Incorrect API key provided: ***" in printed or "revoked" in printed
 
 
-def test_ctrl_c_shows_one_line_and_keeps_the_partial_answer(
-    shell: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
-) -> None:
-    fake.script(Reply(chunks=["piece "] * 100, delay=0.1))
-
-    def interrupt() -> None:
-        # Ctrl-C once the answer is streaming (the stream lasts 10 s).
-        while not fake.chat_requests():
-            threading.Event().wait(0.02)
-        threading.Event().wait(0.5)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt, daemon=True).start()
-    error, printed = run(shell, "%%chat\ntalk for a while", capsys)
-    assert error is not None  # the cell stopped: Run All stops here too
-    # Besides the answer and its usage line (as any answer has): at most two lines.
-    lines = [line for line in printed.replace("piece ", "").splitlines()
-             if line.strip() and "test-model ·" not in line]
-    assert len(lines) <= 2, printed
-    assert "Traceback" not in printed and "KeyboardInterrupt" not in printed
-    assert "partial" in printed
-    turn = jupyter_llmchat.session().last_turn()
-    assert turn is not None and turn.partial and turn.text.startswith("piece ")
-
-
 def _ctrl_c_once_the_request_is_in(fake: FakeOpenAI, after: float) -> None:
     """Send this process a SIGINT (Ctrl-C), ``after`` seconds after the server got a request."""
 
@@ -119,6 +94,23 @@ def _ctrl_c_once_the_request_is_in(fake: FakeOpenAI, after: float) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
+
+
+def test_ctrl_c_shows_one_line_and_keeps_the_partial_answer(
+    shell: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.script(Reply(chunks=["piece "] * 100, delay=0.1))
+    _ctrl_c_once_the_request_is_in(fake, 0.5)  # the answer is streaming then (it lasts 10 s)
+    error, printed = run(shell, "%%chat\ntalk for a while", capsys)
+    assert error is not None  # the cell stopped: Run All stops here too
+    # Besides the answer and its usage line (as any answer has): at most two lines.
+    lines = [line for line in printed.replace("piece ", "").splitlines()
+             if line.strip() and "test-model ·" not in line]
+    assert len(lines) <= 2, printed
+    assert "Traceback" not in printed and "KeyboardInterrupt" not in printed
+    assert "partial" in printed
+    turn = jupyter_llmchat.session().last_turn()
+    assert turn is not None and turn.partial and turn.text.startswith("piece ")
 
 
 @pytest.mark.parametrize("mode", ["Verbose", "Context"])
