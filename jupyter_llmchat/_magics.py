@@ -28,6 +28,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
 from traitlets import TraitError
 
 from . import _context, _sessions, _spend
+from ._display import formatwarning_hook
 from ._errors import AuthenticationError, ConfigurationError, LLMChatError, StreamError, raise_clean
 
 __all__ = ["ChatMagics", "load", "unload"]
@@ -835,8 +836,6 @@ def protect_questions(lines: list[str]) -> list[str]:
 
 
 def load(ipython: Any) -> None:
-    from ._display import formatwarning_hook
-
     # The package's warnings show in the cell as one line, without our file paths.
     warnings.formatwarning = formatwarning_hook(warnings.formatwarning)
     magics = ChatMagics(shell=ipython)
