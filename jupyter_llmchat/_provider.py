@@ -597,11 +597,10 @@ class OpenAICompatible:
         if isinstance(exc, httpx.ConnectError):
             return TransportError(f"cannot connect to {where}: {self.redact(str(exc)) or 'refused'}")
         if isinstance(exc, _connect_class()):
-            # It accepted the connection, so it runs; it dropped the request before answering.
-            tries = f"{self.max_tries} tries" if self.max_tries > 1 else "1 try"
+            # It accepted the connection, so it runs; it dropped the request before answering
+            # (a POST was sent again first: GET /models is asked once).
             return TransportError(
-                f"{where}: the server closed the connection before answering, {tries} "
-                f"({type(exc).__name__})",
+                f"{where}: the server closed the connection before answering ({type(exc).__name__})",
                 hint="the server is busy or restarting: try again, or send fewer requests at once "
                 "(parallel_chat's max_active)",
             )
