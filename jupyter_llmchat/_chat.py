@@ -45,7 +45,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from contextlib import aclosing, closing
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from ._errors import APIStatusError, BudgetExceeded, ConfigurationError, StreamError
+from ._errors import (
+    APIStatusError, BudgetExceeded, ConfigurationError, LLMChatError, StreamError, raise_clean,
+)
 from ._provider import OpenAICompatible, credentials_from, refuses_json_schema, safe_url
 from ._tools import (
     MAX_TOOL_RESULT_CHARS, Tool, ToolError, bad_arguments, tool_result_text, unknown_tool,
@@ -455,10 +457,12 @@ class Chat:
         params: dict[str, Any] | None = None, **kwargs: Any,
     ) -> str:
         """Send a message, wait for the whole answer (tool calls included), return its text."""
+        __tracebackhide__ = True  # noqa: F841 - IPython shows the caller's frames, not ours
         return self._collect(args, echo, dict(kwargs, model=model, params=params))
 
     def _collect(self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any],
                  result: _Outcome | None = None) -> str:
+        __tracebackhide__ = True  # noqa: F841
         mode = _start_echo(args, echo, self._echo)
         out: list[str] = []
         # Without echo nothing is shown while it arrives: ask for the whole answer at once, which
@@ -513,6 +517,7 @@ class Chat:
     ) -> Generator[Any, None, None]:
         # Closing this generator early (break, close()) closes the exchange at once: the partial
         # answer is recorded and the chat freed now, not whenever the inner one is collected.
+        __tracebackhide__ = True  # noqa: F841
         with closing(self._run(args, opts, result)) as items:
             for item in items:
                 if mode != "none":
@@ -527,12 +532,14 @@ class Chat:
         params: dict[str, Any] | None = None, **kwargs: Any,
     ) -> str:
         """``chat()`` on the running event loop; several tool calls of one answer run at once."""
+        __tracebackhide__ = True  # noqa: F841
         return await self._acollect(args, echo, dict(kwargs, model=model, params=params))
 
     async def _acollect(
         self, args: Sequence[str | Content], echo: Echo | None, opts: dict[str, Any],
         result: _Outcome | None = None,
     ) -> str:
+        __tracebackhide__ = True  # noqa: F841
         mode = _start_echo(args, echo, self._echo)
         out: list[str] = []
         opts.setdefault("stream", mode != "none")  # as in chat()
@@ -576,6 +583,7 @@ class Chat:
     ) -> AsyncGenerator[Any, None]:
         # As in stream(); an async generator is only closed by aclose() (or, after a plain
         # ``break``, by the event loop a moment later), so pass that close on to the exchange.
+        __tracebackhide__ = True  # noqa: F841
         async with aclosing(self._arun(args, opts, result)) as items:
             async for item in items:
                 if mode != "none":
@@ -665,8 +673,9 @@ class Chat:
         self, args: Sequence[str | Content], opts: dict[str, Any], result: _Outcome | None = None
     ) -> Generator[StreamContent, None, None]:
         """The sync driver: stream each request, run the tools it asks for, until done."""
+        __tracebackhide__ = True  # noqa: F841 - IPython hides this frame (its locals hold the answer)
         with self._guard():
-            ex = _Exchange(self, args, opts)
+            ex = _cleanly(_Exchange, self, args, opts)
             self._notify("start")
             try:
                 while True:
@@ -682,6 +691,9 @@ class Chat:
                         yield done
             except BaseException as exc:  # KeyboardInterrupt and GeneratorExit included
                 ex.close(exc, result)
+                if isinstance(exc, (LLMChatError, KeyboardInterrupt)):
+                    data = ""  # noqa: F841 - a chunk may echo the key, and this frame stays shown
+                    raise_clean(exc)  # the frames below hold the request, its key, the answer
                 raise
             ex.close(None, result)
 
@@ -691,11 +703,15 @@ class Chat:
         """The async driver: as ``_run``, with the calls of one answer run concurrently."""
         import asyncio
 
+        __tracebackhide__ = True  # noqa: F841 - as in _run
         with self._guard():
             if not opts.get("model") and not self.provider.model:
                 # Ask /models without blocking the loop; _prepare then finds the model set.
-                await self.provider.aresolve_model()
-            ex = _Exchange(self, args, opts)
+                try:
+                    await self.provider.aresolve_model()
+                except (LLMChatError, KeyboardInterrupt) as exc:
+                    raise_clean(exc)
+            ex = _cleanly(_Exchange, self, args, opts)
             self._notify("start")
             try:
                 while True:
@@ -712,6 +728,9 @@ class Chat:
                         yield done
             except BaseException as exc:  # CancelledError and GeneratorExit included
                 ex.close(exc, result)
+                if isinstance(exc, (LLMChatError, KeyboardInterrupt)):
+                    data = ""  # noqa: F841 - as in _run
+                    raise_clean(exc)
                 raise
             ex.close(None, result)
 
@@ -870,6 +889,16 @@ class _Guard:
 
 class ChatBusyError(ConfigurationError):
     """Raised when a second message is sent while an answer is still streaming."""
+
+
+def _cleanly(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, an LLMChatError or Ctrl-C in it raised without the frames below (see
+    ``raise_clean``: asking ``/models`` sends the key too)."""
+    __tracebackhide__ = True  # noqa: F841
+    try:
+        return fn(*args)
+    except (LLMChatError, KeyboardInterrupt) as exc:
+        raise_clean(exc)
 
 
 def _is_cancel(exc: BaseException | None) -> bool:
@@ -1054,6 +1083,7 @@ class ChatStream(ChatExchange, Generic[T]):
         return self
 
     def __next__(self) -> T:
+        __tracebackhide__ = True  # noqa: F841
         return next(self._gen)
 
     def close(self) -> None:
@@ -1077,6 +1107,7 @@ class AsyncChatStream(ChatExchange, Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        __tracebackhide__ = True  # noqa: F841
         return await self._gen.__anext__()
 
     async def aclose(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import html
 import json
+import os
 import sys
 import threading
 import time
@@ -21,7 +22,9 @@ from typing import Any
 
 from ._markdown import safe_markdown
 
-__all__ = ["BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle", "tool_line"]
+__all__ = [
+    "BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle", "formatwarning_hook", "tool_line",
+]
 
 #: Budget for intermediate updates (characters re-sent per second of streaming).
 BYTES_PER_SECOND = 16_000
@@ -350,3 +353,28 @@ def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | Non
         result = result_text(value, error)
         body += f"\n\n{'Error' if error is not None else 'Result'}:\n\n" + _fenced(result)
     return f"<details><summary>{summary}</summary>\n\n{safe_markdown(body)}\n\n</details>"
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+FormatWarning = Callable[..., str]
+
+
+def formatwarning_hook(original: FormatWarning) -> FormatWarning:
+    """A ``warnings.formatwarning`` that shows the package's own warnings as one clean line.
+
+    The default names the file and line that warned (``.../jupyter_llmchat/_bridge.py:290:
+    UserWarning: ...``) and quotes its source: in a cell, that is noise about our internals.
+    Other warnings are formatted by ``original``. Only the text changes: filters still decide
+    what is shown, and ``catch_warnings(record=True)`` still records (it never formats)."""
+    if getattr(original, "_llmchat_original", None) is not None:
+        return original  # already installed
+
+    def clean(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+        text = str(message)
+        if text.startswith("jupyter_llmchat") or os.path.abspath(filename).startswith(_PACKAGE_DIR):
+            return (text if text.startswith("jupyter_llmchat") else f"jupyter_llmchat: {text}") + "\n"
+        return original(message, category, filename, lineno, line)
+
+    clean._llmchat_original = original  # type: ignore[attr-defined]
+    return clean

@@ -6,7 +6,7 @@ One tree, one root::
     ├── ConfigurationError        bad option, unknown model, missing extra
     ├── TransportError            server unreachable, timeout, connection dropped
     ├── APIStatusError            the server answered with an HTTP error status
-    │   ├── AuthenticationError   401, 403
+    │   ├── AuthenticationError   401, 403, or a 400 that refuses the key
     │   ├── RateLimitError        429
     │   └── ServerError           5xx
     ├── StreamError               the answer's stream broke or could not be decoded
@@ -18,7 +18,7 @@ Messages name the URL, the status and a hint; they never carry a key or a header
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "APIStatusError",
@@ -76,7 +76,7 @@ class APIStatusError(LLMChatError):
 
 
 class AuthenticationError(APIStatusError):
-    """401 or 403: the credentials were missing, wrong or not allowed."""
+    """401 or 403 (or a 400 that says so): the credentials were missing, wrong or not allowed."""
 
     hint = "check credentials: the API key, or what credentials= returns"
 
@@ -120,3 +120,16 @@ class ParallelChatError(LLMChatError):
         self.results = results
         self.errors = errors
         super().__init__(message)
+
+
+def raise_clean(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` with none of the frames below the caller in its traceback.
+
+    Those frames (the request body, its headers, the server's answer) may hold a key in their
+    local variables, which ``%xmode Verbose`` and ``capture_locals`` print; the message already
+    says what failed. This frame is the traceback's last, with only ``exc`` in it."""
+    # The lower-level error it was mapped from (and its frames) goes too; a cause set on purpose
+    # (``raise ... from err``) stays.
+    exc.__context__ = None
+    exc.__suppress_context__ = True
+    raise exc.with_traceback(None)

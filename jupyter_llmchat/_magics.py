@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import warnings
 import weakref
 from typing import Any
 
@@ -28,7 +29,10 @@ from traitlets import TraitError
 
 from . import _context, _sessions, _spend
 from ._chat import ChatBusyError
-from ._errors import AuthenticationError, BudgetExceeded, ConfigurationError, LLMChatError
+from ._display import formatwarning_hook
+from ._errors import (
+    AuthenticationError, BudgetExceeded, ConfigurationError, LLMChatError, StreamError, raise_clean,
+)
 
 __all__ = ["ChatMagics", "load", "unload"]
 
@@ -223,6 +227,7 @@ class ChatMagics(Magics):
 
             %chat -o answer What is a monad?
         """
+        __tracebackhide__ = True  # noqa: F841 - %xmode Verbose shows the user's frames, not ours
         if cell is None:
             args, prompt = _split_line(self.chat, line)
         else:
@@ -236,6 +241,7 @@ class ChatMagics(Magics):
         return self._run(args, prompt)
 
     def _run(self, args: Any, prompt: str, *, template: bool = True) -> Any:
+        __tracebackhide__ = True  # noqa: F841 - as in chat
         from . import _cellcontext as ctx
         from ._params import params as make_params
 
@@ -317,7 +323,9 @@ class ChatMagics(Magics):
             # before _finish, and the session's lock is released.
             stream.close()
             self._finish(display, chat, args, fmt, stream, note="interrupted: partial answer kept")
-            raise
+            # An ordinary stop: one line (UsageError is IPython's no-traceback error), which
+            # still stops the cell and a Run All.
+            raise UsageError("stopped (Ctrl-C)") from None
         except BudgetExceeded as exc:  # the spend guard refused a request (a later tool round too)
             if stream.turns:
                 self._finish(display, chat, args, fmt, stream, broken=True)
@@ -332,7 +340,7 @@ class ChatMagics(Magics):
             message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")
             display.error(message, self._hint(exc, args.session))
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
-                raise
+                raise_clean(exc)  # the user's frames only: ours hold the prompt, the session
             return None
         answer = self._finish(display, chat, args, fmt, stream)
         self._replay_next[chat] = len(chat.get_turns())
@@ -354,6 +362,8 @@ class ChatMagics(Magics):
             state = "is set but was refused" if os.environ.get(self.credentials_env) else "is not set"
             return (f"{self.credentials_env} {state}: set {self.credentials_env} before starting "
                     "Jupyter, or %config ChatMagics.credentials_env = 'NAME_OF_YOUR_VARIABLE'")
+        if isinstance(exc, StreamError) and exc.hint == StreamError.hint:
+            return ""  # the message says whether anything was kept (nothing, when it broke at once)
         return exc.hint
 
     def _finish(
@@ -834,6 +844,8 @@ def protect_questions(lines: list[str]) -> list[str]:
 
 
 def load(ipython: Any) -> None:
+    # The package's warnings show in the cell as one line, without our file paths.
+    warnings.formatwarning = formatwarning_hook(warnings.formatwarning)
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
     _sessions.registry.magics[ipython] = magics
@@ -846,6 +858,9 @@ def load(ipython: Any) -> None:
 
 def unload(ipython: Any) -> None:
     magics = _sessions.registry.magics.pop(ipython, None)
+    original = getattr(warnings.formatwarning, "_llmchat_original", None)
+    if original is not None:
+        warnings.formatwarning = original
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
     if magics is not None:

@@ -116,7 +116,9 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-_SECRETISH = re.compile(r"(Bearer\s+)\S+|\b(sk|gsk|xai|pk)-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
+# A token's own characters only (RFC 6750's b64token): the quote, brace or comma after it is the
+# rest of the message (a JSON body stays JSON).
+_SECRETISH = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/\-]+=*|\b(sk|gsk|xai|pk)-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
 
 
 class OpenAICompatible:
@@ -469,7 +471,7 @@ class OpenAICompatible:
         for attempt in range(1, self.max_tries + 1):
             try:
                 resp = self.client.send(self._request(self.client, body), stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            except _connect_class() as exc:
                 if attempt < self.max_tries:
                     time.sleep(_backoff(attempt, None))
                     continue
@@ -482,7 +484,8 @@ class OpenAICompatible:
                 resp.close()
                 raise self._redirected(resp, url)
             try:
-                text = resp.read().decode("utf-8", "replace")
+                # Redacted as it is read: the raw body (a key echoed back) is never a local.
+                text = self.redact(resp.read().decode("utf-8", "replace"))
             except httpx.HTTPError:
                 text = ""
             finally:
@@ -526,7 +529,7 @@ class OpenAICompatible:
         for attempt in range(1, self.max_tries + 1):
             try:
                 resp = await client.send(self._request(client, body), stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            except _connect_class() as exc:
                 if attempt < self.max_tries:
                     await _asleep(_backoff(attempt, None))
                     continue
@@ -539,7 +542,7 @@ class OpenAICompatible:
                 await resp.aclose()
                 raise self._redirected(resp, url)
             try:
-                text = (await resp.aread()).decode("utf-8", "replace")
+                text = self.redact((await resp.aread()).decode("utf-8", "replace"))  # as in _send
             except httpx.HTTPError:
                 text = ""
             finally:
@@ -597,6 +600,14 @@ class OpenAICompatible:
             return TransportError(f"{where} timed out ({type(exc).__name__})")
         if isinstance(exc, httpx.ConnectError):
             return TransportError(f"cannot connect to {where}: {self.redact(str(exc)) or 'refused'}")
+        if isinstance(exc, _connect_class()):
+            # It accepted the connection, so it runs; it dropped the request before answering
+            # (a POST was sent again first: GET /models is asked once).
+            return TransportError(
+                f"{where}: the server closed the connection before answering ({type(exc).__name__})",
+                hint="the server is busy or restarting: try again, or send fewer requests at once "
+                "(parallel_chat's max_active)",
+            )
         return TransportError(f"{where} failed: {type(exc).__name__}: {self.redact(str(exc))}")
 
     def _map_stream(self, exc: Exception, url: str) -> StreamError:
@@ -616,6 +627,12 @@ class OpenAICompatible:
         kwargs: dict[str, Any] = {"status_code": status, "url": safe_url(url), "body": text[:2000]}
         if status in (401, 403):
             return AuthenticationError(msg, **kwargs)
+        if status == 400 and _KEY_REFUSED.search(f"{_error_kind(text)} {detail}"):
+            # LiteLLM's proxy answers a key it cannot look up with a 400 ("No connected db.").
+            return AuthenticationError(
+                msg, hint="the server refused the key (wrong, or unknown to it): check credentials: "
+                "the API key, or what credentials= returns", **kwargs,
+            )
         if status == 429:
             retry = _retry_after(headers.get("retry-after"))
             hint = f"rate limited: retry after {retry:.0f} s" if retry is not None else ""
@@ -648,6 +665,34 @@ _CONTEXT_EXCEEDED = re.compile(
     r"|exceed context window",
     re.IGNORECASE,
 )
+
+
+# A 400 that is about the key, not the request: LiteLLM's proxy ("No connected db." when its key
+# database is unreachable, "Authentication Error" with type auth_error), OpenAI's codes.
+_KEY_REFUSED = re.compile(
+    r"no_db_connection|no connected db|\bauth(entication)?[_ ]error|authenticat|unauthori[sz]ed"
+    r"|invalid[_ ]api[_ ]key|incorrect api key|api[_ ]key|invalid.{0,20}\btoken\b|credential",
+    re.IGNORECASE,
+)
+
+
+def _connect_class() -> tuple[type[httpx.HTTPError], ...]:
+    """Errors of a request that got no byte of an answer: the connection was refused, timed
+    out opening, or was reset or closed before the response began. Nothing was generated, so
+    these are retried (a read timeout is not: the server may be working on it)."""
+    return (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
+            httpx.RemoteProtocolError)
+
+
+def _error_kind(text: str) -> str:
+    """The ``type`` and ``code`` of an OpenAI-style error body ("" when it has none)."""
+    try:
+        err = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(err, dict):
+        return ""
+    return " ".join(str(err.get(k)) for k in ("type", "code") if isinstance(err.get(k), str))
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:

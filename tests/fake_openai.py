@@ -38,6 +38,7 @@ import itertools
 import json
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -153,6 +154,15 @@ class Reply:
     raw_events: list[str] | None = None
     """When not None and the request streams: these ``data:`` payloads, verbatim and in order,
     are the whole stream (add ``"[DONE]"`` yourself); build them with ``wire_chunk(...)``."""
+    drop: str | None = None
+    """End the connection before any byte of the answer: "close" (a clean close: the client
+    reads "disconnected without sending a response") or "reset" (a TCP reset)."""
+    echo_auth: bool = False
+    """Quote the request's Authorization header in the error message (of the error body and of
+    the ``error_event_at`` event), as some servers and proxies do."""
+    error_body: Any = None
+    """When set (and status != 200), the error response's JSON body as given, e.g. LiteLLM's
+    ``{"error": {"message": "No connected db.", "type": "no_db_connection"}}``."""
 
     def __post_init__(self) -> None:
         if self.chunk_chars < 1:
@@ -670,13 +680,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_body(400, "the request body must be a JSON object")
             return
         reply = self.fake._next_reply()
+        if reply.echo_auth:
+            quoted = f"{reply.error_message} (Authorization: {self.headers.get('Authorization')})"
+            reply = dataclasses.replace(reply, error_message=quoted)
         if reply.gate:
             self.fake._wait_for_active(reply.gate)
         if not self.fake._sleep(reply.hang):
             self.close_connection = True
             return
+        if reply.drop is not None:
+            self._drop(reply.drop)
+            return
         if reply.raw_body is not None:
             self._send_raw(reply.status, reply.raw_body, reply.headers)
+            return
+        if reply.status != 200 and reply.error_body is not None:
+            self._send_json(reply.status, reply.error_body, reply.headers)
             return
         if reply.status != 200:
             self._send_error_body(reply.status, reply.error_message, reply.headers)
@@ -810,6 +829,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _drop(self, how: str) -> None:
+        """End the connection without answering (``Reply.drop``)."""
+        if how not in ("close", "reset"):
+            raise ValueError(f"drop must be 'close' or 'reset', got {how!r}")
+        self.close_connection = True
+        if how == "reset":
+            # Linger 0: the close (when the handler's files let go of the socket) sends a RST.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()

@@ -289,3 +289,132 @@ def test_stream_cut_before_the_first_token_is_not_retried(fake: FakeOpenAI, fake
         list(chat.stream("hi"))
     assert len(fake.chat_requests()) == 1
     assert chat.get_turns() == []
+
+
+# -- a connection dropped before any byte of the answer -----------------------------------------
+
+
+@pytest.mark.parametrize("drop", ["close", "reset"])
+def test_a_connection_dropped_before_any_byte_is_retried(fake: FakeOpenAI, fake_url: str, drop: str) -> None:
+    """A busy server (or a keep-alive connection it had just closed) drops the request before
+    answering: nothing was generated, so it is sent again, like a refused connection."""
+    fake.script(Reply(drop=drop), Reply(text="second try"))
+    chat = new_chat(fake_url)
+    assert chat.chat("hi") == "second try"
+    assert len(fake.chat_requests()) == 2
+    fake.script(Reply(drop=drop), Reply(text="streamed"))
+    assert "".join(chat.stream("again")) == "streamed"
+    assert len(fake.chat_requests()) == 4
+
+
+async def test_a_connection_dropped_before_any_byte_is_retried_async(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(Reply(drop="reset"), Reply(drop="close"), Reply(text="third try"))
+    chat = new_chat(fake_url)
+    assert await chat.chat_async("hi") == "third try"
+    assert len(fake.chat_requests()) == 3
+
+
+def test_a_connection_dropped_every_time_says_so(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(*[Reply(drop="close")] * 3, Reply(text="unused"))
+    chat = new_chat(fake_url)
+    with pytest.raises(TransportError) as info:
+        chat.chat("hi")
+    assert len(fake.chat_requests()) == 3
+    assert fake.pending() == 1
+    # The server is running (it accepted the connection): the hint must not ask whether it is.
+    assert "is the server running" not in str(info.value)
+    assert "closed the connection" in str(info.value)
+    assert chat.get_turns() == []
+
+
+# -- hints ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [
+    # LiteLLM's proxy, for a key it cannot look up: a 400, not a 401.
+    {"message": "No connected db.", "type": "no_db_connection", "param": None, "code": "400"},
+    {"message": "Authentication Error, Invalid proxy server token passed.", "type": "auth_error",
+     "param": "None", "code": "400"},
+    {"message": "Incorrect API key provided.", "type": "invalid_request_error", "code": "invalid_api_key"},
+])
+def test_a_400_that_refuses_the_key_hints_at_the_credentials(
+    fake: FakeOpenAI, fake_url: str, error: dict[str, object]
+) -> None:
+    fake.script(Reply(status=400, error_body={"error": error}), Reply(text="unused"))
+    chat = new_chat(fake_url, credentials=SECRET)
+    with pytest.raises(AuthenticationError) as info:
+        chat.chat("hi")
+    assert info.value.status_code == 400
+    assert "credentials" in info.value.hint
+    assert "check model, params and api_args" not in str(info.value)
+    assert str(error["message"]) in str(info.value)
+    assert len(fake.chat_requests()) == 1
+
+
+def test_a_400_about_the_request_still_hints_at_the_request(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(Reply(status=400, error_message="max_tokens must be at most 4096 (tokens)"))
+    with pytest.raises(APIStatusError) as info:
+        new_chat(fake_url).chat("hi")
+    assert type(info.value) is APIStatusError
+    assert "api_args" in info.value.hint
+
+
+# -- redaction keeps the message readable -------------------------------------------------------
+
+
+def test_redaction_keeps_a_json_body_json(fake: FakeOpenAI, fake_url: str) -> None:
+    import json
+
+    # Each token ends the message or a clause: the quote and braces after it must stay.
+    for echo, shown in (
+        (f"Authorization: Bearer {SECRET}", "Authorization: Bearer ***"),
+        ("refused: Bearer other-token.42,Bearer abc/def=", "refused: Bearer ***,Bearer ***"),
+    ):
+        fake.script(Reply(status=401, error_message=echo))
+        with pytest.raises(AuthenticationError) as info:
+            new_chat(fake_url, credentials=SECRET).chat("hi")
+        exc = info.value
+        assert json.loads(exc.body)["error"]["message"] == shown
+        assert shown in str(exc)
+        assert SECRET not in exc.body and "other-token" not in exc.body and "abc" not in exc.body
+
+
+def _frames_text(exc: BaseException) -> str:
+    """Every frame below the test's own, with its local variables (what ``%xmode Verbose`` and
+    ``capture_locals`` print), for ``exc`` and the exceptions chained to it."""
+    import traceback
+
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    return "".join(traceback.TracebackException(type(exc), exc, tb, capture_locals=True).format())
+
+
+@pytest.mark.parametrize("how", ["chat", "stream", "async"])
+def test_no_frame_of_a_failed_request_holds_the_key(fake: FakeOpenAI, fake_url: str, how: str) -> None:
+    import asyncio
+
+    echo = f"Incorrect API key provided: {SECRET}. Authorization: Bearer {SECRET}"
+    chat = new_chat(fake_url, credentials=SECRET, api_args={"user_token": SECRET})
+
+    def run() -> None:
+        if how == "chat":
+            chat.chat("hi")
+        elif how == "stream":
+            list(chat.stream("hi"))
+        else:
+            async def consume() -> None:
+                [c async for c in chat.stream_async("hi")]
+
+            asyncio.run(consume())
+
+    replies = [
+        [Reply(status=401, error_message=echo)],
+        [Reply(status=500, error_message=echo, headers={"Retry-After": "0"})] * 3,
+    ]
+    if how != "chat":  # a streamed answer that reports the error mid-stream
+        replies.append([Reply(chunks=["a", "b"], error_event_at=1, error_message=echo)])
+    for script in replies:
+        fake.script(*script)
+        with pytest.raises(LLMChatError) as info:
+            run()
+        text = _frames_text(info.value)
+        assert "SECRET1234" not in text, text

@@ -119,6 +119,17 @@ FAULTS: dict[str, Fault] = {
     "read_timeout": Fault(
         lambda: [Reply(hang=3.0)], "error", TransportError, "timed out", timeout=0.5, requests=1
     ),
+    "reset_before_any_byte": Fault(
+        lambda: [Reply(drop="reset"), Reply(text="sent again")], "ok", text="sent again", requests=2,
+    ),
+    "closed_before_any_byte_every_time": Fault(
+        lambda: [Reply(drop="close")] * 3, "error", TransportError, "closed the connection before answering",
+        requests=3,
+    ),
+    "400_key_unknown_to_the_proxy": Fault(  # LiteLLM's proxy, for a key it cannot look up
+        lambda: [Reply(status=400, error_body={"error": {"message": "No connected db.", "type": "no_db_connection"}})],
+        "error", AuthenticationError, "No connected db", requests=1,
+    ),
     "stream_cut_after_3_tokens": Fault(
         lambda: [Reply(chunks=["One ", "two ", "three ", "four"], cut_after=3)],
         "partial", StreamError, "stream", text="One two three ", requests=1,

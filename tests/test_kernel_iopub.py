@@ -268,7 +268,9 @@ def test_interrupt_keeps_a_partial_turn(kernel: tuple[Any, Any], kc: Any, server
 
     reply, msgs = execute(kc, "%%chat\nTell me a long story.\n", on_iopub=interrupt_after_a_few_updates)
     assert reply["content"]["status"] == "error"
-    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    # An ordinary stop shows as one line (IPython's no-traceback UsageError), not a traceback.
+    assert reply["content"]["ename"] == "UsageError" and "Ctrl-C" in reply["content"]["evalue"]
+    assert not [m for m in msgs if m["msg_type"] == "error"]  # no traceback output
     measure("interrupted slow stream", msgs, answer)
     shown = answer_displays(msgs)
     final = shown[-1]

@@ -285,3 +285,16 @@ def test_progress_line_counts_every_request_of_a_tool_exchange(fake: FakeOpenAI,
     copy.get_turns()[-1].cost = copy.get_turns()[-3].cost = 0.0
     free.add(copy)
     assert free.line() == "1/1 done · tokens 100 in, 10 out · cost $0, local"
+
+
+def test_connections_dropped_before_any_byte_lose_no_prompt(fake: FakeOpenAI, fake_url: str) -> None:
+    """A busy server resets or closes some connections before answering (29 of 2,000 prompts
+    failed under max_active=50): each such request is sent again, and every prompt is answered."""
+    prompts = [f"prompt {i:02d}" for i in range(20)]
+    for i, p in enumerate(prompts):
+        drops = [Reply(drop="reset" if i % 2 else "close")] * (i % 3)  # none, one or two drops
+        fake.script_for(p, *drops, Reply(text=f"answer {i:02d}"))
+    answers = parallel_chat_text(new_chat(fake_url), prompts, max_active=10, rpm=FAST)
+    assert answers == [f"answer {i:02d}" for i in range(20)]
+    assert answers.errors == {}
+    assert len(fake.chat_requests()) == sum(1 + i % 3 for i in range(20))

@@ -87,6 +87,30 @@ def echoing_errors() -> list[Reply]:
     ] * 3
 
 
+def echoing_auth() -> list[Reply]:
+    """A 401, 500s (retried) and a stream error, each quoting the Authorization header it got."""
+    now = {"Retry-After": "0"}
+    return [Reply(status=401, echo_auth=True, error_message="Incorrect API key provided")] + [
+        Reply(status=500, echo_auth=True, error_message="upstream failed", headers=now)
+    ] * 3 + [Reply(chunks=["a", "b", "c"], error_event_at=2, echo_auth=True, error_message="key revoked")]
+
+
+def xmodes() -> list[str]:
+    """IPython's exception modes (Plain, Context, Verbose, Minimal, and Docs where it has it)."""
+    from IPython.core.ultratb import FormattedTB
+
+    return list(FormattedTB().valid_modes)
+
+
+#: Cells that fail with the key echoed (the replies of ``echoing_auth``, in order): a %%chat,
+#: the Python API (a traceback through Chat), a %%chat whose stream breaks.
+FAILING_CELLS = (
+    "%%chat\nThis one fails with 401",
+    "import jupyter_llmchat\njupyter_llmchat.session().chat('this one fails with 500')",
+    "%%chat\nThis one breaks mid-stream",
+)
+
+
 def python_flows(fake: FakeOpenAI, seen: Seen) -> None:
     fake.require_auth = f"Bearer {CANARY}"
     chats = {
@@ -203,6 +227,9 @@ def notebook_flow(fake: FakeOpenAI, tmp_path: Path, seen: Seen) -> None:
         "print(jupyter_llmchat.session().to_json())",
         "import jupyter_llmchat._bridge as b, json\nprint(json.dumps(b.current_bridge().record()))",
     ]
+    for mode in xmodes():  # the key echoed back, in every exception mode, saved with the outputs
+        sources += [f"%xmode {mode}", *FAILING_CELLS]
+        fake.script(*echoing_auth())
     nb = run_notebook(sources, tmp_path, allow_errors=True)
     fake.require_auth = None
     path = tmp_path / "canary.ipynb"
@@ -240,5 +267,39 @@ def test_the_canary_key_never_shows(
         for r in fake.requests if r.path.startswith("/v1/chat")
     )
     assert len(seen.texts) > 50
+    leaks = seen.leaks()
+    assert leaks == [], "\n".join(leaks)
+
+
+def test_the_canary_never_shows_in_a_kernel_in_any_xmode(fake: FakeOpenAI) -> None:
+    """Every IOPub message and reply of a real kernel (tracebacks included), in each
+    ``%xmode``, and what the ``jupyter_llmchat`` logger wrote there, for a server that quotes
+    the Authorization header it got in its 401, its 500s and a stream error."""
+    from tests.kernel_frontend import kernel, load
+
+    seen = Seen()
+    with kernel(None, env={ENV_VAR: CANARY}) as k:
+        load(k, fake.base_url)
+        k.ok(f"%config ChatMagics.credentials_env = {ENV_VAR!r}")
+        k.ok("import io, logging\n_canary_log = io.StringIO()\n"
+             "_logger = logging.getLogger('jupyter_llmchat')\n"
+             "_logger.addHandler(logging.StreamHandler(_canary_log)); _logger.setLevel(logging.DEBUG)")
+        fake.require_auth = f"Bearer {CANARY}"
+        modes = k.value("__import__('IPython').core.ultratb.FormattedTB().valid_modes")
+        assert {"Plain", "Context", "Verbose", "Minimal"} <= set(modes)
+        errors = 0
+        for mode in modes:
+            k.ok(f"%xmode {mode}")
+            fake.script(*echoing_auth())
+            for source in FAILING_CELLS:
+                reply, msgs = k.execute(source)
+                seen.add(f"{mode} {source!r} reply", json.dumps(reply["content"]))
+                seen.add(f"{mode} {source!r} iopub", json.dumps([m["content"] for m in msgs]))
+                errors += reply["content"]["status"] == "error"
+        fake.require_auth = None
+        seen.add("jupyter_llmchat logger", k.value("_canary_log.getvalue()"))
+    # The server really echoed the key (the test would pass vacuously otherwise).
+    assert errors >= len(modes)
+    assert any(CANARY in r.headers.get("authorization", "") for r in fake.chat_requests())
     leaks = seen.leaks()
     assert leaks == [], "\n".join(leaks)
