@@ -114,7 +114,17 @@ class Bridge:
         for candidate in (ns.get("__session__"), os.environ.get("JPY_SESSION_NAME"), ns.get("__vsc_ipynb_file__")):
             if isinstance(candidate, str) and candidate.endswith(".ipynb") and os.path.isfile(candidate):
                 return candidate
-        return None
+        if getattr(self.shell, "kernel", None) is None:
+            return None  # a terminal: no notebook to look for
+        # Headless (nbclient, `jupyter execute`): told no path, but run in the notebook's folder.
+        source = _executing_source(self.shell)
+        found = find_notebook(os.getcwd(), source) if source else []
+        if len(found) > 1:
+            names = ", ".join(os.path.basename(f) for f in found[:5])
+            print(f"jupyter_llmchat: several notebooks here hold this cell ({names}): no answer is "
+                  "replayed from any of them; set JPY_SESSION_NAME to the notebook's path "
+                  "(papermill: run with --cwd set to the notebook's folder)")
+        return found[0] if len(found) == 1 else None
 
     def restore_from_file(self) -> None:
         path = self.path
@@ -314,6 +324,26 @@ class Bridge:
             print(f"jupyter_llmchat: notebook metadata not sent ({exc})", file=sys.stderr)
             return False
 
+    def open_comm_when_spoken(self) -> None:
+        """Open the comm now if this request comes from a front end that speaks it, else at the
+        first request that does: a client without our comm target (nbclient, `jupyter
+        execute`) logs "No handler found for comm target" for a comm opened at it."""
+        if getattr(self.shell, "kernel", None) is None:
+            return
+        if _speaks_comm(self.shell):
+            self.open_comm()
+            return
+        events = getattr(self.shell, "events", None)
+        if events is None:
+            return
+
+        def pre_execute() -> None:
+            if self.comm is None and _speaks_comm(self.shell):
+                events.unregister("pre_execute", pre_execute)
+                self.open_comm()
+
+        events.register("pre_execute", pre_execute)
+
     def open_comm(self) -> None:
         if getattr(self.shell, "kernel", None) is None:
             return
@@ -374,6 +404,67 @@ class Bridge:
             self.send()
 
 
+#: Headless look-up bounds: notebooks read in the working directory, and bytes read in all.
+MAX_LOOKUP_FILES = 64
+MAX_LOOKUP_BYTES = 256_000_000
+
+
+def _parent(shell: Any) -> dict[str, Any]:
+    """The request the kernel is executing (ipykernel's parent message), or {}."""
+    get_parent = getattr(getattr(shell, "kernel", None), "get_parent", None)
+    try:
+        parent = get_parent("shell") if get_parent is not None else None
+    except Exception:  # an older or other kernel: no parent to read
+        parent = None
+    return parent if isinstance(parent, dict) else {}
+
+
+def _executing_source(shell: Any) -> str | None:
+    code = (_parent(shell).get("content") or {}).get("code")
+    if isinstance(code, str):
+        return code
+    raw = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None)
+    return raw[-1] if raw else None
+
+
+def _speaks_comm(shell: Any) -> bool:
+    """JupyterLab and Notebook 7 put the cell's id and the deleted cells in every execute
+    request's metadata; the clients that handle no comm of ours (nbclient, `jupyter execute`,
+    papermill) put nothing there."""
+    metadata = _parent(shell).get("metadata")
+    return isinstance(metadata, dict) and ("cellId" in metadata or "deletedCells" in metadata)
+
+
+def find_notebook(directory: str, source: str) -> list[str]:
+    """The ``.ipynb`` files of ``directory`` with a code cell whose source is ``source``
+    (bounded: at most ``MAX_LOOKUP_FILES`` files and ``MAX_LOOKUP_BYTES`` read)."""
+    wanted = source.strip()
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".ipynb"))
+    except OSError:
+        return []
+    found: list[str] = []
+    budget = MAX_LOOKUP_BYTES
+    for name in names[:MAX_LOOKUP_FILES]:
+        path = os.path.join(directory, name)
+        try:
+            size = os.path.getsize(path)
+            if size > min(budget, MAX_RECORD_CHARS * 2):
+                continue
+            budget -= size
+            with open(path, encoding="utf-8") as f:
+                cells = json.load(f).get("cells")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue  # not a notebook we could read: not ours either
+        for cell in cells if isinstance(cells, list) else []:
+            text = cell.get("source") if isinstance(cell, dict) and cell.get("cell_type") == "code" else None
+            text = "".join(text) if isinstance(text, list) and all(isinstance(t, str) for t in text) else text
+            if isinstance(text, str) and text.strip() == wanted:
+                found.append(path)
+                break
+    return found
+
+
 def _same_file(kernel_path: str, front_path: str) -> bool:
     """The kernel knows its notebook by an absolute path, the front end relative to its root."""
     mine = os.path.abspath(kernel_path).replace(os.sep, "/")
@@ -388,7 +479,7 @@ def start_bridge(shell: Any, magics: Any) -> Bridge:
         bridge = bridges[shell] = Bridge(shell, magics)
         _sessions.on_session(bridge._on_session)
         bridge.restore_from_file()
-        bridge.open_comm()
+        bridge.open_comm_when_spoken()
     else:
         bridge.magics = magics
     return bridge
