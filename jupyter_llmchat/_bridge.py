@@ -6,9 +6,14 @@ Front end -> kernel:
 
 - ``{"type": "hello", "path", "saved", "record"}`` in answer to the comm's opening. ``path`` is
   the notebook's path as the front end names it; a kernel serves one notebook's record, so a
-  hello from another notebook (one switched to this running kernel) is ignored. ``record``
-  (the front end's in-memory record, which may hold unsaved turns) extends a session only when
-  it holds the same turns and more.
+  hello from another notebook (one switched to this running kernel) is ignored, and said so in
+  the next cell's output. Which notebook is ours follows the record's own ``id`` (written once),
+  not a path: a hello under a new path whose record carries our id is our notebook, renamed
+  (unless our file is still where it was: then it is a copy). ``record`` (the front end's
+  in-memory record, which may hold unsaved turns) extends a session only when it holds the
+  same turns and more.
+- ``{"type": "path", "path", "from"}``: the notebook was renamed or moved while open, from
+  ``from`` (the path it said hello with): the kernel follows it and sends the whole record.
 - ``{"type": "resync", "path"}``: the front end could not apply an update (its record is not the
   one the update follows): the kernel answers with the whole record.
 
@@ -41,6 +46,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -91,6 +97,11 @@ class Bridge:
         self.front_path: str | None = None
         #: Why the notebook's record was refused: nothing is sent while this is set.
         self.refused: str | None = None
+        #: The record's own id (DESIGN §6): its notebook is the one whose record carries it,
+        #: whatever its path now. Read from the record, or made at the first write.
+        self.record_id: str | None = None
+        #: Lines to show in the next cell's output: what kept turns out of the record.
+        self._notices: list[str] = []
         self._replaced = False
         self._warned_own = False
         self._warned_foreign: set[str] = set()
@@ -167,6 +178,8 @@ class Bridge:
             if replace or not self._replaced:
                 self._refuse(str(exc))
             return
+        if self.record_id is None:
+            self.record_id = clean.get("id")
         for name, s in clean["sessions"].items():
             turns = s["turns"]
             # Creating a session is cheap: no request, no server start until it is used.
@@ -205,6 +218,7 @@ class Bridge:
         if event not in ("turn", "reset", "set"):
             return
         if event == "turn":
+            self._show_notices()
             # Every request of the exchange was paid for: the tool rounds' answers too.
             for t in exchange.turns if exchange is not None else []:
                 if t.role == "assistant":
@@ -220,6 +234,8 @@ class Bridge:
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, _Synced]]:
         record: dict[str, Any] = {"version": SCHEMA_VERSION, "sessions": {}, "usage": self.ledger.to_list()}
+        if self.record_id is not None:
+            record["id"] = self.record_id
         if self.budget.active:
             record["budget"] = self.budget.to_dict()
         synced: dict[str, _Synced] = {}
@@ -253,6 +269,8 @@ class Bridge:
         """Send the whole record (``set_metadata``), if it is one we would read back."""
         if not self._may_send():
             return
+        if self.record_id is None:
+            self.record_id = uuid.uuid4().hex  # written once: kept through renames and restarts
         record, synced = self._snapshot()
         try:
             validate_record(record)
@@ -367,17 +385,42 @@ class Bridge:
             return False
         return self.hello_received or self.opened_in == getattr(self.shell, "execution_count", None)
 
-    def owns(self, path: Any) -> bool:
-        """Whether ``path`` (a front end's name for its notebook) is this kernel's notebook."""
+    def owns(self, path: Any, record_id: Any = None) -> bool:
+        """Whether ``path`` (a front end's name for its notebook), whose record carries
+        ``record_id``, is this kernel's notebook."""
         if not isinstance(path, str) or not path:
             return False
+        if self.front_path is not None and path == self.front_path:
+            return True
+        gone = self.path is not None and not os.path.isfile(self.path)
+        if self.record_id is not None and record_id == self.record_id:
+            # Our record under another name: renamed (our file is gone), or a copy of it (our
+            # notebook is still where it was), which is another notebook.
+            return self.path is None or gone or _same_file(self.path, path)
         if self.path is not None and _same_file(self.path, path):
             return True
-        if self.front_path is not None:
-            return path == self.front_path
-        # No file known (a kernel started without one, or its notebook was renamed since):
-        # the first notebook to say hello is this kernel's.
-        return self.path is None or not os.path.isfile(self.path)
+        if gone and self.record_id is None:
+            return True  # renamed before anything was recorded: the first to say hello is ours
+        # No file known (a kernel started without one): the first notebook to say hello is ours.
+        return self.path is None and self.front_path is None
+
+    def _renamed(self, path: str) -> None:
+        """Our notebook is at ``path`` now (the front end's name): follow it."""
+        if self.path is not None and self.front_path is not None and path != self.front_path:
+            self.path = _rebased(self.path, self.front_path, path)
+        self.front_path = path
+
+    def _notice(self, line: str) -> None:
+        if line not in self._notices:
+            self._notices.append(line)
+
+    def _show_notices(self) -> None:
+        """In the cell's output, not only on the kernel's stderr (which JupyterLab does not
+        show for a comm message): what kept turns out of the notebook's record."""
+        from ._cellcontext import show_line
+
+        while self._notices:
+            show_line(self.shell, self._notices.pop(0))
 
     def _on_msg(self, msg: dict[str, Any]) -> None:
         data = (msg.get("content") or {}).get("data") or {}
@@ -386,14 +429,18 @@ class Bridge:
         kind = data.get("type")
         if kind == "hello":
             path = data.get("path")
-            if not self.owns(path):
+            record = data.get("record")
+            record_id = record.get("id") if isinstance(record, dict) else None
+            if not self.owns(path, record_id):
                 if str(path) not in self._warned_foreign:
                     self._warned_foreign.add(str(path))
-                    print(f"jupyter_llmchat: this kernel keeps the chat record of "
-                          f"{self.front_path or self.path}; {str(path)[:200]!r} shares it and "
-                          "gets no record", file=sys.stderr)
+                    line = (f"jupyter_llmchat: this kernel keeps the chat record of "
+                            f"{self.front_path or self.path}; {str(path)[:200]!r} shares it and "
+                            "gets no record")
+                    print(line, file=sys.stderr)
+                    self._notice(line)
                 return
-            self.front_path = path
+            self._renamed(path)
             self.hello_received = True
             self._synced = None
             if data.get("record") is not None:
@@ -402,6 +449,12 @@ class Bridge:
         elif kind == "resync" and self.front_path is not None and data.get("path") == self.front_path:
             self._synced = None
             self.send()
+        elif kind == "path" and self.front_path is not None and data.get("from") == self.front_path:
+            # Renamed or moved while open: the same notebook, the same record, a new name.
+            if isinstance(data.get("path"), str) and data["path"]:
+                self._renamed(data["path"])
+                self._synced = None
+                self.send()
 
 
 #: Headless look-up bounds: notebooks read in the working directory, and bytes read in all.
@@ -463,6 +516,15 @@ def find_notebook(directory: str, source: str) -> list[str]:
                 found.append(path)
                 break
     return found
+
+
+def _rebased(kernel_path: str, old_front: str, new_front: str) -> str:
+    """The kernel's absolute path of a notebook the front end renamed from ``old_front`` (a
+    path relative to the server's root) to ``new_front``."""
+    mine = os.path.abspath(kernel_path).replace(os.sep, "/")
+    old = os.path.normpath(old_front).replace(os.sep, "/").lstrip("/")
+    root = mine[: -len(old)] if mine.endswith(old) else os.path.dirname(mine) + "/"
+    return os.path.normpath(root + os.path.normpath(new_front).replace(os.sep, "/").lstrip("/"))
 
 
 def _same_file(kernel_path: str, front_path: str) -> bool:

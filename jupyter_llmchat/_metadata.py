@@ -50,6 +50,7 @@ MAX_USAGE_ROWS = 1_000
 #: A tool call's arguments or result (as JSON) longer than this is cut in the record, with a note.
 MAX_TOOL_CHARS = 32_000
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_RECORD_ID = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
 
 
 def _cut(text: str, limit: int) -> str:
@@ -220,6 +221,10 @@ def validate_record(obj: Any) -> dict[str, Any]:
     if not isinstance(sessions, dict) or len(sessions) > MAX_SESSIONS:
         raise RecordError("sessions must be an object of at most %d sessions" % MAX_SESSIONS)
     clean: dict[str, Any] = {"version": SCHEMA_VERSION, "sessions": {}, "usage": []}
+    if obj.get("id") is not None:
+        if not isinstance(obj["id"], str) or not _RECORD_ID.match(obj["id"]):
+            raise RecordError("the record's id must be 8 to 64 letters, digits, '-' or '_'")
+        clean["id"] = obj["id"]
     for name, s in sessions.items():
         if not isinstance(name, str) or not _NAME.match(name):
             raise RecordError(f"bad session name {str(name)[:40]!r}")

@@ -57,6 +57,11 @@ class FrontEnd:
         self.send({"type": "hello", "path": self.path, "saved": True,
                    "record": self.record if record == "mine" else record})
 
+    def rename(self, path: str) -> None:
+        """The notebook was renamed while open: tell the kernel, as bridge.ts does."""
+        self.send({"type": "path", "path": path, "from": self.hello_path})
+        self.path = self.hello_path = path
+
     def send(self, data: dict[str, Any]) -> None:
         assert self.kc is not None and self.comm_id is not None
         self.kc.shell_channel.send(self.kc.session.msg("comm_msg", {"comm_id": self.comm_id, "data": data}))

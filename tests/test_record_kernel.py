@@ -39,6 +39,14 @@ def final_outputs(msgs: list[dict[str, Any]]) -> int:
     return len(json.dumps(list(last.values())))
 
 
+def shown(k: Any, code: str) -> str:
+    """What the cell ``code`` showed: its streams and its displays' text/plain."""
+    reply, msgs = k.execute(code)
+    assert reply["content"]["status"] == "ok"
+    return "".join(m["content"].get("text", "") + str((m["content"].get("data") or {}).get("text/plain", ""))
+                   for m in msgs)
+
+
 def test_a_large_tool_result_is_cut_once_and_later_turns_are_recorded(
     tmp_path: Path, server: FakeOpenAIProcess
 ) -> None:
@@ -82,3 +90,49 @@ def test_a_huge_prompt_is_cut_and_the_next_turn_is_still_recorded(
         texts = record_texts(fe.record)
         assert len(texts) == 4 and texts[2] == "y"
         assert len(texts[0]) <= 2_000_000 and "cut" in texts[0][-200:]
+
+
+def test_a_notebook_renamed_while_its_kernel_runs_keeps_its_record(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
+    old = notebook_file(tmp_path / "old.ipynb")
+    with kernel(old) as k:
+        fe = k.attach(FrontEnd("old.ipynb"))
+        load(k, server.base_url)
+        k.ok("%chat one")
+        record_id = fe.record["id"]
+        # Renamed in the file browser, then the page reloaded: a new front end, the new path.
+        old.rename(tmp_path / "new.ipynb")
+        k.front_ends.remove(fe)
+        again = k.attach(FrontEnd("new.ipynb", fe.record, hello=False))
+        again.comm_id = fe.comm_id
+        again.say_hello()
+        k.ok("%chat two")
+        assert record_texts(again.record)[::2] == ["one", "two"]
+        assert again.record["id"] == record_id and again.ignored == 0
+        # Renamed again while open: the front end says so, the record follows.
+        (tmp_path / "new.ipynb").rename(tmp_path / "newer.ipynb")
+        again.rename("newer.ipynb")
+        k.ok("%chat three")
+        assert record_texts(again.record)[::2] == ["one", "two", "three"]
+        assert again.record == k.value(RECORD) and again.record["id"] == record_id
+
+
+def test_a_copy_saying_hello_to_the_kernel_is_told_in_the_notebook(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
+    nb = notebook_file(tmp_path / "a.ipynb")
+    with kernel(nb) as k:
+        fe = k.attach(FrontEnd("a.ipynb"))
+        load(k, server.base_url)
+        k.ok("%chat one")
+        # A copy of it (the same record id, a.ipynb still there) switched to this kernel.
+        notebook_file(tmp_path / "a-Copy1.ipynb", fe.record)
+        copy = k.attach(FrontEnd("a-Copy1.ipynb", fe.record, hello=False))
+        copy.comm_id = fe.comm_id
+        copy.say_hello()
+        out = shown(k, "%chat two")
+        assert copy.received == []
+        # Shown in the cell's output, not only on the kernel's stderr.
+        assert "a-Copy1.ipynb" in out and "gets no record" in out, out
+        assert record_texts(fe.record)[::2] == ["one", "two"]
