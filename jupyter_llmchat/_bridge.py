@@ -157,6 +157,10 @@ class Bridge:
             return
         if record is not None:
             self.apply(record, replace=True)
+        if self.record_id is not None and _held_elsewhere(path, self.record_id):
+            # A copy (File > Duplicate) carries its original's id: either one is the copy, and
+            # ours gets a new id at its first write, so the two are never taken for one.
+            self.record_id = uuid.uuid4().hex
 
     def _refuse(self, reason: str) -> None:
         if self.refused is None:
@@ -516,6 +520,30 @@ def find_notebook(directory: str, source: str) -> list[str]:
                 found.append(path)
                 break
     return found
+
+
+def _held_elsewhere(path: str, record_id: str) -> bool:
+    """Whether another notebook in ``path``'s folder holds a record with ``record_id``
+    (bounded as the headless look-up is; a raw search, the id being random)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    needle = json.dumps(record_id).encode()
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".ipynb") and n != name)
+    except OSError:
+        return False
+    budget = MAX_LOOKUP_BYTES
+    for other in names[:MAX_LOOKUP_FILES]:
+        try:
+            with open(os.path.join(directory, other), "rb") as f:
+                data = f.read(budget)
+        except OSError:
+            continue
+        budget -= len(data)
+        if needle in data:
+            return True
+        if budget <= 0:
+            break
+    return False
 
 
 def _rebased(kernel_path: str, old_front: str, new_front: str) -> str:

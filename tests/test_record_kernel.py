@@ -136,3 +136,21 @@ def test_a_copy_saying_hello_to_the_kernel_is_told_in_the_notebook(
         # Shown in the cell's output, not only on the kernel's stderr.
         assert "a-Copy1.ipynb" in out and "gets no record" in out, out
         assert record_texts(fe.record)[::2] == ["one", "two"]
+
+
+def test_a_copied_notebook_gets_a_new_id_on_its_first_record_write(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
+    from tests.test_restore import valid_record
+
+    record = {**valid_record(), "id": "0123456789abcdef0123456789abcdef"}
+    notebook_file(tmp_path / "a.ipynb", record)
+    for name, kept in (("a.ipynb", True), ("a-Copy1.ipynb", False)):
+        # The original alone keeps its id; then a copy of it is made, and opened.
+        path = notebook_file(tmp_path / name, record)
+        with kernel(path) as k:
+            fe = k.attach(FrontEnd(path.name, record))
+            load(k, server.base_url)
+            k.ok("%chat one")
+            assert (fe.record["id"] == record["id"]) is kept, path.name
+            assert fe.record == k.value(RECORD)
