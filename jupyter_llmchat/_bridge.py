@@ -164,14 +164,21 @@ class Bridge:
 
     def _refuse(self, reason: str) -> None:
         if self.refused is None:
-            warnings.warn(
+            self._warn(
                 f"jupyter_llmchat: ignoring the notebook's chat record ({reason[:150]}); it is "
                 "left as it is and nothing new is recorded in it until `%chat_reset --all` "
                 "replaces it",
-                UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         self.refused = reason
+
+    def _warn(self, message: str, stacklevel: int) -> None:
+        """One warning; from a front end's message (no cell runs: its stderr is the kernel's,
+        which JupyterLab does not show), also shown in the next cell's output."""
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
+        if getattr(self.shell, "kernel", None) is not None and \
+                (_parent(self.shell).get("header") or {}).get("msg_type") != "execute_request":
+            self._notice(message)
 
     def apply(self, record: Any, *, replace: bool) -> None:
         """Restore from a record: all sessions (``replace``, the file), or only those it
@@ -262,11 +269,10 @@ class Bridge:
         self._synced = None  # the front end missed this one: the next send is the whole record
         if not self._warned_own:
             self._warned_own = True
-            warnings.warn(
+            self._warn(
                 f"jupyter_llmchat: the chat record is not written into the notebook ({reason}); "
                 "it would not be read back. `%chat_reset` makes it smaller.",
-                UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
     def send(self) -> None:

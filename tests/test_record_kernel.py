@@ -154,3 +154,16 @@ def test_a_copied_notebook_gets_a_new_id_on_its_first_record_write(
             k.ok("%chat one")
             assert (fe.record["id"] == record["id"]) is kept, path.name
             assert fe.record == k.value(RECORD)
+
+
+def test_a_record_refused_at_hello_is_said_in_the_notebook(tmp_path: Path, server: FakeOpenAIProcess) -> None:
+    from tests.test_bridge_kernel import refused_record
+
+    record = refused_record("invalid")
+    nb = notebook_file(tmp_path / "refused.ipynb")
+    with kernel(nb) as k:
+        k.attach(FrontEnd("refused.ipynb", record))
+        load(k, server.base_url)
+        out = shown(k, "%chat Hello") + shown(k, "%chat Again")
+        # The hello is handled outside any cell: the next cell's output says it, once.
+        assert out.count("ignoring the notebook's chat record") == 1, out
