@@ -6,9 +6,14 @@ Front end -> kernel:
 
 - ``{"type": "hello", "path", "saved", "record"}`` in answer to the comm's opening. ``path`` is
   the notebook's path as the front end names it; a kernel serves one notebook's record, so a
-  hello from another notebook (one switched to this running kernel) is ignored. ``record``
-  (the front end's in-memory record, which may hold unsaved turns) extends a session only when
-  it holds the same turns and more.
+  hello from another notebook (one switched to this running kernel) is ignored, and said so in
+  the next cell's output. Which notebook is ours follows the record's own ``id`` (written once),
+  not a path: a hello under a new path whose record carries our id is our notebook, renamed
+  (unless our file is still where it was: then it is a copy). ``record`` (the front end's
+  in-memory record, which may hold unsaved turns) extends a session only when it holds the
+  same turns and more.
+- ``{"type": "path", "path", "from"}``: the notebook was renamed or moved while open, from
+  ``from`` (the path it said hello with): the kernel follows it and sends the whole record.
 - ``{"type": "resync", "path"}``: the front end could not apply an update (its record is not the
   one the update follows): the kernel answers with the whole record.
 
@@ -46,6 +51,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -97,6 +103,11 @@ class Bridge:
         self.front_path: str | None = None
         #: Why the notebook's record was refused: nothing is sent while this is set.
         self.refused: str | None = None
+        #: The record's own id (DESIGN §6): its notebook is the one whose record carries it,
+        #: whatever its path now. Read from the record, or made at the first write.
+        self.record_id: str | None = None
+        #: Lines to show in the next cell's output: what kept turns out of the record.
+        self._notices: list[str] = []
         self._replaced = False
         self._warned_own = False
         self._warned_foreign: set[str] = set()
@@ -126,7 +137,17 @@ class Bridge:
         for candidate in (ns.get("__session__"), os.environ.get("JPY_SESSION_NAME"), ns.get("__vsc_ipynb_file__")):
             if isinstance(candidate, str) and candidate.endswith(".ipynb") and os.path.isfile(candidate):
                 return candidate
-        return None
+        if getattr(self.shell, "kernel", None) is None:
+            return None  # a terminal: no notebook to look for
+        # Headless (nbclient, `jupyter execute`): told no path, but run in the notebook's folder.
+        source = _executing_source(self.shell)
+        found = find_notebook(os.getcwd(), source) if source else []
+        if len(found) > 1:
+            names = ", ".join(os.path.basename(f) for f in found[:5])
+            print(f"jupyter_llmchat: several notebooks here hold this cell ({names}): no answer is "
+                  "replayed from any of them; set JPY_SESSION_NAME to the notebook's path "
+                  "(papermill: run with --cwd set to the notebook's folder)")
+        return found[0] if len(found) == 1 else None
 
     def restore_from_file(self) -> None:
         path = self.path
@@ -148,17 +169,28 @@ class Bridge:
             return
         if record is not None:
             self.apply(record, replace=True)
+        if self.record_id is not None and _held_elsewhere(path, self.record_id):
+            # A copy (File > Duplicate) carries its original's id: either one is the copy, and
+            # ours gets a new id at its first write, so the two are never taken for one.
+            self.record_id = uuid.uuid4().hex
 
     def _refuse(self, reason: str) -> None:
         if self.refused is None:
-            warnings.warn(
+            self._warn(
                 f"jupyter_llmchat: ignoring the notebook's chat record ({reason[:150]}); it is "
                 "left as it is and nothing new is recorded in it until `%chat_reset --all` "
                 "replaces it",
-                UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         self.refused = reason
+
+    def _warn(self, message: str, stacklevel: int) -> None:
+        """One warning; from a front end's message (no cell runs: its stderr is the kernel's,
+        which JupyterLab does not show), also shown in the next cell's output."""
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
+        if getattr(self.shell, "kernel", None) is not None and \
+                (_parent(self.shell).get("header") or {}).get("msg_type") != "execute_request":
+            self._notice(message)
 
     def apply(self, record: Any, *, replace: bool) -> None:
         """Restore from a record: all sessions (``replace``, the file), or only those it
@@ -169,6 +201,8 @@ class Bridge:
             if replace or not self._replaced:
                 self._refuse(str(exc))
             return
+        if self.record_id is None:
+            self.record_id = clean.get("id")
         for name, s in clean["sessions"].items():
             turns = s["turns"]
             # Creating a session is cheap: no request, no server start until it is used.
@@ -243,6 +277,7 @@ class Bridge:
         if event not in ("turn", "reset", "set"):
             return
         if event == "turn":  # its spend came in as it arrived (add_spend)
+            self._show_notices()
             self.send_update(chat)
             return
         self._synced = None
@@ -253,6 +288,8 @@ class Bridge:
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[str, _Synced]]:
         record: dict[str, Any] = {"version": SCHEMA_VERSION, "sessions": {}, "usage": self.ledger.to_list()}
+        if self.record_id is not None:
+            record["id"] = self.record_id
         if self.budget.active:
             record["budget"] = self.budget.to_dict()
         elif self.unreadable_budget is not None:  # kept as written until %chat_budget replaces it
@@ -277,11 +314,10 @@ class Bridge:
         self._synced = None  # the front end missed this one: the next send is the whole record
         if not self._warned_own:
             self._warned_own = True
-            warnings.warn(
+            self._warn(
                 f"jupyter_llmchat: the chat record is not written into the notebook ({reason}); "
                 "it would not be read back. `%chat_reset` makes it smaller.",
-                UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
     def send(self) -> None:
@@ -289,6 +325,8 @@ class Bridge:
         if not self._may_send():
             return
         self._usage_unsent = False  # tried once: a record too large is not retried every cell
+        if self.record_id is None:
+            self.record_id = uuid.uuid4().hex  # written once: kept through renames and restarts
         record, synced = self._snapshot()
         try:
             validate_record(record)
@@ -361,6 +399,26 @@ class Bridge:
             print(f"jupyter_llmchat: notebook metadata not sent ({exc})", file=sys.stderr)
             return False
 
+    def open_comm_when_spoken(self) -> None:
+        """Open the comm now if this request comes from a front end that speaks it, else at the
+        first request that does: a client without our comm target (nbclient, `jupyter
+        execute`) logs "No handler found for comm target" for a comm opened at it."""
+        if getattr(self.shell, "kernel", None) is None:
+            return
+        if _speaks_comm(self.shell):
+            self.open_comm()
+            return
+        events = getattr(self.shell, "events", None)
+        if events is None:
+            return
+
+        def pre_execute() -> None:
+            if self.comm is None and _speaks_comm(self.shell):
+                events.unregister("pre_execute", pre_execute)
+                self.open_comm()
+
+        events.register("pre_execute", pre_execute)
+
     def open_comm(self) -> None:
         if getattr(self.shell, "kernel", None) is None:
             return
@@ -384,17 +442,42 @@ class Bridge:
             return False
         return self.hello_received or self.opened_in == getattr(self.shell, "execution_count", None)
 
-    def owns(self, path: Any) -> bool:
-        """Whether ``path`` (a front end's name for its notebook) is this kernel's notebook."""
+    def owns(self, path: Any, record_id: Any = None) -> bool:
+        """Whether ``path`` (a front end's name for its notebook), whose record carries
+        ``record_id``, is this kernel's notebook."""
         if not isinstance(path, str) or not path:
             return False
+        if self.front_path is not None and path == self.front_path:
+            return True
+        gone = self.path is not None and not os.path.isfile(self.path)
+        if self.record_id is not None and record_id == self.record_id:
+            # Our record under another name: renamed (our file is gone), or a copy of it (our
+            # notebook is still where it was), which is another notebook.
+            return self.path is None or gone or _same_file(self.path, path)
         if self.path is not None and _same_file(self.path, path):
             return True
-        if self.front_path is not None:
-            return path == self.front_path
-        # No file known (a kernel started without one, or its notebook was renamed since):
-        # the first notebook to say hello is this kernel's.
-        return self.path is None or not os.path.isfile(self.path)
+        if gone and self.record_id is None:
+            return True  # renamed before anything was recorded: the first to say hello is ours
+        # No file known (a kernel started without one): the first notebook to say hello is ours.
+        return self.path is None and self.front_path is None
+
+    def _renamed(self, path: str) -> None:
+        """Our notebook is at ``path`` now (the front end's name): follow it."""
+        if self.path is not None and self.front_path is not None and path != self.front_path:
+            self.path = _rebased(self.path, self.front_path, path)
+        self.front_path = path
+
+    def _notice(self, line: str) -> None:
+        if line not in self._notices:
+            self._notices.append(line)
+
+    def _show_notices(self) -> None:
+        """In the cell's output, not only on the kernel's stderr (which JupyterLab does not
+        show for a comm message): what kept turns out of the notebook's record."""
+        from ._cellcontext import show_line
+
+        while self._notices:
+            show_line(self.shell, self._notices.pop(0))
 
     def _on_msg(self, msg: dict[str, Any]) -> None:
         data = (msg.get("content") or {}).get("data") or {}
@@ -403,14 +486,18 @@ class Bridge:
         kind = data.get("type")
         if kind == "hello":
             path = data.get("path")
-            if not self.owns(path):
+            record = data.get("record")
+            record_id = record.get("id") if isinstance(record, dict) else None
+            if not self.owns(path, record_id):
                 if str(path) not in self._warned_foreign:
                     self._warned_foreign.add(str(path))
-                    print(f"jupyter_llmchat: this kernel keeps the chat record of "
-                          f"{self.front_path or self.path}; {str(path)[:200]!r} shares it and "
-                          "gets no record", file=sys.stderr)
+                    line = (f"jupyter_llmchat: this kernel keeps the chat record of "
+                            f"{self.front_path or self.path}; {str(path)[:200]!r} shares it and "
+                            "gets no record")
+                    print(line, file=sys.stderr)
+                    self._notice(line)
                 return
-            self.front_path = path
+            self._renamed(path)
             self.hello_received = True
             self._synced = None
             if data.get("record") is not None:
@@ -419,6 +506,106 @@ class Bridge:
         elif kind == "resync" and self.front_path is not None and data.get("path") == self.front_path:
             self._synced = None
             self.send()
+        elif kind == "path" and self.front_path is not None and data.get("from") == self.front_path:
+            # Renamed or moved while open: the same notebook, the same record, a new name.
+            if isinstance(data.get("path"), str) and data["path"]:
+                self._renamed(data["path"])
+                self._synced = None
+                self.send()
+
+
+#: Headless look-up bounds: notebooks read in the working directory, and bytes read in all.
+MAX_LOOKUP_FILES = 64
+MAX_LOOKUP_BYTES = 256_000_000
+
+
+def _parent(shell: Any) -> dict[str, Any]:
+    """The request the kernel is executing (ipykernel's parent message), or {}."""
+    get_parent = getattr(getattr(shell, "kernel", None), "get_parent", None)
+    try:
+        parent = get_parent("shell") if get_parent is not None else None
+    except Exception:  # an older or other kernel: no parent to read
+        parent = None
+    return parent if isinstance(parent, dict) else {}
+
+
+def _executing_source(shell: Any) -> str | None:
+    code = (_parent(shell).get("content") or {}).get("code")
+    if isinstance(code, str):
+        return code
+    raw = getattr(getattr(shell, "history_manager", None), "input_hist_raw", None)
+    return raw[-1] if raw else None
+
+
+def _speaks_comm(shell: Any) -> bool:
+    """JupyterLab and Notebook 7 put the cell's id and the deleted cells in every execute
+    request's metadata; the clients that handle no comm of ours (nbclient, `jupyter execute`,
+    papermill) put nothing there."""
+    metadata = _parent(shell).get("metadata")
+    return isinstance(metadata, dict) and ("cellId" in metadata or "deletedCells" in metadata)
+
+
+def find_notebook(directory: str, source: str) -> list[str]:
+    """The ``.ipynb`` files of ``directory`` with a code cell whose source is ``source``
+    (bounded: at most ``MAX_LOOKUP_FILES`` files and ``MAX_LOOKUP_BYTES`` read)."""
+    wanted = source.strip()
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".ipynb"))
+    except OSError:
+        return []
+    found: list[str] = []
+    budget = MAX_LOOKUP_BYTES
+    for name in names[:MAX_LOOKUP_FILES]:
+        path = os.path.join(directory, name)
+        try:
+            size = os.path.getsize(path)
+            if size > min(budget, MAX_RECORD_CHARS * 2):
+                continue
+            budget -= size
+            with open(path, encoding="utf-8") as f:
+                cells = json.load(f).get("cells")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue  # not a notebook we could read: not ours either
+        for cell in cells if isinstance(cells, list) else []:
+            text = cell.get("source") if isinstance(cell, dict) and cell.get("cell_type") == "code" else None
+            text = "".join(text) if isinstance(text, list) and all(isinstance(t, str) for t in text) else text
+            if isinstance(text, str) and text.strip() == wanted:
+                found.append(path)
+                break
+    return found
+
+
+def _held_elsewhere(path: str, record_id: str) -> bool:
+    """Whether another notebook in ``path``'s folder holds a record with ``record_id``
+    (bounded as the headless look-up is; a raw search, the id being random)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    needle = json.dumps(record_id).encode()
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".ipynb") and n != name)
+    except OSError:
+        return False
+    budget = MAX_LOOKUP_BYTES
+    for other in names[:MAX_LOOKUP_FILES]:
+        try:
+            with open(os.path.join(directory, other), "rb") as f:
+                data = f.read(budget)
+        except OSError:
+            continue
+        budget -= len(data)
+        if needle in data:
+            return True
+        if budget <= 0:
+            break
+    return False
+
+
+def _rebased(kernel_path: str, old_front: str, new_front: str) -> str:
+    """The kernel's absolute path of a notebook the front end renamed from ``old_front`` (a
+    path relative to the server's root) to ``new_front``."""
+    mine = os.path.abspath(kernel_path).replace(os.sep, "/")
+    old = os.path.normpath(old_front).replace(os.sep, "/").lstrip("/")
+    root = mine[: -len(old)] if mine.endswith(old) else os.path.dirname(mine) + "/"
+    return os.path.normpath(root + os.path.normpath(new_front).replace(os.sep, "/").lstrip("/"))
 
 
 def _same_file(kernel_path: str, front_path: str) -> bool:
@@ -438,7 +625,7 @@ def start_bridge(shell: Any, magics: Any) -> Bridge:
         if events is not None:
             events.register("post_execute", bridge.after_cell)
         bridge.restore_from_file()
-        bridge.open_comm()
+        bridge.open_comm_when_spoken()
     else:
         bridge.magics = magics
     spend_guard.install(bridge)  # the notebook's budget holds for every request of the kernel

@@ -100,6 +100,12 @@ def _run_consolidate(args: argparse.Namespace) -> int:
                   f"read ({str(exc)[:200]}); the file is left as it is", file=sys.stderr)
             return 2
         record = merge_records(existing, record)
+        try:
+            validate_record(record)  # the same limits on write as on read
+        except RecordError as exc:
+            print(f"jupyter-llmchat: {path}: the merged record would not be read back "
+                  f"({str(exc)[:200]}); the file is left as it is", file=sys.stderr)
+            return 2
     if args.dry_run:
         print(json.dumps(record, indent=1))
         return 0

@@ -334,6 +334,10 @@ def _fenced(text: str, info: str = "") -> str:
     return f"{fence}{info}\n{text}\n{fence}"
 
 
+#: Characters of a tool's result shown under its line (the rest is said, not shown).
+MAX_SHOWN_RESULT = 8_000
+
+
 def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | None,
               seconds: float | None, *, interrupted: bool = False) -> str:
     """One tool call as a compact line (name, short arguments, ok or error, time) that opens
@@ -351,6 +355,9 @@ def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | Non
     body = "Arguments:\n\n" + _fenced(json.dumps(arguments, ensure_ascii=False, indent=2), "json")
     if seconds is not None:
         result = result_text(value, error)
+        if len(result) > MAX_SHOWN_RESULT:
+            # The output is saved with the notebook: a large result is shown (and kept) cut.
+            result = result[:MAX_SHOWN_RESULT] + f"\n… ({len(result):,} characters in all)"
         body += f"\n\n{'Error' if error is not None else 'Result'}:\n\n" + _fenced(result)
     return f"<details><summary>{summary}</summary>\n\n{safe_markdown(body)}\n\n</details>"
 

@@ -47,10 +47,28 @@ MAX_SESSIONS = 200
 MAX_TURNS = 20_000
 MAX_TEXT = 2_000_000
 MAX_USAGE_ROWS = 1_000
+#: A tool call's arguments or result (as JSON) longer than this is cut in the record, with a note.
+MAX_TOOL_CHARS = 32_000
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_RECORD_ID = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` within ``limit`` characters: its start, then a note saying how long it was."""
+    if len(text) <= limit:
+        return text
+    note = f"\n[cut in the notebook's record: {len(text):,} characters in all]"
+    return text[: max(0, limit - len(note))] + note
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def bounded_turn(t: Turn) -> dict[str, Any]:
+    """A turn as the record keeps it: within the limits it is read with, content by content,
+    so that one oversized content (a tool's large result, a huge prompt) is cut, with a note,
+    and never stops the turns after it from being recorded."""
     d = t.to_dict()
     # An unknown cell id (nbclient sends none) is left out, as reading a record leaves it out:
     # the record is then the same whether it comes from the kernel or from `consolidate`.
@@ -58,10 +76,20 @@ def bounded_turn(t: Turn) -> dict[str, Any]:
         if k in d and d[k] is None:
             del d[k]
     for c in d["contents"]:
-        if c.get("type") == "image" and len(c.get("url", "")) > MAX_INLINE_IMAGE:
+        kind = c.get("type")
+        if kind == "image" and len(c.get("url", "")) > MAX_INLINE_IMAGE:
             raw = c["url"].encode()
             c["url"] = f"omitted:sha256:{hashlib.sha256(raw).hexdigest()}"
             c["bytes"] = len(raw)
+        elif kind in ("text", "thinking"):
+            c[kind] = _cut(c[kind], MAX_TEXT)
+        elif kind == "tool_result":
+            if c.get("value") is not None and len(_as_text(c["value"])) > MAX_TOOL_CHARS:
+                c["value"] = _cut(_as_text(c["value"]), MAX_TOOL_CHARS)
+            if c.get("error") is not None:
+                c["error"] = _cut(c["error"], MAX_TOOL_CHARS)
+        elif kind == "tool_request" and len(_as_text(c["arguments"])) > MAX_TOOL_CHARS:
+            c["arguments"] = {"cut": _cut(_as_text(c["arguments"]), MAX_TOOL_CHARS)}
     return d
 
 
@@ -105,13 +133,13 @@ def display_metadata(
         KEY: {
             "version": SCHEMA_VERSION,
             "session": name,
-            "prompt": user.text,
+            "prompt": _cut(user.text, MAX_TEXT),
             "model": answer["model"],
             "tokens": answer["tokens"],
             "cost_usd": answer["cost_usd"],
             "finish_reason": answer["finish_reason"],
             "partial": answer["partial"],
-            "thinking": reply.thinking or None,
+            "thinking": _cut(reply.thinking, MAX_TEXT) if reply.thinking else None,
             "started_at": answer["started_at"],
             "duration_s": answer["duration_s"],
             "cell_id": user.meta.get("cell_id"),
@@ -196,6 +224,10 @@ def validate_record(obj: Any) -> dict[str, Any]:
     if not isinstance(sessions, dict) or len(sessions) > MAX_SESSIONS:
         raise RecordError("sessions must be an object of at most %d sessions" % MAX_SESSIONS)
     clean: dict[str, Any] = {"version": SCHEMA_VERSION, "sessions": {}, "usage": []}
+    if obj.get("id") is not None:
+        if not isinstance(obj["id"], str) or not _RECORD_ID.match(obj["id"]):
+            raise RecordError("the record's id must be 8 to 64 letters, digits, '-' or '_'")
+        clean["id"] = obj["id"]
     for name, s in sessions.items():
         if not isinstance(name, str) or not _NAME.match(name):
             raise RecordError(f"bad session name {str(name)[:40]!r}")

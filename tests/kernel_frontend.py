@@ -57,6 +57,11 @@ class FrontEnd:
         self.send({"type": "hello", "path": self.path, "saved": True,
                    "record": self.record if record == "mine" else record})
 
+    def rename(self, path: str) -> None:
+        """The notebook was renamed while open: tell the kernel, as bridge.ts does."""
+        self.send({"type": "path", "path": path, "from": self.hello_path})
+        self.path = self.hello_path = path
+
     def send(self, data: dict[str, Any]) -> None:
         assert self.kc is not None and self.comm_id is not None
         self.kc.shell_channel.send(self.kc.session.msg("comm_msg", {"comm_id": self.comm_id, "data": data}))
@@ -110,7 +115,14 @@ class Kernel:
     def execute(self, code: str, *, timeout: float = 60) -> tuple[Msg, list[Msg]]:
         """Run ``code``; feed every IOPub message to the front ends; return the reply and the
         messages of this request (up to idle)."""
-        msg_id = self.kc.execute(code)
+        # As JupyterLab's notebook actions do, the request's metadata carries `deletedCells`:
+        # the kernel opens its comm only for a front end that speaks it (DESIGN §7).
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                   "allow_stdin": False, "stop_on_error": True}
+        request = self.kc.session.msg("execute_request", content,
+                                      metadata={"deletedCells": [], "recordTiming": False})
+        self.kc.shell_channel.send(request)
+        msg_id = request["header"]["msg_id"]
         mine: list[Msg] = []
         deadline = time.monotonic() + timeout
         while True:

@@ -259,3 +259,23 @@ def test_tool_rounds_survive_consolidate(fake: FakeOpenAI, tmp_path: Path, kerne
     rebuilt = json.loads(path.read_text(encoding="utf-8"))["metadata"][KEY]
     assert rebuilt["sessions"]["default"]["turns"] == turns
     assert rebuilt == kernel_record
+
+
+def test_consolidate_never_writes_a_record_the_kernel_would_refuse(tmp_path: Path) -> None:
+    """A record at its limit of turns, and one more exchange in the outputs: the merge would
+    pass the limit, so nothing is written (the kernel would refuse to read it)."""
+    from jupyter_llmchat._metadata import MAX_TURNS
+
+    def exchange(i: int) -> list[dict[str, Any]]:
+        at = {"started_at": f"2026-01-01T00:00:{i % 60:02d}.{i:06d}+00:00"}
+        return [{"role": "user", "contents": [{"type": "text", "text": f"q{i}"}], **at},
+                {"role": "assistant", "contents": [{"type": "text", "text": f"a{i}"}], **at}]
+
+    turns = [t for i in range(MAX_TURNS // 2) for t in exchange(i)]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("%%chat\nOne more", outputs=[
+        nbformat.v4.new_output("display_data", data={"text/plain": "answer"},
+                               metadata={KEY: {"version": 1, "prompt": "One more",
+                                               "started_at": "2027-01-01T00:00:00+00:00"}}),
+    ])])
+    nb.metadata[KEY] = {"version": 1, "sessions": {"default": {"turns": turns}}, "usage": []}
+    assert_refused(nb, tmp_path / "full.ipynb", "would not be read back")

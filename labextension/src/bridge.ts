@@ -27,7 +27,7 @@ import { JSONExt } from '@lumino/coreutils';
 import type { ISignal } from '@lumino/signaling';
 import { Signal } from '@lumino/signaling';
 
-import type { HelloMessage, ResyncMessage } from './protocol';
+import type { HelloMessage, PathMessage, ResyncMessage } from './protocol';
 import { isAppendTurns, isChatRecord, isPlainObject } from './protocol';
 import { COMM_TARGET, ILLMChatBridge, METADATA_KEY, PluginIDs } from './tokens';
 
@@ -42,9 +42,11 @@ interface IPanelState {
   /**
    * The path this notebook said hello with: the kernel's messages carry it,
    * and a message carrying another is for another notebook on the same
-   * kernel. Kept across a rename (the kernel knows the old one).
+   * kernel. A rename sends the kernel the new one (`path`) and makes it this.
    */
   helloPath: string | null;
+  /** Paths said before a rename: the kernel's messages sent before it knew. */
+  formerPaths: Set<string>;
   readonly onCommOpen: CommTargetHandler;
 }
 
@@ -79,6 +81,7 @@ export class MetadataBridge implements ILLMChatBridge {
       kernel: null,
       comm: null,
       helloPath: null,
+      formerPaths: new Set<string>(),
       onCommOpen: comm => this._onCommOpen(panel, state, comm)
     };
     this._states.set(panel, state);
@@ -92,6 +95,10 @@ export class MetadataBridge implements ILLMChatBridge {
       if (COMM_ENDING_STATUSES.has(status)) {
         this._setComm(panel, state, null);
       }
+    });
+    // The signal's value may carry a drive prefix; the hello says localPath.
+    panel.context.pathChanged.connect(() => {
+      this._onPathChanged(state, panel.context.localPath);
     });
     panel.disposed.connect(() => {
       this._attach(panel, state, null);
@@ -113,6 +120,7 @@ export class MetadataBridge implements ILLMChatBridge {
     state.kernel?.removeCommTarget(COMM_TARGET, state.onCommOpen);
     state.kernel = kernel;
     state.helloPath = null;
+    state.formerPaths.clear();
     this._setComm(panel, state, null);
     if (kernel !== null) {
       kernel.registerCommTarget(COMM_TARGET, state.onCommOpen);
@@ -218,7 +226,28 @@ export class MetadataBridge implements ILLMChatBridge {
       record: Private.readRecord(model)
     };
     state.helloPath = hello.path;
+    state.formerPaths.clear();
     comm.send(hello);
+  }
+
+  /**
+   * Renamed or moved while open: tell the kernel, whose record then follows
+   * the notebook (it keeps its record by the record's id, not by a path).
+   */
+  private _onPathChanged(state: IPanelState, path: string): void {
+    const comm = state.comm;
+    const from = state.helloPath;
+    if (from === null || from === path || comm === null || comm.isDisposed) {
+      return;
+    }
+    const message: PathMessage = { type: 'path', path, from };
+    state.formerPaths.add(from);
+    state.helloPath = path;
+    try {
+      comm.send(message);
+    } catch (error) {
+      console.warn('jupyter-llmchat: could not tell the kernel the new path', error);
+    }
   }
 
   private _onCommMsg(
@@ -232,7 +261,11 @@ export class MetadataBridge implements ILLMChatBridge {
       return;
     }
     // A kernel shared by two notebooks keeps one's record: the other ignores it.
-    if (state.helloPath === null || data.path !== state.helloPath) {
+    if (
+      state.helloPath === null ||
+      typeof data.path !== 'string' ||
+      (data.path !== state.helloPath && !state.formerPaths.has(data.path))
+    ) {
       return;
     }
     if (data.type === 'set_metadata') {

@@ -28,6 +28,16 @@ export type ResyncMessage = {
 };
 
 /**
+ * Front end -> kernel: the notebook was renamed or moved while open, from
+ * `from` (the path it said hello with) to `path`. The record follows it.
+ */
+export type PathMessage = {
+  type: 'path';
+  path: string;
+  from: string;
+};
+
+/**
  * Kernel -> front end: replace the record (null deletes it). Every message
  * from the kernel carries `path`, the one its notebook said hello with.
  */

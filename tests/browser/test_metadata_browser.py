@@ -262,3 +262,33 @@ def test_a_kernel_shared_by_two_notebooks_writes_only_its_own_record(
         assert llmchat_console_problems(a) == []
     finally:
         server.shutdown_kernel("shared-b.ipynb")
+
+
+def test_a_notebook_renamed_while_its_kernel_runs_keeps_recording(
+    jupyter_server: JupyterServer,
+    open_notebook: Callable[..., NotebookPage],
+    fake_server: FakeOpenAI,
+) -> None:
+    """Renamed in the file browser while its kernel runs, then the page reloaded: the record
+    follows the notebook (its id), and every turn after the rename is still recorded."""
+    server, fake = jupyter_server, fake_server
+    server.put_notebook("rename-a.ipynb", empty_notebook())
+    nb = open_notebook("rename-a.ipynb")
+    setup_cells(nb, fake)
+    chat(nb, fake, 0)
+    nb.save()
+    record_id = nb.metadata().get("id")
+    # What the file browser's rename does: the contents API moves it, the open document follows.
+    nb.js("await app.serviceManager.contents.rename(path, 'rename-b.ipynb');")
+    nb.path = "rename-b.ipynb"
+    nb._wait_js("panel !== null")
+    chat(nb, fake, 1)
+    nb.save()
+    nb.goto()  # a page reload: a new connection to the same running kernel
+    chat(nb, fake, 2)
+    nb.save()
+    record = saved(server, "rename-b.ipynb")[0]["metadata"]["jupyter_llmchat"]
+    check_record(record, 3)
+    assert record_id is not None and record["id"] == record_id
+    assert sent_messages(fake)[:-1] == expected_messages(2)  # the history came along too
+    assert llmchat_console_problems(nb) == []
