@@ -12,10 +12,109 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 
+import jupyter_llmchat
 from jupyter_llmchat import ParallelChatError, parallel_chat_text
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.helpers import new_chat
+from tests.test_magics import chat_magics, config, ip, run  # noqa: F401  (ip is a fixture)
+
+ADD_CALL = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def ask_with_a_tool_round(ip: InteractiveShell, fake: FakeOpenAI, prompt: str = "What is 2 + 3?") -> None:
+    """One exchange with one tool round: the model calls add, then answers."""
+    config(ip, footer=False)
+    fake.script(
+        Reply(text="", tool_calls=[ADD_CALL], finish_reason="tool_calls",
+              usage={"prompt_tokens": 40, "completion_tokens": 6}),
+        Reply(text="It is 5.", usage={"prompt_tokens": 60, "completion_tokens": 4}),
+    )
+    jupyter_llmchat.session().register_tool(add)
+    assert run(ip, f"%%chat\n{prompt}").success
+
+
+# -- %chat_history --------------------------------------------------------------------------------
+
+
+def test_history_in_a_fresh_kernel_says_no_conversation_yet(ip: InteractiveShell) -> None:
+    result = run(ip, "%chat_history")
+    assert result.success, result.error_in_exec
+    view = result.result
+    assert "No conversation yet" in repr(view) and "%%chat" in repr(view)
+    assert "No conversation yet" in view._repr_markdown_()
+
+
+def test_history_shows_tool_calls_compactly_not_as_empty_turns(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    ask_with_a_tool_round(ip, fake)
+    view = ip.run_line_magic("chat_history", "")
+    text = repr(view)
+    assert text == '[user] What is 2 + 3?\n\n[tool] add({"a": 2, "b": 3}) → ok\n\n[assistant] It is 5.'
+    markdown = view._repr_markdown_()
+    assert markdown.count("**you**") == 1  # the tool results are not a message from "you"
+    assert markdown.count("**test-model**") == 1  # nor is the round an empty answer
+    assert "add" in markdown and "→ ok" in markdown
+    # -n counts exchanges, not the tool round's turns.
+    assert repr(ip.run_line_magic("chat_history", "-n 1")) == text
+
+
+def test_history_shows_a_failed_tool_call_as_an_error(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    config(ip, footer=False)
+    boom = {"id": "c9", "type": "function", "function": {"name": "nosuch", "arguments": "{}"}}
+    fake.script(Reply(text="", tool_calls=[boom], finish_reason="tool_calls"), Reply(text="Sorry."))
+    assert run(ip, "%%chat\nUse nosuch").success
+    text = repr(ip.run_line_magic("chat_history", ""))
+    assert "[tool] nosuch({}) → error: " in text
+
+
+# -- %chat_usage ------------------------------------------------------------------------------------
+
+
+def test_usage_counts_answers_and_numbers_exchanges(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    ask_with_a_tool_round(ip, fake)
+    fake.script(Reply(text="Bye.", usage={"prompt_tokens": 7, "completion_tokens": 1}))
+    assert run(ip, "%chat Thanks").success
+    text = repr(ip.run_line_magic("chat_usage", "--turns"))
+    lines = text.splitlines()
+    # Two questions, two answers; the tool round's tokens are in the first answer's.
+    assert lines[2].split()[3:6] == ["2", "107", "11"]
+    exchanges = [ln.split() for ln in lines if ln.split()[:1] == ["default"]][1:]
+    assert [r[1] for r in exchanges] == ["1", "2"]
+    assert exchanges[0][4:6] == ["100", "10"] and exchanges[1][4:6] == ["7", "1"]
+    assert "(1 tool round)" in lines[lines.index(next(ln for ln in lines if ln.split()[:2] == ["default", "1"]))]
+    assert "1 tool round" in text.splitlines()[-2] or any("1 tool round (a request" in ln for ln in lines)
+
+
+# -- -o VAR -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, says", [
+    ("print", "would hide Python's built-in 'print'"),
+    ("list", "would hide Python's built-in 'list'"),
+    ("Out", "would hide IPython's 'Out'"),
+    ("class", "needs a variable name"),
+    ("1abc", "needs a variable name"),
+])
+def test_output_name_that_would_shadow_or_is_invalid_is_refused_before_sending(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], name: str, says: str
+) -> None:
+    result = run(ip, f"%chat -o {name} hello")
+    assert isinstance(result.error_in_exec, UsageError) and says in str(result.error_in_exec)
+    assert fake.chat_requests() == []
+    assert ip.user_ns.get("print", print) is print
+
+
+def test_output_name_that_is_fine_stores_the_answer(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    assert run(ip, "%chat -o print_answer hello").success
+    assert ip.user_ns["print_answer"] == fake.default_reply.text
+
 
 # -- parallel_chat's progress line ------------------------------------------------------------------
 
@@ -84,3 +183,40 @@ def test_progress_says_nothing_of_rpm_when_the_server_is_the_limit(
         parallel_chat_text(new_chat(fake_url), [f"q{i}" for i in range(5)], max_active=1, rpm=600)
         line = last_progress(read())
     assert line.startswith("parallel_chat_text: 5/5 done") and "rpm" not in line
+
+
+# -- %chat_fix ------------------------------------------------------------------------------------------
+
+
+def test_chat_fix_after_the_failed_cell_ran_cleanly_sends_nothing_stale(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert isinstance(ip.run_cell("ratio = 1 / 0", store_history=True, cell_id="c-a").error_in_exec,
+                      ZeroDivisionError)
+    assert ip.run_cell("ratio = 1 / 1", store_history=True, cell_id="c-a").success  # fixed, same cell
+    assert ip.run_cell("x = 2", store_history=True, cell_id="c-b").success
+    capsys.readouterr()
+    assert run(ip, "%chat_fix").success
+    out = capsys.readouterr().out
+    assert "nothing to fix" in out and "ZeroDivisionError" in out and "since run without error" in out
+    assert fake.chat_requests() == []
+
+
+def test_chat_fix_after_a_chat_error_does_not_explain_an_older_exception(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not ip.run_cell("1 / 0", store_history=True, cell_id="c-z").success
+    fake.script(Reply(status=400, error_message="model not found"))
+    assert ip.run_cell("%chat hello", store_history=True, cell_id="c-chat").success  # shown, not raised
+    capsys.readouterr()
+    assert run(ip, "%chat_fix").success
+    out = capsys.readouterr().out
+    assert "is a chat request that failed" in out and "Nothing sent" in out
+    assert "ZeroDivisionError" not in out
+    assert len(fake.chat_requests()) == 1  # the failed %chat only
+    # A newer Python error is the one explained.
+    assert not ip.run_cell("undefined_name + 1", store_history=True, cell_id="c-n").success
+    fake.script(Reply(text="Define it first."))
+    assert run(ip, "%chat_fix").success
+    sent = fake.chat_requests()[-1].body["messages"][-1]["content"]
+    assert "NameError" in sent and "undefined_name + 1" in sent and "ZeroDivision" not in sent
