@@ -154,6 +154,8 @@ class UsageReport:
         return notes
 
     _SPEND_TITLE = "All answers of this notebook, replaced and reset ones included"
+    #: The ledger counts requests: a tool round is one, so the column says so.
+    _SPEND_COLS = ("provider", "model", "requests", "input", "output", "cached", "cost")
 
     def _spend_rows(self) -> list[list[str]]:
         return [[r["provider"], r["model"], str(r["turns"]), _num(r["input"], 0), _num(r["output"], 0),
@@ -168,7 +170,7 @@ class UsageReport:
             parts.append("<p><b>Answers</b></p>" + _html_table(list(self._TURN_COLS), self._turn_lines()))
         if self.spend is not None:
             parts.append(f"<p><b>{self._SPEND_TITLE}</b></p>" + _html_table(
-                ["provider", "model", "answers", "input", "output", "cached", "cost"], self._spend_rows()))
+                list(self._SPEND_COLS), self._spend_rows()))
         parts += [f"<p><small>{html.escape(n)}</small></p>" for n in self._footnotes()]
         parts.append("</div>")
         return "".join(parts)
@@ -182,14 +184,13 @@ class UsageReport:
             parts.append(_text_table(list(self._TURN_COLS), self._turn_lines()))
         if self.spend is not None:
             parts.append(self._SPEND_TITLE + ":")
-            parts.append(_text_table(["provider", "model", "answers", "input", "output", "cached", "cost"],
-                                     self._spend_rows()))
+            parts.append(_text_table(list(self._SPEND_COLS), self._spend_rows()))
         parts += self._footnotes()
         return "\n".join(parts)
 
 
 #: Columns that hold numbers: right-aligned; every other column is text, left-aligned.
-_NUMERIC = frozenset({"#", "answers", "input", "output", "cached", "cost"})
+_NUMERIC = frozenset({"#", "answers", "requests", "input", "output", "cached", "cost"})
 
 
 def _html_table(head: list[str], body: list[list[str]], total: list[str] | None = None) -> str:

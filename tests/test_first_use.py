@@ -88,8 +88,13 @@ def test_usage_counts_answers_and_numbers_exchanges(ip: InteractiveShell, fake: 
     exchanges = [ln.split() for ln in lines if ln.split()[:1] == ["default"]][1:]
     assert [r[1] for r in exchanges] == ["1", "2"]
     assert exchanges[0][4:6] == ["100", "10"] and exchanges[1][4:6] == ["7", "1"]
-    assert "(1 tool round)" in lines[lines.index(next(ln for ln in lines if ln.split()[:2] == ["default", "1"]))]
-    assert "1 tool round" in text.splitlines()[-2] or any("1 tool round (a request" in ln for ln in lines)
+    first = next(ln for ln in lines if ln.split()[:2] == ["default", "1"])
+    assert first.endswith("stop (1 tool round)")
+    assert any("include 1 tool round (a request" in ln for ln in lines)
+    # The notebook's ledger counts requests, and says so.
+    spend = repr(ip.run_line_magic("chat_usage", "--all")).splitlines()
+    head = spend.index(next(ln for ln in spend if ln.startswith("provider")))
+    assert spend[head].split()[2] == "requests"
 
 
 # -- -o VAR -------------------------------------------------------------------------------------------
