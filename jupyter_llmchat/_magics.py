@@ -269,6 +269,10 @@ class ChatMagics(Magics):
                 "wait for it, or stop it there"
             )
         cell_id, run_id = _parent_ids(self.shell)
+        from ._bridge import missing_extension_note
+
+        if (note := missing_extension_note(cell_id)) is not None:  # once: JupyterLab, no extension
+            ctx.show_line(self.shell, note)
         # A new execution of a cell replaces what the cell's earlier run left; a second %chat
         # line of the same execution comes after the first (both exchanges are kept, in order).
         run = self._runs.get(cell_id) if cell_id is not None else None

@@ -9,7 +9,9 @@ import contextlib
 import os
 import select
 import sys
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
@@ -17,8 +19,11 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
 from jupyter_llmchat import ParallelChatError, parallel_chat_text
-from tests.fake_openai import FakeOpenAI, Reply
+from jupyter_llmchat._bridge import HELLO_GRACE_S
+from tests.fake_openai import FakeOpenAI, FakeOpenAIProcess, Reply
 from tests.helpers import new_chat
+from tests import kernel_frontend
+from tests.test_kernel_iopub import Msg, displays, execute, kernel, stdout  # noqa: F401  (kernel: a fixture)
 from tests.test_magics import chat_magics, config, ip, run  # noqa: F401  (ip is a fixture)
 
 ADD_CALL = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
@@ -225,3 +230,75 @@ def test_chat_fix_after_a_chat_error_does_not_explain_an_older_exception(
     assert run(ip, "%chat_fix").success
     sent = fake.chat_requests()[-1].body["messages"][-1]["content"]
     assert "NameError" in sent and "undefined_name + 1" in sent and "ZeroDivision" not in sent
+
+
+# -- a notebook front end without the extension -------------------------------------------------------
+
+NOTE = "jupyter-llmchat extension did not answer"
+
+
+def shown_text(msgs: list[Msg]) -> str:
+    return stdout(msgs) + "".join(m["content"]["data"].get("text/plain", "") for m in displays(msgs))
+
+
+@pytest.mark.kernel
+def test_a_notebook_front_end_without_the_extension_is_told_once(
+    kernel: tuple[Any, Any], server: FakeOpenAIProcess
+) -> None:
+    """The kernel fixture's client never answers the extension's comm."""
+    _, kc = kernel
+    server.reset()
+    # A cell run well after the comm opened: an extension would have said hello by now.
+    time.sleep(HELLO_GRACE_S + 0.5)
+    _, msgs = execute(kc, "%chat hello again", cell_id="cell-2")
+    text = shown_text(msgs)
+    assert NOTE in text and "JupyterLab 4.2+" in text and "jupyter labextension list" in text
+    _, msgs = execute(kc, "%chat and again", cell_id="cell-3")
+    assert NOTE not in shown_text(msgs)  # once per kernel
+
+
+def run_all(kc: Any, front: kernel_frontend.FrontEnd, cells: list[str]) -> list[list[Msg]]:
+    """Send every cell at once, as Run All does (with cell ids); each one's IOPub messages."""
+    ids = []
+    for i, code in enumerate(cells):
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                   "allow_stdin": False, "stop_on_error": True}
+        msg = kc.session.msg("execute_request", content, metadata={"cellId": f"run-all-{i}"})
+        kc.shell_channel.send(msg)
+        ids.append(msg["header"]["msg_id"])
+    out: dict[str, list[Msg]] = {i: [] for i in ids}
+    idle: set[str] = set()
+    while idle != set(ids):
+        msg = kc.get_iopub_msg(timeout=60)
+        front.on_iopub(msg)
+        parent = msg["parent_header"].get("msg_id")
+        if parent in out:
+            out[parent].append(msg)
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle.add(parent)
+    return [out[i] for i in ids]
+
+
+@pytest.mark.kernel
+def test_no_note_under_run_all_without_cell_ids_or_with_the_extension(server: FakeOpenAIProcess) -> None:
+    """Under Run All the hello comes after every cell; nbclient sends no cell ids; a front end
+    that said hello has the extension."""
+    with kernel_frontend.kernel(None) as k:
+        front = k.attach(kernel_frontend.FrontEnd("nb.ipynb"))
+        shown = run_all(k.kc, front, [
+            f"%load_ext jupyter_llmchat\n%config ChatMagics.base_url = {server.base_url!r}\n"
+            "%config ChatMagics.model = 'test-model'",
+            "import time; time.sleep(%s)" % (HELLO_GRACE_S + 0.5),
+            "%chat sent before the hello could come",
+        ])
+        assert NOTE not in shown_text(shown[2])
+        k.sync()
+        assert front.hello_path == "nb.ipynb"
+        time.sleep(HELLO_GRACE_S + 0.5)
+        _, msgs = execute(k.kc, "%chat with the extension", cell_id="c1", on_iopub=front.on_iopub)
+        assert NOTE not in shown_text(msgs)
+    with kernel_frontend.kernel(None) as k:  # no front end, no cell ids: nbclient
+        kernel_frontend.load(k, server.base_url)
+        time.sleep(HELLO_GRACE_S + 0.5)
+        _, msgs = k.execute("%chat no cell id")
+        assert NOTE not in shown_text(msgs)
