@@ -48,6 +48,7 @@ kernel cannot read refuses every request until ``%chat_budget`` sets one (DESIGN
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import sys
@@ -129,6 +130,7 @@ class Bridge:
         #: Per session, what the front end holds; None: it must get the whole record next.
         self._synced: dict[str, _Synced] | None = None
         self._sent_chars = 0
+        self._noted_missing = False
 
     # -- restore ------------------------------------------------------------------------------
 
@@ -432,6 +434,27 @@ class Bridge:
         comm.on_close(lambda msg: setattr(self, "comm", None))
         self.comm = comm
         self.opened_in = getattr(self.shell, "execution_count", None)
+        self.opened_at = _dt.datetime.now(_dt.timezone.utc)
+
+    def missing_extension_note(self, cell_id: str | None) -> str | None:
+        """Once per kernel, a line for a cell that a notebook front end runs (it sends cell ids,
+        as JupyterLab and Notebook 7 do) although its jupyter-llmchat extension never answered.
+
+        Said only for a request the front end sent well after the comm opened: its extension,
+        had it been there, answered before sending it, and the hello (same channel, in order)
+        was read first. Under Run All every request was sent before the hello: nothing is said.
+        """
+        if cell_id is None or self.hello_received or self._noted_missing:
+            return None
+        opened = getattr(self, "opened_at", None)
+        sent = _request_date(self.shell)
+        if opened is None or sent is None or sent < opened + _dt.timedelta(seconds=HELLO_GRACE_S):
+            return None
+        self._noted_missing = True
+        return ("jupyter_llmchat: the notebook's jupyter-llmchat extension did not answer, so the "
+                "chat is not saved in the notebook and %chat_panel shows inline. It needs JupyterLab "
+                "4.2+ or Notebook 7.2+; `jupyter labextension list` says if it is installed and "
+                "compatible (then reload the page).")
 
     def front_end_may_be_ready(self) -> bool:
         """False once it is clear no extension answered (the chat panel cannot be shown).
@@ -606,6 +629,31 @@ def _rebased(kernel_path: str, old_front: str, new_front: str) -> str:
     old = os.path.normpath(old_front).replace(os.sep, "/").lstrip("/")
     root = mine[: -len(old)] if mine.endswith(old) else os.path.dirname(mine) + "/"
     return os.path.normpath(root + os.path.normpath(new_front).replace(os.sep, "/").lstrip("/"))
+
+
+#: Seconds a front end has to answer the comm's opening before its silence means no extension.
+HELLO_GRACE_S = 2.0
+
+
+def _request_date(shell: Any) -> _dt.datetime | None:
+    """When the front end sent the running cell's execute request (its header's date)."""
+    try:
+        date = (shell.kernel.get_parent() or {}).get("header", {}).get("date")
+    except Exception:  # no kernel (terminal IPython): no front end to wait for
+        return None
+    if isinstance(date, str):
+        try:
+            date = _dt.datetime.fromisoformat(date.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(date, _dt.datetime):
+        return None
+    return date if date.tzinfo is not None else date.replace(tzinfo=_dt.timezone.utc)
+
+
+def missing_extension_note(cell_id: str | None) -> str | None:
+    bridge = current_bridge()
+    return bridge.missing_extension_note(cell_id) if bridge is not None else None
 
 
 def _same_file(kernel_path: str, front_path: str) -> bool:

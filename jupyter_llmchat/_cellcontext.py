@@ -17,6 +17,7 @@ from ._spend import Budget, Spent, budget_lines, input_estimate, message_text
 from ._turns import Turn
 
 __all__ = [
+    "CellRuns",
     "attachments",
     "dry_run_text",
     "get_budget",
@@ -107,6 +108,59 @@ def last_error(shell: Any) -> ErrorContext | None:
         return f"Cell In[{n}]" if n is not None else "Cell"
 
     return error_context(exc, tb, is_cell=is_cell, cell_name=cell_name)
+
+
+class CellRuns:
+    """Which cell failed last, and whether it has run cleanly since (``%chat_fix`` asks).
+
+    ``sys.last_value`` is the last *exception*, however old: a ``%%chat`` whose request failed
+    raises none, and a cell fixed and run again clears nothing. So a ``post_run_cell`` hook keeps
+    the last failed cell (by its id where the front end sends one, else by its source) and marks
+    it fixed when that cell later runs without error.
+    """
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.count: int | None = None
+        #: The failed cell's exception's type name; None for a chat request that failed.
+        self.error: str | None = None
+        self.chat_error: str | None = None
+        self.fixed_at: int | None = None
+        self._chat_failed: str | None = None
+
+    def chat_failed(self, message: str) -> None:
+        """The running cell's chat request failed (shown as a line, not raised)."""
+        self._chat_failed = message
+
+    def post_run_cell(self, result: Any) -> None:
+        info = getattr(result, "info", None)
+        key = getattr(info, "cell_id", None) or getattr(info, "raw_cell", None)
+        error = result.error_in_exec or result.error_before_exec
+        chat, self._chat_failed = self._chat_failed, None
+        if error is not None or chat is not None:
+            name = type(error).__name__ if error is not None else None
+            self.key, self.count, self.error, self.chat_error = key, result.execution_count, name, chat
+            self.fixed_at = None
+        elif key is not None and key == self.key and self.fixed_at is None:
+            self.fixed_at = result.execution_count
+
+    @staticmethod
+    def _cell(n: int | None) -> str:
+        return f"cell In[{n}]" if n is not None else "a cell"
+
+    def refusal(self) -> str | None:
+        """Why ``%chat_fix`` should send nothing now, or None to explain ``self.error``."""
+        where = self._cell(self.count)
+        if self.key is None:
+            return None
+        if self.fixed_at is not None:
+            what = f"{self.error} in {where}" if self.error is not None else f"{where}'s chat error"
+            return (f"nothing to fix: the last error ({what}) is from a cell that has since run "
+                    f"without error ({self._cell(self.fixed_at)}); nothing sent")
+        if self.chat_error is not None:
+            return (f"the last failed cell, {where}, is a chat request that failed: {self.chat_error}. "
+                    "%chat_fix explains Python errors; the line under that cell says what to do. Nothing sent")
+        return None
 
 
 # -- budget ----------------------------------------------------------------------------------------

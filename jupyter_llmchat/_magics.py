@@ -146,6 +146,10 @@ class ChatMagics(Magics):
         #: Where cells have no id: per session, the index of the next recorded exchange a re-run
         #: notebook may replay (restored sessions start at 0; a fresh question moves it to the end).
         self._replay_next: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        from ._cellcontext import CellRuns
+
+        #: The last failed cell, for %chat_fix (fed by a post_run_cell hook, see load()).
+        self.cell_runs = CellRuns()
         _sessions.set_factory(self._make_session, self._refresh_from_config)
 
     def _session_settings(self) -> str:
@@ -254,8 +258,8 @@ class ChatMagics(Magics):
             overrides = make_params(temperature=args.temperature, max_tokens=args.max_tokens)
         except ConfigurationError as exc:
             raise UsageError(str(exc)) from None
-        if args.output is not None and not args.output.isidentifier():
-            raise UsageError(f"-o needs a variable name, not {args.output!r}")
+        if args.output is not None:
+            check_output_name(args.output)
         text = interpolate(prompt, self.shell.user_ns) if template else prompt
         attached = ctx.attachments(args.with_names, self.shell.user_ns, self.context_max_tokens)
         text = _context.attach(text, attached)
@@ -273,6 +277,10 @@ class ChatMagics(Magics):
                 "wait for it, or stop it there"
             )
         cell_id, run_id = _parent_ids(self.shell)
+        from ._bridge import missing_extension_note
+
+        if (note := missing_extension_note(cell_id)) is not None:  # once: JupyterLab, no extension
+            ctx.show_line(self.shell, note)
         # A new execution of a cell replaces what the cell's earlier run left; a second %chat
         # line of the same execution comes after the first (both exchanges are kept, in order).
         run = self._runs.get(cell_id) if cell_id is not None else None
@@ -338,6 +346,7 @@ class ChatMagics(Magics):
                 # The red line below is the one notice; the record says the answer is partial.
                 self._finish(display, chat, args, fmt, stream, broken=True)
             message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")
+            self.cell_runs.chat_failed(exc.message)
             display.error(message, self._hint(exc, args.session))
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
                 raise_clean(exc)  # the user's frames only: ours hold the prompt, the session
@@ -526,6 +535,11 @@ class ChatMagics(Magics):
         args = _parse_options(self.chat_history, line)
         if args.n is not None and args.n < 1:
             raise UsageError("-n must be a positive number")
+        names = _sessions.session_names()
+        if args.session == "default" and args.session not in names:
+            from ._report import NoConversation
+
+            return NoConversation(args.session, names)  # a fresh kernel: nothing asked yet
         (name,) = self._existing(args.session)
         return HistoryView(name, _sessions.session(name), last=args.n)
 
@@ -603,6 +617,10 @@ class ChatMagics(Magics):
         from . import _cellcontext as ctx
 
         args = _parse_options(self.chat_fix, line)
+        refusal = self.cell_runs.refusal()
+        if refusal is not None:  # the last failed cell was fixed since, or was a chat request
+            ctx.show_line(self.shell, refusal)
+            return None
         err = ctx.last_error(self.shell)
         if err is None:
             ctx.show_line(self.shell, "no error yet: %chat_fix explains the last exception of this kernel")
@@ -662,6 +680,23 @@ class ChatMagics(Magics):
             return panel(args.session)
         except LLMChatError as exc:
             raise UsageError(str(exc)) from None
+
+
+#: Names IPython's own namespace needs: -o over them would break the shell.
+_SHELL_OWN = frozenset({"In", "Out", "get_ipython", "exit", "quit"})
+
+
+def check_output_name(name: str) -> None:
+    """Refuse (UsageError) an ``-o`` name that is no variable name, or that would hide a Python
+    builtin, a keyword or IPython's own names: ``-o print`` would silently break ``print()``."""
+    import builtins
+    import keyword
+
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"-o needs a variable name, not {name!r}")
+    if name in _SHELL_OWN or hasattr(builtins, name):
+        whose = "IPython's" if name in _SHELL_OWN else "Python's built-in"
+        raise UsageError(f"-o {name} would hide {whose} {name!r}: pick another name, e.g. -o {name}_answer")
 
 
 def interpolate(prompt: str, namespace: dict[str, Any]) -> str:
@@ -848,6 +883,7 @@ def load(ipython: Any) -> None:
     warnings.formatwarning = formatwarning_hook(warnings.formatwarning)
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
+    ipython.events.register("post_run_cell", magics.cell_runs.post_run_cell)
     _sessions.registry.magics[ipython] = magics
     if protect_questions not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(protect_questions)
@@ -864,6 +900,7 @@ def unload(ipython: Any) -> None:
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
     if magics is not None:
+        ipython.events.unregister("post_run_cell", magics.cell_runs.post_run_cell)
         _sessions.set_factory(None)
         for kind in ("line", "cell"):
             for name in ("chat", "chat_usage", "chat_history", "chat_reset", "chat_config", "chat_panel",

@@ -30,7 +30,8 @@ and *returns* what finished: the unfinished slots are None, ``results.interrupte
 one line on stderr says so. Returning rather than raising keeps the finished (paid-for) answers
 in the cell's variable.
 
-The progress line (done/total, failures, tokens, cost) is one notebook output updated in place
+The progress line (answers/total, failures apart, tokens, cost, and a note when the ``rpm``
+limit is what holds the run back) is one notebook output updated in place
 (``display_id``) a few times a second; outside a Jupyter kernel it is a ``\\r`` line on a terminal's
 stderr, and nothing when stderr is not a terminal. IPython is only imported when it is already
 running, so this module stays in the core.
@@ -193,7 +194,8 @@ def _run(
     template.get_model()
     template.provider.close()
 
-    state = _State(len(args), len(template.get_turns()), template.provider.free)
+    state = _State(len(args), len(template.get_turns()), template.provider.free, rpm=float(rpm),
+                   max_active=max_active)
     batch = _Batch(template, args, send, max_active, float(rpm), on_error, state)
     line = _ProgressLine(label, state) if progress else None
     outcome = _in_private_loop(batch.run, line)
@@ -220,7 +222,8 @@ def _run(
         first = min(batch.errors)
         exc = batch.errors[first]
         raise ParallelChatError(
-            f"prompt {first} of {len(args)} failed: {exc}",
+            # Counted from 1, as a reader counts; the index says where it is in the results.
+            f"prompt {first + 1} of {len(args)} failed (errors[{first}]): {exc}",
             results=results,
             errors=batch.errors,
         ) from exc
@@ -246,8 +249,16 @@ def _prompt_args(label: str, prompts: Iterable[Any]) -> list[tuple[Any, ...]]:
 class _State:
     """Counters the loop thread writes and the progress line reads (ints and floats: no lock)."""
 
-    def __init__(self, total: int, base: int = 0, free: bool = False) -> None:
+    def __init__(
+        self, total: int, base: int = 0, free: bool = False, *, rpm: float = 0.0, max_active: int = 0
+    ) -> None:
         self.total = total
+        self.rpm = rpm
+        self.max_active = max_active
+        #: Starts after the first ``max_active`` (those all queue at once), and how many of them
+        #: waited for the rpm limit: when most did, the limit is what holds the run back.
+        self.later_starts = 0
+        self.paced_starts = 0
         #: Turns each copy starts with (the template's history): the answers after them are new.
         self.base = base
         #: The bundled model: its cost shows as free, not as $0.
@@ -268,9 +279,23 @@ class _State:
         self.failed += 1
         self.changes += 1
 
+    def started(self, n: int, waited: float) -> None:
+        """Request ``n`` (0-based) started after ``waited`` seconds in the rpm limiter."""
+        if n < self.max_active:
+            return
+        self.later_starts += 1
+        if waited > 0:
+            self.paced_starts += 1
+            self.changes += 1
+
+    @property
+    def paced(self) -> bool:
+        # A few starts, most of them held: not the one burst every run starts with.
+        return self.later_starts >= 3 and 2 * self.paced_starts > self.later_starts
+
     def line(self) -> str:
-        finished = self.done + self.failed
-        parts = [f"{finished}/{self.total} done"]
+        # Failures apart: "done" counts answers, so 10/10 never hides a failed request.
+        parts = [f"{self.done}/{self.total} done"]
         if self.failed:
             parts[0] += f", {self.failed} failed"
         u = self.usage
@@ -281,6 +306,9 @@ class _State:
             parts.append(f"tokens {u.input or 0:,}{more} in, {u.output or 0:,}{more} out")
         if self.done:
             parts.append("cost " + format_row_cost(u.cost, unknown=u.unknown_cost, free=self.free))
+        if self.paced:
+            parts.append(f"held back by rpm={self.rpm:g} (at most {self.rpm / 60:.3g} requests/s): "
+                         "pass a higher rpm= if the server allows")
         return " · ".join(parts)
 
 
@@ -294,13 +322,15 @@ class _RateLimiter:
         self.interval = 60.0 / rpm
         self._next = 0.0
 
-    async def wait(self) -> None:
+    async def wait(self) -> float:
+        """Wait for this start's slot; returns how long that was (0: the limit held nothing)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         start = max(now, self._next)
         self._next = start + self.interval
         if start > now:
             await asyncio.sleep(start - now)
+        return start - now
 
 
 class _Batch(Generic[R]):
@@ -326,6 +356,7 @@ class _Batch(Generic[R]):
         self.results: list[R | None] = [None] * len(args)
         self.errors: dict[int, Exception] = {}
         self._stopping = False
+        self._started = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
@@ -351,7 +382,9 @@ class _Batch(Generic[R]):
         async with self._semaphore:
             if self._stopping:
                 return
-            await self._limiter.wait()
+            n = self._started
+            self._started += 1
+            self.state.started(n, await self._limiter.wait())
             if self._stopping:
                 return
             copy = self.template.copy()

@@ -8,17 +8,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._chat import Chat
+from ._display import short_arguments
 from ._markdown import safe_markdown
+from ._spend import exchange_spend
+from ._turns import ContentToolResult, Turn
 from ._usage import UsageRow, format_row_cost
 
-__all__ = ["ConfigView", "HistoryView", "UsageReport", "usage_rows"]
+__all__ = ["ConfigView", "HistoryView", "NoConversation", "UsageReport", "usage_rows"]
 
 
 @dataclass
 class _Row(UsageRow):
-    """A usage row of one session."""
+    """A usage row of one session. ``turns`` counts requests (a tool round is one);
+    ``answers`` counts the exchanges' answers, the number a reader expects."""
 
     session: str = ""
+    answers: int = 0
+
+    def merge(self, other: UsageRow) -> None:
+        super().merge(other)
+        if isinstance(other, _Row):
+            self.answers += other.answers
 
 
 def usage_rows(sessions: dict[str, Chat]) -> list[_Row]:
@@ -32,7 +42,20 @@ def usage_rows(sessions: dict[str, Chat]) -> list[_Row]:
             if key not in rows:
                 rows[key] = _Row(chat.provider.name, model, session=name)
             rows[key].add(t.tokens, t.cost)
+            if not t.tool_requests:  # a turn that asks for tools is a round inside the answer
+                rows[key].answers += 1
     return list(rows.values())
+
+
+def exchanges(turns: list[Turn]) -> list[list[Turn]]:
+    """The turns cut into exchanges: a prompt, its tool rounds, the answer."""
+    out: list[list[Turn]] = []
+    for t in turns:
+        if (t.role == "user" and not _results_only(t)) or not out:
+            out.append([t])
+        else:
+            out[-1].append(t)
+    return out
 
 
 def _num(v: int | None, unknown: int) -> str:
@@ -64,7 +87,7 @@ class UsageReport:
         self.spend = spend
 
     def _cells(self, r: _Row) -> list[str]:
-        return [r.session, r.provider, r.model, str(r.turns), _num(r.input, r.unknown_tokens),
+        return [r.session, r.provider, r.model, str(r.answers), _num(r.input, r.unknown_tokens),
                 _num(r.output, r.unknown_tokens), _num(r.cached, r.unknown_tokens),
                 _usd(r.cost, r.unknown_cost, r.free)]
 
@@ -79,17 +102,24 @@ class UsageReport:
         return list(self.COLUMNS), body, total
 
     def _turn_lines(self) -> list[list[str]]:
+        """One line per exchange, numbered from 1; its tool rounds are added up inside it."""
         out = []
         for name, chat in self.sessions.items():
-            for i, t in enumerate(chat.get_turns()):
-                if t.role != "assistant":
+            n = 0
+            for exchange in exchanges(chat.get_turns()):
+                replies = [t for t in exchange if t.role == "assistant"]
+                if not replies:
                     continue
-                tok = t.tokens
+                n += 1
+                last = replies[-1]
+                tok, cost, requests = exchange_spend(exchange)
+                finish = (last.finish_reason or "") + (" (partial)" if last.partial else "")
+                if requests > 1:
+                    finish += f" ({requests - 1} tool round{'s' * (requests > 2)})"
                 out.append([
-                    name, str(i // 2 + 1), t.model or "", t.meta.get("source", ""),
-                    _num(tok.input if tok else None, 0), _num(tok.output if tok else None, 0),
-                    _num(tok.cached if tok else None, 0), _usd(t.cost, 0, chat.provider.free),
-                    (t.finish_reason or "") + (" (partial)" if t.partial else ""),
+                    name, str(n), last.model or "", last.meta.get("source", ""),
+                    _num(tok.input, 0), _num(tok.output, 0), _num(tok.cached, 0),
+                    _usd(cost, 0, chat.provider.free), finish,
                 ])
         return out
 
@@ -115,11 +145,17 @@ class UsageReport:
                 why.append(f"{len(broken)} ended early (the stream broke or was stopped) "
                            "before the server could report them")
             notes.append(f"{note}: {'; '.join(why)}.")
+        rounds = sum(r.turns - r.answers for r in self.rows)
+        if rounds > 0:
+            notes.append(f"Tokens and cost include {rounds} tool round{'s' * (rounds > 1)} (a request "
+                         "whose reply asked for tools), counted inside the answer it led to.")
         if any(r.unknown_cost for r in self.rows):
             notes.append("Cost n/a: no known price for this provider and model (local models are free).")
         return notes
 
     _SPEND_TITLE = "All answers of this notebook, replaced and reset ones included"
+    #: The ledger counts requests: a tool round is one, so the column says so.
+    _SPEND_COLS = ("provider", "model", "requests", "input", "output", "cached", "cost")
 
     def _spend_rows(self) -> list[list[str]]:
         return [[r["provider"], r["model"], str(r["turns"]), _num(r["input"], 0), _num(r["output"], 0),
@@ -134,7 +170,7 @@ class UsageReport:
             parts.append("<p><b>Answers</b></p>" + _html_table(list(self._TURN_COLS), self._turn_lines()))
         if self.spend is not None:
             parts.append(f"<p><b>{self._SPEND_TITLE}</b></p>" + _html_table(
-                ["provider", "model", "answers", "input", "output", "cached", "cost"], self._spend_rows()))
+                list(self._SPEND_COLS), self._spend_rows()))
         parts += [f"<p><small>{html.escape(n)}</small></p>" for n in self._footnotes()]
         parts.append("</div>")
         return "".join(parts)
@@ -148,14 +184,13 @@ class UsageReport:
             parts.append(_text_table(list(self._TURN_COLS), self._turn_lines()))
         if self.spend is not None:
             parts.append(self._SPEND_TITLE + ":")
-            parts.append(_text_table(["provider", "model", "answers", "input", "output", "cached", "cost"],
-                                     self._spend_rows()))
+            parts.append(_text_table(list(self._SPEND_COLS), self._spend_rows()))
         parts += self._footnotes()
         return "\n".join(parts)
 
 
 #: Columns that hold numbers: right-aligned; every other column is text, left-aligned.
-_NUMERIC = frozenset({"#", "answers", "input", "output", "cached", "cost"})
+_NUMERIC = frozenset({"#", "answers", "requests", "input", "output", "cached", "cost"})
 
 
 def _html_table(head: list[str], body: list[list[str]], total: list[str] | None = None) -> str:
@@ -185,7 +220,7 @@ class HistoryView:
         """``last``: only the last ``last`` exchanges (a question and its answer)."""
         self.name = name
         turns = chat.get_turns()
-        starts = [i for i, t in enumerate(turns) if t.role == "user"]
+        starts = [i for i, t in enumerate(turns) if t.role == "user" and not _results_only(t)]
         if last and len(starts) > last:
             turns = turns[starts[-last]:]
         self.turns = turns
@@ -197,22 +232,76 @@ class HistoryView:
         out = []
         if self.system:
             out.append(f"**system:** {safe_markdown(_quote(self.system))}")
-        for t in self.turns:
+        for i, t in enumerate(self.turns):
+            if _results_only(t):  # shown on its calls' lines, not as a message from "you"
+                continue
             label = "**you**" if t.role == "user" else f"**{safe_markdown(t.model or 'assistant')}**"
             extra = " *(partial)*" if t.partial else ""
             src = f" *· {t.meta['source']}*" if t.meta.get("source") == "panel" else ""
             # A rule before each question: one exchange per block, the same space everywhere.
             if t.role == "user" and out:
                 out.append("---")
+            calls = self._calls(i)
+            if calls and not _trim(t.text):  # a tool round: its calls only, no empty answer
+                out.append("\n".join(f"- 🔧 {safe_markdown(c)}" for c in calls))
+                continue
             out.append(f"{label}{extra}{src}\n\n{safe_markdown(_trim(t.text))}")
+            if calls:
+                out.append("\n".join(f"- 🔧 {safe_markdown(c)}" for c in calls))
         return "\n\n".join(out)
+
+    def _calls(self, i: int) -> list[str]:
+        """Turn ``i``'s tool calls, one short line each: name, short arguments, ok or error."""
+        t = self.turns[i]
+        nxt = self.turns[i + 1] if i + 1 < len(self.turns) else None
+        results = {r.id: r for r in nxt.tool_results} if nxt is not None else {}
+        return [_call_line(c.name, c.arguments, results.get(c.id)) for c in t.tool_requests]
 
     def __repr__(self) -> str:
         if not self.turns:
             return f"Session {self.name!r} has no turns yet."
-        return "\n\n".join(
-            f"[{t.role}{' partial' if t.partial else ''}] {_trim(t.text)}" for t in self.turns
-        )
+        out = []
+        for i, t in enumerate(self.turns):
+            if _results_only(t):
+                continue
+            calls = [f"[tool] {c}" for c in self._calls(i)]
+            text = [f"[{t.role}{' partial' if t.partial else ''}] {_trim(t.text)}"] if _trim(t.text) or not calls else []
+            out.append("\n".join(text + calls))
+        return "\n\n".join(out)
+
+
+class NoConversation:
+    """``%chat_history`` before anything was asked: a friendly line, not an error."""
+
+    def __init__(self, name: str, others: list[str]) -> None:
+        self.text = (f"No conversation yet in session {name!r}: ask with %chat or %%chat"
+                     + (f" (sessions with turns: {', '.join(others)}; show one with -s NAME)." if others else "."))
+
+    def _repr_markdown_(self) -> str:
+        return f"*{safe_markdown(self.text)}*"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _results_only(t: Turn) -> bool:
+    """A user turn that only carries tool results (a tool round, not a question)."""
+    return t.role == "user" and bool(t.contents) and len(t.tool_results) == len(t.contents)
+
+
+def _call_line(name: str, arguments: dict[str, Any], result: ContentToolResult | None) -> str:
+    if result is None:
+        state = "no result"
+    elif result.error is not None:
+        state = "error: " + _one_line(result.error, 80)
+    else:
+        state = "ok"
+    return f"{name}({short_arguments(arguments)}) → {state}"
+
+
+def _one_line(s: str, limit: int) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def _trim(s: str) -> str:

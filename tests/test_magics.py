@@ -387,7 +387,7 @@ def test_a_cell_shows_each_tool_call_and_counts_every_round(
 ) -> None:
     """The model asks for a call (arguments split over chunks), the tool runs, the answer
     follows: the cell shows one line per call, -o gets the answer alone, history has all four
-    turns and %chat_usage counts both requests."""
+    turns and %chat_usage counts one answer with both requests' tokens."""
     config(ip, footer=False)
     call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
     fake.script(
@@ -408,8 +408,10 @@ def test_a_cell_shows_each_tool_call_and_counts_every_round(
     turns = jupyter_llmchat.session().get_turns()
     assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
     assert fake.chat_requests()[1].body["messages"][-1] == {"role": "tool", "tool_call_id": "c1", "content": "5"}
-    row = repr(ip.run_line_magic("chat_usage", "")).splitlines()[2].split()
-    assert row[3:6] == ["2", "100", "10"]
+    usage = repr(ip.run_line_magic("chat_usage", ""))
+    row = usage.splitlines()[2].split()
+    assert row[3:6] == ["1", "100", "10"]  # one answer; both requests' tokens
+    assert "include 1 tool round" in usage
 
 
 def test_usage_unknown_tokens_are_na_not_zero(ip: InteractiveShell, fake: FakeOpenAI) -> None:

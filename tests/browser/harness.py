@@ -34,6 +34,7 @@ __all__ = [
     "console_messages",
     "empty_notebook",
     "missing_requirement",
+    "server_env",
     "start_server",
     "watch_console",
 ]
@@ -170,7 +171,8 @@ def _write_user_settings(settings_dir: Path) -> None:
         target.write_text(json.dumps(values), encoding="utf-8")
 
 
-def _server_env(home: Path) -> dict[str, str]:
+def server_env(home: Path) -> dict[str, str]:
+    """The environment of a test server whose dirs are under ``home`` (also for its CLI)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "JPY_"))}
     env.update(
         JUPYTER_CONFIG_DIR=str(home / "config"),
@@ -185,10 +187,11 @@ def _server_env(home: Path) -> dict[str, str]:
     return env
 
 
-def start_server(home: Path) -> JupyterServer:
+def start_server(home: Path, python: str | None = None, log_name: str = "jupyter-server.log") -> JupyterServer:
     """Start ``jupyter lab`` with its root, settings, config and IPython dirs under ``home``.
 
-    Returns once ``/api/status`` answers; its output goes to tests/artifacts/jupyter-server.log.
+    ``python``: the interpreter of another environment (an older JupyterLab), default this one.
+    Returns once ``/api/status`` answers; its output goes to tests/artifacts/``log_name``.
     """
     root = home / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -197,9 +200,9 @@ def start_server(home: Path) -> JupyterServer:
     token = secrets.token_hex(16)
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / "jupyter-server.log"
+    log_path = ARTIFACTS / log_name
     cmd = [
-        sys.executable, "-m", "jupyterlab",
+        python or sys.executable, "-m", "jupyterlab",
         "--allow-root", "--no-browser",
         f"--IdentityProvider.token={token}",
         "--ServerApp.ip=127.0.0.1",
@@ -215,7 +218,7 @@ def start_server(home: Path) -> JupyterServer:
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            cmd, cwd=root, env=_server_env(home), stdout=log, stderr=subprocess.STDOUT,
+            cmd, cwd=root, env=server_env(home), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     server = JupyterServer(f"http://127.0.0.1:{port}/", token, root, log_path, process)
