@@ -179,6 +179,20 @@ def _http_status(url: str, key: str | None = None) -> int:
         raise OSError(str(exc)) from exc
 
 
+def raw_stream(base_url: str, key: str | None, body: dict[str, object]) -> list[dict[str, object]]:
+    """The chunks of one streamed chat completion, seen raw (what a server sends, not what the
+    client under test makes of it); asserts the stream ends with ``[DONE]``."""
+    import httpx  # here: the launcher below runs with the standard library only
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(trust_env=False, timeout=120) as client:
+        with client.stream("POST", f"{base_url}/chat/completions", json=body, headers=headers) as resp:
+            assert resp.status_code == 200, resp.read()
+            events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events and events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
 # -- LiteLLM proxy ------------------------------------------------------------------------------
 
 
@@ -282,6 +296,9 @@ class VLLMServer(ServerProcess):
                 "--dtype", "bfloat16",
                 "--enforce-eager",  # ready in about a minute, not 2-3 (no graph compilation)
                 "--generation-config", "auto",
+                # Compact JSON under a schema: with any whitespace allowed, the tiny base model
+                # pads the object with blank lines until max_tokens (measured here).
+                "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
             ]  # fmt: skip
             if api_key:
                 cmd += ["--api-key", api_key]

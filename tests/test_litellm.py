@@ -19,7 +19,6 @@ import os
 import traceback
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -34,7 +33,7 @@ from jupyter_llmchat import (
 )
 from jupyter_llmchat import _sessions
 from jupyter_llmchat._local import MODEL_ALIAS
-from tests.real_servers import LITELLM_MODEL, LiteLLMProxy, litellm_available
+from tests.real_servers import LITELLM_MODEL, LiteLLMProxy, litellm_available, raw_stream
 from tests.test_magics import DEFAULTS, chat_magics, config
 
 pytestmark = pytest.mark.litellm
@@ -75,13 +74,7 @@ def test_streamed_answer_reads_litellm_usage_chunk(proxy: LiteLLMProxy) -> None:
         "model": LITELLM_MODEL, "messages": [{"role": "user", "content": "Name a colour."}],
         "max_tokens": MAX_TOKENS, "stream": True, "stream_options": {"include_usage": True},
     }  # fmt: skip
-    headers = {"Authorization": f"Bearer {proxy.master_key}"}
-    with httpx.Client(trust_env=False, timeout=60) as client:
-        with client.stream("POST", f"{proxy.base_url}/chat/completions", json=body, headers=headers) as resp:
-            assert resp.status_code == 200
-            events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    with_usage = [json.loads(e) for e in events[:-1] if json.loads(e).get("usage")]
+    with_usage = [c for c in raw_stream(proxy.base_url, proxy.master_key, body) if c.get("usage")]
     assert with_usage and with_usage[-1]["choices"] == [{"index": 0, "delta": {}}]
 
     chat = proxy_chat(proxy)
