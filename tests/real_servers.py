@@ -15,6 +15,7 @@ anything else is imported.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pathlib
@@ -177,6 +178,10 @@ def _http_status(url: str, key: str | None = None) -> int:
         return exc.code
     except urllib.error.URLError as exc:
         raise OSError(str(exc)) from exc
+    except http.client.HTTPException as exc:
+        # Not HTTP: something else holds the port for now (vLLM's own ZMQ sockets take random
+        # ports too); not ready, and if the server cannot bind, it exits and start() retries.
+        raise OSError(f"not an HTTP answer: {exc!r}") from exc
 
 
 def raw_stream(base_url: str, key: str | None, body: dict[str, object]) -> list[dict[str, object]]:
