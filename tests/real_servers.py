@@ -349,13 +349,12 @@ def _launch(argv: list[str]) -> int:
         orphaned.set()
         os.killpg(0, signal.SIGTERM)
         time.sleep(10)
-        os.killpg(0, signal.SIGKILL)  # this launcher included
+        os.killpg(0, signal.SIGKILL)  # a server that ignored SIGTERM, this launcher included
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
+    threading.Thread(target=watch, daemon=True).start()
     code = child.wait()
     if orphaned.is_set():
-        thread.join()  # what is left of the group gets its SIGKILL
+        os.killpg(0, signal.SIGKILL)  # what is left of the group (workers), this launcher included
     return code
 
 

@@ -153,16 +153,20 @@ def test_structured_output_falls_back_from_json_schema(proxy: LiteLLMProxy) -> N
 
 
 @pytest.fixture
-def ip(_ip: InteractiveShell, proxy: LiteLLMProxy, monkeypatch: pytest.MonkeyPatch) -> InteractiveShell:
-    """The shell, no sessions, its settings pointed at the proxy with %config as a user would."""
+def ip(_ip: InteractiveShell, proxy: LiteLLMProxy, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    """The shell, no sessions, its settings pointed at the proxy with %config as a user would;
+    the settings put back afterwards (%config persists in the shell's config)."""
+    magics = chat_magics(_ip)
+    before = {name: getattr(magics, name) for name in ("base_url", *DEFAULTS)}
     monkeypatch.setenv("LITELLM_TEST_KEY", proxy.master_key)
     _sessions.registry.sessions.clear()
     config(_ip, **dict(DEFAULTS, model=LITELLM_MODEL))
     config(_ip, base_url=proxy.base_url, credentials_env="LITELLM_TEST_KEY",
            params={"max_tokens": MAX_TOKENS, "temperature": 0})  # fmt: skip
-    magics = chat_magics(_ip)
     _sessions.set_factory(magics._make_session, magics._refresh_unused)
-    return _ip
+    yield _ip
+    _sessions.registry.sessions.clear()
+    config(_ip, **before)
 
 
 def test_chat_cell_against_the_proxy(
