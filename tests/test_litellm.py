@@ -14,7 +14,6 @@ The model is tiny: the tests assert protocol facts, never wording, and always se
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import traceback
 from collections.abc import Iterator
