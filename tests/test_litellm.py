@@ -116,11 +116,6 @@ def test_wrong_key_is_an_error_without_the_key(proxy: LiteLLMProxy) -> None:
     assert chat.get_turns() == []  # a failed request leaves no dangling user turn
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the hint for LiteLLM's 400 no_db_connection is being fixed in _provider.py on the "
-    "secrets branch; drop this marker once it is merged",
-)
 def test_wrong_key_hint_points_at_credentials(proxy: LiteLLMProxy) -> None:
     exc, _ = _wrong_key_error(proxy)
     assert "credentials" in exc.hint.lower()
