@@ -248,7 +248,9 @@ def test_a_notebook_front_end_without_the_extension_is_told_once(
     """The kernel fixture's client never answers the extension's comm."""
     _, kc = kernel
     server.reset()
-    # A cell run well after the comm opened: an extension would have said hello by now.
+    # The comm opens at the first request that carries JupyterLab's cell id (as JupyterLab's
+    # every request does); a cell run well after that: an extension would have said hello by now.
+    execute(kc, "1 + 1", cell_id="cell-1")
     time.sleep(HELLO_GRACE_S + 0.5)
     _, msgs = execute(kc, "%chat hello again", cell_id="cell-2")
     text = shown_text(msgs)
