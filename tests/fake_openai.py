@@ -476,6 +476,12 @@ class FakeOpenAI(_RequestLog):
         with self._active_changed:
             self._active_changed.wait_for(lambda: self.active >= n or self._stopping.is_set(), timeout)
 
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until no chat-completions request is being answered: a client has the
+        whole answer a moment before the handler that sent it has finished."""
+        with self._active_changed:
+            return self._active_changed.wait_for(lambda: self.active == 0, timeout)
+
     def _next_reply(self) -> Reply:
         with self._lock:
             routed = self._routed(getattr(self._current, "body", None))

@@ -157,7 +157,7 @@ def ip(_ip: InteractiveShell, proxy: LiteLLMProxy, monkeypatch: pytest.MonkeyPat
     config(_ip, **dict(DEFAULTS, model=LITELLM_MODEL))
     config(_ip, base_url=proxy.base_url, credentials_env="LITELLM_TEST_KEY",
            params={"max_tokens": MAX_TOKENS, "temperature": 0})  # fmt: skip
-    _sessions.set_factory(magics._make_session, magics._refresh_unused)
+    _sessions.set_factory(magics._make_session, magics._refresh_from_config)
     yield _ip
     _sessions.registry.sessions.clear()
     config(_ip, **before)

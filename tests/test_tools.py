@@ -506,6 +506,7 @@ async def test_fake_server_counts_concurrent_requests(fake: FakeOpenAI, fake_url
     chat = new_chat(fake_url)
     answers = await asyncio.gather(chat.copy().chat_async("1"), chat.copy().chat_async("2"))
     assert sorted(answers) == ["a", "b"]
+    assert fake.wait_idle()  # the handlers finish a moment after the client has the answers
     assert fake.stats() == {"active": 0, "max_active": 2}
 
 

@@ -76,7 +76,9 @@ def test_ctrl_c_during_a_tool_says_interrupted_in_the_saved_output(
             km.interrupt_kernel()
 
     reply, msgs = execute(kc, "%%chat\nLook it up slowly.\n", on_iopub=interrupt_when_running)
-    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    # An ordinary stop ends the cell with one line (the magics' Ctrl-C rule), not a traceback.
+    assert reply["content"]["ename"] == "UsageError"
+    assert "stopped (Ctrl-C)" in reply["content"]["evalue"]
     final = answer_displays(msgs)[-1]["content"]
     md = final["data"]["text/markdown"]
     assert "<code>lookup</code>" in md and "— interrupted" in md and "running" not in md, md
