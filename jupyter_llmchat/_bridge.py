@@ -68,13 +68,12 @@ from ._metadata import (
     SCHEMA_VERSION,
     Ledger,
     RecordError,
-    bounded_turn,
     record_from_outputs,
     session_record,
     turns_extend,
     validate_record,
 )
-from ._spend import Budget, Spent, SpendRequest, check_request, spend_guard, unreadable_budget
+from ._spend import Budget, SpendRequest, Spent, check_request, spend_guard, unreadable_budget
 from ._turns import Turn
 
 __all__ = ["Bridge", "current_bridge", "replace_record", "start_bridge"]
@@ -520,7 +519,8 @@ class Bridge:
                     print(line, file=sys.stderr)
                     self._notice(line)
                 return
-            self._renamed(path)
+            if isinstance(path, str):
+                self._renamed(path)
             self.hello_received = True
             self._synced = None
             if data.get("record") is not None:

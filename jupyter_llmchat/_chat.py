@@ -36,8 +36,8 @@ from __future__ import annotations
 import copy as _copy
 import datetime as _dt
 import json
-import sys
 import os
+import sys
 import threading
 import time
 import warnings
@@ -46,11 +46,22 @@ from contextlib import aclosing, closing
 from typing import Any, Generic, Literal, TypeVar, overload
 
 from ._errors import (
-    APIStatusError, BudgetExceeded, ConfigurationError, LLMChatError, StreamError, raise_clean,
+    APIStatusError,
+    BudgetExceeded,
+    ConfigurationError,
+    LLMChatError,
+    StreamError,
+    raise_clean,
 )
 from ._provider import OpenAICompatible, credentials_from, refuses_json_schema, safe_url
+from ._spend import Reservation, SpendRequest, body_estimate, spend_guard
 from ._tools import (
-    MAX_TOOL_RESULT_CHARS, Tool, ToolError, bad_arguments, tool_result_text, unknown_tool,
+    MAX_TOOL_RESULT_CHARS,
+    Tool,
+    ToolError,
+    bad_arguments,
+    tool_result_text,
+    unknown_tool,
 )
 from ._turns import (
     Content,
@@ -63,7 +74,6 @@ from ._turns import (
     Turn,
     check_tool_pairs,
 )
-from ._spend import Reservation, SpendRequest, body_estimate, spend_guard
 from ._usage import UsageRow, cost_of, warm_up_prices
 
 __all__ = ["AsyncChatStream", "Chat", "ChatExchange", "ChatStream", "Echo", "StreamContent"]

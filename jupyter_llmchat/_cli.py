@@ -11,10 +11,10 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import tempfile
 import signal
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 

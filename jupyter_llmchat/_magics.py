@@ -24,14 +24,18 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
-from traitlets import TraitError
+from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
 
 from . import _context, _sessions, _spend
 from ._chat import ChatBusyError
 from ._display import formatwarning_hook
 from ._errors import (
-    AuthenticationError, BudgetExceeded, ConfigurationError, LLMChatError, StreamError, raise_clean,
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigurationError,
+    LLMChatError,
+    StreamError,
+    raise_clean,
 )
 
 __all__ = ["ChatMagics", "load", "unload"]

@@ -13,7 +13,7 @@ from typing import Any, Union
 
 from ._chat import Chat, Echo
 from ._errors import ConfigurationError
-from ._provider import CredentialValue, Credentials, OpenAICompatible, credentials_from
+from ._provider import Credentials, CredentialValue, OpenAICompatible, credentials_from
 
 __all__ = [
     "chat_deepseek",
