@@ -39,6 +39,9 @@ streams as one answer with its calls; a call's time is only known while it runs)
 
 Panel questions stream in a background thread, so tokens show while the kernel is idle or busy
 with other cells; the session's lock keeps the panel and ``%%chat`` cells from interleaving.
+Stop reaches a streaming answer while a cell runs where the front end sends widget comm messages
+on a kernel subshell (JupyterLab 4.6 does; 4.2 sends them to the main shell, where they wait for
+the cell): the thread keeps the asking message as the parent of what it sends (see _thread_here).
 """
 
 from __future__ import annotations
