@@ -39,11 +39,15 @@ streams as one answer with its calls; a call's time is only known while it runs)
 
 Panel questions stream in a background thread, so tokens show while the kernel is idle or busy
 with other cells; the session's lock keeps the panel and ``%%chat`` cells from interleaving.
+Stop reaches a streaming answer while a cell runs where the front end sends widget comm messages
+on a kernel subshell (JupyterLab 4.6 does; 4.2 sends them to the main shell, where they wait for
+the cell): the thread keeps the asking message as the parent of what it sends (see _thread_here).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import re
 import threading
@@ -301,8 +305,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         elif kind == "names":
             self.send({"type": "names", "names": _user_names()})
         elif kind == "models":
-            threading.Thread(target=self._send_models, daemon=True,
-                             name=f"jupyter_llmchat models {self.session}").start()
+            _thread_here(self._send_models, (), f"jupyter_llmchat models {self.session}").start()
         elif kind == "model":
             self._set_model(str(content.get("name") or ""))
 
@@ -396,8 +399,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             return
         text = sent
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, args=(text, user_id), daemon=True,
-                                        name=f"jupyter_llmchat panel {self.session}")
+        self._thread = _thread_here(self._run, (text, user_id), f"jupyter_llmchat panel {self.session}")
         self.busy = True
         self._thread.start()
 
@@ -543,6 +545,19 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._stream_binds = None
             self._refresh()
             self.busy = False
+
+
+def _thread_here(target: Any, args: tuple[Any, ...], name: str) -> threading.Thread:
+    """A daemon thread running ``target`` in the caller's context (a new thread has none).
+
+    ipykernel keeps the message being handled (the "parent") in a context variable and routes
+    a comm's incoming messages to the subshell of the parent of what the comm last sent. A
+    thread started from the front end's message keeps that message as the parent of what it
+    sends; without it, the parent is whatever the kernel handled last, such as a running cell,
+    and the front end's Stop would wait behind that cell in the main shell's queue.
+    """
+    return threading.Thread(target=contextvars.copy_context().run, args=(target, *args),
+                            daemon=True, name=name)
 
 
 def _question_id(value: Any) -> str | None:

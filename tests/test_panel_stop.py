@@ -19,6 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import jupyter_llmchat
 from jupyter_llmchat import _sessions
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.kernel_frontend import kernel, load
 from tests.panel_recorder import RecordingPanel
 from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
 
@@ -113,3 +114,63 @@ def test_stop_during_a_sync_tool_abandons_the_call(
     after = [t.to_dict() for t in chat.get_turns()]
     assert after == before and "late result" not in json.dumps(after)
     assert panel.busy is False
+
+
+def test_stop_reaches_a_streaming_answer_while_a_cell_runs(fake: FakeOpenAI) -> None:
+    """JupyterLab sends widget comm messages on a subshell of their own, and ipykernel routes
+    a comm's incoming messages to the subshell of the parent of what the comm last sent. The
+    panel's deltas go out from its thread: they must carry the panel question's parent, not
+    whatever cell the main thread runs, or Stop waits in the main shell's queue until the cell
+    ends."""
+    fake.script(Reply(text="word " * 800, chunk_chars=4, delay=0.05))  # ~50 s unless stopped
+    with kernel(None) as k:
+        load(k, fake.base_url)
+        out = k.ok("from jupyter_llmchat._widget import ChatPanel\n"
+                   "p = ChatPanel('default'); print('@@' + p.comm.comm_id)")
+        comm_id = out.split("@@", 1)[1].strip()
+        kc = k.kc
+        kc.control_channel.send(kc.session.msg("create_subshell_request", {}))
+        subshell = kc.get_control_msg(timeout=30)["content"]["subshell_id"]
+
+        def to_panel(data: dict[str, Any]) -> None:
+            # What JupyterLab 4.6's widget manager sends: on the comm target's subshell.
+            msg = kc.session.msg("comm_msg", {"comm_id": comm_id,
+                                              "data": {"method": "custom", "content": data}})
+            msg["header"]["subshell_id"] = subshell
+            kc.shell_channel.send(msg)
+
+        seen: list[dict[str, Any]] = []  # every IOPub message, in order
+
+        def upto(found: Any) -> dict[str, Any]:
+            """The first IOPub message (from now on) for which ``found`` is true."""
+            while True:
+                seen.append(kc.get_iopub_msg(timeout=60))
+                if found(seen[-1]):
+                    return seen[-1]
+
+        def said(kind: str) -> Any:
+            def found(msg: dict[str, Any]) -> bool:
+                content = msg["content"]
+                return (msg["msg_type"] == "comm_msg" and content["comm_id"] == comm_id
+                        and content["data"].get("content", {}).get("type") == kind)
+            return found
+
+        def of_cell(msg_type: str, state: str | None = None) -> Any:
+            return lambda m: (m["parent_header"].get("msg_id") == cell and m["msg_type"] == msg_type
+                              and (state is None or m["content"]["execution_state"] == state))
+
+        to_panel({"type": "send", "text": "talk", "id": "q-1"})
+        upto(said("delta"))
+        # A cell that waits for the answer to end (and gives up after 30 s).
+        cell = kc.execute("import time\nfor _ in range(600):\n    if not p.busy: break\n"
+                          "    time.sleep(0.05)\nprint('busy' if p.busy else 'stopped')")
+        upto(of_cell("execute_input"))
+        upto(said("delta"))  # streaming on while the cell runs
+        to_panel({"type": "stop"})
+        done = upto(said("done"))["content"]["data"]["content"]
+        assert done["user_id"] == "q-1" and done["message"]["partial"] is True
+        if not any(of_cell("status", "idle")(m) for m in seen):
+            upto(of_cell("status", "idle"))
+        printed = "".join(m["content"]["text"] for m in seen if of_cell("stream")(m))
+        # The Stop took effect while the cell ran, not when it ended.
+        assert printed.split() == ["stopped"]

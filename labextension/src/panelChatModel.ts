@@ -275,6 +275,9 @@ export class KernelChatModel extends AbstractChatModel {
   /**
    * Stop: queued questions are cancelled here, at once (never sent); an answer
    * streaming from the panel is stopped in the kernel, which keeps what arrived.
+   * While a cell runs, the kernel takes it at once where widget comms go over a
+   * kernel subshell (JupyterLab 4.4+); elsewhere only when the cell ends, and a
+   * status line says so.
    */
   stop(): void {
     for (const question of [...this._queue].reverse()) {
@@ -282,7 +285,30 @@ export class KernelChatModel extends AbstractChatModel {
     }
     if (this._widget.get('busy') === true || this._inFlight !== null) {
       this._send({ type: 'stop' });
+      if (this._stopWaitsForCell()) {
+        this.setNotice({
+          kind: 'status',
+          text: 'stopping when the running cell ends',
+          hint: 'this JupyterLab sends Stop to the kernel after the cell (4.4+ sends it at once)'
+        });
+      }
     }
+  }
+
+  /**
+   * The kernel runs a cell and this front end sends comm messages to its main
+   * queue (no kernel subshells: JupyterLab before 4.4, or a kernel without
+   * them), so Stop is handled only when the cell ends.
+   */
+  private _stopWaitsForCell(): boolean {
+    const kernel = this._kernel as
+      | (Kernel.IKernelConnection & { supportsSubshells?: boolean })
+      | null;
+    return (
+      kernel !== null &&
+      KERNEL_WAITING.has(kernel.status) &&
+      kernel.supportsSubshells !== true
+    );
   }
 
   /** Talk through another session of the kernel (it answers `history`). */

@@ -131,3 +131,36 @@ def test_old_notebook_7_records_the_chat(
 ) -> None:
     nb = old_notebook("old-nb7.ipynb", ui="notebook")
     chat_and_check_the_record(nb, fake_server)
+
+
+def test_old_jupyterlab_says_stop_waits_for_the_running_cell(
+    old_notebook: Callable[..., NotebookPage], fake_server: FakeOpenAI, tmp_path: Path
+) -> None:
+    """JupyterLab 4.2 has no kernel subshells: the panel's Stop reaches the kernel only when the
+    running cell ends. The panel says so at once, and the Stop then ends the answer, partial."""
+    from tests.browser.test_panel_browser import ask, blocking_cell, wait_idle, wait_text
+
+    nb = old_notebook("old-stop.ipynb")
+    page = nb.page
+    nb.run_cell("%load_ext jupyter_llmchat")
+    nb.run_cell(f'%config ChatMagics.base_url = "{fake_server.base_url}"\n'
+                '%config ChatMagics.model = "test-model"')
+    nb.run_cell("%chat_panel")
+    page.locator(".jp-llmchat-dock:visible").wait_for()
+    fake_server.script(Reply(text="word " * 800, chunk_chars=4, delay=0.1))  # ~100 s unless stopped
+    ask(page, "Talk for a while")
+    wait_text(page, "word")
+    flag = tmp_path / "release"
+    running = nb.start_cell(blocking_cell(flag))
+    nb.wait_for_kernel_busy()
+    page.locator(".jp-llmchat-dock:visible .jp-llmchat-stop").click()
+    status = page.locator(".jp-llmchat-dock:visible .jp-llmchat-status")
+    page.wait_for_function(
+        "() => document.querySelector('.jp-llmchat-dock .jp-llmchat-status')?.innerText"
+        ".includes('when the running cell ends')")
+    assert "when the running cell ends" in status.inner_text()
+    flag.touch()
+    nb.wait_for_cell(running)
+    wait_idle(page)
+    page.locator(".jp-llmchat-dock:visible .jp-llmchat-partial").wait_for()
+    assert "when the running cell ends" not in status.inner_text()

@@ -600,3 +600,34 @@ def test_stop_during_a_sync_tool_marks_its_line_and_frees_the_panel(
     assert turns[-1] == ("assistant", False, "Next answer.")
     assert "late result" not in json.dumps(turns)
     assert len(fake_server.chat_requests()) == 2
+
+
+#: The length of the last message's text in the panel (a JS expression).
+LAST_LENGTH = ("(() => { const m = [...document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message')];"
+               " return m.length ? m[m.length - 1].innerText.length : 0; })()")
+
+
+def test_stop_ends_a_streaming_answer_while_a_cell_runs(
+    notebook: NotebookPage, fake_server: FakeOpenAI, tmp_path: Any
+) -> None:
+    """Stop acts at once on an answer streaming from the panel while a cell runs (JupyterLab
+    sends the panel's comm messages on a kernel subshell, which the running cell does not block)."""
+    nb, page = notebook, notebook.page
+    flag = tmp_path / "release"
+    open_panel(nb)
+    fake_server.script(Reply(text="word " * 800, chunk_chars=4, delay=0.1))  # ~100 s unless stopped
+    ask(page, "Talk for a while")
+    wait_text(page, "word")
+    running = nb.start_cell(blocking_cell(flag))
+    nb.wait_for_kernel_busy()
+    # Still streaming while the cell runs (the deltas come from the panel's thread).
+    before = int(page.evaluate(LAST_LENGTH))
+    page.wait_for_function(f"(before) => {LAST_LENGTH} > before", arg=before)
+    dock(page).locator(".jp-llmchat-stop").click()
+    # The answer ends now, kept partial, while the cell still runs (it waits for the flag).
+    wait_idle(page)
+    dock(page).locator(".jp-llmchat-partial").wait_for()
+    assert "*" in nb.cell(running).locator(".jp-InputPrompt").inner_text()  # [*]: still running
+    flag.touch()
+    nb.wait_for_cell(running)
+    assert kernel_turns(nb)[-1][:2] == ("assistant", True)
