@@ -186,9 +186,15 @@ class _Answer:
         if reasoning and isinstance(reasoning, str):
             self.thinking.append(reasoning)
             events.append(("thinking", reasoning))
-        for kind, piece in _content_pieces(delta.get("content")):
-            (self.thinking if kind == "thinking" else self.text).append(piece)
-            events.append((kind, piece))
+        content = delta.get("content")
+        if isinstance(content, str):  # the hot path: one text piece per streamed chunk
+            if content:
+                self.text.append(content)
+                events.append(("text", content))
+        elif content:  # a list of typed parts (Mistral)
+            for kind, piece in _content_pieces(content):
+                (self.thinking if kind == "thinking" else self.text).append(piece)
+                events.append((kind, piece))
         refusal = delta.get("refusal")
         if refusal and isinstance(refusal, str):  # OpenAI: content null, the words here
             self.refused = True
