@@ -178,6 +178,15 @@ class Turn:
         return "".join(c.thinking for c in self.contents if isinstance(c, ContentThinking))
 
     @property
+    def requested(self) -> bool:
+        """An assistant turn a request produced: not the partial turn that only closes the
+        history after a cut tool round (no request was under way; its tokens are 0 in, 0 out)."""
+        tok = self.tokens
+        return self.role == "assistant" and not (
+            self.partial and tok is not None and tok.input == 0 and tok.output == 0
+        )
+
+    @property
     def tool_requests(self) -> list[ContentToolRequest]:
         return [c for c in self.contents if isinstance(c, ContentToolRequest)]
 

@@ -86,9 +86,9 @@ class UsageRow:
             self.cost = (self.cost or 0.0) + cost
 
     def add_turns(self, turns: Iterable[Turn]) -> UsageRow:
-        """Add the assistant turns among ``turns`` (returns self, to chain)."""
+        """Add the assistant turns among ``turns`` that a request produced (returns self)."""
         for t in turns:
-            if t.role == "assistant":
+            if t.requested:
                 self.add(t.tokens, t.cost)
         return self
 

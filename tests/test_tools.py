@@ -738,6 +738,10 @@ def test_the_turn_closing_a_cut_tool_round_cost_nothing(fake: FakeOpenAI, fake_u
     rows = chat.get_tokens()
     assert [r["input"] for r in rows] == [11, 11, 0] and rows[-1]["partial"]
     assert rows[-1]["output"] == 0 and rows[-1]["cost"] in (0.0, None)
+    # The footer and %chat_usage count requests: two were sent; the closing turn was none.
+    from jupyter_llmchat._spend import exchange_spend
+
+    assert exchange_spend(chat.get_turns())[2] == len(fake.requests) == 2
 
 
 @pytest.mark.parametrize("bad", [0, -5, True, 2.5, "100"])
