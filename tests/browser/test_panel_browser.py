@@ -509,6 +509,7 @@ def test_a_question_asked_while_a_cell_runs_is_queued_then_answered(
     fake_server.script(Reply(text="First answer."))
     ask(page, "First, asked while a cell runs")
     queued(page).wait_for()
+    wait_text(page, "First, asked while a cell runs")  # its Markdown renders a moment later
     assert messages(page) == ["First, asked while a cell runs"]
     assert "waiting for the kernel" in queued(page).inner_text()
     ask(page, "Second, to be cancelled")
