@@ -418,6 +418,9 @@ class FakeOpenAI(_RequestLog):
 
     def reset(self) -> None:
         """Forget the queue, the log and the errors; restore the default settings."""
+        # A handler of the test before may still be finishing its answer: let it (bounded), and
+        # never zero the live count under it (its end would then make ``active`` -1).
+        self.wait_idle(timeout=2.0)
         with self._lock:
             self._queue.clear()
             self._routes.clear()
@@ -427,7 +430,7 @@ class FakeOpenAI(_RequestLog):
             self.models = list(DEFAULT_MODELS)
             self.models_status = 200
             self.require_auth = None
-            self.active = self.max_active = 0
+            self.max_active = self.active
 
     def stats(self) -> dict[str, int]:
         """``{"active": ..., "max_active": ...}``: concurrent chat-completions requests."""
