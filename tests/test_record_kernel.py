@@ -47,6 +47,15 @@ def shown(k: Any, code: str) -> str:
                    for m in msgs)
 
 
+def page_on_the_same_kernel(k: Any, fe: FrontEnd, path: str) -> FrontEnd:
+    """A page showing ``path`` that takes over ``fe``'s comm (a reload, or another notebook
+    switched to this kernel) and says hello with ``fe``'s record."""
+    page = k.attach(FrontEnd(path, fe.record, hello=False))
+    page.comm_id = fe.comm_id
+    page.say_hello()
+    return page
+
+
 def test_a_large_tool_result_is_cut_once_and_later_turns_are_recorded(
     tmp_path: Path, server: FakeOpenAIProcess
 ) -> None:
@@ -104,9 +113,7 @@ def test_a_notebook_renamed_while_its_kernel_runs_keeps_its_record(
         # Renamed in the file browser, then the page reloaded: a new front end, the new path.
         old.rename(tmp_path / "new.ipynb")
         k.front_ends.remove(fe)
-        again = k.attach(FrontEnd("new.ipynb", fe.record, hello=False))
-        again.comm_id = fe.comm_id
-        again.say_hello()
+        again = page_on_the_same_kernel(k, fe, "new.ipynb")
         k.ok("%chat two")
         assert record_texts(again.record)[::2] == ["one", "two"]
         assert again.record["id"] == record_id and again.ignored == 0
@@ -128,9 +135,7 @@ def test_a_copy_saying_hello_to_the_kernel_is_told_in_the_notebook(
         k.ok("%chat one")
         # A copy of it (the same record id, a.ipynb still there) switched to this kernel.
         notebook_file(tmp_path / "a-Copy1.ipynb", fe.record)
-        copy = k.attach(FrontEnd("a-Copy1.ipynb", fe.record, hello=False))
-        copy.comm_id = fe.comm_id
-        copy.say_hello()
+        copy = page_on_the_same_kernel(k, fe, "a-Copy1.ipynb")
         out = shown(k, "%chat two")
         assert copy.received == []
         # Shown in the cell's output, not only on the kernel's stderr.
