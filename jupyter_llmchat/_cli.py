@@ -18,7 +18,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from ._errors import LLMChatError
+from ._errors import ConfigurationError, LLMChatError
+from ._export import export_format, export_record, notebook_record
+from ._metadata import RecordError
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -144,6 +146,44 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
         os.close(dir_fd)
 
 
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", help="the saved .ipynb file (read only; no kernel is started)")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="FILE.md (Markdown) or FILE.html (one self-contained page)")
+    parser.add_argument("-s", "--session", default=None, help="only this session (default: all)")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """Write the notebook's conversation (its metadata's record, in its order of cells) to a
+    Markdown or HTML file. Every failure is one line on stderr and exit code 1, nothing written."""
+    path = pathlib.Path(args.notebook)
+    try:
+        export_format(args.output)
+    except ConfigurationError as exc:
+        print(f"jupyter-llmchat export: {exc}", file=sys.stderr)
+        return 1
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        print(f"jupyter-llmchat export: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        record, order = notebook_record(nb)
+        out = export_record(record, order, args.output, args.session, title=path.stem)
+    except RecordError as exc:
+        print(f"jupyter-llmchat export: {path}: its chat record cannot be read: {str(exc)[:300]}",
+              file=sys.stderr)
+        return 1
+    except ConfigurationError as exc:
+        print(f"jupyter-llmchat export: {path}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"jupyter-llmchat export: cannot write {args.output}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: conversation written to {out}")
+    return 0
+
+
 def _tour_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", default=".", help="where to put the tour notebook (default: here)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
@@ -185,6 +225,11 @@ COMMANDS: dict[str, Command] = {
         help="rebuild a notebook's chat record (its metadata) from the answers in its outputs",
         add_arguments=_consolidate_arguments,
         run=_run_consolidate,
+    ),
+    "export": Command(
+        help="write a saved notebook's chat conversation to a Markdown or HTML file",
+        add_arguments=_export_arguments,
+        run=_run_export,
     ),
     "tour": Command(
         help="open the tour notebook in JupyterLab",

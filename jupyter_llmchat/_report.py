@@ -11,8 +11,8 @@ from ._chat import Chat
 from ._display import short_arguments
 from ._markdown import safe_markdown
 from ._spend import exchange_spend
-from ._turns import ContentToolResult, Turn
-from ._usage import UsageRow, format_row_cost
+from ._turns import ContentToolResult, Turn, exchanges
+from ._usage import UsageRow, format_row_cost, format_tokens
 
 __all__ = ["ConfigView", "HistoryView", "NoConversation", "UsageReport", "usage_rows"]
 
@@ -47,21 +47,8 @@ def usage_rows(sessions: dict[str, Chat]) -> list[_Row]:
     return list(rows.values())
 
 
-def exchanges(turns: list[Turn]) -> list[list[Turn]]:
-    """The turns cut into exchanges: a prompt, its tool rounds, the answer."""
-    out: list[list[Turn]] = []
-    for t in turns:
-        if (t.role == "user" and not _results_only(t)) or not out:
-            out.append([t])
-        else:
-            out[-1].append(t)
-    return out
-
-
 def _num(v: int | None, unknown: int) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:,}" + ("+" if unknown else "")
+    return format_tokens(v, unknown=unknown)
 
 
 def _usd(v: float | None, unknown: int, free: bool) -> str:

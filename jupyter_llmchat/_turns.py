@@ -17,6 +17,7 @@ __all__ = [
     "Turn",
     "check_tool_pairs",
     "content_from_dict",
+    "exchanges",
 ]
 
 Role = Literal["system", "user", "assistant"]
@@ -284,3 +285,15 @@ def check_tool_pairs(turns: list[Turn]) -> None:
                 r.id for r in t.tool_requests
             }:
                 raise ValueError(f"turn {i} asks for tools, but turn {i + 1} does not hold their results")
+
+
+def exchanges(turns: list[Turn]) -> list[list[Turn]]:
+    """The turns cut into exchanges: a prompt, its tool rounds, the answer (every view's rule)."""
+    out: list[list[Turn]] = []
+    for t in turns:
+        results_only = t.role == "user" and bool(t.contents) and len(t.tool_results) == len(t.contents)
+        if (t.role == "user" and not results_only) or not out:
+            out.append([t])
+        else:
+            out[-1].append(t)
+    return out

@@ -30,6 +30,7 @@ __all__ = [
     "format_cost",
     "format_limit",
     "format_row_cost",
+    "format_tokens",
     "process_ledger",
     "record_usage",
     "token_usage",
@@ -290,6 +291,14 @@ def format_row_cost(usd: float | None, *, unknown: int = 0, free: bool = False, 
     if usd is None:
         return "n/a"
     return format_cost(usd) + ("+" if unknown else "")
+
+
+def format_tokens(n: int | None, *, unknown: int = 0) -> str:
+    """A (total) token count as the views show it: ``n/a`` unknown, thousands separated, ``+``
+    when ``unknown`` answers did not report theirs."""
+    if n is None:
+        return "n/a"
+    return f"{n:,}" + ("+" if unknown else "")
 
 
 _price_lock = threading.Lock()
