@@ -5,7 +5,11 @@
    Time of ``summarize()`` (median of 3) and the summary's size in characters and estimated
    tokens, next to the same for a 1,000-row frame: the prompt costs the same whatever the size.
 
-2. Replay: a ``%%chat`` cell run once against the fake server (in this process), then re-run
+2. Fingerprints for the replay key (``fingerprint()``) of the same 10-million-row frames (an
+   int, a float and a string column): the sampled path (their default: they are over the
+   64 MB hashed exactly), and the exact path forced (``exact_limit`` raised), median of 3.
+
+3. Replay: a ``%%chat`` cell run once against the fake server (in this process), then re-run
    200 times in a real IPython shell. Each re-run shows the recorded answer with no request.
    Time per re-run (median, p95) and the number of requests the server saw.
    Target (DESIGN §8): no request, <= 50 ms per cell.
@@ -27,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jupyter_llmchat._context import summarize  # noqa: E402
+from jupyter_llmchat._context import fingerprint, summarize  # noqa: E402
 from tests.fake_openai import FakeOpenAI, Reply  # noqa: E402
 
 ROWS = 10_000_000
@@ -70,10 +74,39 @@ def bench_summaries() -> None:
         print(f"   {label:<34} {t * 1000:>7.1f} ms {a.chars:>7,} {a.tokens:>8,}")  # type: ignore[attr-defined]
 
 
+def bench_fingerprints() -> None:
+    import numpy as np
+
+    print(f"\n2. fingerprint() of {ROWS:,}-row values (replay key)")
+    print(f"   {'value':<24} {'sampled (default)':>18} {'exact (forced)':>15}")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=ROWS)
+    n = np.arange(ROWS) % 1000
+    s = np.array(["north", "south", "east", "west"])[np.arange(ROWS) % 4]
+    values: list[tuple[str, object]] = [("numpy float64 array", x)]
+    try:
+        import pandas as pd
+
+        values.append(("pandas DataFrame", pd.DataFrame({"x": x, "n": n, "region": s.astype(object)})))
+    except ImportError:
+        print("   (pandas not installed)")
+    try:
+        import polars as pl
+
+        values.append(("polars DataFrame", pl.DataFrame({"x": x, "n": n, "region": s})))
+    except ImportError:
+        print("   (polars not installed)")
+    for label, value in values:
+        t_s, fp = timed(lambda: fingerprint(value))
+        t_e, exact = timed(lambda: fingerprint(value, exact_limit=2**40))
+        assert fp.sampled and not exact.sampled  # type: ignore[attr-defined]
+        print(f"   {label:<24} {t_s * 1000:>15.1f} ms {t_e * 1000:>12.1f} ms")
+
+
 def bench_replay(n: int = 200) -> None:
     from IPython.core.interactiveshell import InteractiveShell
 
-    print(f"\n2. replayed %%chat cell, {n} re-runs in an IPython shell")
+    print(f"\n3. replayed %%chat cell, {n} re-runs in an IPython shell")
     os.environ.pop("OPENAI_API_KEY", None)
     with FakeOpenAI() as fake:
         fake.default_reply = Reply(text="A recorded answer. " * 40)
@@ -103,4 +136,5 @@ def bench_replay(n: int = 200) -> None:
 
 if __name__ == "__main__":
     bench_summaries()
+    bench_fingerprints()
     bench_replay()

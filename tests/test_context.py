@@ -6,16 +6,22 @@ real IPython shell in test_context_magics.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from jupyter_llmchat._context import (
+    EXACT_LIMIT,
     Attachment,
     attach,
     describe_attachments,
     error_context,
     estimate_tokens,
+    fingerprint,
     fix_prompt,
     summarize,
 )
@@ -231,3 +237,201 @@ def test_footer() -> None:
     assert footer("g", Tokens(), None, local=True) == "g · n/a in / n/a out · free, local"
     assert footer("m", Tokens(1, 1), 0.5, replayed_at="2026-01-01 10:00 UTC").endswith(
         "· replayed (recorded 2026-01-01 10:00 UTC), no request")
+
+
+# -- _ai_repr_ ---------------------------------------------------------------------------------
+
+
+class AiRepr:
+    def __init__(self, got: object) -> None:
+        self.got = got
+
+    def _ai_repr_(self) -> object:
+        if isinstance(self.got, BaseException):
+            raise self.got
+        return self.got
+
+    def __repr__(self) -> str:
+        return "<AiRepr plain repr>"
+
+
+def test_ai_repr_is_used_when_a_value_has_one() -> None:
+    assert summarize("m", AiRepr("a model of 3 layers")).text == "a model of 3 layers"
+    bundle = {"image/png": "iVBOR...", "text/markdown": "**md**", "text/plain": "plain text"}
+    assert summarize("m", AiRepr(bundle)).text == "plain text"
+    assert summarize("m", AiRepr({"image/png": "x", "text/markdown": "**md**"})).text == "**md**"
+    # The first text-like entry otherwise (nbformat's list-of-lines form read too).
+    assert summarize("m", AiRepr({"image/png": "x", "text/html": ["<b>a</b>", "\n"]})).text == "<b>a</b>\n"
+    assert summarize("m", AiRepr({"application/json": {"layers": 3}})).text == '{"layers": 3}'
+    assert summarize("m", AiRepr("")).text == ""
+
+
+def test_ai_repr_is_bounded_like_every_summary() -> None:
+    a = summarize("m", AiRepr("word " * 100_000), max_tokens=50)
+    assert a.cut and len(a.text) <= 200 and a.text.startswith("word word")
+
+
+@pytest.mark.parametrize("got, why", [
+    (ValueError("no repr today"), "its _ai_repr_() raised ValueError: no repr today"),
+    (42, "its _ai_repr_() returned int, not text"),
+    ({"image/png": "iVBOR"}, "returned dict, not text or a MIME bundle with text"),
+    ({"text/plain": 7}, "returned dict"),
+])
+def test_an_ai_repr_that_fails_falls_back_to_the_summary_with_a_note(got: object, why: str) -> None:
+    a = summarize("m", AiRepr(got))
+    assert why in a.text
+    assert "the usual summary follows" in a.text and "<AiRepr plain repr>" in a.text
+
+
+def test_a_class_with_ai_repr_is_not_called_unbound() -> None:
+    a = summarize("cls", AiRepr)
+    assert "AiRepr" in a.text and "_ai_repr_" not in a.text
+
+
+# -- fingerprints ------------------------------------------------------------------------------
+
+def names_frame(rows: int = 1000) -> object:
+    return pd.DataFrame({"id": np.arange(rows), "name": [f"user{i}" for i in range(rows)],
+                         "score": np.linspace(0, 1, rows)})
+
+
+def test_a_changed_cell_changes_the_fingerprint_but_not_the_summary() -> None:
+    df = names_frame()
+    before, summary = fingerprint(df), summarize("df", df).text
+    df.loc[500, "name"] = "Mallory"
+    assert summarize("df", df).text == summary
+    after = fingerprint(df)
+    assert after.digest != before.digest and not after.sampled and not before.sampled
+    df.loc[500, "name"] = "user500"
+    assert fingerprint(df) == before  # the same data, the same fingerprint
+
+
+def test_pandas_fingerprint_covers_index_dtypes_columns_and_values() -> None:
+    df = names_frame(100)
+    base = fingerprint(df).digest
+    assert fingerprint(df.copy()).digest == base
+    variants = [
+        df.set_axis(np.arange(100) + 1, axis=0),           # index
+        df.astype({"id": "float64"}),                      # dtype, same numbers
+        df.rename(columns={"score": "points"}),            # a column's name
+        df.assign(score=df["score"].where(df.index != 99, 0.5)),  # the last value
+        df[["name", "id", "score"]],                       # column order
+        df.head(99),
+    ]
+    digests = [fingerprint(v).digest for v in variants]
+    assert base not in digests and len(set(digests)) == len(digests)
+    s = df["name"]
+    assert fingerprint(s).digest != fingerprint(s.rename("other")).digest
+    cat = df.astype({"name": "category"})
+    assert fingerprint(cat).digest != base
+
+
+def test_numpy_polars_and_plain_values() -> None:
+    a = np.arange(12, dtype=np.int64).reshape(3, 4)
+    fa = fingerprint(a).digest
+    assert fingerprint(a.copy()).digest == fa
+    assert fingerprint(a.T.copy()).digest != fa                        # shape
+    assert fingerprint(a.astype(np.float64)).digest != fa              # dtype
+    assert fingerprint(np.asfortranarray(a)).digest == fa              # layout is not content
+    b = a.copy()
+    b[2, 3] = -1
+    assert fingerprint(b).digest != fa
+    p = pl.DataFrame({"x": [1, 2, None], "s": ["a", "b", "c"]})
+    fp = fingerprint(p).digest
+    assert fingerprint(p.clone()).digest == fp
+    assert fingerprint(p.with_columns(pl.col("s").str.replace("b", "B"))).digest != fp
+    assert fingerprint(p.fill_null(0)).digest != fp
+    assert fingerprint(p["s"]).digest != fingerprint(p["x"]).digest
+    for x, y in [("1", b"1"), (1, 1.0), (1, True), ([1, 2], (1, 2)), ({"a": 1}, {"a": 2}),
+                 ({1, 2}, {1, 3}), ("a" * 10, "a" * 11)]:
+        assert fingerprint(x).digest != fingerprint(y).digest, (x, y)
+    assert fingerprint({3, 1, 2}).digest == fingerprint({1, 2, 3}).digest
+
+
+class Plain:
+    def __init__(self, v: object) -> None:
+        self.v = v
+
+
+class Unpicklable:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def __reduce__(self) -> object:
+        raise TypeError("no")
+
+
+def test_objects_by_attributes_pickle_or_repr_without_addresses() -> None:
+    assert fingerprint(Plain([1, 2])).digest == fingerprint(Plain([1, 2])).digest
+    assert fingerprint(Plain([1, 2])).digest != fingerprint(Plain([1, 3])).digest
+    # The default repr holds an address that changes with every object and kernel: left out.
+    assert fingerprint(Unpicklable()).digest == fingerprint(Unpicklable()).digest
+    loop: list[object] = [1]
+    loop.append(loop)
+    assert not fingerprint(loop).sampled  # a cycle is marked, not followed
+
+
+def test_above_the_limit_a_deterministic_sample_is_hashed_and_said() -> None:
+    df = names_frame(200_000)
+    small = 1 * 2**20
+    fp = fingerprint(df, exact_limit=small)
+    assert fp.sampled and "pandas DataFrame" in fp.note and "rows" in fp.note
+    assert fingerprint(df.copy(), exact_limit=small) == fp
+    assert fingerprint(df, exact_limit=small).digest != fingerprint(df).digest
+    changed = df.copy()
+    changed.loc[0, "name"] = "Mallory"  # the first rows are always in the sample
+    assert fingerprint(changed, exact_limit=small).digest != fp.digest
+    assert fingerprint(df.head(199_999), exact_limit=small).digest != fp.digest  # the shape
+    p = pl.DataFrame({"id": np.arange(200_000), "name": [f"user{i}" for i in range(200_000)],
+                      "score": np.linspace(0, 1, 200_000)})
+    pfp = fingerprint(p, exact_limit=small)
+    assert pfp.sampled and pfp == fingerprint(p.clone(), exact_limit=small)
+    assert fingerprint(p, exact_limit=small).digest != fingerprint(p).digest
+
+
+def test_a_value_over_64_mb_is_sampled_at_the_default_limit() -> None:
+    big = np.zeros(EXACT_LIMIT // 8 + 1024)
+    fp = fingerprint(big)
+    assert fp.sampled and "numpy array: 64 MB" in fp.note
+    big[0] = 1
+    assert fingerprint(big).digest != fp.digest
+    assert not fingerprint(big[:1000]).sampled
+    text = "x" * (EXACT_LIMIT + 1)
+    assert fingerprint(text).sampled and "str" in fingerprint(text).note
+
+
+def test_summarize_carries_the_fingerprint_and_says_when_it_was_sampled() -> None:
+    df = names_frame(10)
+    a = summarize("df", df, fingerprint=True)
+    assert a.fingerprint == fingerprint(df)
+    assert summarize("df", df).fingerprint is None
+    big = summarize("big", np.zeros(EXACT_LIMIT // 8 + 1024), fingerprint=True)
+    assert big.fingerprint is not None and big.fingerprint.sampled
+    assert "big (numpy.ndarray" in describe_attachments([a, big])
+    assert describe_attachments([big]).endswith("sampled for the replay key)")
+    assert "sampled" not in describe_attachments([a])
+
+
+FRESH_KERNEL = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, pandas as pd, polars as pl
+from jupyter_llmchat._context import fingerprint
+df = pd.DataFrame({"id": np.arange(50), "name": [f"user{i}" for i in range(50)]}).set_index("name")
+values = [df, pl.DataFrame({"id": np.arange(50), "name": [f"user{i}" for i in range(50)]}), {"tags": {"red", "green", "blue"}, "n": (1, 2.5)},
+          np.arange(6).reshape(2, 3), "text"]
+print(",".join(fingerprint(v).digest for v in values))
+"""
+
+
+def test_fingerprints_are_the_same_in_another_process() -> None:
+    """After a restart (another process, another string-hash seed) the same data gives the same
+    key, or replay would never hit."""
+    root = str(Path(__file__).resolve().parents[1])
+    out = []
+    for seed in ("1", "2"):
+        r = subprocess.run([sys.executable, "-c", FRESH_KERNEL, root], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out.append(r.stdout.strip())
+    assert out[0] == out[1] and len(out[0].split(",")) == 5
