@@ -533,14 +533,15 @@ def _fp_pandas(d: _Digest, df: Any, kind: str) -> None:
     if isinstance(index, pd.RangeIndex):
         d.tag("range", index.start, index.stop, index.step)
     else:
-        d.data(pd.util.hash_pandas_object(index, index=False).to_numpy())
+        d.data(pd.util.hash_pandas_object(index, index=False, categorize=False).to_numpy())
     for i in range(df.shape[1]):
         col = df.iloc[:, i]
         if isinstance(col.dtype, np.dtype) and col.dtype != object:
             # Plain numbers (or dates): their bytes, which is what hashing them would read.
             d.data(np.ascontiguousarray(col.to_numpy()).view(np.uint8))
         else:
-            d.data(pd.util.hash_pandas_object(col, index=False).to_numpy())
+            # categorize=False: factorizing first is far slower for mostly distinct strings.
+            d.data(pd.util.hash_pandas_object(col, index=False, categorize=False).to_numpy())
     if sampled:
         d.sample(f"pandas {kind}", nbytes, f"{len(df):,} of its {rows:,} rows (in chunks), its "
                  "index, columns, dtypes and shape")

@@ -312,6 +312,9 @@ def test_pandas_fingerprint_covers_index_dtypes_columns_and_values() -> None:
     assert fingerprint(df.copy()).digest == base
     variants = [
         df.set_axis(np.arange(100) + 1, axis=0),           # index
+        df.set_axis(np.arange(100) + 2, axis=0),           # another index of the same type
+        df.set_index("name"),                              # a string index
+        df.set_index("name").rename(index={"user7": "Mallory"}),
         df.astype({"id": "float64"}),                      # dtype, same numbers
         df.rename(columns={"score": "points"}),            # a column's name
         df.assign(score=df["score"].where(df.index != 99, 0.5)),  # the last value

@@ -371,3 +371,19 @@ def test_cli_errors_are_one_clear_line_and_exit_1(tmp_path: Path) -> None:
     r = run_cli(tmp_path / "broken.ipynb", "-o", "out.md", cwd=tmp_path)
     assert r.returncode == 1 and "cannot read" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.ipynb", "nb.ipynb", "plain.ipynb"]
+
+
+def test_export_is_of_the_record_layer_no_ipython() -> None:
+    """The command reads a saved notebook with no kernel: nothing of Jupyter's is imported."""
+    code = (
+        "import sys, json\n"
+        "from jupyter_llmchat._export import to_html, to_markdown\n"
+        f"rec = {order_record()!r}\n"
+        "to_html(rec, ['cA']); to_markdown(rec, None)\n"
+        "print(json.dumps(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('IPython', 'traitlets', 'ipywidgets', 'ipykernel', 'comm'))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert json.loads(out.stdout) == []
