@@ -513,7 +513,8 @@ def _frame_bytes(df: Any) -> int:
     if rows == 0 or not any(str(dt) in ("object", "str") or str(dt).startswith("string") for dt in df.dtypes):
         return shallow
     head = df.iloc[:1000]
-    extra = int(head.memory_usage(index=True, deep=True).sum()) - int(head.memory_usage(index=True, deep=False).sum())
+    deep, flat = (int(head.memory_usage(index=True, deep=d).sum()) for d in (True, False))
+    extra = deep - flat
     return shallow + extra * rows // len(head)
 
 
@@ -590,8 +591,9 @@ class _TooLarge(Exception):
 def _fp_object(d: _Digest, value: Any, depth: int) -> None:
     t = type(value)
     attrs = getattr(value, "__dict__", None)
-    plain = (isinstance(attrs, dict) and t.__reduce_ex__ is object.__reduce_ex__
-             and getattr(t, "__getstate__", object.__getstate__) is object.__getstate__)
+    # Pickled as its __dict__ anyway: walk that instead (a custom reduce or state is pickled).
+    plain = isinstance(attrs, dict) and all(
+        getattr(t, m, None) is getattr(object, m, None) for m in ("__reduce_ex__", "__reduce__", "__getstate__"))
     if plain:
         # Its attributes, walked like a dict (a pickle of them would follow set order).
         d.stack.append(value)

@@ -114,7 +114,9 @@ def _ordered(items: list[_Exchange], order: Sequence[str] | None) -> tuple[list[
     return [ex for _, ex in keyed], left_out
 
 
-def _sessions(record: Any, order: Sequence[str] | None, session: str | None) -> tuple[list[_Session], dict[str, Any]]:
+def _sessions(
+    record: Any, order: Sequence[str] | None, session: str | None
+) -> tuple[list[_Session], dict[str, Any]]:
     clean = validate_record(record)
     names = list(clean["sessions"])
     if session is not None and session not in clean["sessions"]:
@@ -135,8 +137,8 @@ def _sessions(record: Any, order: Sequence[str] | None, session: str | None) -> 
         provider = s["provider"]["name"] or "unknown"
         shown, left_out = _ordered(items, order)
         rows: dict[str, UsageRow] = {}
-        for ex in shown:
-            for t in ex.turns:
+        for shown_ex in shown:
+            for t in shown_ex.turns:
                 if t.role == "assistant" and t.requested:
                     model = t.model or s["provider"]["model"] or "unknown"
                     rows.setdefault(model, UsageRow(provider, model)).add(t.tokens, t.cost)
@@ -201,12 +203,14 @@ _LEDGER_COLS = ("provider", "model", "requests", "input", "output", "cached", "c
 
 
 def _row_cells(r: UsageRow) -> list[str]:
-    return [r.provider, r.model, f"{r.turns:,}", format_tokens(r.input, unknown=r.unknown_tokens),
-            format_tokens(r.output, unknown=r.unknown_tokens), format_tokens(r.cached, unknown=r.unknown_tokens),
-            format_row_cost(r.cost, unknown=r.unknown_cost, free=r.free, prose=True)]
+    tokens = [format_tokens(n, unknown=r.unknown_tokens) for n in (r.input, r.output, r.cached)]
+    cost = format_row_cost(r.cost, unknown=r.unknown_cost, free=r.free, prose=True)
+    return [r.provider, r.model, f"{r.turns:,}", *tokens, cost]
 
 
-def _spend(sessions: list[_Session], clean: dict[str, Any], whole: bool) -> tuple[list[list[str]], list[list[str]]]:
+def _spend(
+    sessions: list[_Session], clean: dict[str, Any], whole: bool
+) -> tuple[list[list[str]], list[list[str]]]:
     """The exported conversation's spend per session and model (and a total), and, for the whole
     notebook, its ledger (every answer, replaced and reset ones too)."""
     table = [[s.name, *_row_cells(r)] for s in sessions for r in s.rows]
@@ -227,7 +231,14 @@ def _spend(sessions: list[_Session], clean: dict[str, Any], whole: bool) -> tupl
 def _left_out_note(s: _Session) -> str | None:
     if not s.left_out:
         return None
-    return f"{s.left_out:,} exchange{'s' * (s.left_out > 1)} of cells no longer in the notebook left out (counted in the notebook's spend below)."
+    return (f"{s.left_out:,} exchange{'s' * (s.left_out > 1)} of cells no longer in the notebook "
+            "left out (counted in the notebook's spend below).")
+
+
+def _counts(sessions: list[_Session]) -> str:
+    n = sum(len(s.exchanges) for s in sessions)
+    return (f"{len(sessions)} session{'s' * (len(sessions) != 1)}, {n:,} exchange{'s' * (n != 1)}, "
+            "exported by jupyter_llmchat.")
 
 
 # -- Markdown ------------------------------------------------------------------------------------
@@ -237,7 +248,8 @@ def _md_table(head: Sequence[str], body: Iterable[Sequence[str]]) -> str:
     def cell(v: str) -> str:
         return safe_markdown(v).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if h in _NUMERIC else "---" for h in head) + "|"]
+    rule = "|" + "|".join("---:" if h in _NUMERIC else "---" for h in head) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule]
     lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in body]
     return "\n".join(lines)
 
@@ -257,7 +269,8 @@ def _md_turn(s: _Session, turns: list[Turn], i: int) -> list[str]:
         out += [_md_image(u) for u in _images(t)]
         return out
     if t.thinking:
-        out.append("<details><summary>thinking</summary>\n\n" + safe_markdown(t.thinking.strip("\r\n")) + "\n\n</details>")
+        thinking = safe_markdown(t.thinking.strip("\r\n"))
+        out.append(f"<details><summary>thinking</summary>\n\n{thinking}\n\n</details>")
     text = t.text.strip("\r\n")
     if text:
         out.append(safe_markdown(text))
@@ -283,8 +296,7 @@ def to_markdown(record: Any, order: Sequence[str] | None = None, session: str | 
     """
     sessions, clean = _sessions(record, order, session)
     out = [f"# {safe_markdown(title or 'Chat export')}"]
-    count = sum(len(s.exchanges) for s in sessions)
-    out.append(f"*{len(sessions)} session{'s' * (len(sessions) != 1)}, {count:,} exchange{'s' * (count != 1)}, exported by jupyter_llmchat.*")
+    out.append(f"*{_counts(sessions)}*")
     for s in sessions:
         head = f"## Session `{s.name}`" if re.fullmatch(r"[A-Za-z0-9_.\-]+", s.name) else "## Session"
         out.append(head)
@@ -319,16 +331,20 @@ def to_markdown(record: Any, order: Sequence[str] | None = None, session: str | 
 # -- HTML ----------------------------------------------------------------------------------------
 
 _STYLE = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;color:#1f2328;background:#fff}
-h1{font-size:1.6rem}h2{font-size:1.3rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2.5rem}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:52rem;margin:2rem auto;
+padding:0 1rem;color:#1f2328;background:#fff}
+h1{font-size:1.6rem}
+h2{font-size:1.3rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2.5rem}
 .meta,.where,.footer,.note{color:#59636e;font-size:.85rem}
 .exchange{border-top:1px solid #eaeef2;padding:.6rem 0}
 .you,.model{font-weight:600;margin:.6rem 0 .2rem}.model{color:#0550ae}
 .prompt{background:#f6f8fa;border-left:3px solid #8c959f;padding:.1rem .8rem}
-pre{background:#f6f8fa;padding:.6rem;overflow:auto}code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em}
+pre{background:#f6f8fa;padding:.6rem;overflow:auto}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em}
 details{margin:.4rem 0;color:#59636e}summary{cursor:pointer}
 ul.tools{list-style:none;padding-left:0;font-size:.9rem}ul.tools li::before{content:"\\1F527  "}
-table{border-collapse:collapse;font-size:.9rem}th,td{border:1px solid #d0d7de;padding:.2rem .5rem;text-align:left}
+table{border-collapse:collapse;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:.2rem .5rem;text-align:left}
 td.n,th.n{text-align:right}
 """
 #: Nothing may load: no script, no image, no remote style or font, no frame; only the inline style.
@@ -348,17 +364,17 @@ def _renderer() -> Any:
     # Imported here: markdown-it-py is needed only when exporting to HTML, not at %load_ext.
     from markdown_it import MarkdownIt
 
-    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    class Renderer(MarkdownIt):
+        def validateLink(self, url: str) -> bool:  # noqa: N802 - markdown-it's name
+            return _link_ok(url)
+
+    md = Renderer("commonmark", {"html": False, "linkify": False, "typographer": False})
     md.enable(["table", "strikethrough"])
-    md.validateLink = _link_ok
 
     def image(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
         token = tokens[idx]
-        src = str(token.attrGet("src") or "")
-        alt = self.renderInlineAsText(token.children or [], options, env) or "image"
-        esc = html.escape
-        return (f'<a href="{esc(src)}" rel="nofollow noopener noreferrer">{esc(alt)}</a> '
-                f'<span class="url">({esc(src)})</span>')
+        alt = self.renderInlineAsText(token.children or [], options, env)
+        return _image_link(str(token.attrGet("src") or ""), alt)
 
     def link_open(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
         tokens[idx].attrSet("rel", "nofollow noopener noreferrer")
@@ -399,10 +415,16 @@ def _html_turn(md: Any, turns: list[Turn], i: int) -> list[str]:
     return out
 
 
-def _html_image(url: str) -> str:
+def _image_link(url: str, alt: str = "") -> str:
+    """An image as a link: its text, then its URL shown (the link is followed only if clicked)."""
     esc = html.escape
+    return (f'<a href="{esc(url)}" rel="nofollow noopener noreferrer">{esc(alt or "image")}</a> '
+            f'<span class="url">({esc(url)})</span>')
+
+
+def _html_image(url: str) -> str:
     if url.startswith(("http://", "https://")):
-        return f'<a href="{esc(url)}" rel="nofollow noopener noreferrer">image</a> <span class="url">({esc(url)})</span>'
+        return _image_link(url)
     return "<em>[an inline image]</em>"
 
 
@@ -414,7 +436,6 @@ def to_html(record: Any, order: Sequence[str] | None = None, session: str | None
     md = _renderer()
     esc = html.escape
     title = title or "Chat export"
-    count = sum(len(s.exchanges) for s in sessions)
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -423,8 +444,7 @@ def to_html(record: Any, order: Sequence[str] | None = None, session: str | None
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f'<p class="meta">{len(sessions)} session{"s" * (len(sessions) != 1)}, {count:,} '
-        f'exchange{"s" * (count != 1)}, exported by jupyter_llmchat.</p>',
+        f'<p class="meta">{esc(_counts(sessions))}</p>',
     ]
     for s in sessions:
         out.append(f"<section><h2>Session <code>{esc(s.name)}</code></h2>")
