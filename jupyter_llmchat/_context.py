@@ -388,7 +388,7 @@ def _walk(d: _Digest, value: Any, depth: int) -> None:
     t = type(value)
     module = t.__module__.split(".")[0]
     cls = t.__name__
-    if value is None or isinstance(value, (bool, int, float, complex)):
+    if value is None or isinstance(value, (bool, int, float, complex, range)):
         d.tag(cls, repr(value))
     elif isinstance(value, str):
         _fp_bytes(d, "str", value.encode("utf-8", "surrogatepass"))

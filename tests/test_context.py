@@ -349,6 +349,8 @@ def test_numpy_polars_and_plain_values() -> None:
                  ({1, 2}, {1, 3}), ("a" * 10, "a" * 11)]:
         assert fingerprint(x).digest != fingerprint(y).digest, (x, y)
     assert fingerprint({3, 1, 2}).digest == fingerprint({1, 2, 3}).digest
+    huge = fingerprint(range(10**12))  # a range is its bounds, not its items
+    assert not huge.sampled and huge != fingerprint(range(10**12 + 1))
 
 
 class Plain:
