@@ -88,6 +88,9 @@ def hostile_record() -> dict[str, Any]:
         f"```html\n{SCRIPT}\n```",
         f'<a href="javascript:alert(6)">raw link</a> <a href=" java\tscript:alert(7)">tab</a>',
         f"[fine link]({EVIL}/page)",
+        "[entity](&#x6A;avascript:alert(10)) [angle](<javascript:alert(11)>) [ws]( javascript:alert(12))",
+        '```"><script>alert(13)</script>\ncode\n```',
+        f"<{EVIL}/autolink.png> [vb](vbscript:msgbox(1)) [file](file:///etc/passwd)",
     ])
     tool_round = [
         reply("", contents=[
@@ -155,8 +158,10 @@ def assert_inert(page: str, *, allowed_tags: set[str] = set()) -> Inert:
         # Only a renderer's own table alignment, never a style that could load something.
         assert name != "style" or re.fullmatch(r"text-align:\s*(left|right|center)", value or ""), value
         if name == "href":
+            # As a browser reads it: blanks and controls dropped, then a scheme if there is one.
             url = "".join(c for c in (value or "") if ord(c) > 0x20).lower()
-            assert re.match(r"^(https?:|mailto:|#|/|[^:]*$)", url), (tag, value)
+            scheme = re.match(r"^([a-z][a-z0-9+.\-]*):", url)
+            assert scheme is None or scheme.group(1) in ("http", "https", "mailto"), (tag, value)
         if tag == "meta":
             assert name in ("charset", "http-equiv", "content", "name"), name
     metas = [v for t, k, v in p.attrs if t == "meta" and k == "http-equiv"]
