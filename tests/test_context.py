@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from jupyter_llmchat._context import (
+from jupyter_llmchat._jupyter._context import (
     Attachment,
     attach,
     describe_attachments,
@@ -19,7 +19,7 @@ from jupyter_llmchat._context import (
     fix_prompt,
     summarize,
 )
-from jupyter_llmchat._spend import (
+from jupyter_llmchat._core._spend import (
     Budget,
     BudgetExceeded,
     Spent,
@@ -28,7 +28,7 @@ from jupyter_llmchat._spend import (
     footer,
     request_hash,
 )
-from jupyter_llmchat._turns import Tokens, Turn
+from jupyter_llmchat._core._turns import Tokens, Turn
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
