@@ -28,8 +28,8 @@ pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
 
-RECORD = "__import__('jupyter_llmchat._jupyter._bridge')._bridge.current_bridge().record()"
-LEDGER = "__import__('jupyter_llmchat._jupyter._bridge')._bridge.current_bridge().ledger.to_list()"
+RECORD = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge().record()"
+LEDGER = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge().ledger.to_list()"
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:

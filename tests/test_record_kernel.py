@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
-RECORD = "__import__('jupyter_llmchat._jupyter._bridge')._bridge.current_bridge().record()"
+RECORD = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge().record()"
 BIG = 2_100_000
 
 
