@@ -330,8 +330,8 @@ def main() -> None:
     rows = importtime_rows(
         "import jupyter_llmchat as j; j.chat_openai_compatible('http://127.0.0.1:9/v1', model='m')"
     )
-    wanted = ("jupyter_llmchat", "jupyter_llmchat._presets", "jupyter_llmchat._chat",
-              "jupyter_llmchat._provider", "httpx", "httpx_sse", "genai_prices", "pydantic")
+    wanted = ("jupyter_llmchat", "jupyter_llmchat._core._presets", "jupyter_llmchat._core._chat",
+              "jupyter_llmchat._core._provider", "httpx", "httpx_sse", "genai_prices", "pydantic")
     print("  -X importtime of 'import jupyter_llmchat; chat_openai_compatible(...)', cumulative:")
     for cum, name in rows:
         if name.strip() in wanted:

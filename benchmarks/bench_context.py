@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jupyter_llmchat._context import fingerprint, summarize  # noqa: E402
+from jupyter_llmchat._jupyter._context import fingerprint, summarize  # noqa: E402
 from tests.fake_openai import FakeOpenAI, Reply  # noqa: E402
 
 ROWS = 10_000_000

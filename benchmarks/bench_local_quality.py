@@ -176,7 +176,7 @@ def startup_figures(n: int) -> None:
     """Seconds to a ready server: cold (the GGUF assembled from its chunk packages first, as on
     a fresh install) and warm (file assembled, in the page cache)."""
     sys.path.insert(0, str(ROOT))
-    from jupyter_llmchat._local import LocalServer, model_path
+    from jupyter_llmchat._local._model import LocalServer, model_path
 
     target = model_path()
     target.unlink()

@@ -350,7 +350,7 @@ def main() -> None:
                               "paced %%chat")
                 print(f"\n== the same answer paced (server delay {delay * 1e3:.2f} ms per chunk) ==")
                 ptotal, pfinal = report_displays("ours (%%chat)", paced, ANSWER_CHARS)
-                from jupyter_llmchat._display import BYTES_PER_SECOND
+                from jupyter_llmchat._jupyter._display import BYTES_PER_SECOND
 
                 dur = paced.displays[-1][2] - paced.displays[0][2]
                 rate = max_rate(paced)

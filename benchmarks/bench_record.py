@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fake_openai import FakeOpenAIProcess  # noqa: E402
 from tests.kernel_frontend import FrontEnd, kernel, load, notebook_file  # noqa: E402
 
-RECORD = "__import__('jupyter_llmchat._bridge')._bridge.current_bridge().record()"
+RECORD = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge().record()"
 
 
 def main() -> None:

@@ -10,11 +10,44 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._core import _parallel
+from ._jupyter._display import kernel_display
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._chat import AsyncChatStream, Chat, ChatExchange, ChatStream
-    from ._content import content_image_file, content_image_plot, content_image_url
+    from ._core._chat import AsyncChatStream, Chat, ChatExchange, ChatStream
+    from ._core._content import content_image_file, content_image_plot, content_image_url
+    from ._core._parallel import (
+        ParallelResults,
+        parallel_chat,
+        parallel_chat_structured,
+        parallel_chat_text,
+    )
+    from ._core._params import params
+    from ._core._presets import (
+        chat_deepseek,
+        chat_groq,
+        chat_llamacpp,
+        chat_lmstudio,
+        chat_ollama,
+        chat_openai,
+        chat_openai_compatible,
+        chat_openrouter,
+        chat_vllm,
+    )
+    from ._core._process import token_usage
+    from ._core._structured import StructuredOutputError
+    from ._core._tools import Tool, ToolError, ToolRejectError
+    from ._core._turns import (
+        ContentImage,
+        ContentText,
+        ContentThinking,
+        ContentToolRequest,
+        ContentToolResult,
+        Tokens,
+        Turn,
+    )
     from ._errors import (
         APIStatusError,
         AuthenticationError,
@@ -27,38 +60,8 @@ if TYPE_CHECKING:  # pragma: no cover
         StreamError,
         TransportError,
     )
-    from ._parallel import (
-        ParallelResults,
-        parallel_chat,
-        parallel_chat_structured,
-        parallel_chat_text,
-    )
-    from ._params import params
-    from ._presets import (
-        chat_deepseek,
-        chat_groq,
-        chat_llamacpp,
-        chat_lmstudio,
-        chat_ollama,
-        chat_openai,
-        chat_openai_compatible,
-        chat_openrouter,
-        chat_vllm,
-    )
+    from ._jupyter._widget import panel
     from ._sessions import session, use
-    from ._structured import StructuredOutputError
-    from ._tools import Tool, ToolError, ToolRejectError
-    from ._turns import (
-        ContentImage,
-        ContentText,
-        ContentThinking,
-        ContentToolRequest,
-        ContentToolResult,
-        Tokens,
-        Turn,
-    )
-    from ._usage import token_usage
-    from ._widget import panel
 
 __all__ = [
     "APIStatusError",
@@ -113,13 +116,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "AsyncChatStream": "_chat",
-    "Chat": "_chat",
-    "ChatExchange": "_chat",
-    "ChatStream": "_chat",
-    "content_image_file": "_content",
-    "content_image_plot": "_content",
-    "content_image_url": "_content",
+    "AsyncChatStream": "_core._chat",
+    "Chat": "_core._chat",
+    "ChatExchange": "_core._chat",
+    "ChatStream": "_core._chat",
+    "content_image_file": "_core._content",
+    "content_image_plot": "_core._content",
+    "content_image_url": "_core._content",
     "APIStatusError": "_errors",
     "AuthenticationError": "_errors",
     "BudgetExceeded": "_errors",
@@ -130,36 +133,41 @@ _LAZY = {
     "ServerError": "_errors",
     "StreamError": "_errors",
     "TransportError": "_errors",
-    "ParallelResults": "_parallel",
-    "parallel_chat": "_parallel",
-    "parallel_chat_structured": "_parallel",
-    "parallel_chat_text": "_parallel",
-    "params": "_params",
-    "chat_deepseek": "_presets",
-    "chat_groq": "_presets",
-    "chat_llamacpp": "_presets",
-    "chat_lmstudio": "_presets",
-    "chat_ollama": "_presets",
-    "chat_openai": "_presets",
-    "chat_openai_compatible": "_presets",
-    "chat_openrouter": "_presets",
-    "chat_vllm": "_presets",
+    "ParallelResults": "_core._parallel",
+    "parallel_chat": "_core._parallel",
+    "parallel_chat_structured": "_core._parallel",
+    "parallel_chat_text": "_core._parallel",
+    "params": "_core._params",
+    "chat_deepseek": "_core._presets",
+    "chat_groq": "_core._presets",
+    "chat_llamacpp": "_core._presets",
+    "chat_lmstudio": "_core._presets",
+    "chat_ollama": "_core._presets",
+    "chat_openai": "_core._presets",
+    "chat_openai_compatible": "_core._presets",
+    "chat_openrouter": "_core._presets",
+    "chat_vllm": "_core._presets",
     "session": "_sessions",
     "use": "_sessions",
-    "StructuredOutputError": "_structured",
-    "Tool": "_tools",
-    "ToolError": "_tools",
-    "ToolRejectError": "_tools",
-    "ContentImage": "_turns",
-    "ContentText": "_turns",
-    "ContentThinking": "_turns",
-    "ContentToolRequest": "_turns",
-    "ContentToolResult": "_turns",
-    "Tokens": "_turns",
-    "Turn": "_turns",
-    "token_usage": "_usage",
-    "panel": "_widget",
+    "StructuredOutputError": "_core._structured",
+    "Tool": "_core._tools",
+    "ToolError": "_core._tools",
+    "ToolRejectError": "_core._tools",
+    "ContentImage": "_core._turns",
+    "ContentText": "_core._turns",
+    "ContentThinking": "_core._turns",
+    "ContentToolRequest": "_core._turns",
+    "ContentToolResult": "_core._turns",
+    "Tokens": "_core._turns",
+    "Turn": "_core._turns",
+    "token_usage": "_core._process",
+    "panel": "_jupyter._widget",
 }
+
+
+# The progress line of parallel_chat is a notebook output in a kernel: the core asks the Jupyter
+# layer's display for it (both cheap to import: neither brings httpx nor IPython).
+_parallel.notebook_display = kernel_display
 
 
 def __getattr__(name: str) -> Any:
@@ -177,13 +185,13 @@ def __dir__() -> list[str]:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_llmchat``: register the chat magics."""
-    from ._magics import load
+    from ._jupyter._magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from ._magics import unload
+    from ._jupyter._magics import unload
 
     unload(ipython)
 

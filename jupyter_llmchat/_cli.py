@@ -19,8 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ._errors import ConfigurationError, LLMChatError
-from ._export import export_format, export_record, notebook_record
-from ._metadata import RecordError
+from ._local._model import MODEL_ALIAS, LocalServer, check_installed
+from ._record._export import export_format, export_record, notebook_record
+from ._record._metadata import KEY, RecordError, merge_records, record_from_outputs, validate_record
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -42,8 +43,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def _run_local(args: argparse.Namespace) -> int:
-    from ._local import MODEL_ALIAS, LocalServer, check_installed
-
     check_installed()
     server = LocalServer(port=args.port)
     # SIGTERM (kill, a supervisor) must stop the server too, not just Ctrl-C.
@@ -78,8 +77,6 @@ def _consolidate_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_consolidate(args: argparse.Namespace) -> int:
     """Rebuild metadata.jupyter_llmchat from the answers' output metadata (no extension needed),
     merged into the record the notebook already holds."""
-    from ._metadata import KEY, RecordError, merge_records, record_from_outputs, validate_record
-
     path = pathlib.Path(args.notebook)
     try:
         nb = json.loads(path.read_text(encoding="utf-8"))

@@ -1,8 +1,9 @@
 """The kernel's named chat sessions, shared by the ``%%chat`` magics and the chat panel.
 
-``registry`` is the one registry of this package's global state: the sessions, and hanging off
-it the process's usage ledger, the magics, bridge and panels of each shell, and the bundled
-model's server. A session made from
+``registry`` is the one registry of the kernel's sessions, and of what hangs off them: the
+magics, bridge and panels of each shell. (What every Chat of the process shares, its usage
+ledger and the wire's caches, is the core's ``_process``; the bundled model's one server is
+``_local``'s.) A session made from
 configuration is built by the factory the magics install (``ChatMagics`` traits); without the
 extension loaded, from ``$OPENAI_BASE_URL`` / ``$OPENAI_MODEL``, or the bundled local model.
 """
@@ -14,14 +15,14 @@ import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._chat import Chat, Echo
+from ._core._chat import Chat, Echo
+from ._core._presets import chat_openai_compatible
+from ._core._process import process
+from ._core._usage import Ledger
 from ._errors import ConfigurationError
-from ._usage import Ledger
-
-if TYPE_CHECKING:  # pragma: no cover
-    import ssl
+from ._local._model import LocalProvider, local_provider
 
 __all__ = ["on_session", "session", "session_names", "use"]
 
@@ -43,24 +44,17 @@ class Registry:
         self.refresher: Callable[[str], None] | None = None
         #: Called with (name, chat) whenever a session is created or replaced.
         self.hooks: list[Callable[[str, Chat], None]] = []
-        #: Every answer of every Chat of this process (``token_usage()``, the budget without
-        #: a notebook).
-        self.usage = Ledger()
         #: Per shell (weak: a shell gone is forgotten): the magics loaded into it, and its
         #: bridge to the notebook's front end.
         self.magics: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self.bridges: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         #: The open chat panels; %chat_panel reuses the one showing the session it asks for.
         self.panels: list[Any] = []
-        #: The bundled model's server, shared by every session of the process (``_local``).
-        self.local_server: Any = None
-        self.local_lock = threading.Lock()
-        # Caches of the provider and prices: one verifying SSL context per CA choice (loading
-        # the CA bundle is slow), the hosts already warned about a key over plain http, and
-        # whether the price table is being loaded.
-        self.ssl_contexts: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
-        self.plain_http_warned: set[str] = set()
-        self.prices_loading = False
+
+    @property
+    def usage(self) -> Ledger:
+        """Every answer of every Chat of this process (the core's ledger, read here)."""
+        return process.ledger
 
 
 registry = Registry()
@@ -92,8 +86,6 @@ def local_chat(
     echo: Echo | None = None,
 ) -> Chat:
     """A session on the bundled local model; its server starts on the first request, not here."""
-    from ._local import local_provider
-
     provider = local_provider(
         params={**LOCAL_PARAMS, **dict(params or {})}, api_args={**LOCAL_API_ARGS, **dict(api_args or {})}
     )
@@ -102,14 +94,10 @@ def local_chat(
 
 def is_local(chat: Chat) -> bool:
     """True for a session on the bundled local model (its answers are free)."""
-    from ._local import LocalProvider
-
     return isinstance(chat.provider, LocalProvider)
 
 
 def _default_factory(name: str) -> Chat:
-    from ._presets import chat_openai_compatible
-
     base_url = os.environ.get("OPENAI_BASE_URL")
     if base_url:
         return chat_openai_compatible(base_url=base_url, model=os.environ.get("OPENAI_MODEL") or None)
@@ -127,8 +115,6 @@ def prepare(name: str = "default", on_status: Callable[[str], None] | None = Non
     """The session, ready to send: the local model's server is started first if it is used."""
     refresh(name)
     chat = session(name)
-    from ._local import LocalProvider
-
     if isinstance(chat.provider, LocalProvider):
         chat.provider.start(on_status)  # now, so the status shows before the answer starts
     return chat

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from jupyter_llmchat._errors import ConfigurationError
-from jupyter_llmchat._local import (
+from jupyter_llmchat._local._model import (
     LocalServer,
     check_installed,
     ensure_local_server,

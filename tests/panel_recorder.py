@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from jupyter_llmchat._widget import ChatPanel
+from jupyter_llmchat._jupyter._widget import ChatPanel
 
 
 class RecordingPanel(ChatPanel):

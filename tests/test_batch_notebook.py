@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from jupyter_llmchat._local import LocalServer
+from jupyter_llmchat._local._model import LocalServer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_llmchat._metadata import validate_record
+from jupyter_llmchat._record._metadata import validate_record
 from tests.fake_openai import FakeOpenAIProcess, Reply
 from tests.kernel_frontend import FrontEnd, kernel, load, notebook_file, record_texts
 from tests.test_restore import valid_record
@@ -28,8 +28,8 @@ pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
 
-RECORD = "__import__('jupyter_llmchat._bridge')._bridge.current_bridge().record()"
-LEDGER = "__import__('jupyter_llmchat._bridge')._bridge.current_bridge().ledger.to_list()"
+RECORD = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge().record()"
+LEDGER = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge().ledger.to_list()"
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
@@ -135,8 +135,8 @@ def test_updates_after_the_first_record_carry_only_the_turn(tmp_path: Path, serv
 
 REUSE = """
 from jupyter_llmchat import _sessions
-from jupyter_llmchat._chat import Chat
-from jupyter_llmchat._presets import chat_openai_compatible
+from jupyter_llmchat._core._chat import Chat
+from jupyter_llmchat._core._presets import chat_openai_compatible
 
 def make():
     return chat_openai_compatible(base_url=BASE_URL, model='test-model')
@@ -277,7 +277,7 @@ def test_run_all_over_200_chat_cells_records_400_turns(tmp_path: Path, server: F
     sources = ["%load_ext jupyter_llmchat", f"%config ChatMagics.base_url = {server.base_url!r}",
                "%config ChatMagics.model = 'test-model'"]
     sources += [f"%%chat\nQuestion {i}" for i in range(200)]
-    sources.append("import json, jupyter_llmchat._bridge as b\nprint(json.dumps(b.current_bridge().record()))")
+    sources.append("import json, jupyter_llmchat._jupyter._bridge as b\nprint(json.dumps(b.current_bridge().record()))")
     nb = nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_code_cell(s) for s in sources],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},

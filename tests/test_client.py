@@ -22,7 +22,7 @@ from jupyter_llmchat import (
     chat_openai_compatible,
     params,
 )
-from jupyter_llmchat._provider import deep_merge
+from jupyter_llmchat._core._provider import deep_merge
 from tests.helpers import last, new_chat
 from tests.fake_openai import PROMPT_TOKENS, FakeOpenAI, Reply
 

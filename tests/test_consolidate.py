@@ -61,7 +61,7 @@ def executed_notebook(fake: FakeOpenAI, tmp_path: Path) -> tuple[Path, dict[str,
         "%%chat --no-history\nForget this one.",
         "%chat_reset",
         "%%chat\nAnd of Italy?",
-        "import json, jupyter_llmchat._bridge as b\nprint(json.dumps(b.current_bridge().record()))",
+        "import json, jupyter_llmchat._jupyter._bridge as b\nprint(json.dumps(b.current_bridge().record()))",
     ]
     nb = run_notebook(sources, tmp_path)
     kernel_record = quiet_run(nb)
@@ -240,7 +240,7 @@ def test_tool_rounds_survive_consolidate(fake: FakeOpenAI, tmp_path: Path, kerne
         "def add(a: int, b: int) -> int:\n    'Add two numbers.'\n    return a + b\n"
         "jupyter_llmchat.session().register_tool(add)",
         "%%chat\nWhat is 2 + 3?",
-        "import json, jupyter_llmchat._bridge as b\nprint(json.dumps(b.current_bridge().record()))",
+        "import json, jupyter_llmchat._jupyter._bridge as b\nprint(json.dumps(b.current_bridge().record()))",
     ]
     nb = run_notebook(sources, tmp_path)
     kernel_record = quiet_run(nb)
@@ -264,7 +264,7 @@ def test_tool_rounds_survive_consolidate(fake: FakeOpenAI, tmp_path: Path, kerne
 def test_consolidate_never_writes_a_record_the_kernel_would_refuse(tmp_path: Path) -> None:
     """A record at its limit of turns, and one more exchange in the outputs: the merge would
     pass the limit, so nothing is written (the kernel would refuse to read it)."""
-    from jupyter_llmchat._metadata import MAX_TURNS
+    from jupyter_llmchat._record._metadata import MAX_TURNS
 
     def exchange(i: int) -> list[dict[str, Any]]:
         at = {"started_at": f"2026-01-01T00:00:{i % 60:02d}.{i:06d}+00:00"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_llmchat._context import (
+from jupyter_llmchat._jupyter._context import (
     EXACT_LIMIT,
     Attachment,
     attach,
@@ -25,7 +25,7 @@ from jupyter_llmchat._context import (
     fix_prompt,
     summarize,
 )
-from jupyter_llmchat._spend import (
+from jupyter_llmchat._core._spend import (
     Budget,
     BudgetExceeded,
     Spent,
@@ -34,7 +34,7 @@ from jupyter_llmchat._spend import (
     footer,
     request_hash,
 )
-from jupyter_llmchat._turns import Tokens, Turn
+from jupyter_llmchat._core._turns import Tokens, Turn
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
@@ -421,7 +421,7 @@ FRESH_KERNEL = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, pandas as pd, polars as pl
-from jupyter_llmchat._context import fingerprint
+from jupyter_llmchat._jupyter._context import fingerprint
 df = pd.DataFrame({"id": np.arange(50), "name": [f"user{i}" for i in range(50)]}).set_index("name")
 values = [df, pl.DataFrame({"id": np.arange(50), "name": [f"user{i}" for i in range(50)]}), {"tags": {"red", "green", "blue"}, "n": (1, 2.5)},
           np.arange(6).reshape(2, 3), "text"]

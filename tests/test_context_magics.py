@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
-from jupyter_llmchat._bridge import current_bridge
+from jupyter_llmchat._jupyter._bridge import current_bridge
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.test_magics import config, ip, run, texts  # noqa: F401  (a fixture)
 
@@ -29,7 +29,7 @@ def user_message(fake: FakeOpenAI) -> str:
 @pytest.fixture(autouse=True)
 def _no_budget(ip: InteractiveShell) -> Any:
     """No budget, and an empty notebook ledger (the spend of earlier tests is not this one's)."""
-    from jupyter_llmchat._spend import Budget
+    from jupyter_llmchat._core._spend import Budget
 
     current_bridge().ledger.load([])
     yield

@@ -19,6 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
 from jupyter_llmchat import _sessions
+from jupyter_llmchat._core import _process
 from tests.fake_openai import FakeOpenAI, Reply
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -144,11 +145,11 @@ def test_a_warning_from_the_package_shows_as_a_clean_line(shell: InteractiveShel
     """How the package's warnings are shown with the extension loaded (``warnings.formatwarning``,
     what Python's display of a warning calls): the message, not
     ``.../site-packages/jupyter_llmchat/_bridge.py:290: UserWarning:`` and a source line."""
-    from jupyter_llmchat._provider import OpenAICompatible
+    from jupyter_llmchat._core._provider import OpenAICompatible
 
     provider = OpenAICompatible(base_url="http://example.invalid/v1", name="x", model="m", params=None,
                                 api_args=None, api_headers=None, credentials=lambda: KEY)
-    _sessions.registry.plain_http_warned.discard("example.invalid")
+    _process.process.plain_http_warned.discard("example.invalid")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         provider.headers()
@@ -168,7 +169,7 @@ def test_a_warning_in_a_kernel_cell_is_one_clean_line() -> None:
     with kernel(None) as k:
         k.ok("%load_ext jupyter_llmchat")
         out = k.ok(
-            "from jupyter_llmchat._provider import OpenAICompatible\n"
+            "from jupyter_llmchat._core._provider import OpenAICompatible\n"
             "OpenAICompatible(base_url='http://example.invalid/v1', name='x', model='m', params=None,\n"
             "    api_args=None, api_headers=None, credentials=lambda: 'k-0123456789').headers();"
         )

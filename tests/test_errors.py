@@ -125,7 +125,7 @@ def test_400_is_not_retried(fake: FakeOpenAI, fake_url: str) -> None:
 
 def test_error_detail_from_the_usual_body_shapes() -> None:
     """The fake always answers JSON; other servers send plain text or other JSON shapes."""
-    from jupyter_llmchat._provider import _error_detail
+    from jupyter_llmchat._core._provider import _error_detail
 
     assert _error_detail("upstream   timed\nout") == "upstream timed out"
     assert _error_detail('{"detail": "Not Found"}') == "Not Found"

@@ -23,11 +23,11 @@ import pytest
 from markdown_it import MarkdownIt
 
 from jupyter_llmchat import chat_openai_compatible
+from jupyter_llmchat._core._turns import ContentText, Tokens, Turn
+from jupyter_llmchat._core._usage import LOCAL_PROVIDER_NAME, Ledger
 from jupyter_llmchat._errors import ConfigurationError
-from jupyter_llmchat._export import export_record, to_html, to_markdown
-from jupyter_llmchat._metadata import RecordError, build_record
-from jupyter_llmchat._turns import ContentText, Tokens, Turn
-from jupyter_llmchat._usage import LOCAL_PROVIDER_NAME, Ledger
+from jupyter_llmchat._record._export import export_record, to_html, to_markdown
+from jupyter_llmchat._record._metadata import RecordError, build_record
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIL = "https://evil.example"
@@ -382,7 +382,7 @@ def test_export_is_of_the_record_layer_no_ipython() -> None:
     """The command reads a saved notebook with no kernel: nothing of Jupyter's is imported."""
     code = (
         "import sys, json\n"
-        "from jupyter_llmchat._export import to_html, to_markdown\n"
+        "from jupyter_llmchat._record._export import to_html, to_markdown\n"
         f"rec = {order_record()!r}\n"
         "to_html(rec, ['cA']); to_markdown(rec, None)\n"
         "print(json.dumps(sorted(m for m in sys.modules "

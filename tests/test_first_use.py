@@ -19,7 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
 from jupyter_llmchat import ParallelChatError, parallel_chat_text
-from jupyter_llmchat._bridge import HELLO_GRACE_S
+from jupyter_llmchat._jupyter._bridge import HELLO_GRACE_S
 from tests.fake_openai import FakeOpenAI, FakeOpenAIProcess, Reply
 from tests.helpers import new_chat
 from tests import kernel_frontend

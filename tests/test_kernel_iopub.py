@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_llmchat._markdown import safe_markdown
+from jupyter_llmchat._core._markdown import safe_markdown
 from tests.fake_openai import FakeOpenAIProcess, Reply, big_text
 
 pytestmark = pytest.mark.kernel

@@ -13,17 +13,17 @@ import sys
 import pytest
 
 from jupyter_llmchat import Chat, chat_openai_compatible, token_usage
-from jupyter_llmchat._report import UsageReport
-from jupyter_llmchat._spend import Spent, footer
-from jupyter_llmchat._turns import Tokens
-from jupyter_llmchat._usage import (
+from jupyter_llmchat._jupyter._report import UsageReport
+from jupyter_llmchat._core._spend import Spent, footer
+from jupyter_llmchat._core._turns import Tokens
+from jupyter_llmchat._core._process import process_ledger
+from jupyter_llmchat._core._usage import (
     LOCAL_PROVIDER_NAME,
     Ledger,
     UsageRow,
     format_cost,
     format_limit,
     format_row_cost,
-    process_ledger,
 )
 from tests.fake_openai import FakeOpenAI, Reply
 
@@ -125,7 +125,7 @@ def test_a_budget_shows_as_set(usd: float, text: str) -> None:
 def test_no_formatter_raises_on_a_finite_value(usd: float) -> None:
     """A budget or a spend of any finite size prints (1e30 once broke every report with
     decimal.InvalidOperation), and never as an exponent."""
-    from jupyter_llmchat._spend import Budget, Spent, budget_lines
+    from jupyter_llmchat._core._spend import Budget, Spent, budget_lines
 
     shown = [format_cost(usd), format_cost(-usd), format_limit(usd), format_row_cost(usd, unknown=1),
              *budget_lines(Budget(usd, 10**30), Spent(usd / 3, 10**29)), footer("m", Tokens(1, 2), usd)]

@@ -31,7 +31,7 @@ from jupyter_llmchat import (
     params,
 )
 from jupyter_llmchat import _sessions
-from jupyter_llmchat._local import MODEL_ALIAS
+from jupyter_llmchat._local._model import MODEL_ALIAS
 from tests.real_servers import LITELLM_MODEL, LiteLLMProxy, litellm_available, raw_stream
 from tests.test_magics import DEFAULTS, chat_magics, config
 

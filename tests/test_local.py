@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
-from jupyter_llmchat import _local, _sessions, chat_openai_compatible, params
+from jupyter_llmchat import _sessions, chat_openai_compatible, params
+from jupyter_llmchat._local import _model as _local
 from jupyter_llmchat._errors import APIStatusError, TransportError
-from jupyter_llmchat._local import MODEL_ALIAS, LocalServer, ensure_local_server, stop_local_server
+from jupyter_llmchat._local._model import MODEL_ALIAS, LocalServer, ensure_local_server, stop_local_server
 from jupyter_llmchat._sessions import local_chat
-from jupyter_llmchat._turns import ContentText, Turn
+from jupyter_llmchat._core._turns import ContentText, Turn
 from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.realmodel
@@ -205,7 +206,7 @@ def test_cli_local_runs_in_the_foreground_until_ctrl_c(
 
 def test_server_stops_when_python_exits(local_server: LocalServer) -> None:
     script = (
-        "from jupyter_llmchat._local import ensure_local_server\n"
+        "from jupyter_llmchat._local._model import ensure_local_server\n"
         "server = ensure_local_server()\n"
         "print(server.pid, server.base_url, flush=True)\n"
     )
@@ -372,7 +373,7 @@ def test_server_exits_when_its_kernel_is_killed(local_server: LocalServer) -> No
     pid = None
     try:
         kc.execute(
-            "from jupyter_llmchat._local import ensure_local_server\n"
+            "from jupyter_llmchat._local._model import ensure_local_server\n"
             "print('PID', ensure_local_server().pid)\n"
         )
         while pid is None:
@@ -425,8 +426,8 @@ def test_session_from_plain_python_starts_the_model_despite_env_proxies(local_se
 
 
 def test_usage_report_shows_the_local_model_as_free() -> None:
-    from jupyter_llmchat._report import UsageReport
-    from jupyter_llmchat._turns import Tokens
+    from jupyter_llmchat._jupyter._report import UsageReport
+    from jupyter_llmchat._core._turns import Tokens
 
     chat = local_chat()  # no request: the server is not started
     chat.set_turns([

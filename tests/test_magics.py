@@ -779,7 +779,7 @@ def test_session_made_before_config_picks_it_up_and_keeps_its_turns(
 def test_usage_all_keeps_the_spend_of_reset_and_no_history_answers(
     ip: InteractiveShell, fake: FakeOpenAI
 ) -> None:
-    from jupyter_llmchat._bridge import current_bridge
+    from jupyter_llmchat._jupyter._bridge import current_bridge
 
     bridge = current_bridge()
     assert bridge is not None
@@ -907,10 +907,10 @@ def _module_containers() -> dict[tuple[str, str], str]:
 
     kinds = (dict, list, set, weakref.WeakKeyDictionary, weakref.WeakValueDictionary, weakref.WeakSet)
     out = {}
-    for info in pkgutil.iter_modules(jupyter_llmchat.__path__):
-        if info.name in ("_llama_server", "__main__"):  # the server's child process, the CLI entry
+    for info in pkgutil.walk_packages(jupyter_llmchat.__path__, "jupyter_llmchat."):
+        if info.name.rsplit(".", 1)[-1] in ("_llama_server", "__main__"):  # the server's child, the CLI entry
             continue
-        mod = importlib.import_module(f"jupyter_llmchat.{info.name}")
+        mod = importlib.import_module(info.name)
         for name, value in vars(mod).items():
             if not name.startswith("__") and isinstance(value, kinds):
                 out[(info.name, name)] = repr(sorted(map(repr, value)) if isinstance(value, set) else value)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_llmchat._markdown import safe_markdown
-from jupyter_llmchat._usage import format_cost, format_row_cost
+from jupyter_llmchat._core._markdown import safe_markdown
+from jupyter_llmchat._core._usage import format_cost, format_row_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "labextension" / "lib"

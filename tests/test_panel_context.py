@@ -16,7 +16,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
-from jupyter_llmchat._bridge import current_bridge
+from jupyter_llmchat._jupyter._bridge import current_bridge
 from jupyter_llmchat._errors import LLMChatError
 from tests.fake_openai import FakeOpenAI
 from tests.panel_recorder import RecordingPanel
@@ -25,7 +25,7 @@ from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
 
 @pytest.fixture
 def panel(ip: InteractiveShell) -> Any:
-    from jupyter_llmchat._spend import Budget
+    from jupyter_llmchat._core._spend import Budget
 
     from jupyter_llmchat import _sessions
 

@@ -125,7 +125,7 @@ def test_stop_reaches_a_streaming_answer_while_a_cell_runs(fake: FakeOpenAI) -> 
     fake.script(Reply(text="word " * 800, chunk_chars=4, delay=0.05))  # ~50 s unless stopped
     with kernel(None) as k:
         load(k, fake.base_url)
-        out = k.ok("from jupyter_llmchat._widget import ChatPanel\n"
+        out = k.ok("from jupyter_llmchat._jupyter._widget import ChatPanel\n"
                    "p = ChatPanel('default'); print('@@' + p.comm.comm_id)")
         comm_id = out.split("@@", 1)[1].strip()
         kc = k.kc

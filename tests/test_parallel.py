@@ -261,7 +261,7 @@ def test_structured_answers_in_prompt_order(fake: FakeOpenAI, fake_url: str) -> 
 
 
 def test_progress_line_counts_every_request_of_a_tool_exchange(fake: FakeOpenAI, fake_url: str) -> None:
-    from jupyter_llmchat._parallel import _State
+    from jupyter_llmchat._core._parallel import _State
 
     call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
     chat = new_chat(fake_url)

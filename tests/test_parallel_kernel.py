@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_llmchat._parallel import PROGRESS_HZ
+from jupyter_llmchat._core._parallel import PROGRESS_HZ
 from tests.fake_openai import FakeOpenAIProcess, Reply
 from tests.test_kernel_iopub import Msg, busiest_second, displays, execute, start_kernel, stdout
 

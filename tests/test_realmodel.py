@@ -12,7 +12,7 @@ import pathlib
 import pytest
 
 from jupyter_llmchat import chat_openai_compatible, params
-from jupyter_llmchat._local import MODEL_ALIAS, LocalServer
+from jupyter_llmchat._local._model import MODEL_ALIAS, LocalServer
 
 pytestmark = pytest.mark.realmodel
 

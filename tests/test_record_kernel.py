@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_llmchat._metadata import validate_record
+from jupyter_llmchat._record._metadata import validate_record
 from tests.fake_openai import FakeOpenAIProcess, Reply
 from tests.kernel_frontend import FrontEnd, kernel, load, notebook_file, record_texts
 from tests.test_tools import call, tool_reply
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(120)]
 pytest.importorskip("jupyter_client")
 pytest.importorskip("ipykernel")
 
-RECORD = "__import__('jupyter_llmchat._bridge')._bridge.current_bridge().record()"
+RECORD = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge().record()"
 BIG = 2_100_000
 
 

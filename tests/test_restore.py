@@ -24,7 +24,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing import globalipapp
 
-from jupyter_llmchat import _bridge, _sessions
+from jupyter_llmchat import _sessions
+from jupyter_llmchat._jupyter import _bridge
 from tests.fake_openai import FakeOpenAI, Reply
 
 SCRIPT = "<script>alert('x')</script>"
@@ -400,7 +401,7 @@ def test_a_restored_image_reference_is_sent_as_text(ip: InteractiveShell, tmp_pa
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from jupyter_llmchat._metadata import RecordError, validate_record  # noqa: E402
+from jupyter_llmchat._record._metadata import RecordError, validate_record  # noqa: E402
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
@@ -446,7 +447,7 @@ def test_hostile_json_never_escapes_the_validator(ip: InteractiveShell, tmp_path
     assume(record is not None)  # no record at all: nothing to refuse
     _sessions.registry.sessions.clear()
     keep = _sessions.use(_sessions.local_chat(), "keep")
-    from jupyter_llmchat._turns import Turn
+    from jupyter_llmchat._core._turns import Turn
 
     keep.set_turns([Turn.from_dict(turn("user", "hi")), Turn.from_dict(turn("assistant", "there"))])
     before_turns = [t.to_dict() for t in keep.get_turns()]

@@ -176,7 +176,7 @@ def shell_flows(ip: InteractiveShell, fake: FakeOpenAI, seen: Seen, capsys: pyte
         seen.add(f"%{magic} bundle", json.dumps(data, default=str))
         seen.add(f"%{magic} metadata", json.dumps(metadata, default=str))
     # The chat panel on the same session: a question, then one that fails with the key echoed.
-    from jupyter_llmchat._widget import ChatPanel
+    from jupyter_llmchat._jupyter._widget import ChatPanel
 
     class RecordingPanel(ChatPanel):
         def send(self, content: dict[str, Any], buffers: Any = None) -> None:
@@ -225,7 +225,7 @@ def notebook_flow(fake: FakeOpenAI, tmp_path: Path, seen: Seen) -> None:
         "import jupyter_llmchat\njupyter_llmchat.session()",
         "jupyter_llmchat.session().provider",
         "print(jupyter_llmchat.session().to_json())",
-        "import jupyter_llmchat._bridge as b, json\nprint(json.dumps(b.current_bridge().record()))",
+        "import jupyter_llmchat._jupyter._bridge as b, json\nprint(json.dumps(b.current_bridge().record()))",
     ]
     for mode in xmodes():  # the key echoed back, in every exception mode, saved with the outputs
         sources += [f"%xmode {mode}", *FAILING_CELLS]

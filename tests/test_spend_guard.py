@@ -17,7 +17,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
 from jupyter_llmchat import BudgetExceeded, LLMChatError, TransportError
-from jupyter_llmchat._bridge import current_bridge
+from jupyter_llmchat._jupyter._bridge import current_bridge
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.helpers import closed_port_url
 from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
@@ -26,7 +26,7 @@ from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
 @pytest.fixture(autouse=True)
 def _fresh_budget(ip: InteractiveShell) -> Iterator[None]:
     """No budget and an empty notebook ledger before and after each test."""
-    from jupyter_llmchat._spend import Budget
+    from jupyter_llmchat._core._spend import Budget
 
     current_bridge().set_budget(Budget())
     current_bridge().ledger.load([])
@@ -178,7 +178,7 @@ def test_the_guard_counts_the_estimate_dry_run_shows(
 def test_requests_in_flight_hold_their_worst_case_until_their_answer_settles(
     ip: InteractiveShell, fake: FakeOpenAI
 ) -> None:
-    from jupyter_llmchat._spend import Spent, spend_guard
+    from jupyter_llmchat._core._spend import Spent, spend_guard
 
     fake.default_reply = Reply(text="a long enough answer", chunk_chars=4,
                                usage={"prompt_tokens": 10, "completion_tokens": 5})
@@ -198,7 +198,7 @@ def test_requests_in_flight_hold_their_worst_case_until_their_answer_settles(
 
 
 def test_a_failed_request_releases_its_hold(ip: InteractiveShell, fake: FakeOpenAI) -> None:
-    from jupyter_llmchat._spend import Spent, spend_guard
+    from jupyter_llmchat._core._spend import Spent, spend_guard
 
     run(ip, "%chat_budget --tokens 1000")
     broken = jupyter_llmchat.chat_openai_compatible(base_url=closed_port_url(), model="m")

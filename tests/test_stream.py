@@ -158,7 +158,7 @@ def test_reasoning_in_a_whole_answer(fake: FakeOpenAI, fake_url: str) -> None:
 
 def test_reasoning_key_of_openrouter_and_vllm() -> None:
     """``delta.reasoning`` (OpenRouter, newer vLLM) is thinking too; checked with a raw stream."""
-    from jupyter_llmchat._chat import _Answer
+    from jupyter_llmchat._core._chat import _Answer
 
     answer = _Answer()
     events = [
@@ -544,7 +544,7 @@ async def test_async_cut_stream(fake: FakeOpenAI, fake_url: str) -> None:
 
 
 def test_a_second_send_on_a_busy_chat_is_refused(fake: FakeOpenAI, fake_url: str) -> None:
-    from jupyter_llmchat._chat import ChatBusyError
+    from jupyter_llmchat._core._chat import ChatBusyError
 
     fake.script(Reply(text=TEXT, delay=0.05))
     chat = new_chat(fake_url)

@@ -160,7 +160,7 @@ def test_not_a_data_model(fake: FakeOpenAI, fake_url: str) -> None:
 
 @pytest.mark.realmodel
 def test_real_llamacpp_server_returns_a_valid_instance(local_server: object) -> None:
-    from jupyter_llmchat._local import MODEL_ALIAS
+    from jupyter_llmchat._local._model import MODEL_ALIAS
 
     @dataclasses.dataclass
     class City:

@@ -423,7 +423,7 @@ def test_listeners_hear_every_turn_of_an_exchange(fake: FakeOpenAI, fake_url: st
 
 
 def test_tool_turns_survive_to_json_and_the_notebook_record(fake: FakeOpenAI, fake_url: str) -> None:
-    from jupyter_llmchat._metadata import build_record, Ledger, validate_record
+    from jupyter_llmchat._record._metadata import build_record, Ledger, validate_record
 
     fake.script(tool_reply(call("c", "get_weather", {"city": "Oslo"})), Reply(text="Sunny."))
     chat = new_chat(fake_url)
@@ -459,7 +459,7 @@ def test_set_turns_refuses_unpaired_tool_turns(fake_url: str) -> None:
 
 
 def test_a_record_with_unpaired_tool_turns_is_refused_by_the_validator() -> None:
-    from jupyter_llmchat._metadata import RecordError, validate_record
+    from jupyter_llmchat._record._metadata import RecordError, validate_record
 
     turns = [Turn.user("q"), Turn("assistant", [ContentToolRequest("c", "f", {})]),
              Turn("user", [ContentToolResult("other", 1)]), Turn("assistant", [ContentText("ok")])]
@@ -516,9 +516,9 @@ def test_from_json_does_not_import_the_presets() -> None:
     import sys
 
     code = (
-        "import sys, jupyter_llmchat._chat as c\n"
+        "import sys, jupyter_llmchat._core._chat as c\n"
         "chat = c.Chat.from_json({'provider': {'base_url': 'http://127.0.0.1:9/v1', 'model': 'm'}})\n"
-        "print(chat.provider.model, 'jupyter_llmchat._presets' in sys.modules)\n"
+        "print(chat.provider.model, 'jupyter_llmchat._core._presets' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["m", "False"]
@@ -739,7 +739,7 @@ def test_the_turn_closing_a_cut_tool_round_cost_nothing(fake: FakeOpenAI, fake_u
     assert [r["input"] for r in rows] == [11, 11, 0] and rows[-1]["partial"]
     assert rows[-1]["output"] == 0 and rows[-1]["cost"] in (0.0, None)
     # The footer and %chat_usage count requests: two were sent; the closing turn was none.
-    from jupyter_llmchat._spend import exchange_spend
+    from jupyter_llmchat._core._spend import exchange_spend
 
     assert exchange_spend(chat.get_turns())[2] == len(fake.requests) == 2
 

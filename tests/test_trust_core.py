@@ -26,8 +26,9 @@ from jupyter_llmchat import (
     chat_openai_compatible,
 )
 from jupyter_llmchat import _sessions
-from jupyter_llmchat import _provider
-from jupyter_llmchat._provider import OpenAICompatible
+from jupyter_llmchat._core import _process
+from jupyter_llmchat._core import _provider
+from jupyter_llmchat._core._provider import OpenAICompatible
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.helpers import last, new_chat
 
@@ -290,7 +291,7 @@ def provider(url: str, credentials: Any = None, api_headers: dict[str, str] | No
 
 
 def test_key_over_plain_http_warns_once_per_host_without_the_key() -> None:
-    warned = _sessions.registry.plain_http_warned
+    warned = _process.process.plain_http_warned
     warned.discard("llm.example.invalid")
     warned.discard("other.example.invalid")
     p = provider("http://llm.example.invalid/v1", credentials=lambda: CANARY)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_llmchat._local import LocalServer
+from jupyter_llmchat._local._model import LocalServer
 from tests.browser.harness import ARTIFACTS, JupyterServer, NotebookPage
 
 pytestmark = [pytest.mark.browser, pytest.mark.realmodel, pytest.mark.timeout(400)]

@@ -52,19 +52,25 @@ import json
 import re
 import threading
 import time
+import types
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as widgets
+from IPython import get_ipython
 from traitlets import Bool, Dict, List, Unicode
 
-from . import _sessions
-from ._chat import AsyncChatStream, Chat, ChatExchange
+from .. import _sessions
+from .._core._chat import AsyncChatStream, Chat, ChatExchange
+from .._core._turns import ContentToolRequest, ContentToolResult, Turn
+from .._core._usage import UsageRow
+from .._errors import LLMChatError
+from .._local._model import LocalProvider
+from . import _cellcontext as ctx
+from . import _context
+from ._bridge import current_bridge
 from ._display import result_text, short_arguments
-from ._errors import LLMChatError
-from ._turns import ContentToolRequest, ContentToolResult, Turn
-from ._usage import UsageRow
 
 __all__ = ["ChatPanel", "panel"]
 
@@ -162,8 +168,10 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             bundle["text/plain"] = _NoPanel.MESSAGE
         return bundle
 
-    def __init__(self, session: str = "default", **kwargs: Any) -> None:
+    def __init__(self, session: str = "default", *, context_max_tokens: int = 2000, **kwargs: Any) -> None:
         super().__init__(session=session, **kwargs)
+        #: The bound of each ``@name`` value attached (``ChatMagics.context_max_tokens``, as --with).
+        self.context_max_tokens = context_max_tokens
         self._chat: Chat | None = None
         #: How many of the session's turns the front end shows (its ids turn-0 ... turn-N-1).
         self._shown = 0
@@ -316,8 +324,6 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         try:
             if chat is None:
                 raise LLMChatError("no session")
-            from ._local import LocalProvider
-
             if isinstance(chat.provider, LocalProvider):
                 # The bundled model is the one it serves (listing would start its server).
                 models: list[str] = [current] if current else []
@@ -353,10 +359,6 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         names = list(dict.fromkeys(MENTION.findall(text)))
         if not names:
             return text
-        from IPython import get_ipython
-
-        from . import _context
-
         shell = get_ipython()
         ns: dict[str, Any] = shell.user_ns if shell is not None else {}
         missing = [n for n in names if n not in ns]
@@ -364,7 +366,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._refuse(f"no variable named {missing[0]!r} in the kernel; nothing sent",
                          "@name attaches a variable of the notebook's kernel, as %%chat --with name")
             return None
-        attached = [_context.summarize(n, ns[n], _context_max_tokens(shell)) for n in names]
+        attached = [_context.summarize(n, ns[n], self.context_max_tokens) for n in names]
         self.send({"type": "notice", "text": _context.describe_attachments(attached)})
         return _context.attach(text, attached)
 
@@ -567,8 +569,6 @@ def _question_id(value: Any) -> str | None:
 
 def _budget_usage() -> dict[str, Any]:
     """The notebook's budget and what is left, for the status line (empty: no budget)."""
-    from . import _cellcontext as ctx
-
     budget = ctx.get_budget()
     if not budget.active:
         return {}
@@ -583,19 +583,8 @@ def _budget_usage() -> dict[str, Any]:
     return out
 
 
-def _context_max_tokens(shell: Any) -> int:
-    """``ChatMagics.context_max_tokens`` where the magics are loaded (the same bound as --with)."""
-    magics = getattr(getattr(shell, "magics_manager", None), "registry", {}).get("ChatMagics")
-    value = getattr(magics, "context_max_tokens", None)
-    return value if isinstance(value, int) and value > 0 else 2000
-
-
 def _user_names() -> list[str]:
     """The notebook's own top-level variables (no values, no modules, no IPython names)."""
-    import types
-
-    from IPython import get_ipython
-
     shell = get_ipython()
     if shell is None:
         return []
@@ -634,19 +623,15 @@ def _on_session(name: str, chat: Chat) -> None:
             p._refresh()
 
 
-def panel(session: str = "default") -> Any:
+def panel(session: str = "default", *, context_max_tokens: int | None = None) -> Any:
     """Open the chat panel for ``session`` (JupyterLab's right side panel).
 
     Returns the panel widget to display; calling it again for the same session reuses it.
     Without the JupyterLab extension, returns one line saying so.
     """
-    from ._bridge import current_bridge
-
     _sessions.check_name(session)
     bridge = current_bridge()
     if bridge is None:
-        from IPython import get_ipython
-
         shell = get_ipython()
         if shell is not None:
             shell.extension_manager.load_extension("jupyter_llmchat")
@@ -662,7 +647,11 @@ def panel(session: str = "default") -> Any:
             return existing
     if _on_session not in _sessions.registry.hooks:
         _sessions.on_session(_on_session)
-    widget = ChatPanel(session)
+    bridge.on_budget_change(refresh_panels)  # the status lines show the budget
+    if context_max_tokens is None:  # the shell's ChatMagics setting, where the magics are loaded
+        magics = _sessions.registry.magics.get(bridge.shell)
+        context_max_tokens = getattr(magics, "context_max_tokens", 2000)
+    widget = ChatPanel(session, context_max_tokens=context_max_tokens)
     _sessions.registry.panels.append(widget)
     return widget
 

@@ -31,9 +31,6 @@ __all__ = [
     "format_limit",
     "format_row_cost",
     "format_tokens",
-    "process_ledger",
-    "record_usage",
-    "token_usage",
 ]
 
 #: The price provider of models known to cost nothing (the bundled local model): cost 0.0.
@@ -207,27 +204,6 @@ class Ledger:
         return True
 
 
-def process_ledger() -> Ledger:
-    """This process's ledger: every answer of every Chat (the registry of ``_sessions`` owns it)."""
-    from ._sessions import registry
-
-    return registry.usage
-
-
-def record_usage(provider: str, model: str, tokens: Tokens | None, cost: float | None) -> None:
-    process_ledger().add_tokens(provider, model, tokens, cost)
-
-
-def token_usage() -> list[dict[str, Any]]:
-    """Totals of this process's turns per (provider name, model), with cost in USD.
-
-    Each row: ``provider``, ``model``, ``turns``, ``input``, ``output``, ``cached`` and the cost in
-    USD as ``cost`` (also ``cost_usd``); None where unknown.
-    """
-    # "cost" as in chatlas's token_usage(); "cost_usd" as in the notebook's record.
-    return [{**row, "cost": row["cost_usd"]} for row in process_ledger().to_list()]
-
-
 # -- formatting cost -----------------------------------------------------------------------------
 
 
@@ -301,7 +277,7 @@ def format_tokens(n: int | None, *, unknown: int = 0) -> str:
     return f"{n:,}" + ("+" if unknown else "")
 
 
-_price_lock = threading.Lock()
+price_lock = threading.Lock()
 
 
 def cost_of(price_provider: str | None, model: str | None, tokens: Tokens | None) -> float | None:
@@ -310,7 +286,7 @@ def cost_of(price_provider: str | None, model: str | None, tokens: Tokens | None
         return 0.0
     if not price_provider or not model or tokens is None or tokens.input is None or tokens.output is None:
         return None
-    with _price_lock:  # genai_prices keeps a lazily built global price table
+    with price_lock:  # genai_prices keeps a lazily built global price table
         from genai_prices import Usage, calc_price
 
         usage = Usage(
@@ -333,28 +309,12 @@ def cost_of(price_provider: str | None, model: str | None, tokens: Tokens | None
     return float(price.total_price)
 
 
-def warm_up_prices() -> None:
-    """Import the price table in the background while a request is under way (once)."""
-    from ._sessions import registry
-
-    with _price_lock:
-        if registry.prices_loading:
-            return
-        registry.prices_loading = True
-
-    def load() -> None:
-        with _price_lock:
-            import genai_prices.data_snapshot  # noqa: F401
-
-    threading.Thread(target=load, name="jupyter_llmchat prices", daemon=True).start()
-
-
 def known_price_provider(name: str) -> str | None:
     """The genai-prices provider id for a provider display name, if it knows one."""
     key = name.strip().lower()
     if not key or key == "openai-compatible":
         return None
-    with _price_lock:
+    with price_lock:
         from genai_prices.data_snapshot import get_snapshot
 
         for p in get_snapshot().providers:

@@ -45,7 +45,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from contextlib import aclosing, closing
 from typing import Any, Generic, Literal, TypeVar, overload
 
-from ._errors import (
+from .._errors import (
     APIStatusError,
     BudgetExceeded,
     ConfigurationError,
@@ -53,8 +53,10 @@ from ._errors import (
     StreamError,
     raise_clean,
 )
+from ._process import warm_up_prices
 from ._provider import OpenAICompatible, credentials_from, refuses_json_schema, safe_url
 from ._spend import Reservation, SpendRequest, body_estimate, spend_guard
+from ._structured import parse_structured, response_format
 from ._tools import (
     MAX_TOOL_RESULT_CHARS,
     Tool,
@@ -74,7 +76,7 @@ from ._turns import (
     Turn,
     check_tool_pairs,
 )
-from ._usage import UsageRow, cost_of, warm_up_prices
+from ._usage import UsageRow, cost_of, format_row_cost
 
 __all__ = ["AsyncChatStream", "Chat", "ChatExchange", "ChatStream", "Echo", "StreamContent"]
 
@@ -621,8 +623,6 @@ class Chat:
         Sends ``{"type": "json_schema", ...}``; a server that refuses that form (llama-cpp-python's
         takes ``{"type": "json_object", "schema": ...}``) is asked again in its own form, and
         this chat remembers it."""
-        from ._structured import parse_structured, response_format
-
         fmt = response_format(data_model, compat=self._schema_compat)
         result = _Outcome()
         try:
@@ -638,8 +638,6 @@ class Chat:
     async def chat_structured_async(
         self, *args: str | Content, data_model: Any, echo: Echo | None = None, **kwargs: Any
     ) -> Any:
-        from ._structured import parse_structured, response_format
-
         fmt = response_format(data_model, compat=self._schema_compat)
         result = _Outcome()
         try:
@@ -877,8 +875,6 @@ class Chat:
     def __repr__(self) -> str:
         p = self.provider
         n = len(self._turns)
-        from ._usage import format_row_cost
-
         cost_s = format_row_cost(self.get_cost(), free=self.provider.free)
         return (
             f"<Chat {p.name} model={p.model or '(auto)'} url={p.display_url} "

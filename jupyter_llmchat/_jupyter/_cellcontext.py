@@ -12,9 +12,12 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from .._core._process import process_ledger
+from .._core._spend import Budget, Spent, budget_lines, input_estimate, message_text
+from .._core._turns import Turn
+from ._bridge import current_bridge
 from ._context import Attachment, ErrorContext, error_context, summarize
-from ._spend import Budget, Spent, budget_lines, input_estimate, message_text
-from ._turns import Turn
+from ._display import show_line
 
 __all__ = [
     "CellRuns",
@@ -46,17 +49,6 @@ def attachments(names: str | None, namespace: dict[str, Any], max_tokens: int) -
             raise UsageError(f"--with: no variable named {name!r} in the namespace; nothing sent")
         out.append(summarize(name, value, max_tokens))
     return out
-
-
-def show_line(shell: Any, text: str) -> None:
-    """A quiet one-line output (plain text: safe whatever it holds)."""
-    if getattr(shell, "kernel", None) is None:
-        print(text)
-        return
-    from IPython.display import display
-
-    show: Any = display  # IPython is untyped
-    show({"text/plain": text}, raw=True)
 
 
 def dry_run_text(
@@ -167,8 +159,6 @@ class CellRuns:
 
 
 def _bridge() -> Any:
-    from ._bridge import current_bridge
-
     return current_bridge()
 
 
@@ -182,10 +172,7 @@ def set_budget(budget: Budget) -> None:
     bridge = _bridge()
     if bridge is None:
         raise UsageError("%chat_budget needs the extension loaded: %load_ext jupyter_llmchat")
-    bridge.set_budget(budget)
-    widget = sys.modules.get("jupyter_llmchat._widget")
-    if widget is not None:  # open panels show the budget in their status line
-        widget.refresh_panels()
+    bridge.set_budget(budget)  # open panels hear of it (they subscribe to the bridge)
 
 
 def spent() -> Spent:
@@ -193,8 +180,6 @@ def spent() -> Spent:
     bridge = _bridge()
     if bridge is not None:
         return Spent.of(bridge.ledger.total())
-    from ._usage import process_ledger
-
     return Spent.of(process_ledger().total())
 
 

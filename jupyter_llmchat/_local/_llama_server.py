@@ -1,6 +1,6 @@
 """The bundled model's server: llama-cpp-python's app, with a conversation format for a base model.
 
-Run as ``python -m jupyter_llmchat._llama_server --model FILE --port N ...`` by ``_local.py``;
+Run as ``python -m jupyter_llmchat._local._llama_server --model FILE --port N ...`` by ``_local.py``;
 never imported by the kernel (it imports llama_cpp, fastapi and uvicorn). What it adds to
 llama-cpp-python's own server:
 
@@ -411,7 +411,7 @@ def watch_parent(fd: int | None, parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jupyter_llmchat._llama_server")
+    parser = argparse.ArgumentParser(prog="python -m jupyter_llmchat._local._llama_server")
     parser.add_argument("--model", required=True)
     parser.add_argument("--alias", required=True)
     parser.add_argument("--host", default="127.0.0.1")

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConfigurationError, TransportError
-from ._provider import OpenAICompatible
-from ._usage import FREE, LOCAL_PROVIDER_NAME
+from .._core._provider import OpenAICompatible
+from .._core._usage import FREE, LOCAL_PROVIDER_NAME
+from .._errors import ConfigurationError, TransportError
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings, so no runtime import
     from typing_extensions import Self
@@ -226,7 +226,7 @@ class LocalServer:
         watch_r, watch_w = os.pipe()
         self._token = secrets.token_urlsafe(16)
         cmd = [
-            sys.executable, "-m", "jupyter_llmchat._llama_server",
+            sys.executable, "-m", "jupyter_llmchat._local._llama_server",
             "--model", str(gguf),
             "--host", self._host,
             "--port", str(self._port),
@@ -363,34 +363,41 @@ class LocalServer:
         return f"<LocalServer {MODEL_ALIAS} {where} pid={self.pid} {state}>"
 
 
+class _Slot:
+    """The one server of the process, shared by every session on the local model."""
+
+    def __init__(self) -> None:
+        self.server: LocalServer | None = None
+        self.lock = threading.Lock()
+
+
+_slot = _Slot()
+
+
 def ensure_local_server(on_status: Callable[[str], None] | None = None) -> LocalServer:
     """The process-wide local server: started on first use, reused, restarted if it died."""
-    from ._sessions import registry  # the one process-wide server hangs off the registry
-
-    with registry.local_lock:
-        current: LocalServer | None = registry.local_server
+    with _slot.lock:
+        current: LocalServer | None = _slot.server
         if current is not None and current.running:
             return current
         if current is not None:
             current.stop()  # died: reap it and drop its log dir before starting again
-            registry.local_server = None
+            _slot.server = None
         check_installed()  # before the status line: a missing extra starts nothing
         if on_status is not None:
             on_status(f"starting local model {MODEL_ALIAS}...")
         server = LocalServer()
         server.start()
-        registry.local_server = server
+        _slot.server = server
         return server
 
 
 def stop_local_server() -> None:
     """Stop the process-wide local server if one is running (it restarts on next use)."""
-    from ._sessions import registry
-
-    with registry.local_lock:
-        if registry.local_server is not None:
-            registry.local_server.stop()
-            registry.local_server = None
+    with _slot.lock:
+        if _slot.server is not None:
+            _slot.server.stop()
+            _slot.server = None
 
 
 # -- the provider of sessions on the bundled model ------------------------------------------------

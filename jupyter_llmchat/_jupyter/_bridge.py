@@ -55,13 +55,23 @@ import sys
 import uuid
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _sessions
-from ._chat import Chat, ChatExchange
-from ._errors import BudgetExceeded
-from ._metadata import (
+from .. import _sessions
+from .._core._chat import Chat, ChatExchange
+from .._core._spend import (
+    Budget,
+    SpendRequest,
+    Spent,
+    check_request,
+    spend_guard,
+    unreadable_budget,
+)
+from .._core._turns import Turn
+from .._errors import BudgetExceeded
+from .._record._metadata import (
     KEY,
     MAX_RECORD_CHARS,
     MAX_TURNS,
@@ -73,8 +83,7 @@ from ._metadata import (
     turns_extend,
     validate_record,
 )
-from ._spend import Budget, SpendRequest, Spent, check_request, spend_guard, unreadable_budget
-from ._turns import Turn
+from ._display import show_line
 
 __all__ = ["Bridge", "current_bridge", "replace_record", "start_bridge"]
 
@@ -95,6 +104,7 @@ class Bridge:
         self.shell = shell
         self.magics = magics
         self.comm: Any = None
+        self._budget_listeners: list[Callable[[], None]] = []
         self.hello_received = False
         self.opened_in: int | None = None
         #: The notebook file this kernel was started for (None: not known).
@@ -246,6 +256,20 @@ class Bridge:
         self.budget = budget
         self.unreadable_budget = self._raw_budget = None
         self.send()
+        for listener in list(self._budget_listeners):
+            listener()
+
+    def on_budget_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` whenever ``%chat_budget`` changes the budget (once however often it
+        is given); returns a remover."""
+        if listener not in self._budget_listeners:
+            self._budget_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._budget_listeners:
+                self._budget_listeners.remove(listener)
+
+        return remove
 
     def check_spend(self, request: SpendRequest, held: Spent) -> Spent:
         """The ``SpendRule`` of the notebook: its budget against its whole ledger."""
@@ -496,8 +520,6 @@ class Bridge:
     def _show_notices(self) -> None:
         """In the cell's output, not only on the kernel's stderr (which JupyterLab does not
         show for a comm message): what kept turns out of the notebook's record."""
-        from ._cellcontext import show_line
-
         while self._notices:
             show_line(self.shell, self._notices.pop(0))
 

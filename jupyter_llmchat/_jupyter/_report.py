@@ -7,12 +7,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._chat import Chat
+from .._core._chat import Chat
+from .._core._markdown import safe_markdown
+from .._core._spend import exchange_spend
+from .._core._turns import ContentToolResult, Turn, exchanges
+from .._core._usage import UsageRow, format_row_cost, format_tokens
 from ._display import short_arguments
-from ._markdown import safe_markdown
-from ._spend import exchange_spend
-from ._turns import ContentToolResult, Turn, exchanges
-from ._usage import UsageRow, format_row_cost, format_tokens
 
 __all__ = ["ConfigView", "HistoryView", "NoConversation", "UsageReport", "usage_rows"]
 

@@ -21,7 +21,7 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Union
 
-from ._errors import ConfigurationError, LLMChatError
+from .._errors import ConfigurationError, LLMChatError
 from ._turns import ContentToolRequest, ContentToolResult
 
 __all__ = ["Tool", "ToolError", "ToolRejectError", "json_schema_of", "tool_result_text"]
@@ -343,7 +343,7 @@ def json_schema_of(tp: Any) -> dict[str, Any]:
         fields = [f for f in dataclasses.fields(tp) if f.init]
         return _object({f.name: json_schema_of(hints.get(f.name, Any)) for f in fields},
                        [f.name for f in fields], tp)
-    if _is_typeddict(tp):
+    if is_typeddict(tp):
         hints = typing.get_type_hints(tp)
         return _object({k: json_schema_of(v) for k, v in hints.items()},
                        sorted(getattr(tp, "__required_keys__", hints)), tp)
@@ -364,5 +364,5 @@ def _object(properties: dict[str, Any], required: list[str], tp: type) -> dict[s
     return schema
 
 
-def _is_typeddict(tp: Any) -> bool:
+def is_typeddict(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, dict) and hasattr(tp, "__total__") and hasattr(tp, "__annotations__")

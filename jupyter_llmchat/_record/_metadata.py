@@ -16,11 +16,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ._chat import Chat
-from ._provider import safe_url
-from ._spend import Budget
-from ._turns import Content, ContentImage, ContentText, Turn, check_tool_pairs
-from ._usage import Ledger
+from .._core._chat import Chat
+from .._core._provider import safe_url
+from .._core._spend import Budget
+from .._core._turns import Content, ContentImage, ContentText, Turn, check_tool_pairs
+from .._core._usage import Ledger
 
 __all__ = [
     "KEY",

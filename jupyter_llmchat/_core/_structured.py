@@ -13,8 +13,8 @@ import re
 import typing
 from typing import Any
 
-from ._errors import ConfigurationError, LLMChatError
-from ._tools import _is_typeddict, json_schema_of
+from .._errors import ConfigurationError, LLMChatError
+from ._tools import is_typeddict, json_schema_of
 
 __all__ = ["StructuredOutputError", "parse_structured", "response_format"]
 
@@ -44,7 +44,7 @@ def schema_of(data_model: Any) -> tuple[str, dict[str, Any]]:
         schema = dict(data_model.model_json_schema())
         schema.setdefault("additionalProperties", False)  # strict mode asks for it
         return _name(data_model.__name__), schema
-    if isinstance(data_model, type) and (dataclasses.is_dataclass(data_model) or _is_typeddict(data_model)):
+    if isinstance(data_model, type) and (dataclasses.is_dataclass(data_model) or is_typeddict(data_model)):
         return _name(data_model.__name__), json_schema_of(data_model)
     raise ConfigurationError(
         f"data_model must be a dataclass, a pydantic model, a TypedDict or a JSON-schema dict, "
@@ -123,7 +123,7 @@ def _convert(value: Any, tp: Any) -> Any:
             raise TypeError(f"{tp.__name__}: unexpected keys {sorted(unknown)}")
         kwargs = {k: _convert(v, hints.get(k, Any)) for k, v in value.items()}
         return tp(**kwargs)  # a missing required field raises TypeError here
-    if _is_typeddict(tp):
+    if is_typeddict(tp):
         if not isinstance(value, dict):
             raise TypeError(f"{tp.__name__}: expected an object")
         hints = typing.get_type_hints(tp)

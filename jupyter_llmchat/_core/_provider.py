@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from ._errors import (
+from .._errors import (
     APIStatusError,
     AuthenticationError,
     ConfigurationError,
@@ -32,6 +32,8 @@ from ._errors import (
     TransportError,
 )
 from ._params import wire_params
+from ._process import process
+from ._usage import FREE, known_price_provider
 
 if TYPE_CHECKING:  # asyncio is imported lazily: the sync path never needs it
     import asyncio
@@ -197,8 +199,6 @@ class OpenAICompatible:
     def price_provider(self) -> str | None:
         """genai-prices' provider id for this provider, or None (cost then stays unknown)."""
         if self._price_lookup:
-            from ._usage import known_price_provider
-
             self._price_provider = known_price_provider(self.name)
             self._price_lookup = False
         return self._price_provider
@@ -206,8 +206,6 @@ class OpenAICompatible:
     @property
     def free(self) -> bool:
         """Known to cost nothing (the bundled model): its cost shows as free, not as $0 or n/a."""
-        from ._usage import FREE
-
         return self._price_provider == FREE
 
     @property
@@ -268,9 +266,7 @@ class OpenAICompatible:
         """Warn once per host when a key goes over plain http to another machine."""
         parts = urlsplit(self.base_url)
         host = (parts.hostname or "").lower()
-        from ._sessions import registry
-
-        warned = registry.plain_http_warned
+        warned = process.plain_http_warned
         if parts.scheme != "http" or is_loopback(host) or host in warned:
             return
         warned.add(host)
@@ -747,9 +743,7 @@ def _ssl_context() -> ssl.SSLContext:
     copy and event loop) even for plain http. Same CA choice as httpx's own (``SSL_CERT_FILE``,
     ``SSL_CERT_DIR``, else certifi), looked up again if those variables change."""
     key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    from ._sessions import registry
-
-    contexts = registry.ssl_contexts
+    contexts = process.ssl_contexts
     ctx = contexts.get(key)
     if ctx is None:
         ctx = contexts[key] = httpx.create_ssl_context(verify=True, trust_env=True)

@@ -18,16 +18,41 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from ._markdown import safe_markdown
+from .._core._markdown import safe_markdown
 
 __all__ = [
-    "BYTES_PER_SECOND", "StreamDisplay", "TerminalDisplay", "error_bundle", "formatwarning_hook", "tool_line",
+    "BYTES_PER_SECOND", "AnswerDisplay", "StreamDisplay", "TerminalDisplay", "error_bundle",
+    "formatwarning_hook", "kernel_display", "show_line", "tool_line",
 ]
 
 #: Budget for intermediate updates (characters re-sent per second of streaming).
 BYTES_PER_SECOND = 16_000
+
+
+class AnswerDisplay(Protocol):
+    """Where one answer shows as it streams: a notebook output (``StreamDisplay``) or a
+    terminal (``TerminalDisplay``). The cell runner talks to this and nothing else."""
+
+    @property
+    def text(self) -> str:
+        """The answer's text so far (the last round's, after tool calls)."""
+        ...
+
+    def status(self, line: str) -> None: ...
+
+    def delta(self, kind: str, piece: str) -> None: ...
+
+    def fill(self, kind: str, piece: str) -> None: ...
+
+    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None: ...
+
+    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None: ...
+
+    def final(self, fmt: str, metadata: dict[str, Any], note: str | None = None) -> None: ...
+
+    def error(self, message: str, hint: str = "") -> None: ...
 
 
 class StreamDisplay:
@@ -385,3 +410,28 @@ def formatwarning_hook(original: FormatWarning) -> FormatWarning:
 
     clean._llmchat_original = original  # type: ignore[attr-defined]
     return clean
+
+
+def show_line(shell: Any, text: str) -> None:
+    """A quiet one-line output (plain text: safe whatever it holds)."""
+    if getattr(shell, "kernel", None) is None:
+        print(text)
+        return
+    from IPython.display import display
+
+    show: Any = display  # IPython is untyped
+    show({"text/plain": text}, raw=True)
+
+
+def kernel_display() -> Callable[..., Any] | None:
+    """IPython's ``display`` when running in a Jupyter kernel, else None (no import otherwise)."""
+    if "IPython" not in sys.modules:
+        return None
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None  # a terminal IPython: the stderr line reads better than reprinted outputs
+    from IPython.display import display
+
+    return display

@@ -33,8 +33,8 @@ in the cell's variable.
 The progress line (answers/total, failures apart, tokens, cost, and a note when the ``rpm``
 limit is what holds the run back) is one notebook output updated in place
 (``display_id``) a few times a second; outside a Jupyter kernel it is a ``\\r`` line on a terminal's
-stderr, and nothing when stderr is not a terminal. IPython is only imported when it is already
-running, so this module stays in the core.
+stderr, and nothing when stderr is not a terminal. The notebook's display comes through
+``notebook_display`` (the package wires the Jupyter layer's in), so this module imports no IPython.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from ._errors import BudgetExceeded, ConfigurationError, ParallelChatError
+from .._errors import BudgetExceeded, ConfigurationError, ParallelChatError
 from ._usage import UsageRow, format_row_cost
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -478,6 +478,11 @@ def _in_private_loop(
     return outcome
 
 
+#: Returns IPython's ``display`` when running in a Jupyter kernel, else None; wired by the
+#: package's ``__init__`` (the Jupyter layer's ``kernel_display``), None: stderr only.
+notebook_display: Callable[[], Callable[..., Any] | None] | None = None
+
+
 class _ProgressLine:
     """``label: 7/10 done · tokens ... · cost ...``: one notebook output updated in place."""
 
@@ -493,7 +498,7 @@ class _ProgressLine:
         return f"{self.label}: {self.state.line()}"
 
     def show(self) -> None:
-        display = _kernel_display()
+        display = notebook_display() if notebook_display is not None else None
         if display is not None:
             self._handle = display({"text/plain": self.text()}, raw=True, display_id=True)
         else:
@@ -520,17 +525,3 @@ class _ProgressLine:
         if self._tty:
             sys.stderr.write("\r" + self.text() + end)
             sys.stderr.flush()
-
-
-def _kernel_display() -> Callable[..., Any] | None:
-    """IPython's ``display`` when running in a Jupyter kernel, else None (no import otherwise)."""
-    if "IPython" not in sys.modules:
-        return None
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    if shell is None or getattr(shell, "kernel", None) is None:
-        return None  # a terminal IPython: the stderr line reads better than reprinted outputs
-    from IPython.display import display
-
-    return display

@@ -11,7 +11,7 @@ import io
 import os
 from typing import Any
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 from ._turns import ContentImage
 
 __all__ = ["MAX_IMAGE_BYTES", "content_image_file", "content_image_plot", "content_image_url"]

@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._errors import BudgetExceeded
+from .._errors import BudgetExceeded
+from ._process import record_usage
 from ._turns import Tokens, Turn
-from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cost, record_usage
+from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cost
 
 __all__ = [
     "Budget",

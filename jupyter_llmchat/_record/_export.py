@@ -1,10 +1,10 @@
 """A notebook's conversation as Markdown or self-contained HTML (``%chat_export``,
 ``jupyter-llmchat export``).
 
-Notebook-record layer (no IPython; belongs in ``_record/`` once the package has its folders):
-it works from the record of ``notebook.metadata["jupyter_llmchat"]``, checked by
-``validate_record`` like any record read back, and from the notebook's order of cells (the
-ids of its ``cells``), so the kernel's in-memory record and a saved ``.ipynb`` export alike.
+Notebook-record layer (no IPython): it works from the record of
+``notebook.metadata["jupyter_llmchat"]``, checked by ``validate_record`` like any record read
+back, and from the notebook's order of cells (the ids of its ``cells``), so the kernel's
+in-memory record and a saved ``.ipynb`` export alike.
 
 - Order (DESIGN §10): per session, exchanges keyed by a cell id follow the notebook's cell list
   (several of one cell keep their order); a panel question sits after its ``after_cell``; an
@@ -32,12 +32,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import ConfigurationError
-from ._markdown import safe_markdown
+from .._core._markdown import safe_markdown
+from .._core._spend import exchange_spend, footer
+from .._core._turns import ContentImage, ContentToolResult, Turn, exchanges
+from .._core._usage import UsageRow, format_row_cost, format_tokens
+from .._errors import ConfigurationError
 from ._metadata import KEY, RecordError, validate_record
-from ._spend import exchange_spend, footer
-from ._turns import ContentImage, ContentToolResult, Turn, exchanges
-from ._usage import UsageRow, format_row_cost, format_tokens
 
 __all__ = [
     "FORMATS",

@@ -11,8 +11,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
+from .._errors import ConfigurationError
 from ._chat import Chat, Echo
-from ._errors import ConfigurationError
 from ._provider import Credentials, CredentialValue, OpenAICompatible, credentials_from
 
 __all__ = [

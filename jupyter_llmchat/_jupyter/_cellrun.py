@@ -1,0 +1,369 @@
+"""One question of a cell, from its text to its finished output.
+
+``CellRunner.run`` is what ``%%chat``, ``%chat`` and ``%chat_fix`` do once their options are
+parsed, in steps of its own: the question (checks, ``{{ }}``, ``--with``), the session, where
+the cell's earlier exchange is (the replay cursor), a recorded answer shown again, or the
+request streamed into the cell's display with its three error paths (Ctrl-C, the budget, the
+server). The spend guard itself is the core's (every request passes it); this module only says
+what a refusal means in a cell.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from IPython.core.error import UsageError
+
+from .. import _sessions
+from .._core import _spend
+from .._core._params import params as make_params
+from .._errors import (
+    AuthenticationError,
+    BudgetExceeded,
+    ConfigurationError,
+    LLMChatError,
+    StreamError,
+    raise_clean,
+)
+from .._record._metadata import KEY, display_metadata
+from . import _cellcontext as ctx
+from . import _context
+from ._bridge import missing_extension_note
+from ._display import AnswerDisplay, StreamDisplay, TerminalDisplay, show_line
+from ._prompt import check_output_name, interpolate, output_value
+
+__all__ = ["CellRunner", "Settings"]
+
+
+class Settings(Protocol):
+    """What a run reads of the magics' configuration (``ChatMagics`` traits)."""
+
+    default_format: str
+    display_rate_hz: float
+    context_max_tokens: int
+    replay: bool
+    footer: bool
+    credentials_env: str
+
+    def made_from_config(self, session: str) -> bool: ...
+
+    def refresh_session(self, session: str) -> None: ...
+
+
+@dataclass
+class _Question:
+    """A question ready to send: its text with ``{{ }}`` and attachments, and this cell's params."""
+
+    text: str
+    overrides: dict[str, Any]
+    fmt: str
+
+
+class CellRunner:
+    """Runs the questions of a shell's cells; keeps where each cell's exchange is."""
+
+    def __init__(self, shell: Any, settings: Settings, cell_runs: Any) -> None:
+        self.shell = shell
+        self.settings = settings
+        #: The last failed cell, for %chat_fix (a chat request that failed is noted there).
+        self.cell_runs = cell_runs
+        #: cell id -> (the execution (its request's msg_id) that last sent from that cell, the
+        #: history index where that execution's next exchange starts).
+        self._runs: dict[str, tuple[str, int]] = {}
+        #: Where cells have no id: per session, the index of the next recorded exchange a re-run
+        #: notebook may replay (restored sessions start at 0; a fresh question moves it to the end).
+        self._replay_next: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+    # -- the steps of a run ---------------------------------------------------------------------
+
+    def run(self, args: Any, prompt: str, *, template: bool = True) -> Any:
+        __tracebackhide__ = True  # noqa: F841 - %xmode Verbose shows the user's frames, not ours
+        question = self._question(args, prompt, template)
+        display = self.display()
+        chat = self._session(args, display)
+        cell_id, run_id = parent_ids(self.shell)
+        if (note := missing_extension_note(cell_id)) is not None:  # once: JupyterLab, no extension
+            show_line(self.shell, note)
+        rerun = self._rerun_at(chat, cell_id, run_id)
+        if args.dry_run:
+            return self._dry_run(args, chat, question, rerun)
+        if args.new:
+            chat.reset()
+            self.settings.refresh_session(args.session)
+            chat = _sessions.prepare(args.session, on_status=display.status)
+        if args.system is not None:
+            chat.system_prompt = args.system
+        key = request_key(chat, args.model, question.overrides)
+        if args.new or args.no_history:
+            rerun = None
+        if self._replayed(args, chat, question, key, display, cell_id, run_id, rerun):
+            return None
+        return self._ask(args, chat, question, key, display, cell_id, run_id, rerun)
+
+    def _question(self, args: Any, prompt: str, template: bool) -> _Question:
+        """Check the options, then the prompt with ``{{ }}`` filled and ``--with`` attached."""
+        if not prompt.strip():
+            raise UsageError("empty prompt: write your question after %chat, or in the cell below %%chat")
+        if args.system is not None and not args.system.strip():
+            raise UsageError("--system needs a text")
+        try:
+            _sessions.check_name(args.session)
+            overrides = make_params(temperature=args.temperature, max_tokens=args.max_tokens)
+        except ConfigurationError as exc:
+            raise UsageError(str(exc)) from None
+        if args.output is not None:
+            check_output_name(args.output)
+        text = interpolate(prompt, self.shell.user_ns) if template else prompt
+        attached = ctx.attachments(args.with_names, self.shell.user_ns, self.settings.context_max_tokens)
+        text = _context.attach(text, attached)
+        if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
+            show_line(self.shell, _context.describe_attachments(attached))
+        return _Question(text, overrides, args.format or self.settings.default_format)
+
+    def _session(self, args: Any, display: AnswerDisplay) -> Any:
+        try:
+            chat = _sessions.prepare(args.session, on_status=display.status)
+        except LLMChatError as exc:
+            raise UsageError(str(exc)) from None
+        if chat.busy:
+            raise UsageError(
+                f"session {args.session!r} is busy answering (in the chat panel?): "
+                "wait for it, or stop it there"
+            )
+        return chat
+
+    def _rerun_at(self, chat: Any, cell_id: str | None, run_id: str | None) -> int | None:
+        """Where this execution's exchange goes in the history: a new execution of a cell
+        replaces what the cell's earlier run left; a second %chat line of the same execution
+        comes after the first (both exchanges are kept, in order)."""
+        run = self._runs.get(cell_id) if cell_id is not None else None
+        if run is not None and run_id is not None and run[0] == run_id:
+            nxt = run[1]
+            turns = chat.get_turns()
+            return nxt if nxt < len(turns) and turns[nxt].meta.get("cell_id") == cell_id else None
+        return rerun_index(chat, cell_id)
+
+    def _replayed(
+        self, args: Any, chat: Any, question: _Question, key: dict[str, Any], display: AnswerDisplay,
+        cell_id: str | None, run_id: str | None, rerun: int | None,
+    ) -> bool:
+        """Show the recorded answer of this question if there is one (no request, no spend).
+
+        A notebook cell replays only its own recorded exchange. Where cells have no id
+        (nbclient, terminal IPython), the notebook is taken in order: the next recorded one."""
+        at = rerun if cell_id is not None else self._replay_next.get(chat, 0)
+        if not self.settings.replay or args.refresh or args.no_history or at is None:
+            return False
+        found = _spend.find_replay(chat.get_turns(), question.text, at=at, **key)
+        if found is None:
+            return False
+        end = exchange_end(chat.get_turns(), found)
+        self._replay_next[chat] = end
+        self._note_run(cell_id, run_id, end)
+        self._replay(display, chat, args, question.fmt, found)
+        return True
+
+    def _ask(
+        self, args: Any, chat: Any, question: _Question, key: dict[str, Any], display: AnswerDisplay,
+        cell_id: str | None, run_id: str | None, rerun: int | None,
+    ) -> Any:
+        __tracebackhide__ = True  # noqa: F841 - as in run
+        fmt = question.fmt
+        past = [] if args.no_history else chat.get_turns()[:rerun]
+        meta = {"cell_id": cell_id, "source": "cell",
+                "request_hash": _spend.request_hash(question.text, past, **key)}
+        # Until this answer is in, a second %chat line of this execution goes to the end.
+        self._note_run(cell_id, run_id, len(chat.get_turns()))
+        stream = chat.stream(
+            question.text, content="all", model=args.model or None, params=question.overrides,
+            history=not args.no_history, meta=meta, replace_from=rerun,
+        )
+        try:
+            for item in stream:
+                show_item(display, item)
+        except KeyboardInterrupt:
+            # Ctrl-C may land in the display, outside the stream, and this frame keeps `stream`
+            # alive as long as the traceback: close it now, so the partial turn is recorded
+            # before _finish, and the session's lock is released.
+            stream.close()
+            self._finish(display, chat, args, fmt, stream, note="interrupted: partial answer kept")
+            # An ordinary stop: one line (UsageError is IPython's no-traceback error), which
+            # still stops the cell and a Run All.
+            raise UsageError("stopped (Ctrl-C)") from None
+        except BudgetExceeded as exc:  # the spend guard refused a request (a later tool round too)
+            if stream.turns:
+                self._finish(display, chat, args, fmt, stream, broken=True)
+            kept = "; the exchange so far is kept, marked partial" if stream.turns else ""
+            raise UsageError(exc.message + kept) from None
+        except LLMChatError as exc:
+            # Anything recorded (text, or tool rounds past max_tool_rounds) gets the final
+            # bundle, its metadata and footer: the output is finished, the error below it.
+            if display.text or stream.turns:
+                # The red line below is the one notice; the record says the answer is partial.
+                self._finish(display, chat, args, fmt, stream, broken=True)
+            message = exc.message + ("; the answer so far is kept, marked partial" if display.text else "")
+            self.cell_runs.chat_failed(exc.message)
+            display.error(message, self._hint(exc, args.session))
+            if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
+                raise_clean(exc)  # the user's frames only: ours hold the prompt, the session
+            return None
+        answer = self._finish(display, chat, args, fmt, stream)
+        self._replay_next[chat] = len(chat.get_turns())
+        self._note_run(cell_id, run_id, len(chat.get_turns()))
+        if args.output:
+            self.shell.user_ns[args.output] = answer
+        return None
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    def display(self) -> AnswerDisplay:
+        if getattr(self.shell, "kernel", None) is None:
+            return TerminalDisplay()
+        return StreamDisplay(self.settings.display_rate_hz)
+
+    def _note_run(self, cell_id: str | None, run_id: str | None, next_turn: int) -> None:
+        """Remember this execution of the cell, and where its next exchange would start."""
+        if cell_id is not None and run_id is not None:
+            self._runs[cell_id] = (run_id, next_turn)
+
+    def _hint(self, exc: LLMChatError, session: str) -> str:
+        """The error's hint, in a cell user's terms where the library's would not help."""
+        env = self.settings.credentials_env
+        if isinstance(exc, AuthenticationError) and self.settings.made_from_config(session) and env:
+            state = "is set but was refused" if os.environ.get(env) else "is not set"
+            return (f"{env} {state}: set {env} before starting "
+                    "Jupyter, or %config ChatMagics.credentials_env = 'NAME_OF_YOUR_VARIABLE'")
+        if isinstance(exc, StreamError) and exc.hint == StreamError.hint:
+            return ""  # the message says whether anything was kept (nothing, when it broke at once)
+        return exc.hint
+
+    def _finish(
+        self, display: AnswerDisplay, chat: Any, args: Any, fmt: str, stream: Any, note: str | None = None,
+        *, broken: bool = False,
+    ) -> Any:
+        """Final rendering with the turn's metadata; returns the value for -o."""
+        # No turns: nothing arrived, so nothing was recorded.
+        exchange = stream.turns
+        meta = (
+            display_metadata(args.session, chat, exchange, recorded=not args.no_history, new=args.new)
+            if exchange
+            else {}
+        )
+        display.final(fmt, meta, note=note)
+        user = stream.user_turn
+        context_note = user.meta.get("context_note") if exchange and user is not None else None
+        if context_note:  # the local model left old turns out of this request
+            show_line(self.shell, str(context_note))
+        if exchange and self.settings.footer:
+            self._footer(chat, exchange)
+        return output_value(display.text, fmt, complete=note is None and not broken)
+
+    def _dry_run(self, args: Any, chat: Any, question: _Question, rerun: int | None) -> None:
+        fresh = args.new or args.no_history
+        history = [] if fresh else chat.get_turns()[:rerun]
+        params = {**chat.provider.params, **question.overrides}
+        view = ctx.dry_run_text(
+            url=chat.provider.display_url, model=args.model or chat.provider.model, params=params,
+            system_prompt=args.system if args.system is not None else chat.system_prompt,
+            history=history, text=question.text, max_tokens=params.get("max_tokens"),
+        )
+        show_line(self.shell, view)
+
+    def _replay(self, display: AnswerDisplay, chat: Any, args: Any, fmt: str, index: int) -> None:
+        """Show a recorded answer again: no request, no spend, history unchanged."""
+        turns = chat.get_turns()
+        exchange = turns[index:exchange_end(turns, index)]
+        user, reply = exchange[0], exchange[-1]
+        for t in exchange[1:]:
+            for c in t.contents:
+                if c.type in ("text", "thinking"):
+                    display.fill(c.type, getattr(c, c.type))
+                elif c.type == "tool_request":
+                    display.tool_request(c.id, c.name, c.arguments, show=False)
+                elif c.type == "tool_result":
+                    display.tool_result(c.id, c.value, c.error, show=False)
+        meta = display_metadata(args.session, chat, exchange, recorded=True)
+        meta[KEY]["replayed"] = True
+        display.final(fmt, meta)
+        when = reply.started_at or user.started_at
+        recorded = when.strftime("%Y-%m-%d %H:%M UTC") if when else "earlier"
+        if self.settings.footer:
+            self._footer(chat, exchange, replayed_at=recorded)
+        else:
+            show_line(self.shell, f"replayed (recorded {recorded}), no request")
+        if args.output:
+            self.shell.user_ns[args.output] = output_value(display.text, fmt)
+
+    def _footer(self, chat: Any, exchange: list[Any], replayed_at: str | None = None) -> None:
+        tokens, cost, requests = _spend.exchange_spend(exchange)
+        line = _spend.footer(exchange[-1].model, tokens, cost, local=_sessions.is_local(chat),
+                             replayed_at=replayed_at, requests=requests)
+        show_line(self.shell, line)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def request_key(chat: Any, model: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What, besides the prompt and history, decides a request (the replay key's inputs)."""
+    return {
+        "provider": chat.provider.name,
+        "model": model or chat.provider.model,
+        "system_prompt": chat.system_prompt,
+        "params": {**chat.provider.params, **overrides},
+    }
+
+
+def rerun_index(chat: Any, cell_id: str | None) -> int | None:
+    """Where this cell's earlier exchange starts in the history, if it ran before.
+
+    A cell run again (or "Restart Kernel and Run All" after the history was restored from the
+    notebook) replaces its exchange and what followed it, so the history matches the
+    notebook read top to bottom instead of growing a copy at every run.
+    """
+    if not cell_id:
+        return None
+    for i, t in enumerate(chat.get_turns()):
+        if t.role == "user" and t.meta.get("cell_id") == cell_id:
+            return i
+    return None
+
+
+def parent_ids(shell: Any) -> tuple[str | None, str | None]:
+    """The running cell's id (JupyterLab sends it) and its execution's request id."""
+    try:
+        parent = shell.kernel.get_parent()
+    except Exception:
+        parent = getattr(shell, "parent_header", None) or {}
+    parent = parent or {}
+    cid = (parent.get("metadata") or {}).get("cellId")
+    msg_id = (parent.get("header") or {}).get("msg_id")
+    return (cid if isinstance(cid, str) else None, msg_id if isinstance(msg_id, str) else None)
+
+
+def show_item(display: AnswerDisplay, item: Any) -> None:
+    """One item of ``stream(content="all")`` into the cell's output."""
+    kind = item.type
+    if kind == "text":
+        display.delta("text", item.text)
+    elif kind == "thinking":
+        display.delta("thinking", item.thinking)
+    elif kind == "tool_request":
+        display.tool_request(item.id, item.name, item.arguments)
+    elif kind == "tool_result":
+        display.tool_result(item.id, item.value, item.error)
+
+
+def exchange_end(turns: Any, start: int) -> int:
+    """Index after the exchange whose prompt is ``turns[start]``: its tool rounds (assistant
+    turns, and user turns holding only tool results) and its answer."""
+    end = start + 1
+    while end < len(turns):
+        t = turns[end]
+        if t.role == "user" and not (t.contents and all(c.type == "tool_result" for c in t.contents)):
+            break
+        end += 1
+    return end
