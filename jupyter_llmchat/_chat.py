@@ -678,10 +678,6 @@ class Chat:
         past = self._turns[:replace_from] if history else []
         messages = self._messages([*past, user])
         body = self.provider.body(messages, model=resolved, stream=stream, params=params)
-        # The bundled model leaves the oldest turns out rather than overflow its context.
-        note = self.provider.fit_context(body)
-        if note:
-            user.meta["context_note"] = note
         user.model = resolved
         return user, body
 
@@ -692,6 +688,7 @@ class Chat:
         __tracebackhide__ = True  # noqa: F841 - IPython hides this frame (its locals hold the answer)
         with self._guard():
             ex = _cleanly(_Exchange, self, args, opts)
+            _cleanly(ex.fit)
             self._notify("start")
             try:
                 while True:
@@ -728,6 +725,10 @@ class Chat:
                 except (LLMChatError, KeyboardInterrupt) as exc:
                     raise_clean(exc)
             ex = _cleanly(_Exchange, self, args, opts)
+            try:
+                await ex.afit()  # the bundled model's server may start here: awaited
+            except (LLMChatError, KeyboardInterrupt) as exc:
+                raise_clean(exc)
             self._notify("start")
             try:
                 while True:
@@ -1176,6 +1177,20 @@ class _Exchange:
 
     def _meta(self) -> dict[str, Any]:
         return {k: v for k, v in self.user.meta.items() if k in ("cell_id", "source")}
+
+    def fit(self) -> None:
+        """Let the provider shorten the first request to its model's context (the bundled model
+        leaves the oldest turns out rather than overflow it); later rounds start from the same."""
+        self._fitted(self.chat.provider.fit_context(self._body))
+
+    async def afit(self) -> None:
+        """``fit`` on the event loop: what the provider asks its server is awaited."""
+        self._fitted(await self.chat.provider.afit_context(self._body))
+
+    def _fitted(self, note: str | None) -> None:
+        self._base = list(self._body["messages"])
+        if note:
+            self.user.meta["context_note"] = note
 
     def body(self) -> dict[str, Any]:
         """The next request's body; starts its clock."""
