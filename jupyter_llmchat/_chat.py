@@ -328,6 +328,10 @@ class Chat:
         self._echo: Echo = _check_echo(echo, "none")
         self._turns: list[Turn] = []
         self._lock = threading.Lock()
+        # Notified as the lock is let go: wait_idle() waits on it instead of polling busy. (A
+        # condition, not an Event: an Event set by one answer's end while the next one already
+        # holds the lock would leave a waiter spinning.)
+        self._idle = threading.Condition()
         self._listeners: list[Listener] = []
         self._tools: dict[str, Tool] = {}
         # Whether the server wants response_format's json_object form (see chat_structured).
@@ -777,6 +781,14 @@ class Chat:
         """True while an answer is streaming."""
         return self._lock.locked()
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) until no answer is streaming; return not ``busy``.
+
+        A listener hears "turn" or "abort" just before the answer lets the chat go: this is for
+        whoever sends the next message right then."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self.busy, timeout)
+
     def _guard(self) -> _Guard:
         return _Guard(self)
 
@@ -901,7 +913,9 @@ class _Guard:
             )
 
     def __exit__(self, *exc: object) -> None:
-        self.chat._lock.release()
+        with self.chat._idle:  # released and told under the condition: no waiter misses it
+            self.chat._lock.release()
+            self.chat._idle.notify_all()
 
 
 class ChatBusyError(ConfigurationError):
