@@ -158,7 +158,7 @@ def test_reasoning_in_a_whole_answer(fake: FakeOpenAI, fake_url: str) -> None:
 
 def test_reasoning_key_of_openrouter_and_vllm() -> None:
     """``delta.reasoning`` (OpenRouter, newer vLLM) is thinking too; checked with a raw stream."""
-    from jupyter_llmchat._chat import _Answer
+    from jupyter_llmchat._wire import _Answer
 
     answer = _Answer()
     events = [
