@@ -480,8 +480,8 @@ def _fit_url(base_url: str) -> str:
 
 
 def _fit_request(body: dict[str, Any]) -> dict[str, Any]:
-    messages = body.get("messages") or []
-    return {"messages": messages, "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens")}
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    return {"messages": body.get("messages") or [], "max_tokens": max_tokens}
 
 
 def _apply_fit(body: dict[str, Any], fit: Any) -> str | None:

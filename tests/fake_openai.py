@@ -21,7 +21,8 @@ until killed. Another process scripts it over HTTP (``FakeOpenAIProcess`` wraps 
 - ``GET /_control/stats``: ``{"active", "max_active"}``, concurrent chat-completions requests;
 - ``POST /_control/reset``: empty the queue and the log, restore the settings;
 - ``POST /_control/config``: set any of ``models``, ``models_status``, ``require_auth``,
-  ``default_reply`` (a reply spec), ``fit`` (the bundled model's context fit, see ``FakeOpenAI.fit``).
+  ``default_reply`` (a reply spec), ``fit`` (the bundled model's context fit, see
+  ``FakeOpenAI.fit``).
 
 Requests to ``/_control/*`` are not recorded. Paths are matched on their suffix, so both
 ``/v1/chat/completions`` and ``/chat/completions`` answer.
@@ -67,6 +68,8 @@ AUTO_USAGE: Literal["auto"] = "auto"
 """``Reply.usage`` default: prompt_tokens 11, completion_tokens = number of content chunks."""
 
 PROMPT_TOKENS = 11
+#: The bundled model's server's context-fit route (``_llama_server.py``), answered when configured.
+_FIT_PATH = "/extras/jupyter-llmchat/fit"
 DEFAULT_MODELS = ("test-model",)
 
 # A client that stops reading mid-stream is normal, not a server bug: never print these.
@@ -444,7 +447,8 @@ class FakeOpenAI(_RequestLog):
 
     def configure(self, settings: dict[str, Any]) -> None:
         """Apply the settings of ``POST /_control/config``."""
-        unknown = set(settings) - {"models", "models_status", "require_auth", "default_reply", "fit"}
+        known = {"models", "models_status", "require_auth", "default_reply", "fit"}
+        unknown = set(settings) - known
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
         if "models" in settings:
@@ -627,7 +631,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_body(401, "Incorrect API key provided (fake server).")
         elif self.command == "GET" and path.endswith("/models"):
             self._models()
-        elif self.command == "POST" and path.endswith("/extras/jupyter-llmchat/fit") and self.fake.fit is not None:
+        elif self.command == "POST" and path.endswith(_FIT_PATH) and self.fake.fit is not None:
             self._fit(self.fake.fit)
         elif self.command == "POST" and path.endswith("/chat/completions"):
             self.fake._enter_chat(body)
@@ -696,7 +700,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.fake._sleep(float(fit.get("delay", 0.0))):
             self.close_connection = True
             return
-        self._send_json(200, {"drop": int(fit.get("drop", 0)), "n_ctx": int(fit.get("n_ctx", 4096))})
+        answer = {"drop": int(fit.get("drop", 0)), "n_ctx": int(fit.get("n_ctx", 4096))}
+        self._send_json(200, answer)
 
     def _chat(self, body: Any) -> None:
         if not isinstance(body, dict):

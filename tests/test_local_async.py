@@ -12,8 +12,9 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,6 +25,7 @@ from jupyter_llmchat._turns import ContentText, Turn
 from tests.fake_openai import FakeOpenAI, Reply
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 class FakeBackedLocal(LocalProvider):
@@ -41,11 +43,12 @@ class FakeBackedLocal(LocalProvider):
 def _history(n: int) -> list[Turn]:
     turns: list[Turn] = []
     for i in range(n):
-        turns += [Turn("user", [ContentText(f"question {i}")]), Turn("assistant", [ContentText(f"answer {i}")])]
+        turns += [Turn("user", [ContentText(f"question {i}")]),
+                  Turn("assistant", [ContentText(f"answer {i}")])]
     return turns
 
 
-async def _ticks_while(coro: asyncio.Future[object] | object) -> tuple[int, object]:
+async def _ticks_while(coro: Awaitable[T]) -> tuple[int, T]:
     """Run ``coro`` while a task ticks every 10 ms; the ticks counted until it is done."""
     ticks = 0
 
@@ -58,7 +61,7 @@ async def _ticks_while(coro: asyncio.Future[object] | object) -> tuple[int, obje
     ticker = asyncio.ensure_future(tick())
     await asyncio.sleep(0)  # the ticker is waiting: it ticks whenever the loop is free
     try:
-        result = await coro  # type: ignore[misc]
+        result = await coro
     finally:
         ticker.cancel()
     return ticks, result
@@ -70,7 +73,8 @@ async def test_the_context_fit_does_not_block_the_loop(fake: FakeOpenAI) -> None
     chat = Chat(FakeBackedLocal(fake.base_url))
     ticks, text = await _ticks_while(chat.chat_async("Hello"))
     assert text == "Hi there"
-    assert [r.path for r in fake.requests] == ["/extras/jupyter-llmchat/fit", "/v1/chat/completions"]
+    paths = [r.path for r in fake.requests]
+    assert paths == ["/extras/jupyter-llmchat/fit", "/v1/chat/completions"]
     # The fit answered after 1 s: a loop left free ticked all along (about 100 times).
     assert ticks >= 20
 
@@ -103,7 +107,8 @@ async def test_the_async_fit_leaves_the_oldest_exchanges_out(fake: FakeOpenAI) -
 
 async def test_a_tool_round_sends_the_fitted_conversation_again(fake: FakeOpenAI) -> None:
     fake.configure({"fit": {"drop": 2, "n_ctx": 4096}})
-    call = {"id": "call_1", "type": "function", "function": {"name": "double", "arguments": '{"x": 2}'}}
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "double", "arguments": '{"x": 2}'}}
     fake.script(Reply(text="", tool_calls=[call], finish_reason="tool_calls"), Reply(text="4"))
     chat = Chat(FakeBackedLocal(fake.base_url), turns=_history(2))
 
@@ -169,9 +174,9 @@ def test_starting_the_local_model_does_not_block_the_loop() -> None:
             pytest.fail(f"the extra 'local' is not installed: {exc.message}")
         pytest.skip(f"the extra 'local' is not installed: {exc.message}")
     # A fresh process: its first question starts a server of its own (this one's may run).
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, "-c", _START_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=240, check=False)
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", _START_SCRIPT], env=dict(os.environ, PYTHONPATH=path),
+                          capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     ticks = int(done.stdout.split("TICKS")[-1])
     # Starting takes seconds; a blocked loop would not have ticked once before it was up.
