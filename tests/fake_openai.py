@@ -21,7 +21,8 @@ until killed. Another process scripts it over HTTP (``FakeOpenAIProcess`` wraps 
 - ``GET /_control/stats``: ``{"active", "max_active"}``, concurrent chat-completions requests;
 - ``POST /_control/reset``: empty the queue and the log, restore the settings;
 - ``POST /_control/config``: set any of ``models``, ``models_status``, ``require_auth``,
-  ``default_reply`` (a reply spec).
+  ``default_reply`` (a reply spec), ``fit`` (the bundled model's context fit, see
+  ``FakeOpenAI.fit``).
 
 Requests to ``/_control/*`` are not recorded. Paths are matched on their suffix, so both
 ``/v1/chat/completions`` and ``/chat/completions`` answer.
@@ -67,6 +68,8 @@ AUTO_USAGE: Literal["auto"] = "auto"
 """``Reply.usage`` default: prompt_tokens 11, completion_tokens = number of content chunks."""
 
 PROMPT_TOKENS = 11
+#: The bundled model's server's context-fit route (``_llama_server.py``), answered when configured.
+_FIT_PATH = "/extras/jupyter-llmchat/fit"
 DEFAULT_MODELS = ("test-model",)
 
 # A client that stops reading mid-stream is normal, not a server bug: never print these.
@@ -318,6 +321,9 @@ class FakeOpenAI(_RequestLog):
         """The most chat-completions requests answered at once since the last reset."""
         self.models_gate: threading.Event | None = None
         """In-process only: when set, ``GET /models`` waits (up to 10 s) for this event first."""
+        self.fit: dict[str, Any] | None = None
+        """When set, ``POST /extras/jupyter-llmchat/fit`` answers as the bundled model's server
+        does: ``{"drop": N, "n_ctx": M}``, after ``"delay"`` seconds if given; None: a 404."""
         self._routes: list[tuple[str, collections.deque[Reply]]] = []
         self._current = threading.local()
 
@@ -430,6 +436,7 @@ class FakeOpenAI(_RequestLog):
             self.models = list(DEFAULT_MODELS)
             self.models_status = 200
             self.require_auth = None
+            self.fit = None
             self.max_active = self.active
 
     def stats(self) -> dict[str, int]:
@@ -440,7 +447,8 @@ class FakeOpenAI(_RequestLog):
 
     def configure(self, settings: dict[str, Any]) -> None:
         """Apply the settings of ``POST /_control/config``."""
-        unknown = set(settings) - {"models", "models_status", "require_auth", "default_reply"}
+        known = {"models", "models_status", "require_auth", "default_reply", "fit"}
+        unknown = set(settings) - known
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
         if "models" in settings:
@@ -451,6 +459,8 @@ class FakeOpenAI(_RequestLog):
             self.require_auth = settings["require_auth"]
         if "default_reply" in settings:
             self.default_reply = Reply.from_dict(settings["default_reply"])
+        if "fit" in settings:
+            self.fit = dict(settings["fit"]) if settings["fit"] is not None else None
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -621,6 +631,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_body(401, "Incorrect API key provided (fake server).")
         elif self.command == "GET" and path.endswith("/models"):
             self._models()
+        elif self.command == "POST" and path.endswith(_FIT_PATH) and self.fake.fit is not None:
+            self._fit(self.fake.fit)
         elif self.command == "POST" and path.endswith("/chat/completions"):
             self.fake._enter_chat(body)
             try:
@@ -683,6 +695,13 @@ class _Handler(BaseHTTPRequestHandler):
             {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.fake.models
         ]
         self._send_json(200, {"object": "list", "data": data})
+
+    def _fit(self, fit: dict[str, Any]) -> None:
+        if not self.fake._sleep(float(fit.get("delay", 0.0))):
+            self.close_connection = True
+            return
+        answer = {"drop": int(fit.get("drop", 0)), "n_ctx": int(fit.get("n_ctx", 4096))}
+        self._send_json(200, answer)
 
     def _chat(self, body: Any) -> None:
         if not isinstance(body, dict):

@@ -158,7 +158,7 @@ def test_reasoning_in_a_whole_answer(fake: FakeOpenAI, fake_url: str) -> None:
 
 def test_reasoning_key_of_openrouter_and_vllm() -> None:
     """``delta.reasoning`` (OpenRouter, newer vLLM) is thinking too; checked with a raw stream."""
-    from jupyter_llmchat._core._chat import _Answer
+    from jupyter_llmchat._core._wire import _Answer
 
     answer = _Answer()
     events = [
@@ -568,6 +568,32 @@ def test_a_second_send_on_a_busy_chat_is_refused(fake: FakeOpenAI, fake_url: str
     assert len(fake.chat_requests()) == 1  # the refused call never reached the server
     assert chat.busy is False
     chat.chat("now it's free")
+    assert len(chat.get_turns()) == 4
+
+
+def test_wait_idle_waits_for_the_answer_to_let_the_chat_go(fake: FakeOpenAI, fake_url: str) -> None:
+    fake.script(Reply(text=TEXT, delay=0.05))
+    chat = new_chat(fake_url)
+    assert chat.wait_idle(0) is True  # nothing streaming: at once
+    first = threading.Event()
+    seen: list[bool] = []
+
+    def on_start(c: Chat, event: str, exchange: object) -> None:
+        if event == "start":
+            first.set()
+        elif event == "turn":
+            seen.append(c.busy)  # heard just before the answer lets the chat go
+
+    chat.add_listener(on_start)
+    worker = threading.Thread(target=lambda: "".join(chat.stream("slow")))
+    worker.start()
+    assert first.wait(10)
+    assert chat.wait_idle(0.01) is False  # still answering: gives up after the timeout
+    assert chat.wait_idle(10) is True
+    assert chat.busy is False
+    worker.join(timeout=10)
+    assert seen == [True]
+    chat.chat("now it's free")  # the wait left the chat free, not held
     assert len(chat.get_turns()) == 4
 
 

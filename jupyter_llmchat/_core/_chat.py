@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy as _copy
 import datetime as _dt
 import json
-import os
 import sys
 import threading
 import time
@@ -62,7 +61,6 @@ from ._tools import (
     Tool,
     ToolError,
     bad_arguments,
-    tool_result_text,
     unknown_tool,
 )
 from ._turns import (
@@ -77,14 +75,12 @@ from ._turns import (
     check_tool_pairs,
 )
 from ._usage import UsageRow, cost_of, format_row_cost
+from ._wire import _Answer, _check_not_empty, _wire
 
 __all__ = ["AsyncChatStream", "Chat", "ChatExchange", "ChatStream", "Echo", "StreamContent"]
 
 Echo = Literal["none", "output", "all"]
 _ECHOES = ("none", "output", "all")
-
-#: What ``_Answer.feed`` returns: ("text" | "thinking", the new piece).
-_Piece = tuple[str, str]
 
 #: What ``stream(content="all")`` yields.
 StreamContent = ContentText | ContentThinking | ContentToolRequest | ContentToolResult
@@ -108,207 +104,6 @@ def _check_echo(echo: str | None, default: Echo) -> Echo:
     return echo  # type: ignore[return-value]
 
 
-class _Answer:
-    """Accumulates one streamed (or whole) answer; pure, no I/O, fed one SSE data field at a time.
-
-    A chunk that cannot be read (not JSON, or not shaped like a chat-completions chunk) is
-    skipped and counted in ``skipped``: one bad line must not end an answer that goes on."""
-
-    __slots__ = (
-        "text", "thinking", "finish_reason", "usage", "model", "done", "calls", "skipped", "_redact",
-        "refused",
-    )
-
-    def __init__(self, redact: Callable[[str], str] | None = None) -> None:
-        self.text: list[str] = []
-        self.thinking: list[str] = []
-        self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.model: str | None = None
-        self.done = False
-        # Tool calls by their stream index: id, name and the argument pieces so far.
-        self.calls: dict[int, dict[str, Any]] = {}
-        self.skipped = 0
-        self._redact = redact or (lambda s: s)
-        #: The model refused (OpenAI's ``refusal``): its words are the text.
-        self.refused = False
-
-    def feed(self, data: str) -> tuple[_Piece, ...]:
-        """Decode one SSE data field; return the new thinking and text, if any, in that order."""
-        if data == "[DONE]":
-            self.done = True
-            return ()
-        if not data.strip():
-            return ()  # keep-alive or an empty event: nothing to read, nothing lost
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            self.skipped += 1
-            return ()
-        if "error" in obj and obj["error"]:
-            err = obj["error"]
-            msg = err.get("message") if isinstance(err, dict) else err
-            # Redact the whole text before cutting it: a cut through a key leaves a prefix.
-            raise StreamError(
-                f"the server reported an error mid-stream: {self._redact(str(msg))[:200]}"
-            )
-        if isinstance(obj.get("usage"), dict) and obj["usage"]:
-            self.usage = obj["usage"]
-        # The first non-empty model: Azure's prompt-filter chunk comes first with "model": "".
-        if self.model is None and isinstance(obj.get("model"), str) and obj["model"]:
-            self.model = obj["model"]
-        choices = obj.get("choices")
-        if choices is None or choices == []:
-            return ()  # a usage-only chunk, or a server's empty keep-alive chunk
-        choice = choices[0] if isinstance(choices, list) else None
-        if not isinstance(choice, dict):
-            self.skipped += 1
-            return ()
-        delta = choice.get("delta")
-        message = choice.get("message")
-        # A whole (non-streamed) completion. Perplexity's also carries an empty ``delta``, and its
-        # stream chunks carry the ``message`` so far: a chunk's delta is what counts.
-        whole = delta is None or (
-            isinstance(message, dict) and obj.get("object") != "chat.completion.chunk"
-        )
-        if whole:
-            delta = message if message is not None else {}
-        if not isinstance(delta, dict):
-            self.skipped += 1
-            return ()
-        if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
-            self.finish_reason = choice["finish_reason"]
-        if whole:
-            self.done = True
-        # One delta (and always a whole message) may carry both thinking and text.
-        events: list[_Piece] = []
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if reasoning and isinstance(reasoning, str):
-            self.thinking.append(reasoning)
-            events.append(("thinking", reasoning))
-        content = delta.get("content")
-        if isinstance(content, str):  # the hot path: one text piece per streamed chunk
-            if content:
-                self.text.append(content)
-                events.append(("text", content))
-        elif content:  # a list of typed parts (Mistral)
-            for kind, piece in _content_pieces(content):
-                (self.thinking if kind == "thinking" else self.text).append(piece)
-                events.append((kind, piece))
-        refusal = delta.get("refusal")
-        if refusal and isinstance(refusal, str):  # OpenAI: content null, the words here
-            self.refused = True
-            self.text.append(refusal)
-            events.append(("text", refusal))
-        calls = delta.get("tool_calls")
-        if isinstance(calls, list):
-            self._feed_calls(calls)
-        return tuple(events)
-
-    def _feed_calls(self, calls: list[Any]) -> None:
-        """Assemble streamed tool calls: a call's id and name come first, its arguments in
-        pieces over many chunks; several calls are told apart by ``index``."""
-        for position, call in enumerate(calls):
-            if not isinstance(call, dict):
-                continue
-            index = call.get("index")
-            if not isinstance(index, int):  # a whole message lists its calls without indexes
-                index = position if self.done else max(self.calls, default=-1) + (0 if call.get("id") is None else 1)
-            entry = self.calls.setdefault(index, {"id": None, "name": "", "arguments": []})
-            if isinstance(call.get("id"), str) and call["id"]:
-                entry["id"] = call["id"]
-            fn = call.get("function")
-            if not isinstance(fn, dict):
-                continue
-            if isinstance(fn.get("name"), str) and fn["name"] and not entry["name"]:
-                entry["name"] = fn["name"]
-            args = fn.get("arguments")
-            if isinstance(args, str):
-                entry["arguments"].append(args)
-            elif isinstance(args, dict):  # some servers send the object itself
-                entry["arguments"].append(json.dumps(args))
-
-    def tool_requests(self) -> tuple[list[ContentToolRequest], dict[str, str]]:
-        """The calls of this answer, in order; and the raw arguments of those that are not a
-        JSON object, by call id (they get an error result instead of running)."""
-        requests: list[ContentToolRequest] = []
-        bad: dict[str, str] = {}
-        for index in sorted(self.calls):
-            entry = self.calls[index]
-            call_id = entry["id"] or f"call_{os.urandom(12).hex()}"  # a server that sent no id
-            raw = "".join(entry["arguments"]).strip()
-            try:
-                args = json.loads(raw) if raw else {}
-            except ValueError:
-                args = None
-            if not isinstance(args, dict):
-                bad[call_id] = raw
-                args = {}
-            requests.append(ContentToolRequest(call_id, entry["name"], args))
-        return requests, bad
-
-    @property
-    def complete(self) -> bool:
-        return self.done or self.finish_reason is not None
-
-    @property
-    def has_content(self) -> bool:
-        return bool(self.text or self.thinking)
-
-    @property
-    def empty(self) -> bool:
-        """Nothing at all came: no text, thinking, tool call or usage (what LiteLLM's proxy sends
-        for an upstream that failed), unlike an empty answer the server counted."""
-        return not (self.text or self.thinking or self.calls or self.usage)
-
-    def tokens(self) -> Tokens:
-        u = self.usage
-        if not isinstance(u, dict):
-            return Tokens()
-        details = u.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        return Tokens(_int(u.get("prompt_tokens")), _int(u.get("completion_tokens")), _int(cached))
-
-
-def _content_pieces(content: Any) -> list[_Piece]:
-    """``content`` as ("text" | "thinking", piece) pairs: a str, or a list of typed parts
-    (Mistral's magistral: ``{"type": "text", "text"}`` and ``{"type": "thinking", "thinking":
-    [parts]}``)."""
-    if isinstance(content, str):
-        return [("text", content)] if content else []
-    if not isinstance(content, list):
-        return []
-    out: list[_Piece] = []
-    for part in content:
-        if isinstance(part, str):
-            out.extend(_content_pieces(part))
-        elif not isinstance(part, dict):
-            continue
-        elif part.get("type") == "text" and isinstance(part.get("text"), str) and part["text"]:
-            out.append(("text", part["text"]))
-        elif part.get("type") == "thinking":
-            inner = part.get("thinking")
-            inner_parts = _content_pieces(inner if isinstance(inner, list) else [inner])
-            out.extend(("thinking", p) for _, p in inner_parts)
-    return out
-
-
-def _check_not_empty(answer: _Answer, url: str) -> None:
-    """An answer with nothing in it, not even usage, is a failure, not an empty reply: say so
-    (recording nothing: the exchange then leaves no user turn behind)."""
-    if answer.empty:
-        raise StreamError(
-            f"the server sent an empty answer: no content and no usage (POST {safe_url(url)})",
-            hint="the server, or a proxy in front of it, may have failed upstream: see its logs",
-        )
-
-
-def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
-
-
 class Chat:
     """A conversation: the provider, the system prompt and the turns so far.
 
@@ -330,6 +125,10 @@ class Chat:
         self._echo: Echo = _check_echo(echo, "none")
         self._turns: list[Turn] = []
         self._lock = threading.Lock()
+        # Notified as the lock is let go: wait_idle() waits on it instead of polling busy. (A
+        # condition, not an Event: an Event set by one answer's end while the next one already
+        # holds the lock would leave a waiter spinning.)
+        self._idle = threading.Condition()
         self._listeners: list[Listener] = []
         self._tools: dict[str, Tool] = {}
         # Whether the server wants response_format's json_object form (see chat_structured).
@@ -676,10 +475,6 @@ class Chat:
         past = self._turns[:replace_from] if history else []
         messages = self._messages([*past, user])
         body = self.provider.body(messages, model=resolved, stream=stream, params=params)
-        # The bundled model leaves the oldest turns out rather than overflow its context.
-        note = self.provider.fit_context(body)
-        if note:
-            user.meta["context_note"] = note
         user.model = resolved
         return user, body
 
@@ -690,6 +485,7 @@ class Chat:
         __tracebackhide__ = True  # noqa: F841 - IPython hides this frame (its locals hold the answer)
         with self._guard():
             ex = _cleanly(_Exchange, self, args, opts)
+            _cleanly(ex.fit)
             self._notify("start")
             try:
                 while True:
@@ -726,6 +522,10 @@ class Chat:
                 except (LLMChatError, KeyboardInterrupt) as exc:
                     raise_clean(exc)
             ex = _cleanly(_Exchange, self, args, opts)
+            try:
+                await ex.afit()  # the bundled model's server may start here: awaited
+            except (LLMChatError, KeyboardInterrupt) as exc:
+                raise_clean(exc)
             self._notify("start")
             try:
                 while True:
@@ -773,6 +573,14 @@ class Chat:
     def busy(self) -> bool:
         """True while an answer is streaming."""
         return self._lock.locked()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) until no answer is streaming; return not ``busy``.
+
+        A listener hears "turn" or "abort" just before the answer lets the chat go: this is for
+        whoever sends the next message right then."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self.busy, timeout)
 
     def _guard(self) -> _Guard:
         return _Guard(self)
@@ -896,7 +704,9 @@ class _Guard:
             )
 
     def __exit__(self, *exc: object) -> None:
-        self.chat._lock.release()
+        with self.chat._idle:  # released and told under the condition: no waiter misses it
+            self.chat._lock.release()
+            self.chat._idle.notify_all()
 
 
 class ChatBusyError(ConfigurationError):
@@ -950,47 +760,6 @@ def _start_echo(args: Sequence[str | Content], echo: str | None, default: Echo) 
     if mode == "all":
         _write("> " + " ".join(a if isinstance(a, str) else f"[{a.type}]" for a in args) + "\n")
     return mode
-
-
-#: Sent instead of an image whose bytes the notebook's record did not keep (``_metadata``).
-_OMITTED_IMAGE = "[an image was here; it was not kept in the notebook's record]"
-
-
-def _wire(t: Turn, max_result_chars: int | None = MAX_TOOL_RESULT_CHARS) -> list[dict[str, Any]]:
-    """One turn as chat-completions messages; thinking is not sent back.
-
-    An assistant turn's tool requests become its ``tool_calls``; a user turn's tool results
-    become one ``tool`` message each, capped at ``max_result_chars`` (then its other contents,
-    if any, as a user message)."""
-    if t.role == "assistant":
-        msg: dict[str, Any] = {"role": "assistant", "content": t.text}
-        requests = t.tool_requests
-        if requests:
-            msg["content"] = t.text or None
-            msg["tool_calls"] = [
-                {"id": r.id, "type": "function",
-                 "function": {"name": r.name, "arguments": json.dumps(r.arguments, ensure_ascii=False)}}
-                for r in requests
-            ]
-        return [msg]
-    out: list[dict[str, Any]] = [
-        {"role": "tool", "tool_call_id": r.id, "content": tool_result_text(r, max_result_chars)}
-        for r in t.tool_results
-    ]
-    rest = [c for c in t.contents if isinstance(c, (ContentText, ContentImage))]
-    if out and not rest:
-        return out
-    if t.role == "user" and any(isinstance(c, ContentImage) for c in rest):
-        parts: list[dict[str, Any]] = []
-        for c in rest:
-            if isinstance(c, ContentText):
-                parts.append({"type": "text", "text": c.text})
-            elif c.url.startswith("omitted:"):
-                parts.append({"type": "text", "text": _OMITTED_IMAGE})
-            else:
-                parts.append({"type": "image_url", "image_url": {"url": c.url}})
-        return [*out, {"role": "user", "content": parts}]
-    return [*out, {"role": t.role, "content": t.text}]
 
 
 def _check_tool_turns(turns: list[Turn]) -> None:
@@ -1172,6 +941,20 @@ class _Exchange:
 
     def _meta(self) -> dict[str, Any]:
         return {k: v for k, v in self.user.meta.items() if k in ("cell_id", "source")}
+
+    def fit(self) -> None:
+        """Let the provider shorten the first request to its model's context (the bundled model
+        leaves the oldest turns out rather than overflow it); later rounds start from the same."""
+        self._fitted(self.chat.provider.fit_context(self._body))
+
+    async def afit(self) -> None:
+        """``fit`` on the event loop: what the provider asks its server is awaited."""
+        self._fitted(await self.chat.provider.afit_context(self._body))
+
+    def _fitted(self, note: str | None) -> None:
+        self._base = list(self._body["messages"])
+        if note:
+            self.user.meta["context_note"] = note
 
     def body(self) -> dict[str, Any]:
         """The next request's body; starts its clock."""

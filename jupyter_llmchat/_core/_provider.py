@@ -301,6 +301,11 @@ class OpenAICompatible:
         Only a provider that knows its model's context (the bundled one) does anything."""
         return None
 
+    async def afit_context(self, body: dict[str, Any]) -> str | None:
+        """``fit_context`` for async callers: what it asks the server is awaited, never blocks
+        the event loop (the panel's, ``parallel_chat``'s)."""
+        return None
+
     def redact(self, text: str) -> str:
         """``text`` with every secret sent, and anything shaped like a key, replaced by ***.
 

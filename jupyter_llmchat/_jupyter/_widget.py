@@ -391,8 +391,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             deadline = time.monotonic() + 1.0
             if self._thread is not None:
                 self._thread.join(timeout=1.0)
-            while chat is not None and chat.busy and time.monotonic() < deadline:
-                time.sleep(0.01)
+            if chat is not None:
+                chat.wait_idle(max(0.0, deadline - time.monotonic()))
         if chat is None or chat.busy or (self._thread is not None and self._thread.is_alive()):
             self._refuse(f"session {self.session!r} is busy answering", "wait for it to finish, or stop it")
             return

@@ -428,7 +428,16 @@ class LocalProvider(OpenAICompatible):
         self.base_url = ensure_local_server(on_status=on_status or _log.info).base_url
         return self.base_url
 
-    # Every request gets its HTTP client here first, so this is where the server starts.
+    async def astart(self, on_status: Callable[[str], None] | None = None) -> str:
+        """``start`` for async callers: the server is found, or started and waited for, in a
+        worker thread, so the event loop goes on meanwhile (starting takes seconds)."""
+        import asyncio  # here: the sync path (and importing this module) never needs it
+
+        return await asyncio.to_thread(self.start, on_status)
+
+    # Every request gets its HTTP client here first, so this is where the server starts. The
+    # async path has started it already (``astart``, in ``afit_context``): here it is only
+    # found, and only started if it died in between.
     @property
     def client(self) -> Any:
         self.start()
@@ -443,33 +452,63 @@ class LocalProvider(OpenAICompatible):
         self.start()
         return super().list_models()
 
+    async def alist_models(self) -> list[str]:
+        await self.astart()
+        return await super().alist_models()
+
     def fit_context(self, body: dict[str, Any]) -> str | None:
         """Leave the oldest exchanges out of ``body`` if it would overflow the context."""
         import httpx
 
-        messages = body.get("messages") or []
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        url = f"{self.start()}".rsplit("/v1", 1)[0] + "/extras/jupyter-llmchat/fit"
+        url = _fit_url(self.start())
         try:
-            resp = self.client.post(url, json={"messages": messages, "max_tokens": max_tokens})
+            resp = self.client.post(url, json=_fit_request(body))
             fit = resp.json() if resp.status_code == 200 else {}
         except (httpx.HTTPError, ValueError):
             return None  # the request itself will say what is wrong
-        drop = fit.get("drop") if isinstance(fit, dict) else None
-        if not isinstance(drop, int) or drop <= 0:
-            return None
-        system = [m for m in messages if m.get("role") == "system"]
-        rest = [m for m in messages if m.get("role") != "system"]
-        body["messages"] = system + rest[drop:]
-        n = drop // 2
-        note = (
-            f"the {n} oldest exchange{'s' if n != 1 else ''} left out of this request: the "
-            f"conversation is longer than the model's {fit.get('n_ctx')}-token context "
-            "(%%chat --new starts afresh)"
-        )
-        _log.warning("jupyter_llmchat: %s", note)
-        return note
+        return _apply_fit(body, fit)
 
+    async def afit_context(self, body: dict[str, Any]) -> str | None:
+        """``fit_context`` without blocking the event loop: the server's start and the fit
+        request are awaited."""
+        import httpx
+
+        url = _fit_url(await self.astart())
+        try:
+            resp = await self.aclient.post(url, json=_fit_request(body))
+            fit = resp.json() if resp.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            return None  # as in fit_context
+        return _apply_fit(body, fit)
+
+
+def _fit_url(base_url: str) -> str:
+    return base_url.rsplit("/v1", 1)[0] + "/extras/jupyter-llmchat/fit"
+
+
+def _fit_request(body: dict[str, Any]) -> dict[str, Any]:
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    return {"messages": body.get("messages") or [], "max_tokens": max_tokens}
+
+
+def _apply_fit(body: dict[str, Any], fit: Any) -> str | None:
+    """Leave out of ``body`` the oldest messages the server's answer ``fit`` says to drop; the
+    note saying so, or None when nothing was left out."""
+    messages = body.get("messages") or []
+    drop = fit.get("drop") if isinstance(fit, dict) else None
+    if not isinstance(drop, int) or drop <= 0:
+        return None
+    system = [m for m in messages if m.get("role") == "system"]
+    rest = [m for m in messages if m.get("role") != "system"]
+    body["messages"] = system + rest[drop:]
+    n = drop // 2
+    note = (
+        f"the {n} oldest exchange{'s' if n != 1 else ''} left out of this request: the "
+        f"conversation is longer than the model's {fit.get('n_ctx')}-token context "
+        "(%%chat --new starts afresh)"
+    )
+    _log.warning("jupyter_llmchat: %s", note)
+    return note
 
 
 def local_provider(*, params: Any = None, api_args: Any = None) -> LocalProvider:
