@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from jupyter_llmchat import _sessions, chat_openai_compatible, params
-from jupyter_llmchat._local._model import _model as _local
+from jupyter_llmchat._local import _model as _local
 from jupyter_llmchat._errors import APIStatusError, TransportError
 from jupyter_llmchat._local._model import MODEL_ALIAS, LocalServer, ensure_local_server, stop_local_server
 from jupyter_llmchat._sessions import local_chat
