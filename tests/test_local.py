@@ -115,7 +115,7 @@ def test_ensure_local_server_restarts_a_dead_server(
     local_server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A registry of its own, so the session's server is left alone.
-    monkeypatch.setattr(_sessions.registry, "local_server", None)
+    monkeypatch.setattr(_local._slot, "server", None)
     statuses: list[str] = []
     try:
         first = ensure_local_server(statuses.append)

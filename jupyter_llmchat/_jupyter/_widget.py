@@ -191,6 +191,9 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         #: The id of the question being checked by ask(): its refusals name it.
         self._asking: str | None = None
         self.on_msg(self._on_front_end)
+        bridge = current_bridge()
+        if bridge is not None:  # the status line shows the budget: hear of its changes
+            bridge.on_budget_change(refresh_panels)
         self._bind(session)
 
     # -- binding to a session -----------------------------------------------------------------
