@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from jupyter_llmchat._local._model import _llama_server as server  # noqa: E402
+from jupyter_llmchat._local import _llama_server as server  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
