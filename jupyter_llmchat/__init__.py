@@ -10,9 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._core import _parallel
-from ._jupyter._display import kernel_display
-
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -165,16 +162,22 @@ _LAZY = {
 }
 
 
-# The progress line of parallel_chat is a notebook output in a kernel: the core asks the Jupyter
-# layer's display for it (both cheap to import: neither brings httpx nor IPython).
-_parallel.notebook_display = kernel_display
+def _notebook_display() -> Any:
+    """IPython's ``display`` in a Jupyter kernel, else None: parallel_chat's progress line is a
+    notebook output there. The core imports no Jupyter code, so the package wires this in."""
+    from ._jupyter._display import kernel_display  # lazy: only once a progress line shows
+
+    return kernel_display()
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'jupyter_llmchat' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    loaded = importlib.import_module(f".{module}", __name__)
+    if module == "_core._parallel":
+        loaded.notebook_display = _notebook_display
+    value = getattr(loaded, name)
     globals()[name] = value
     return value
 
