@@ -176,7 +176,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'jupyter_llmchat' has no attribute {name!r}")
     loaded = importlib.import_module(f".{module}", __name__)
     if module == "_core._parallel":
-        loaded.notebook_display = _notebook_display
+        setattr(loaded, "notebook_display", _notebook_display)  # noqa: B010 - a module loaded by name
     value = getattr(loaded, name)
     globals()[name] = value
     return value
