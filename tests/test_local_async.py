@@ -140,8 +140,7 @@ def test_the_sync_path_fits_as_before(fake: FakeOpenAI) -> None:
 _START_SCRIPT = """
 import asyncio
 from jupyter_llmchat import Chat, params
-from jupyter_llmchat._local._model import local_provider
-from jupyter_llmchat._sessions import registry
+from jupyter_llmchat._local._model import _slot, local_provider
 
 async def main():
     chat = Chat(local_provider(params=params(max_tokens=2, temperature=0)))
@@ -151,14 +150,14 @@ async def main():
         nonlocal ticks
         while True:
             await asyncio.sleep(0.01)
-            if registry.local_server is None:  # the server is still starting
+            if _slot.server is None:  # the server is still starting
                 ticks += 1
 
     ticker = asyncio.ensure_future(tick())
     await asyncio.sleep(0)
     await chat.chat_async("Hello")
     ticker.cancel()
-    assert registry.local_server is not None and registry.local_server.running
+    assert _slot.server is not None and _slot.server.running
     print("TICKS", ticks)
 
 asyncio.run(main())
