@@ -55,6 +55,8 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
+    #: MCP's tool annotations (``readOnlyHint``, ``destructiveHint``, ...), or None.
+    annotations: dict[str, Any] | None = None
 
     @classmethod
     def from_func(

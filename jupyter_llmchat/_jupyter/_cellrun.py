@@ -31,6 +31,7 @@ from .._errors import (
 from .._record._metadata import KEY, display_metadata
 from . import _cellcontext as ctx
 from . import _context
+from ._kernel_tools import cell_tools
 from ._bridge import missing_extension_note
 from ._display import AnswerDisplay, StreamDisplay, TerminalDisplay, show_line
 from ._prompt import check_output_name, interpolate, output_value
@@ -60,6 +61,8 @@ class _Question:
     text: str
     overrides: dict[str, Any]
     fmt: str
+    #: ``--tools``: offered for this cell's exchange only.
+    tools: list[Any]
 
 
 class CellRunner:
@@ -119,9 +122,10 @@ class CellRunner:
         text = interpolate(prompt, self.shell.user_ns) if template else prompt
         attached = ctx.attachments(args.with_names, self.shell.user_ns, self.settings.context_max_tokens)
         text = _context.attach(text, attached)
+        tools = cell_tools(args.tool_names, self.shell, self.settings.context_max_tokens, self.cell_runs)
         if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
             show_line(self.shell, _context.describe_attachments(attached))
-        return _Question(text, overrides, args.format or self.settings.default_format)
+        return _Question(text, overrides, args.format or self.settings.default_format, tools)
 
     def _session(self, args: Any, display: AnswerDisplay) -> Any:
         try:
@@ -177,6 +181,9 @@ class CellRunner:
                 "request_hash": _spend.request_hash(question.text, past, **key)}
         # Until this answer is in, a second %chat line of this execution goes to the end.
         self._note_run(cell_id, run_id, len(chat.get_turns()))
+        session_tools = chat.get_tools()
+        if question.tools:  # the exchange takes the tools in force when it starts, in the loop
+            chat.set_tools(list({t.name: t for t in [*session_tools, *question.tools]}.values()))
         stream = chat.stream(
             question.text, content="all", model=args.model or None, params=question.overrides,
             history=not args.no_history, meta=meta, replace_from=rerun,
@@ -210,6 +217,9 @@ class CellRunner:
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
                 raise_clean(exc)  # the user's frames only: ours hold the prompt, the session
             return None
+        finally:
+            if question.tools:  # --tools is for this cell only
+                chat.set_tools(session_tools)
         answer = self._finish(display, chat, args, fmt, stream)
         self._replay_next[chat] = len(chat.get_turns())
         self._note_run(cell_id, run_id, len(chat.get_turns()))
