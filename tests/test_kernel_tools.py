@@ -118,17 +118,21 @@ def test_the_model_looks_into_the_kernel_and_changes_nothing(ip: InteractiveShel
     pd = pytest.importorskip("pandas")
     ip.user_ns["sales"] = pd.DataFrame({"region": ["N", "S", "E"], "units": [3, 5, 8]})
     ip.user_ns["notes"] = ["a", "b"]
+    run(ip, "def lookup(city: str, days: int = 1) -> str:\n    'The weather in a city.'\n    return city")
     run(ip, "total = sales['revenue'].sum()")  # a KeyError: the last error
     before = {k: v for k, v in ip.user_ns.items()}
     fake.script(
         call("c1", "kernel_variables"), call("c2", "kernel_value", name="sales"),
         call("c3", "kernel_last_error"), call("c4", "kernel_value", name="nope"),
+        call("c5", "kernel_value", name="lookup"),
         Reply(text="The revenue column is missing."),
     )
     result = run(ip, "%%chat --tools kernel\nWhy did my cell fail?")
     assert result.error_in_exec is None, result.error_in_exec
     assert offered(fake) == ["kernel_variables", "kernel_value", "kernel_last_error"]
-    listing, value, error, missing = tool_results(fake)
+    listing, value, error, missing, function = tool_results(fake)
+    assert "lookup: function lookup(city: str, days: int = 1) -> str" in listing
+    assert function == "lookup: function lookup(city: str, days: int = 1) -> str\nThe weather in a city."
     assert "sales: pandas.DataFrame: 3 rows x 2 columns" in listing
     assert "notes: list of length 2" in listing
     assert "pd:" not in listing and "In:" not in listing  # modules, IPython's own names

@@ -12,6 +12,7 @@ server without the user choosing each value, so a name that looks secret (``*key
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable
 from types import ModuleType
@@ -121,6 +122,8 @@ class _Kernel:
     def _brief(self, name: str, value: Any) -> str:
         if looks_secret(name):
             return "(value not shown: its name looks secret)"
+        if inspect.isroutine(value):
+            return _signature(name, value)
         # The first line of the --with summary: type and size ("pandas.DataFrame: 6 rows x 3
         # columns", "list of length 3:", "int: 7"), computed on a bounded head like --with.
         first = summarize(name, value, max_tokens=LINE_CHARS // 4).text.split("\n", 1)[0]
@@ -140,6 +143,9 @@ class _Kernel:
         value = self.shell.user_ns.get(name, _MISSING)
         if value is _MISSING or name not in self._names():
             raise ValueError(f"the kernel has no user variable named {name!r}")
+        if inspect.isroutine(value):  # what the model can use: the signature and what it does
+            doc = inspect.getdoc(value) or ""
+            return _short(f"{name}: {_signature(name, value)}\n{doc}".rstrip(), self.max_chars)
         got = summarize(name, value, max_tokens=self.max_chars // 4)
         return f"{name}: {got.kind}\n{got.text}"
 
@@ -156,6 +162,15 @@ class _Kernel:
             err = dataclasses.replace(err, cell_source=_hide_secrets(err.cell_source))
         text = fix_prompt(err, max_source_chars=self.max_chars // 2).split("\n\n", 1)[1]
         return _short(text, self.max_chars)
+
+
+def _signature(name: str, func: Any) -> str:
+    """``function name(a: int, b=2) -> str``: the model reads parameters, not the address in
+    a function's repr."""
+    try:
+        return f"function {name}{inspect.signature(func)}"
+    except (TypeError, ValueError):  # some builtins have no signature
+        return "function"
 
 
 def _hide_secrets(source: str) -> str:

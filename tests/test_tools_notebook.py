@@ -1,0 +1,142 @@
+"""``--tools`` through a real kernel (nbclient), against the fake server that scripts the model's
+tool calls: notebooks/05-tools.ipynb top to bottom, and "Restart and Run All" of a saved notebook
+replaying a ``--tools`` cell without running its tools again."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_llmchat._jupyter._magics import ChatMagics
+from tests.fake_openai import FakeOpenAIProcess, Reply
+from tests.test_kernel_tools import call
+
+pytestmark = pytest.mark.kernel
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = Path(__file__).resolve().parents[1]
+#: notebooks/05-tools.ipynb's MCP part starts at this heading; it needs %chat_mcp (the mcp SDK).
+MCP_HEADING = "## An MCP server"
+
+
+def execute(path: Path, base_url: str) -> Any:
+    """Run the saved notebook in a fresh kernel pointed at the fake server, and save it."""
+    nb = nbformat.read(path, as_version=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(OPENAI_BASE_URL=base_url, OPENAI_MODEL="test-model")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["JPY_SESSION_NAME"] = str(path)
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=env)
+    nbformat.write(nb, path)
+    return nb
+
+
+def plain(cell: Any) -> str:
+    out = []
+    for o in cell.outputs:
+        if o.get("output_type") == "stream":
+            out.append(o["text"])
+        elif o.get("output_type") == "error":
+            out.append(f"{o['ename']}: {o['evalue']}")
+        else:
+            out.append(str((o.get("data") or {}).get("text/plain", "")))
+    return "\n".join(out)
+
+
+def errors(nb: Any) -> list[Any]:
+    return [(i, plain(c)) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and "raises-exception" not in c.metadata.get("tags", [])
+            and any(o.output_type == "error" for o in c.outputs)]
+
+
+def tool_messages(body: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+
+
+def has_mcp() -> bool:
+    return "chat_mcp" in dir(ChatMagics)
+
+
+def test_run_all_replays_a_tools_cell_without_running_its_tools(
+    server: FakeOpenAIProcess, tmp_path: Path
+) -> None:
+    server.reset()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in [
+        "%load_ext jupyter_llmchat",
+        "calls = []\ndef lookup(q: str) -> str:\n    'Look q up.'\n    calls.append(q)\n    return q.upper()",
+        "%%chat --tools lookup,kernel\nLook up spam, and list my variables.",
+        "print('calls:', len(calls))",
+    ]]
+    path = tmp_path / "tools.ipynb"
+    nbformat.write(nb, path)
+    server.script(call("c1", "lookup", q="spam"), call("c2", "kernel_variables"), Reply(text="SPAM it is."))
+    first = execute(path, server.base_url)
+    assert not errors(first), errors(first)
+    assert len(server.chat_requests()) == 3
+    looked_up, listing = tool_messages(server.chat_requests()[-1].body)
+    assert looked_up == "SPAM"
+    # The user's two names only: nothing of IPython's or ipykernel's.
+    assert listing == "2 variables:\ncalls: list of length 1\nlookup: function lookup(q: str) -> str"
+    assert "calls: 1" in plain(first.cells[3])
+    record = next(o.metadata["jupyter_llmchat"] for o in first.cells[2].outputs
+                  if "jupyter_llmchat" in o.get("metadata", {}))
+    assert [c["type"] for t in record["rounds"] for c in t["contents"]].count("tool_request") == 2
+
+    second = execute(path, server.base_url)
+    assert not errors(second), errors(second)
+    assert len(server.chat_requests()) == 3  # nothing asked again
+    assert "replayed (recorded " in plain(second.cells[2])
+    assert "calls: 0" in plain(second.cells[3])  # the recorded exchange ran no tool
+
+
+def test_the_tools_notebook_runs_on_the_fake_server(server: FakeOpenAIProcess, tmp_path: Path) -> None:
+    """notebooks/05-tools.ipynb top to bottom (its MCP part when %chat_mcp is there), then again
+    from the saved file: every answer replayed. The notebook's `api_key` never reaches the server."""
+    server.reset()
+    src = nbformat.read(ROOT / "notebooks" / "05-tools.ipynb", as_version=4)
+    start = next(i for i, c in enumerate(src.cells) if c.source.startswith(MCP_HEADING))
+    if not has_mcp():  # the MCP part needs %chat_mcp: tested where it is (the mcp branch)
+        src.cells = src.cells[:start]
+    path = tmp_path / "05-tools.ipynb"
+    nbformat.write(src, path)
+    replies = [
+        call("p1", "price", fruit="melon", quantity=3), call("p2", "price", fruit="pear", quantity=4),
+        Reply(text="12 euros."),
+        call("k1", "kernel_last_error"), call("k2", "kernel_variables"),
+        call("k3", "kernel_value", name="orders"), call("k4", "kernel_value", name="api_key"),
+        call("k5", "price", fruit="apple", quantity=3), Reply(text="Use quantity, not qty."),
+    ]
+    if has_mcp():
+        replies += [call("m1", "in_season", month="october"),
+                    call("m2", "reserve", fruit="apple", quantity=2), Reply(text="Reserved.")]
+    server.script(*replies)
+    first = execute(path, server.base_url)
+    assert not errors(first), errors(first)
+    requests = server.chat_requests()
+    assert len(requests) == len(replies)
+    assert tool_messages(requests[2].body) == ["9.0", "3.0"]
+    kernel = tool_messages(requests[8].body)[2:]  # after the first cell's two, in the history
+    assert "KeyError: 'qty'" in kernel[0] and 'o["qty"]' in kernel[0]
+    assert "orders: list of length 2" in kernel[1] and "PRICES: dict with 3 items" in kernel[1]
+    assert "api_key: (value not shown: its name looks secret)" in kernel[1]
+    assert "'melon'" in kernel[2] and "is not shown: its name looks secret" in kernel[3]
+    assert kernel[4] == "1.5"
+    if has_mcp():
+        assert tool_messages(requests[-1].body)[-2:] == ['["apple", "pear"]', "reserved 2 apple"]
+    for r in requests:
+        assert "sk-not-a-real-key" not in json.dumps(r.body)
+
+    second = execute(path, server.base_url)
+    assert not errors(second), errors(second)
+    assert len(server.chat_requests()) == len(replies)
+    asked = [c for c in second.cells if c.cell_type == "code" and c.source.startswith("%%chat")]
+    assert asked and all("replayed (recorded " in plain(c) for c in asked)
