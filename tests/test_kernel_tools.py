@@ -13,8 +13,11 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
 from jupyter_llmchat._jupyter._kernel_tools import kernel_tools, looks_secret
+from tests import test_magics
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
+from tests.test_magics import config, run
+
+ip = test_magics.ip  # the fixture: a shell with the extension, on the fake server
 
 CANARY = "sk-canary-Kt7Vb2Qw9Lz4"
 FRAGMENTS = (CANARY, "Kt7Vb2Qw", "Qw9Lz4")
@@ -47,14 +50,18 @@ def _clean_ns(ip: InteractiveShell) -> Any:
 # -- --tools NAME ------------------------------------------------------------------------------
 
 
-def test_a_function_of_the_namespace_is_a_tool_for_that_cell_only(ip: InteractiveShell, fake: FakeOpenAI) -> None:
-    run(ip, "def lookup(city: str) -> str:\n    'The weather in a city.'\n    return city.upper() + ': sunny'\n")
+def test_a_function_of_the_namespace_is_a_tool_for_that_cell_only(
+    ip: InteractiveShell, fake: FakeOpenAI
+) -> None:
+    run(ip, "def lookup(city: str) -> str:\n    'The weather in a city.'\n"
+            "    return city.upper() + ': sunny'\n")
     jupyter_llmchat.session().register_tool(lambda: "pong", name="ping")
     fake.script(call("c1", "lookup", city="oslo"), Reply(text="It is sunny."))
     result = run(ip, "%%chat --tools lookup\nWeather in Oslo?")
     assert result.error_in_exec is None, result.error_in_exec
     assert offered(fake, 0) == ["ping", "lookup"] and offered(fake, 1) == ["ping", "lookup"]
-    schema = next(t for t in fake.chat_requests()[0].body["tools"] if t["function"]["name"] == "lookup")
+    tools = fake.chat_requests()[0].body["tools"]
+    schema = next(t for t in tools if t["function"]["name"] == "lookup")
     assert schema["function"]["description"] == "The weather in a city."
     assert tool_results(fake) == ["OSLO: sunny"]
     # Afterwards the session has its own tools again, and the next cell offers only those.
@@ -103,6 +110,18 @@ def test_tools_also_work_on_the_line_magic(ip: InteractiveShell, fake: FakeOpenA
     assert fake.last_body()["messages"][-1]["content"] == "What is the weather?"
 
 
+def test_a_dry_run_names_the_tools_and_sends_nothing(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(ip, "def lookup(city: str) -> str:\n    return city\n")
+    capsys.readouterr()
+    run(ip, "%%chat --dry-run --tools lookup,kernel\nWeather?")
+    out = capsys.readouterr().out
+    assert ("--tools, offered for this cell: lookup, kernel_variables, kernel_value, "
+            "kernel_last_error") in out
+    assert fake.chat_requests() == [] and jupyter_llmchat.session().get_tools() == []
+
+
 # -- --tools kernel ----------------------------------------------------------------------------
 
 
@@ -114,11 +133,14 @@ def test_kernel_tools_are_read_only_and_described() -> None:
     assert all(t.description for t in tools)
 
 
-def test_the_model_looks_into_the_kernel_and_changes_nothing(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+def test_the_model_looks_into_the_kernel_and_changes_nothing(
+    ip: InteractiveShell, fake: FakeOpenAI
+) -> None:
     pd = pytest.importorskip("pandas")
     ip.user_ns["sales"] = pd.DataFrame({"region": ["N", "S", "E"], "units": [3, 5, 8]})
     ip.user_ns["notes"] = ["a", "b"]
-    run(ip, "def lookup(city: str, days: int = 1) -> str:\n    'The weather in a city.'\n    return city")
+    run(ip, "def lookup(city: str, days: int = 1) -> str:\n"
+            "    'The weather in a city.'\n    return city")
     run(ip, "total = sales['revenue'].sum()")  # a KeyError: the last error
     before = {k: v for k, v in ip.user_ns.items()}
     fake.script(
@@ -132,13 +154,15 @@ def test_the_model_looks_into_the_kernel_and_changes_nothing(ip: InteractiveShel
     assert offered(fake) == ["kernel_variables", "kernel_value", "kernel_last_error"]
     listing, value, error, missing, function = tool_results(fake)
     assert "lookup: function lookup(city: str, days: int = 1) -> str" in listing
-    assert function == "lookup: function lookup(city: str, days: int = 1) -> str\nThe weather in a city."
+    assert function == ("lookup: function lookup(city: str, days: int = 1) -> str\n"
+                        "The weather in a city.")
     assert "sales: pandas.DataFrame: 3 rows x 2 columns" in listing
     assert "notes: list of length 2" in listing
     assert "pd:" not in listing and "In:" not in listing  # modules, IPython's own names
     assert value.startswith("sales: pandas.DataFrame\n") and "units" in value
     assert "KeyError: 'revenue'" in error and "sales['revenue'].sum()" in error
-    assert "Tool call failed with error: ValueError: the kernel has no user variable named 'nope'" == missing
+    assert missing == ("Tool call failed with error: ValueError: "
+                       "the kernel has no user variable named 'nope'")
     # Nothing changed: the same names bound to the same objects (no _, Out or new variables).
     after = {k: v for k, v in ip.user_ns.items()}
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
@@ -173,12 +197,15 @@ def test_no_error_yet_says_so(ip: InteractiveShell, fake: FakeOpenAI) -> None:
     try:
         fake.script(call("c1", "kernel_last_error"), Reply(text="ok"))
         run(ip, "%%chat --tools kernel\nAny error?")
-        assert tool_results(fake) == ["No error: nothing has raised an exception in this kernel yet."]
+        no_error = "No error: nothing has raised an exception in this kernel yet."
+        assert tool_results(fake) == [no_error]
     finally:
         sys.last_value = saved
 
 
-@pytest.mark.parametrize("name", ["api_key", "OPENAI_API_KEY", "github_token", "DB_PASSWORD", "client_secret", "Keys"])
+@pytest.mark.parametrize(
+    "name", ["api_key", "OPENAI_API_KEY", "github_token", "DB_PASSWORD", "client_secret", "Keys"]
+)
 def test_secret_looking_names(name: str) -> None:
     assert looks_secret(name)
 
@@ -189,7 +216,8 @@ def test_secret_looking_values_never_leave_the_kernel(
     """The canary: no request body and no output ever holds a value whose name looks secret,
     whichever kernel tool the model calls (the list, the value by name, the last error whose
     cell assigned the key)."""
-    run(ip, f"github_token = {CANARY!r}\nDB_PASSWORD = [{CANARY!r}]\nclient_secret = {{'v': {CANARY!r}}}")
+    run(ip, f"github_token = {CANARY!r}\nDB_PASSWORD = [{CANARY!r}]\n"
+            f"client_secret = {{'v': {CANARY!r}}}")
     result = run(ip, f"api_key = {CANARY!r}; cfg = {{'k': 1}}\ntotal = 1 / 0")
     assert isinstance(result.error_in_exec, ZeroDivisionError)
     capsys.readouterr()

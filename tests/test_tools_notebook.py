@@ -72,20 +72,23 @@ def test_run_all_replays_a_tools_cell_without_running_its_tools(
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in [
         "%load_ext jupyter_llmchat",
-        "calls = []\ndef lookup(q: str) -> str:\n    'Look q up.'\n    calls.append(q)\n    return q.upper()",
+        "calls = []\ndef lookup(q: str) -> str:\n    'Look q up.'\n"
+        "    calls.append(q)\n    return q.upper()",
         "%%chat --tools lookup,kernel\nLook up spam, and list my variables.",
         "print('calls:', len(calls))",
     ]]
     path = tmp_path / "tools.ipynb"
     nbformat.write(nb, path)
-    server.script(call("c1", "lookup", q="spam"), call("c2", "kernel_variables"), Reply(text="SPAM it is."))
+    server.script(call("c1", "lookup", q="spam"), call("c2", "kernel_variables"),
+                  Reply(text="SPAM it is."))
     first = execute(path, server.base_url)
     assert not errors(first), errors(first)
     assert len(server.chat_requests()) == 3
     looked_up, listing = tool_messages(server.chat_requests()[-1].body)
     assert looked_up == "SPAM"
     # The user's two names only: nothing of IPython's or ipykernel's.
-    assert listing == "2 variables:\ncalls: list of length 1\nlookup: function lookup(q: str) -> str"
+    assert listing == ("2 variables:\ncalls: list of length 1\n"
+                       "lookup: function lookup(q: str) -> str")
     assert "calls: 1" in plain(first.cells[3])
     record = next(o.metadata["jupyter_llmchat"] for o in first.cells[2].outputs
                   if "jupyter_llmchat" in o.get("metadata", {}))
@@ -98,9 +101,12 @@ def test_run_all_replays_a_tools_cell_without_running_its_tools(
     assert "calls: 0" in plain(second.cells[3])  # the recorded exchange ran no tool
 
 
-def test_the_tools_notebook_runs_on_the_fake_server(server: FakeOpenAIProcess, tmp_path: Path) -> None:
-    """notebooks/05-tools.ipynb top to bottom (its MCP part when %chat_mcp is there), then again
-    from the saved file: every answer replayed. The notebook's `api_key` never reaches the server."""
+def test_the_tools_notebook_runs_on_the_fake_server(
+    server: FakeOpenAIProcess, tmp_path: Path
+) -> None:
+    """notebooks/05-tools.ipynb top to bottom (its MCP part when %chat_mcp is there), then
+    again from the saved file: every answer replayed. The notebook's `api_key` never reaches
+    the server."""
     server.reset()
     src = nbformat.read(ROOT / "notebooks" / "05-tools.ipynb", as_version=4)
     start = next(i for i, c in enumerate(src.cells) if c.source.startswith(MCP_HEADING))
@@ -109,7 +115,8 @@ def test_the_tools_notebook_runs_on_the_fake_server(server: FakeOpenAIProcess, t
     path = tmp_path / "05-tools.ipynb"
     nbformat.write(src, path)
     replies = [
-        call("p1", "price", fruit="melon", quantity=3), call("p2", "price", fruit="pear", quantity=4),
+        call("p1", "price", fruit="melon", quantity=3),
+        call("p2", "price", fruit="pear", quantity=4),
         Reply(text="12 euros."),
         call("k1", "kernel_last_error"), call("k2", "kernel_variables"),
         call("k3", "kernel_value", name="orders"), call("k4", "kernel_value", name="api_key"),

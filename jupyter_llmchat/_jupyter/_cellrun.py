@@ -31,9 +31,9 @@ from .._errors import (
 from .._record._metadata import KEY, display_metadata
 from . import _cellcontext as ctx
 from . import _context
-from ._kernel_tools import cell_tools
 from ._bridge import missing_extension_note
 from ._display import AnswerDisplay, StreamDisplay, TerminalDisplay, show_line
+from ._kernel_tools import cell_tools
 from ._prompt import check_output_name, interpolate, output_value
 
 __all__ = ["CellRunner", "Settings"]
@@ -122,7 +122,8 @@ class CellRunner:
         text = interpolate(prompt, self.shell.user_ns) if template else prompt
         attached = ctx.attachments(args.with_names, self.shell.user_ns, self.settings.context_max_tokens)
         text = _context.attach(text, attached)
-        tools = cell_tools(args.tool_names, self.shell, self.settings.context_max_tokens, self.cell_runs)
+        tools = cell_tools(args.tool_names, self.shell, self.settings.context_max_tokens,
+                           self.cell_runs)
         if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
             show_line(self.shell, _context.describe_attachments(attached))
         return _Question(text, overrides, args.format or self.settings.default_format, tools)
@@ -280,6 +281,8 @@ class CellRunner:
             system_prompt=args.system if args.system is not None else chat.system_prompt,
             history=history, text=question.text, max_tokens=params.get("max_tokens"),
         )
+        if question.tools:
+            view += "\n--tools, offered for this cell: " + ", ".join(t.name for t in question.tools)
         show_line(self.shell, view)
 
     def _replay(self, display: AnswerDisplay, chat: Any, args: Any, fmt: str, index: int) -> None:

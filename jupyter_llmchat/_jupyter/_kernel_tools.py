@@ -80,7 +80,9 @@ def cell_tools(names: str | None, shell: Any, max_tokens: int, cell_runs: Any) -
 def kernel_tools(shell: Any, max_tokens: int, cell_runs: Any) -> list[Tool]:
     """The three read-only kernel tools, bound to this shell."""
     look = _Kernel(shell, max_tokens, cell_runs)
-    funcs: list[Callable[..., str]] = [look.kernel_variables, look.kernel_value, look.kernel_last_error]
+    funcs: list[Callable[..., str]] = [
+        look.kernel_variables, look.kernel_value, look.kernel_last_error,
+    ]
     return [dataclasses.replace(Tool.from_func(f), annotations=dict(READ_ONLY)) for f in funcs]
 
 
@@ -152,7 +154,7 @@ class _Kernel:
     def kernel_last_error(self) -> str:
         """The kernel's last error: the exception, the user's own frames, and the source of the
         cell that raised it."""
-        refusal = self.cell_runs.refusal()
+        refusal: str | None = self.cell_runs.refusal()
         if refusal is not None:  # fixed since, or a chat request that failed: %chat_fix's words
             return refusal.replace("; nothing sent", "").replace(". Nothing sent", "")
         err = ctx.last_error(self.shell)
