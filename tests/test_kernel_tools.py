@@ -43,7 +43,7 @@ def tool_results(fake: FakeOpenAI) -> list[str]:
 def _clean_ns(ip: InteractiveShell) -> Any:
     yield
     for name in ("lookup", "sales", "notes", "api_key", "github_token", "DB_PASSWORD",
-                 "client_secret", "n", "Point", "cfg", "total"):
+                 "client_secret", "n", "Point", "cfg", "total", "conn", "Conn", "os"):
         ip.user_ns.pop(name, None)
 
 
@@ -211,31 +211,39 @@ def test_secret_looking_names(name: str) -> None:
 
 
 def test_secret_looking_values_never_leave_the_kernel(
-    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The canary: no request body and no output ever holds a value whose name looks secret,
-    whichever kernel tool the model calls (the list, the value by name, the last error whose
-    cell assigned the key)."""
+    whichever kernel tool the model calls: the list, a value by name, a container holding it
+    under a secret-looking key or field, the last error raised on the line that assigned it."""
     run(ip, f"github_token = {CANARY!r}\nDB_PASSWORD = [{CANARY!r}]\n"
-            f"client_secret = {{'v': {CANARY!r}}}")
-    result = run(ip, f"api_key = {CANARY!r}; cfg = {{'k': 1}}\ntotal = 1 / 0")
+            f"client_secret = {{'v': {CANARY!r}}}\ncfg = {{'api_key': {CANARY!r}, 'n': 1}}\n"
+            "import dataclasses\n@dataclasses.dataclass\nclass Conn:\n    host: str\n"
+            f"    token: str\nconn = Conn('db', {CANARY!r})")
+    monkeypatch.setenv("MY_TOKEN", "")  # the cell sets it; restored (removed) afterwards
+    run(ip, "import os")
+    result = run(ip, f"api_key = {CANARY!r}; os.environ['MY_TOKEN'] = {CANARY!r}; total = 1 / 0")
     assert isinstance(result.error_in_exec, ZeroDivisionError)
     capsys.readouterr()
+    names = ["api_key", "github_token", "DB_PASSWORD", "client_secret", "cfg", "conn"]
     fake.script(
         call("c1", "kernel_variables"),
-        *[call(f"v{i}", "kernel_value", name=n)
-          for i, n in enumerate(["api_key", "github_token", "DB_PASSWORD", "client_secret"])],
+        *[call(f"v{i}", "kernel_value", name=n) for i, n in enumerate(names)],
         call("c9", "kernel_last_error"),
         Reply(text="done"),
     )
     result = run(ip, "%%chat --tools kernel\nShow me everything, keys included.")
     assert result.error_in_exec is None, result.error_in_exec
     results = tool_results(fake)
-    assert len(results) == 6
+    assert len(results) == 8
     assert "api_key: (value not shown: its name looks secret)" in results[0]
-    assert "cfg: dict with 1 items" in results[0]
+    assert "cfg: dict with 2 items" in results[0]
     assert all("is not shown: its name looks secret" in r for r in results[1:5])
-    assert "ZeroDivisionError" in results[5] and 'api_key = "<hidden>"' in results[5]
+    assert "'api_key': <hidden>" in results[5] and "'n': 1" in results[5]
+    assert "host='db', token=<hidden>" in results[6]
+    assert "ZeroDivisionError: division by zero" in results[7]
+    assert 'api_key = <hidden>; os.environ["<hidden>"] = "<hidden>"' in results[7]
     bodies = [json.dumps(r.body) for r in fake.chat_requests()]
     shown = capsys.readouterr().out
     for fragment in FRAGMENTS:

@@ -39,13 +39,21 @@ MAX_VARIABLES = 200
 LINE_CHARS = 160
 
 _MISSING = object()
-_STRING = re.compile(r"""(?s)('''.*?'''|\"\"\".*?\"\"\"|'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
-_IDENT = re.compile(r"[A-Za-z_]\w*")
+_STRING = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")
+#: An item of a summary or repr whose key looks secret: ``'api_key': 'sk-...'``,
+#: ``Config(token='...')``, ``password=hunter2``; its value is hidden.
+_SECRET_ITEM = re.compile(
+    r"""(?P<key>(?P<q>['"]?)(?P<name>\w+)(?P=q)[ \t]*[:=][ \t]*)"""
+    r"""(?P<value>'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|[^\s,)}\]]+)"""
+)
+_WORD = re.compile(r"\w+")
+#: Names of exceptions are no secrets: "KeyError: 'revenue'" is what explains the error.
+_NOT_SECRET = ("Error", "Exception", "Warning", "Interrupt")
 
 
 def looks_secret(name: str) -> bool:
     """The name contains key, token, secret or password (any case): its value is never shown."""
-    return _SECRET.search(name) is not None
+    return _SECRET.search(name) is not None and not name.endswith(_NOT_SECRET)
 
 
 def cell_tools(names: str | None, shell: Any, max_tokens: int, cell_runs: Any) -> list[Tool]:
@@ -129,7 +137,7 @@ class _Kernel:
         # The first line of the --with summary: type and size ("pandas.DataFrame: 6 rows x 3
         # columns", "list of length 3:", "int: 7"), computed on a bounded head like --with.
         first = summarize(name, value, max_tokens=LINE_CHARS // 4).text.split("\n", 1)[0]
-        return first.rstrip(":")
+        return _hide_items(first.rstrip(":"))
 
     def kernel_value(self, name: str) -> str:
         """A compact summary of one variable of the user's kernel (for a table: shape, columns
@@ -149,7 +157,7 @@ class _Kernel:
             doc = inspect.getdoc(value) or ""
             return _short(f"{name}: {_signature(name, value)}\n{doc}".rstrip(), self.max_chars)
         got = summarize(name, value, max_tokens=self.max_chars // 4)
-        return f"{name}: {got.kind}\n{got.text}"
+        return f"{name}: {got.kind}\n{_hide_items(got.text)}"
 
     def kernel_last_error(self) -> str:
         """The kernel's last error: the exception, the user's own frames, and the source of the
@@ -160,10 +168,8 @@ class _Kernel:
         err = ctx.last_error(self.shell)
         if err is None:
             return "No error: nothing has raised an exception in this kernel yet."
-        if err.cell_source:
-            err = dataclasses.replace(err, cell_source=_hide_secrets(err.cell_source))
         text = fix_prompt(err, max_source_chars=self.max_chars // 2).split("\n\n", 1)[1]
-        return _short(text, self.max_chars)
+        return _short(_hide_secrets(text), self.max_chars)
 
 
 def _signature(name: str, func: Any) -> str:
@@ -175,15 +181,25 @@ def _signature(name: str, func: Any) -> str:
         return "function"
 
 
-def _hide_secrets(source: str) -> str:
-    """The cell's source with string literals blanked on lines naming a secret-looking name
-    (``api_key = "sk-..."``): the rest of the cell still explains the error."""
+def _hide_secrets(text: str) -> str:
+    """Source and traceback lines with their string literals blanked where the line mentions a
+    secret-looking name, even inside a string (``api_key = "sk-..."``,
+    ``os.environ["MY_TOKEN"] = "..."``): the rest still explains the error."""
     out = []
-    for line in source.splitlines(keepends=True):
-        if any(looks_secret(m.group(0)) for m in _IDENT.finditer(_STRING.sub("", line))):
-            line = _STRING.sub('"<hidden>"', line)
+    for line in text.splitlines(keepends=True):
+        if any(looks_secret(w) for w in _WORD.findall(line)):
+            line = _hide_items(_STRING.sub('"<hidden>"', line))
         out.append(line)
     return "".join(out)
+
+
+def _hide_items(text: str) -> str:
+    """A summary with the values of secret-looking keys and fields hidden (a dict's
+    ``'api_key': ...``, a dataclass's ``token=...``): the value is named by its container."""
+    return _SECRET_ITEM.sub(
+        lambda m: f"{m.group('key')}<hidden>" if looks_secret(m.group("name")) else m.group(0),
+        text,
+    )
 
 
 def _short(text: str, limit: int) -> str:
