@@ -1,6 +1,7 @@
-"""``--tools`` through a real kernel (nbclient), against the fake server that scripts the model's
-tool calls: notebooks/05-tools.ipynb top to bottom, and "Restart and Run All" of a saved notebook
-replaying a ``--tools`` cell without running its tools again."""
+"""``--tools`` through a real kernel, against the fake server that scripts the model's tool
+calls: notebooks/05-tools.ipynb top to bottom (nbclient), and "Restart and Run All" replaying a
+``--tools`` cell without running its tools again, headless (nbclient, the saved notebook) and
+as in JupyterLab (tests/kernel_frontend.py, the record kept by the front end)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 
 from jupyter_llmchat._jupyter._magics import ChatMagics
 from tests.fake_openai import FakeOpenAIProcess, Reply
-from tests.test_kernel_tools import call
+from tests.kernel_frontend import FrontEnd, kernel, load, notebook_file
+from tests.test_kernel_tools import CANARY, call
+from tests.test_record_kernel import shown
 
 pytestmark = pytest.mark.kernel
 
@@ -147,3 +150,42 @@ def test_the_tools_notebook_runs_on_the_fake_server(
     assert len(server.chat_requests()) == len(replies)
     asked = [c for c in second.cells if c.cell_type == "code" and c.source.startswith("%%chat")]
     assert asked and all("replayed (recorded " in plain(c) for c in asked)
+
+
+def test_a_tools_cell_is_recorded_and_replays_after_a_restart_without_its_tools(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
+    """JupyterLab's way (the front end keeps the record): the exchange with its tool calls is
+    in the record, without the secret-named value; a restarted kernel given that record shows
+    it again with no request and no tool run."""
+    server.reset()
+    path = notebook_file(tmp_path / "look.ipynb")
+    cells = [
+        "calls = []\ndef lookup(q: str) -> str:\n    'Look q up.'\n    calls.append(q)\n"
+        "    return q.upper()",
+        f"api_key = {CANARY!r}\nsales = [3, 5, 8]",
+        "%%chat --tools kernel,lookup\nWhat is in my kernel?",
+    ]
+    server.script(call("c1", "kernel_variables"), call("c2", "kernel_value", name="api_key"),
+                  call("c3", "lookup", q="sales"), Reply(text="Sales, and a key I may not see."))
+    with kernel(path) as k:
+        fe = k.attach(FrontEnd("look.ipynb"))
+        load(k, server.base_url)
+        for cell in cells:
+            shown(k, cell)
+        turns = fe.record["sessions"]["default"]["turns"]
+        record = fe.record
+        received = json.dumps([d for d, _ in fe.received])
+    kinds = [c["type"] for t in turns for c in t["contents"]]
+    assert kinds.count("tool_request") == 3 and kinds.count("tool_result") == 3
+    assert len(server.chat_requests()) == 4
+    for seen in [received, *(json.dumps(r.body) for r in server.chat_requests())]:
+        assert CANARY not in seen
+
+    with kernel(path) as k:  # Restart Kernel and Run All, the record given back at hello
+        k.attach(FrontEnd("look.ipynb", record))
+        load(k, server.base_url)
+        out = "".join(shown(k, cell) for cell in cells)
+        assert "replayed (recorded " in out and "Sales, and a key I may not see." in out
+        assert k.value("len(calls)") == 0
+    assert len(server.chat_requests()) == 4
