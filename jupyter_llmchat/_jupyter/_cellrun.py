@@ -182,13 +182,13 @@ class CellRunner:
                 "request_hash": _spend.request_hash(question.text, past, **key)}
         # Until this answer is in, a second %chat line of this execution goes to the end.
         self._note_run(cell_id, run_id, len(chat.get_turns()))
-        session_tools = chat.get_tools()
-        if question.tools:  # the exchange takes the tools in force when it starts, in the loop
-            chat.set_tools(list({t.name: t for t in [*session_tools, *question.tools]}.values()))
         stream = chat.stream(
             question.text, content="all", model=args.model or None, params=question.overrides,
             history=not args.no_history, meta=meta, replace_from=rerun,
         )
+        session_tools = chat.get_tools()
+        if question.tools:  # the exchange takes the tools in force at its first item, below
+            chat.set_tools(list({t.name: t for t in [*session_tools, *question.tools]}.values()))
         try:
             for item in stream:
                 show_item(display, item)
