@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ def execute(path: Path, base_url: str) -> Any:
     nb = nbformat.read(path, as_version=4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env.update(OPENAI_BASE_URL=base_url, OPENAI_MODEL="test-model")
+    # As in an activated environment: `python` (05-tools's MCP server) is this one.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["JPY_SESSION_NAME"] = str(path)
     client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
