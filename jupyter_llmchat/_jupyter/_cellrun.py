@@ -188,7 +188,7 @@ class CellRunner:
         )
         session_tools = chat.get_tools()
         if question.tools:  # the exchange takes the tools in force at its first item, below
-            chat.set_tools(list({t.name: t for t in [*session_tools, *question.tools]}.values()))
+            chat.set_tools(offered_tools(chat, question))
         try:
             for item in stream:
                 show_item(display, item)
@@ -328,6 +328,12 @@ def request_key(chat: Any, model: str | None, overrides: dict[str, Any]) -> dict
         "system_prompt": chat.system_prompt,
         "params": {**chat.provider.params, **overrides},
     }
+
+
+def offered_tools(chat: Any, question: _Question) -> list[Any]:
+    """The tools this cell's request offers: the session's and its ``--tools`` (which win a
+    name they share)."""
+    return list({t.name: t for t in [*chat.get_tools(), *question.tools]}.values())
 
 
 def rerun_index(chat: Any, cell_id: str | None) -> int | None:
