@@ -234,7 +234,7 @@ def test_spent_sums_the_ledger_rows() -> None:
 def test_footer() -> None:
     assert footer("m", Tokens(11, 3), None) == "m · 11 in / 3 out · n/a"
     assert footer("m", Tokens(1200, 3), 0.0021) == "m · 1,200 in / 3 out · $0.0021"
-    assert footer("g", Tokens(), None, local=True) == "g · n/a in / n/a out · free, local"
+    assert footer("g", Tokens(), None, free=True) == "g · n/a in / n/a out · free, local"
     assert footer("m", Tokens(1, 1), 0.5, replayed_at="2026-01-01 10:00 UTC").endswith(
         "· replayed (recorded 2026-01-01 10:00 UTC), no request")
 
