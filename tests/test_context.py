@@ -20,7 +20,6 @@ from jupyter_llmchat._jupyter._context import (
     attach,
     describe_attachments,
     error_context,
-    estimate_tokens,
     fingerprint,
     fix_prompt,
     summarize,
@@ -28,6 +27,7 @@ from jupyter_llmchat._jupyter._context import (
 from jupyter_llmchat._core._spend import (
     Budget,
     BudgetExceeded,
+    estimate_tokens,
     Spent,
     check_budget,
     find_replay,
@@ -118,7 +118,7 @@ def test_attachment_block_is_delimited_and_fenced_past_the_value_backticks() -> 
     assert msg.endswith("\n`````")
     assert attach("p", []) == "p"
     assert describe_attachments([a]) == "attached: code (str, 8 chars ~ 2 tokens)"
-    assert estimate_tokens("abcde") == 2
+    assert estimate_tokens(len("abcde")) == 2  # the spend guard's estimate, one for both
 
 
 # -- the last error ----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ __all__ = [
     "Spent",
     "check_budget",
     "check_request",
+    "estimate_tokens",
     "find_replay",
     "footer",
     "request_estimate",
@@ -268,10 +269,15 @@ def check_request(
 # -- the spend guard: every request of the process passes it -----------------------------------
 
 
+#: The one token estimate's ratio (no tokenizer needed): about four characters per token.
+CHARS_PER_TOKEN = 4
+
+
 def estimate_tokens(chars: int, messages: int = 0) -> int:
     """The one token estimate: characters / 4, and a few tokens per message for the chat
-    template's role markers (``messages`` counts the system prompt's place, set or not)."""
-    return -(-chars // 4) + 4 * messages
+    template's role markers (``messages`` counts the system prompt's place, set or not).
+    A request's (``request_estimate``) and an attached value's (``--with``) alike."""
+    return -(-chars // CHARS_PER_TOKEN) + 4 * messages
 
 
 def message_text(turns: Sequence[Turn]) -> int:
