@@ -51,6 +51,10 @@ def test_every_formatter_has_cases_on_both_sides() -> None:
     assert set(CASES) == set(PYTHON) == set(TYPESCRIPT)
 
 
+def test_what_json_cannot_hold() -> None:
+    assert format_cost(float("nan")) == format_cost(float("inf")) == "n/a"
+
+
 def test_a_budget_reads_as_set_and_a_cost_rounded() -> None:
     # The case: the panel showed a $0.00125 budget as "$0.0013", a cell as "$0.00125".
     assert format_limit(0.00125) == "$0.00125" and format_cost(0.00125) == "$0.0013"

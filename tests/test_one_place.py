@@ -7,6 +7,8 @@ Chats against the fake server on 127.0.0.1; the views are the real ones (``Histo
 
 from __future__ import annotations
 
+import html
+import json
 from typing import Any
 
 from jupyter_llmchat import Chat, chat_openai_compatible
@@ -16,9 +18,11 @@ from jupyter_llmchat._core._turns import (
     ContentToolRequest,
     ContentToolResult,
     Turn,
+    call_line,
     exchange_end,
     exchanges,
     record_exchanges,
+    short_arguments,
 )
 from jupyter_llmchat._core._usage import FREE, UsageRow
 from jupyter_llmchat._jupyter._report import HistoryView, UsageReport
@@ -86,8 +90,34 @@ def test_free_is_what_the_provider_says_not_its_name(fake: FakeOpenAI) -> None:
 def test_one_provider_description_in_the_record_and_to_json() -> None:
     chat = chat_openai_compatible(base_url="http://127.0.0.1:9/v1?key=s", model="m")
     described = chat.provider.describe()
-    assert described == {"name": "OpenAI-compatible", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    assert described == {"name": "OpenAI-compatible", "base_url": "http://127.0.0.1:9/v1",
+                         "model": "m"}
     assert session_record(chat)["provider"] == described
-    import json
-
     assert json.loads(chat.to_json())["provider"] == described
+
+
+def test_a_call_is_cut_alike_in_the_echo_and_the_views(
+    fake: FakeOpenAI, capsys: Any
+) -> None:
+    """The echo cut arguments at 80 characters with "...", the views at 60 with "…"."""
+    from jupyter_llmchat._jupyter._display import tool_line
+
+    arguments = {"text": "x" * 200}
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "echo", "arguments": json.dumps(arguments)}}
+    fake.script(Reply(text="", tool_calls=[call], finish_reason="tool_calls"), Reply(text="ok"))
+
+    def echo(text: str) -> str:
+        """Say it back."""
+        return text
+
+    chat = chat_openai_compatible(base_url=fake.base_url, model="test-model")
+    chat.register_tool(echo)
+    chat.chat("go", echo="all")
+    short = short_arguments(arguments)
+    assert len(short) == 60 and short.endswith("…")
+    assert f"[tool call] echo({short})\n" in capsys.readouterr().out
+    history = repr(HistoryView("default", chat))
+    assert f"[tool] {call_line('echo', arguments, chat.get_turns()[2].tool_results[0])}" in history
+    assert f"echo({short}) → ok" in history
+    assert html.escape(short) in tool_line("echo", arguments, "x", None, 0.1)

@@ -194,6 +194,7 @@ def test_dry_run_counts_a_tool_round_in_the_history_as_the_guard_does(
         capsys.readouterr()
         run(ip, "%%chat --dry-run --max-tokens 7\nAnd now?")
         out = capsys.readouterr().out
+        assert "history: 4 turns (1 exchanges," in out  # a tool round is inside its exchange
         estimate = int(re.search(r"~([\d,]+) tokens in", out).group(1).replace(",", ""))
         assert estimate > 300  # the 400-character arguments and the 800-character result
         used = spent_tokens()

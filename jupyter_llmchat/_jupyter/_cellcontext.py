@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 
 from .._core._process import process_ledger
 from .._core._spend import Budget, RequestPreview, Spent, budget_lines, message_text
-from .._core._turns import Turn
+from .._core._turns import Turn, exchanges
 from ._bridge import current_bridge
 from ._context import Attachment, ErrorContext, error_context, summarize
 from ._display import show_line
@@ -71,7 +71,7 @@ def dry_run_text(
         "dry run: nothing sent, nothing recorded",
         f"to: {url}  model: {model or '(ask the server)'}  params: {params or '{}'}",
         f"system prompt: {system_prompt if system_prompt else '(none)'}",
-        f"history: {len(history)} turns ({len(history) // 2} exchanges, "
+        f"history: {len(history)} turns ({len(exchanges(history))} exchanges, "
         f"{message_text(history):,} chars) sent before the new message",
         "new message (user):",
         text,

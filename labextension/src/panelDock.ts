@@ -13,7 +13,12 @@ import { Panel, Widget } from '@lumino/widgets';
 
 import type { INotice } from './panelChatModel';
 import { KernelChatModel } from './panelChatModel';
-import { formatCost, formatCount, formatLimit, formatRowCost } from './costFormat';
+import {
+  formatCost,
+  formatCount,
+  formatLimit,
+  formatRowCost
+} from './costFormat';
 import {
   createFooterRegistry,
   createPreambleRegistry,
@@ -439,7 +444,8 @@ class PanelToolbar extends Widget {
     }
     if (typeof usage.budget_tokens === 'number') {
       parts.push(
-        `token budget ${formatCount(usage.budget_tokens)}, left ${formatCount(usage.left_tokens ?? 0)}`
+        `token budget ${formatCount(usage.budget_tokens)}, ` +
+          `left ${formatCount(usage.left_tokens ?? 0)}`
       );
     }
     const notice = this._chatModel.notice;
