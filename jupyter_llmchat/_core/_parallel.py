@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from .._errors import BudgetExceeded, ConfigurationError, ParallelChatError
-from ._usage import UsageRow, format_row_cost
+from ._usage import UsageRow, format_row_cost, format_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._chat import Chat
@@ -300,8 +300,8 @@ class _State:
         if self.done and u.unknown_tokens == u.turns:
             parts.append("tokens n/a")
         elif self.done:
-            more = "+" if u.unknown_tokens else ""
-            parts.append(f"tokens {u.input or 0:,}{more} in, {u.output or 0:,}{more} out")
+            n_in, n_out = (format_tokens(n or 0, unknown=u.unknown_tokens) for n in (u.input, u.output))
+            parts.append(f"tokens {n_in} in, {n_out} out")
         if self.done:
             parts.append("cost " + format_row_cost(u.cost, unknown=u.unknown_cost, free=u.free))
         if self.paced:

@@ -217,33 +217,37 @@ def check_budget(
     out = max_tokens if max_tokens is not None else DEFAULT_WORST_OUTPUT
     worst_tokens = input_tokens + out
     total = spent + held
+    n_in, n_out = format_tokens(input_tokens), format_tokens(out)
     if budget.usd is not None:
         in_flight = f" (+{format_cost(held.usd)} held by requests in flight)" if held.usd else ""
+        limit = format_limit(budget.usd)
         if total.usd >= budget.usd:
             raise BudgetExceeded(
-                f"budget reached: {format_cost(spent.usd)} spent{in_flight} of {format_limit(budget.usd)}; "
+                f"budget reached: {format_cost(spent.usd)} spent{in_flight} of {limit}; "
                 f"nothing sent (raise it with {how_to_raise}, or turn it off with %chat_budget --off)"
             )
         if worst_usd is not None and total.usd + worst_usd > budget.usd:
             raise BudgetExceeded(
-                f"this request could cost up to {format_cost(worst_usd)} ({input_tokens:,} tokens in, "
-                f"up to {out:,} out) and pass the budget of {format_limit(budget.usd)} "
-                f"({format_cost(budget.usd - total.usd)} left{in_flight}); nothing sent (raise it with "
-                f"{how_to_raise}, {lower})"
+                f"this request could cost up to {format_cost(worst_usd)} ({n_in} tokens in, "
+                f"up to {n_out} out) and pass the budget of {limit} "
+                f"({format_cost(budget.usd - total.usd)} left{in_flight}); nothing sent "
+                f"(raise it with {how_to_raise}, {lower})"
             )
     if budget.tokens is not None:
-        in_flight = f" (+{held.tokens:,} held by requests in flight)" if held.tokens else ""
+        held_s = f" (+{format_tokens(held.tokens)} held by requests in flight)" if held.tokens else ""
+        limit = format_tokens(budget.tokens)
         if total.tokens >= budget.tokens:
             raise BudgetExceeded(
-                f"token budget reached: {spent.tokens:,}{in_flight} of {budget.tokens:,} tokens used; "
-                "nothing sent (raise it with %chat_budget --tokens N, or turn it off with %chat_budget --off)"
+                f"token budget reached: {format_tokens(spent.tokens)}{held_s} of {limit} tokens "
+                "used; nothing sent (raise it with %chat_budget --tokens N, or turn it off with "
+                "%chat_budget --off)"
             )
         if total.tokens + worst_tokens > budget.tokens:
             raise BudgetExceeded(
-                f"this request could use up to {worst_tokens:,} tokens ({input_tokens:,} in, up to "
-                f"{out:,} out) and pass the token budget of {budget.tokens:,} "
-                f"({budget.tokens - total.tokens:,} left{in_flight}); nothing sent (raise it with "
-                f"%chat_budget --tokens N, {lower})"
+                f"this request could use up to {format_tokens(worst_tokens)} tokens ({n_in} in, "
+                f"up to {n_out} out) and pass the token budget of {limit} "
+                f"({format_tokens(budget.tokens - total.tokens)} left{held_s}); nothing sent "
+                f"(raise it with %chat_budget --tokens N, {lower})"
             )
 
 
