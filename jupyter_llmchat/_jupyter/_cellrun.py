@@ -20,6 +20,7 @@ from IPython.core.error import UsageError
 from .. import _sessions
 from .._core import _spend
 from .._core._params import params as make_params
+from .._core._turns import exchange_end
 from .._errors import (
     AuthenticationError,
     BudgetExceeded,
@@ -276,10 +277,14 @@ class CellRunner:
         fresh = args.new or args.no_history
         history = [] if fresh else chat.get_turns()[:rerun]
         params = {**chat.provider.params, **question.overrides}
+        system = args.system if args.system is not None else chat.system_prompt
+        preview = chat.request_preview(
+            question.text, model=args.model or None, params=question.overrides,
+            history=not fresh, replace_from=rerun, system_prompt=system or None, source="cell",
+        )
         view = ctx.dry_run_text(
             url=chat.provider.display_url, model=args.model or chat.provider.model, params=params,
-            system_prompt=args.system if args.system is not None else chat.system_prompt,
-            history=history, text=question.text, max_tokens=params.get("max_tokens"),
+            system_prompt=system, history=history, text=question.text, preview=preview,
         )
         if question.tools:
             view += "\n--tools, offered for this cell: " + ", ".join(t.name for t in question.tools)
@@ -311,10 +316,7 @@ class CellRunner:
             self.shell.user_ns[args.output] = output_value(display.text, fmt)
 
     def _footer(self, chat: Any, exchange: list[Any], replayed_at: str | None = None) -> None:
-        tokens, cost, requests = _spend.exchange_spend(exchange)
-        line = _spend.footer(exchange[-1].model, tokens, cost, local=_sessions.is_local(chat),
-                             replayed_at=replayed_at, requests=requests)
-        show_line(self.shell, line)
+        show_line(self.shell, _spend.exchange_footer(exchange, replayed_at=replayed_at))
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -374,15 +376,3 @@ def show_item(display: AnswerDisplay, item: Any) -> None:
         display.tool_request(item.id, item.name, item.arguments)
     elif kind == "tool_result":
         display.tool_result(item.id, item.value, item.error)
-
-
-def exchange_end(turns: Any, start: int) -> int:
-    """Index after the exchange whose prompt is ``turns[start]``: its tool rounds (assistant
-    turns, and user turns holding only tool results) and its answer."""
-    end = start + 1
-    while end < len(turns):
-        t = turns[end]
-        if t.role == "user" and not (t.contents and all(c.type == "tool_result" for c in t.contents)):
-            break
-        end += 1
-    return end
