@@ -160,6 +160,8 @@ class Bridge:
         self.order = CellOrder()
         #: Per session, the exchanges of deleted cells: a paste or an undo brings them back.
         self._set_aside: weakref.WeakKeyDictionary[Chat, list[list[Turn]]] = weakref.WeakKeyDictionary()
+        #: Per session, the cell that last asked a question: a panel question goes after it.
+        self._last_cell: weakref.WeakKeyDictionary[Chat, str] = weakref.WeakKeyDictionary()
         #: The stale cells the front end was last told of.
         self._stale_sent: list[str] = []
 
@@ -333,10 +335,17 @@ class Bridge:
         if changed:
             self.reorder()
 
-    def note_cell(self, cell: str) -> None:
-        """A cell runs a question (in a shell with no execute request to read, too)."""
+    def note_cell(self, cell: str, chat: Chat) -> None:
+        """A cell runs a question of ``chat`` (in a shell with no execute request to read, too)."""
+        self._last_cell[chat] = cell
         if self.order.ran(cell):
             self.reorder()
+
+    def panel_place(self, chat: Chat) -> tuple[str | None, int]:
+        """Where a panel question of ``chat`` goes: after the cell of its session that ran last
+        (DESIGN §10), and the index in its turns that is."""
+        cell = self._last_cell.get(chat)
+        return cell, self.order.after(chat.get_turns(), cell)
 
     def reorder(self) -> None:
         """Every session's turns in the notebook's order; deleted cells' exchanges set aside."""

@@ -151,7 +151,7 @@ class CellRunner:
             return run[1], run[2]
         bridge = current_bridge()
         if bridge is not None and bridge.shell is self.shell:
-            bridge.note_cell(cell_id)
+            bridge.note_cell(cell_id, chat)
             return bridge.order.span(chat.get_turns(), cell_id)
         self._order.ran(cell_id)
         return self._order.span(chat.get_turns(), cell_id)

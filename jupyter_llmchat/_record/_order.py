@@ -113,12 +113,11 @@ class CellOrder:
     def delete(self, cells: Iterable[str]) -> bool:
         """Cells the front end deleted (``deletedCells``); True if any was in the order."""
         gone = {c for c in cells if isinstance(c, str)} - self._deleted
-        if not gone:
-            return False
         self._deleted |= gone
-        if gone & self._pos.keys():
-            self._cells = [c for c in self._cells if c not in gone]
-            self._pos = {c: i for i, c in enumerate(self._cells)}
+        if not gone & self._pos.keys():
+            return False
+        self._cells = [c for c in self._cells if c not in gone]
+        self._pos = {c: i for i, c in enumerate(self._cells)}
         return True
 
     def ran(self, cell: str) -> bool:
@@ -185,6 +184,17 @@ class CellOrder:
         if start is not None and end is not None:
             return start, end
         return insert, insert
+
+    def after(self, turns: Sequence[Turn], cell: str | None) -> int:
+        """Where a panel question asked after ``cell`` ran goes in ``turns`` (arranged): after
+        that cell's exchanges and the panel questions already there (None: at the end)."""
+        if cell is None:
+            return len(turns)
+        start, end = self.span(turns, cell)
+        for ex in exchanges(turns):
+            if ex.start == end and ex.panel and ex.anchor == cell:
+                end = ex.end
+        return end
 
     def stale(self, turns: Sequence[Turn]) -> list[str]:
         """Cells whose recorded answer was made on another conversation above than their
