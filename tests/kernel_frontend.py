@@ -66,7 +66,8 @@ class FrontEnd:
         self.path = self.hello_path = path
 
     def order(self, cells: list[str]) -> None:
-        """The notebook's cells moved (or were added, deleted): tell the kernel, as bridge.ts does."""
+        """The notebook's cells moved (or were added, deleted): tell the kernel, as bridge.ts
+        does."""
         self.send({"type": "order", "path": self.hello_path, "cells": cells})
 
     def send(self, data: dict[str, Any]) -> None:

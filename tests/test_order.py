@@ -17,13 +17,16 @@ from tests.test_magics import config, ip, run  # noqa: F401  (fixtures)
 from tests.test_panel_context import panel  # noqa: F401  (a fixture)
 
 
-def exchange(cell: str | None, text: str, *, panel: bool = False, above: list[Turn] | None = None) -> list[Turn]:
-    meta: dict[str, str] = {"source": "panel"} if panel else {"source": "cell"}
+def exchange(
+    cell: str | None, text: str, *, in_panel: bool = False, above: list[Turn] | None = None
+) -> list[Turn]:
+    meta: dict[str, str] = {"source": "panel"} if in_panel else {"source": "cell"}
     if cell is not None:
-        meta["after_cell" if panel else "cell_id"] = cell
+        meta["after_cell" if in_panel else "cell_id"] = cell
     if above is not None:
         meta[ABOVE_KEY] = above_hash(above)
-    return [Turn("user", [ContentText(text)], meta=meta), Turn("assistant", [ContentText(text + "!")])]
+    return [Turn("user", [ContentText(text)], meta=meta),
+            Turn("assistant", [ContentText(text + "!")])]
 
 
 def texts(turns: list[Turn]) -> list[str]:
@@ -33,10 +36,10 @@ def texts(turns: list[Turn]) -> list[str]:
 def test_arrange_follows_the_order_and_sets_deleted_cells_aside() -> None:
     a, b, c = exchange("A", "a"), exchange("B", "b"), exchange("C", "c")
     loose = exchange(None, "from python")
-    panel = exchange("A", "asked in the panel", panel=True)
+    asked = exchange("A", "asked in the panel", in_panel=True)
     order = CellOrder()
     order.set(["C", "A", "B"])
-    kept, out = order.arrange([*a, *loose, *b, *panel, *c])
+    kept, out = order.arrange([*a, *loose, *b, *asked, *c])
     # C first; the loose exchange after the one it followed (A's); the panel question after A's.
     assert texts(kept) == ["c", "a", "from python", "asked in the panel", "b"]
     assert out == []
@@ -102,7 +105,8 @@ def test_stream_replace_puts_one_exchange_in_place(fake: FakeOpenAI, fake_url: s
     s = chat.stream("question 1, again", replace=(2, 4))
     assert "".join(s) == "answer 1, again"
     # Only the turns above it were sent; the exchange after it stays.
-    assert [m["content"] for m in fake.last_body()["messages"]] == ["question 0", "answer 0", "question 1, again"]
+    assert [m["content"] for m in fake.last_body()["messages"]] == [
+        "question 0", "answer 0", "question 1, again"]
     assert texts(chat.get_turns()) == ["question 0", "question 1, again", "question 2"]
     assert s.at == 2 and s.replaced == 2
     fake.script(Reply(text="inserted"))
@@ -123,14 +127,14 @@ def test_stream_replace_puts_one_exchange_in_place(fake: FakeOpenAI, fake_url: s
 # -- in a shell: the panel's question sits after the cell that ran last -----------------------
 
 
-def in_cell(monkeypatch: pytest.MonkeyPatch, ip: Any, cell: str, n: int) -> None:
+def in_cell(monkeypatch: pytest.MonkeyPatch, shell: Any, cell: str, n: int) -> None:
     """The next cell runs as JupyterLab's cell ``cell`` (its id in the request's metadata)."""
-    monkeypatch.setattr(ip, "parent_header", {"metadata": {"cellId": cell},
+    monkeypatch.setattr(shell, "parent_header", {"metadata": {"cellId": cell},
                                               "header": {"msg_id": f"{cell}-{n}"}}, raising=False)
 
 
-def test_a_panel_question_sits_after_the_cell_that_ran_last(
-    ip: Any, fake: FakeOpenAI, panel: Any, monkeypatch: pytest.MonkeyPatch
+def test_a_panel_question_sits_after_the_cell_that_ran_last(  # noqa: F811 - fixtures
+    ip: Any, fake: FakeOpenAI, panel: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     from jupyter_llmchat import session
 

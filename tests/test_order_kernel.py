@@ -28,7 +28,8 @@ pytest.importorskip("ipykernel")
 
 HISTORY = ("print([(t.role, t.text, t.meta.get('cell_id')) for t in "
            "__import__('jupyter_llmchat').session().get_turns()])")
-LEDGER = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge().ledger.to_list()"
+BRIDGE = "__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge.current_bridge()"
+LEDGER = BRIDGE + ".ledger.to_list()"
 
 
 def sent(server: FakeOpenAIProcess) -> list[str]:
@@ -36,7 +37,9 @@ def sent(server: FakeOpenAIProcess) -> list[str]:
     return [f"{m['role']}: {m['content']}" for m in server.last_body()["messages"]]
 
 
-def ask(k: Kernel, server: FakeOpenAIProcess, cell: str, prompt: str, answer: str, **kw: Any) -> None:
+def ask(
+    k: Kernel, server: FakeOpenAIProcess, cell: str, prompt: str, answer: str, **kw: Any
+) -> None:
     server.script(Reply(text=answer))
     k.ok(f"%%chat\n{prompt}", cell=cell, **kw)
 
@@ -50,7 +53,9 @@ def ada_paris(k: Kernel, server: FakeOpenAIProcess) -> None:
                             "user: Where do I live?\n"]
 
 
-def test_deleting_b_takes_its_exchange_out_of_what_c_sends(tmp_path: Path, server: FakeOpenAIProcess) -> None:
+def test_deleting_b_takes_its_exchange_out_of_what_c_sends(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
     server.reset()
     nb = notebook_file(tmp_path / "ada.ipynb")
     with kernel(nb) as k:
@@ -84,7 +89,9 @@ def test_deleting_b_takes_its_exchange_out_of_what_c_sends(tmp_path: Path, serve
         assert "44" in shown, shown
 
 
-def test_rerunning_the_first_of_six_keeps_six_exchanges(tmp_path: Path, server: FakeOpenAIProcess) -> None:
+def test_rerunning_the_first_of_six_keeps_six_exchanges(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
     server.reset()
     nb = notebook_file(tmp_path / "six.ipynb")
     with kernel(nb) as k:
@@ -103,8 +110,7 @@ def test_rerunning_the_first_of_six_keeps_six_exchanges(tmp_path: Path, server: 
         assert "replace_exchange" in kinds and "set_metadata" not in kinds, kinds
         size = next(n for d, n in fe.received[first:] if d["type"] == "replace_exchange")
         assert size < 3000, size
-        assert fe.record == k.value("__import__('jupyter_llmchat._jupyter._bridge')._jupyter._bridge"
-                                    ".current_bridge().record()")
+        assert fe.record == k.value(BRIDGE + ".record()")
         # The cells below now stand on another conversation: stale; run, they ask again.
         assert fe.stale == [f"c{i}" for i in range(1, 6)]
         ask(k, server, "c3", "question 3", "answer 3, anew")
@@ -116,7 +122,9 @@ def test_rerunning_the_first_of_six_keeps_six_exchanges(tmp_path: Path, server: 
         assert record_texts(fe.record)[0] == "question 5\n"
 
 
-def test_a_cell_inserted_above_goes_between(tmp_path: Path, server: FakeOpenAIProcess) -> None:
+def test_a_cell_inserted_above_goes_between(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
     server.reset()
     nb = notebook_file(tmp_path / "insert.ipynb")
     with kernel(nb) as k:
@@ -131,7 +139,7 @@ def test_a_cell_inserted_above_goes_between(tmp_path: Path, server: FakeOpenAIPr
         assert fe.stale == ["C"]
 
 
-def test_without_metadata_the_order_of_first_runs_stands_in(tmp_path: Path, server: FakeOpenAIProcess) -> None:
+def test_without_metadata_the_order_of_first_runs_stands_in(server: FakeOpenAIProcess) -> None:
     """nbclient and VS Code send no cellId: each run continues the runs before it."""
     server.reset()
     with kernel(None) as k:

@@ -773,7 +773,9 @@ def _start_echo(args: Sequence[str | Content], echo: str | None, default: Echo) 
     return mode
 
 
-def _span(turns: Sequence[Turn], replace_from: int | None, replace: tuple[int, int] | None) -> tuple[int, int]:
+def _span(
+    turns: Sequence[Turn], replace_from: int | None, replace: tuple[int, int] | None
+) -> tuple[int, int]:
     """The part of the history an exchange takes the place of (empty at the end: appended)."""
     if replace is not None:
         if replace_from is not None:
@@ -1159,4 +1161,5 @@ class _Exchange:
         # Filled in before listeners hear of it: they read the same exchange the caller will.
         result = result if result is not None else _Outcome()
         result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history
-        self.chat._record(self.user, self.turns, self.history, self.span, ChatExchange(result), result)
+        self.chat._record(self.user, self.turns, self.history, self.span, ChatExchange(result),
+                          result)

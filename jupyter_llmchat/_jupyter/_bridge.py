@@ -84,7 +84,6 @@ from .._core._spend import (
 )
 from .._core._turns import Turn
 from .._errors import BudgetExceeded
-from .._record._order import CellOrder
 from .._record._metadata import (
     KEY,
     MAX_RECORD_CHARS,
@@ -97,6 +96,7 @@ from .._record._metadata import (
     turns_extend,
     validate_record,
 )
+from .._record._order import CellOrder
 from ._display import show_line
 
 __all__ = ["Bridge", "current_bridge", "replace_record", "start_bridge"]
@@ -159,7 +159,8 @@ class Bridge:
         #: The notebook's order of cells (DESIGN §10): the sessions' turns follow it.
         self.order = CellOrder()
         #: Per session, the exchanges of deleted cells: a paste or an undo brings them back.
-        self._set_aside: weakref.WeakKeyDictionary[Chat, list[list[Turn]]] = weakref.WeakKeyDictionary()
+        self._set_aside: weakref.WeakKeyDictionary[Chat, list[list[Turn]]] = (
+            weakref.WeakKeyDictionary())
         #: Per session, the cell that last asked a question: a panel question goes after it.
         self._last_cell: weakref.WeakKeyDictionary[Chat, str] = weakref.WeakKeyDictionary()
         #: The stale cells the front end was last told of.
@@ -193,9 +194,11 @@ class Bridge:
                 nb = json.load(f)
             record = (nb.get("metadata") or {}).get(KEY)
             cells = nb.get("cells")
-            ids = [c.get("id") for c in cells if isinstance(c, dict)] if isinstance(cells, list) else []
-            if ids and all(isinstance(i, str) for i in ids):  # nbformat 4.5+: cells have ids
-                self.order.set(ids)
+            listed = cells if isinstance(cells, list) else []
+            ids = [c.get("id") for c in listed if isinstance(c, dict)]
+            named = [i for i in ids if isinstance(i, str)]
+            if ids and len(named) == len(ids):  # nbformat 4.5+: cells have ids
+                self.order.set(named)
             if record is None and isinstance(nb.get("cells"), list):
                 # Run headless (nbclient, no extension): the turns are in the answers' outputs, so
                 # re-executing the saved notebook can replay them instead of asking again.
@@ -408,7 +411,8 @@ class Bridge:
         for name, chat in _sessions.sessions().items():
             turns = chat.get_turns()
             record["sessions"][name] = session_record(chat, turns)
-            synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None, tuple(turns))
+            synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None,
+                                   tuple(turns))
         return record, synced
 
     def _may_send(self) -> bool:
@@ -492,12 +496,14 @@ class Bridge:
     def _post_part(self, name: str, chat: Chat, message: dict[str, Any], size: int) -> None:
         if self._post(message) and self._synced is not None:
             turns = chat.get_turns()
-            self._synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None,
-                                         tuple(turns))
+            last = turns[-1] if turns else None
+            self._synced[name] = _Synced(weakref.ref(chat), len(turns), last, tuple(turns))
             self._sent_chars += size
             self._usage_unsent = False  # the message carries the whole ledger
 
-    def _send_replaced(self, name: str, chat: Chat, synced: _Synced, exchange: ChatExchange | None) -> None:
+    def _send_replaced(
+        self, name: str, chat: Chat, synced: _Synced, exchange: ChatExchange | None
+    ) -> None:
         """An exchange put in place of others (or between them): that exchange only, when the
         rest is what the front end holds; else the whole record."""
         turns = chat.get_turns()
@@ -650,6 +656,10 @@ class Bridge:
         while self._notices:
             show_line(self.shell, self._notices.pop(0))
 
+    def _ours(self, data: dict[str, Any]) -> bool:
+        """A message from the front end we said hello to (not another notebook's)."""
+        return self.front_path is not None and data.get("path") == self.front_path
+
     def _on_msg(self, msg: dict[str, Any]) -> None:
         data = (msg.get("content") or {}).get("data") or {}
         if not isinstance(data, dict):
@@ -678,7 +688,7 @@ class Bridge:
             self.send()
             self._stale_sent = []
             self.send_stale()
-        elif kind == "order" and self.front_path is not None and data.get("path") == self.front_path:
+        elif kind == "order" and self._ours(data):
             cells = data.get("cells")
             if isinstance(cells, list) and len(cells) <= MAX_ORDER_CELLS and self.order.set(cells):
                 self.reorder()

@@ -167,7 +167,7 @@ class CellRunner:
         turns = chat.get_turns()
         if cell_id is None:
             at: int | None = self._replay_next.get(chat, 0)
-        elif rerun is not None and rerun[0] < rerun[1] and turns[rerun[0]].meta.get("cell_id") == cell_id:
+        elif rerun is not None and _holds(turns, rerun, cell_id):
             at = rerun[0]  # only the cell's own exchange, found where the notebook's order puts it
         else:
             at = None
@@ -282,7 +282,9 @@ class CellRunner:
             self._footer(chat, exchange)
         return output_value(display.text, fmt, complete=note is None and not broken)
 
-    def _dry_run(self, args: Any, chat: Any, question: _Question, rerun: tuple[int, int] | None) -> None:
+    def _dry_run(
+        self, args: Any, chat: Any, question: _Question, rerun: tuple[int, int] | None
+    ) -> None:
         fresh = args.new or args.no_history
         history = [] if fresh else chat.get_turns()[:rerun[0] if rerun is not None else None]
         params = {**chat.provider.params, **question.overrides}
@@ -336,6 +338,11 @@ def request_key(chat: Any, model: str | None, overrides: dict[str, Any]) -> dict
         "system_prompt": chat.system_prompt,
         "params": {**chat.provider.params, **overrides},
     }
+
+
+def _holds(turns: Any, span: tuple[int, int], cell_id: str) -> bool:
+    """Whether ``span`` of ``turns`` is an exchange of the cell ``cell_id`` (not an empty place)."""
+    return span[0] < span[1] and turns[span[0]].meta.get("cell_id") == cell_id
 
 
 def parent_ids(shell: Any) -> tuple[str | None, str | None]:

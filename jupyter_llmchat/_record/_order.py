@@ -56,7 +56,8 @@ def exchange_end(turns: Sequence[Turn], start: int) -> int:
     end = start + 1
     while end < len(turns):
         t = turns[end]
-        if t.role == "user" and not (t.contents and all(c.type == "tool_result" for c in t.contents)):
+        results_only = bool(t.contents) and all(c.type == "tool_result" for c in t.contents)
+        if t.role == "user" and not results_only:
             break
         end += 1
     return end

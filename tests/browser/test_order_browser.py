@@ -73,7 +73,8 @@ def test_delete_move_and_rerun_change_what_is_sent_and_the_badge(
     # Run C again: it asks (no replay), without B's exchange, and is fresh.
     fake.script(Reply(text="You have not said."))
     rerun(nb, fake, c)
-    assert sent(fake) == ["user: My name is Ada\n", "assistant: Hello Ada.", "user: Where do I live?\n"]
+    assert sent(fake) == ["user: My name is Ada\n", "assistant: Hello Ada.",
+                          "user: Where do I live?\n"]
     wait_for(lambda: stale(nb), [])
     assert "You have not said." in nb.output(c)
 
