@@ -13,6 +13,8 @@ plays bridge.ts); what the fake server received is what was sent.
 
 from __future__ import annotations
 
+import ast
+import json
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +166,45 @@ def test_with_cell_ids_and_no_order_the_first_runs_stand_in(server: FakeOpenAIPr
         out = k.ok(HISTORY)
         assert out.strip() == str([("user", "zed again\n", "Z"), ("assistant", "z2", "Z"),
                                    ("user", "why\n", "Y"), ("assistant", "y1", "Y")])
+
+
+def saved_notebook(path: Path, cells: list[str], record: dict[str, Any]) -> Path:
+    code = [{"id": c, "cell_type": "code", "source": "%%chat\n...", "metadata": {}, "outputs": [],
+             "execution_count": None} for c in cells]
+    nb = {"nbformat": 4, "nbformat_minor": 5, "cells": code,
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"},
+                       "jupyter_llmchat": record}}
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    return path
+
+
+def cell_record(*cells: str) -> dict[str, Any]:
+    turns = []
+    for c in cells:
+        turns += [{"role": role, "contents": [{"type": "text", "text": f"{role[0]} {c}"}],
+                   "cell_id": c} for role in ("user", "assistant")]
+    provider = {"name": "OpenAI-compatible", "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model"}
+    session = {"provider": provider, "system_prompt": None, "turns": turns}
+    return {"version": 1, "sessions": {"default": session}, "usage": []}
+
+
+def test_the_saved_files_order_is_read_at_load(tmp_path: Path, server: FakeOpenAIProcess) -> None:
+    """At %load_ext the saved file's cells order the record: B was moved above A and C deleted
+    (saved so) before this kernel started."""
+    nb = saved_notebook(tmp_path / "saved.ipynb", ["B", "A"], cell_record("A", "B", "C"))
+    with kernel(nb) as k:
+        load(k, server.base_url)
+        texts = [t[1] for t in ast.literal_eval(k.ok(HISTORY).strip())]
+        assert texts == ["u B", "a B", "u A", "a A"]
+
+
+def test_a_file_whose_cells_are_not_the_records_keeps_the_record(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
+    """A tool that gave every cell a new id must not make every exchange look deleted."""
+    nb = saved_notebook(tmp_path / "renumbered.ipynb", ["x1", "x2"], cell_record("A", "B"))
+    with kernel(nb) as k:
+        load(k, server.base_url)
+        texts = [t[1] for t in ast.literal_eval(k.ok(HISTORY).strip())]
+        assert texts == ["u A", "a A", "u B", "a B"]

@@ -200,8 +200,8 @@ class Bridge:
             listed = cells if isinstance(cells, list) else []
             ids = [c.get("id") for c in listed if isinstance(c, dict)]
             named = [i for i in ids if isinstance(i, str)]
-            if ids and len(named) == len(ids):  # nbformat 4.5+: cells have ids
-                self.order.set(named)
+            if ids and len(named) == len(ids) and _holds_cells(record, named):
+                self.order.set(named)  # nbformat 4.5+: cells have ids
             if record is None and isinstance(nb.get("cells"), list):
                 # Run headless (nbclient, no extension): the turns are in the answers' outputs, so
                 # re-executing the saved notebook can replay them instead of asking again.
@@ -722,6 +722,16 @@ MAX_ORDER_CELLS = 100_000
 #: Headless look-up bounds: notebooks read in the working directory, and bytes read in all.
 MAX_LOOKUP_FILES = 64
 MAX_LOOKUP_BYTES = 256_000_000
+
+
+def _holds_cells(record: Any, ids: list[str]) -> bool:
+    """Whether the saved file's cells are the ones the record's exchanges were asked in: a
+    tool that gave every cell a new id would otherwise make each exchange look deleted (and a
+    Run All ask everything again). A record with no cell ids yet takes the file's order."""
+    recorded = {t.get("cell_id") for s in ((record or {}).get("sessions") or {}).values()
+                if isinstance(s, dict) for t in (s.get("turns") or []) if isinstance(t, dict)}
+    recorded.discard(None)
+    return not recorded or bool(recorded & set(ids))
 
 
 def _parent(shell: Any) -> dict[str, Any]:
