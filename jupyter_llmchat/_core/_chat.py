@@ -15,7 +15,7 @@ calls (at most ``max_tool_rounds`` rounds, then ``ToolError``).
 The public stream, for callers that render an answer as it arrives (the magics, the panel)::
 
     s = chat.stream("Hi", content="all", model=None, params=None,   # per-call overrides
-                    history=True, meta={"cell_id": ...}, replace_from=None)
+                    history=True, meta={"cell_id": ...}, replace=None)
     for item in s:       # ContentText / ContentThinking pieces, ContentToolRequest, ContentToolResult
         ...
     s.user_turn, s.turn  # the prompt's turn and the final answer (partial=True when cut short);
@@ -298,6 +298,7 @@ class Chat:
         self, *args: str | Content, content: Literal["text"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> ChatStream[str]: ...
 
     @overload
@@ -305,12 +306,14 @@ class Chat:
         self, *args: str | Content, content: Literal["all"],
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> ChatStream[StreamContent]: ...
 
     def stream(
         self, *args: str | Content, content: Literal["text", "all"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> ChatStream[Any]:
         """Send a message and yield the answer as it arrives.
 
@@ -319,14 +322,17 @@ class Chat:
         ``ContentToolResult``. ``model`` and ``params`` apply to this call only;
         ``history=False`` sends the prompt alone and records nothing; ``meta`` annotates the
         turns (``cell_id``, ``source``); ``replace_from=i`` sends only the turns before ``i`` and
-        replaces them from ``i`` on once the answer is in (a notebook cell run again).
+        replaces them from ``i`` on once the answer is in; ``replace=(i, j)`` sends only the
+        turns before ``i`` and puts the exchange in place of ``turns[i:j]`` (``i == j``: inserts
+        it there), the turns after ``j`` staying (a notebook cell run again, or one placed
+        above cells that ran before it). Give at most one of the two.
         The returned ``ChatStream`` has ``user_turn``, ``turn`` and ``turns`` once it is done.
         Stopping early (``break``, ``close()``) keeps the text so far as a partial answer."""
         _check_content(content)
         mode = _start_echo(args, echo, "none")
         result = _Outcome()
         opts = {"model": model, "params": params, "history": history, "meta": meta,
-                "replace_from": replace_from}
+                "replace_from": replace_from, "replace": replace}
         return ChatStream(self._stream_items(args, opts, content, mode, result), result)
 
     def _stream_items(
@@ -373,6 +379,7 @@ class Chat:
         self, *args: str | Content, content: Literal["text"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> AsyncChatStream[str]: ...
 
     @overload
@@ -380,19 +387,21 @@ class Chat:
         self, *args: str | Content, content: Literal["all"],
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> AsyncChatStream[StreamContent]: ...
 
     def stream_async(
         self, *args: str | Content, content: Literal["text", "all"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> AsyncChatStream[Any]:
         """``stream()`` for ``async for``; the returned object has ``aclose()``."""
         _check_content(content)
         mode = _start_echo(args, echo, "none")
         result = _Outcome()
         opts = {"model": model, "params": params, "history": history, "meta": meta,
-                "replace_from": replace_from}
+                "replace_from": replace_from, "replace": replace}
         return AsyncChatStream(self._astream_items(args, opts, content, mode, result), result)
 
     async def _astream_items(
@@ -461,19 +470,20 @@ class Chat:
         meta: dict[str, Any] | None = None,
         stream: bool = True,
         replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> tuple[Turn, dict[str, Any]]:
         """Build the user turn and the request body.
 
-        ``history=False`` sends the prompt alone and records nothing; ``replace_from=i`` sends
-        only the turns before ``i`` and, once the answer is in, drops the turns from ``i`` on
-        (a notebook cell run again replaces its earlier exchange).
+        ``history=False`` sends the prompt alone and records nothing; ``replace_from=i`` or
+        ``replace=(i, j)`` send only the turns before ``i`` (what ``stream`` does with the
+        answer is ``_Exchange.span``).
         """
         contents = _contents(args)
         user = Turn("user", contents, started_at=_now(), meta=dict(meta or {}))
         resolved = model or self.provider.resolve_model()
         if self.provider.priced:
             warm_up_prices()
-        past = self._turns[:replace_from] if history else []
+        past = self._turns[:_span(self._turns, replace_from, replace)[0]] if history else []
         messages = self._messages([*past, user])
         body = self.provider.body(messages, model=resolved, stream=stream, params=params)
         user.model = resolved
@@ -572,15 +582,16 @@ class Chat:
                 raise
             ex.close(None, result)
 
-    def _record(self, user: Turn, turns: list[Turn], history: bool, replace_from: int | None,
-                exchange: ChatExchange) -> None:
-        """Put one exchange into the history (unless ``history=False``) and tell listeners.
+    def _record(self, user: Turn, turns: list[Turn], history: bool, span: tuple[int, int],
+                exchange: ChatExchange, result: _Outcome) -> None:
+        """Put one exchange into the history (unless ``history=False``) in place of
+        ``turns[span[0]:span[1]]``, and tell listeners.
 
         Its spend is already in the ledgers: each answer settled its request (``_Exchange``)."""
         if history:
-            if replace_from is not None:
-                del self._turns[replace_from:]
-            self._turns.extend((user, *turns))
+            start, end = span
+            self._turns[start:end] = [user, *turns]
+            result.at, result.replaced = start, end - start
         self._notify("turn", exchange)
 
     def _messages(self, turns: Sequence[Turn],
@@ -788,6 +799,24 @@ def _start_echo(args: Sequence[str | Content], echo: str | None, default: Echo) 
     return mode
 
 
+def _span(
+    turns: Sequence[Turn], replace_from: int | None, replace: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The part of the history an exchange takes the place of (empty at the end: appended)."""
+    if replace is not None:
+        if replace_from is not None:
+            raise ConfigurationError("give replace_from or replace, not both")
+        start, end = replace
+        if not 0 <= start <= end <= len(turns) or start % 2 or end % 2:
+            raise ConfigurationError(f"replace={replace!r} is not a span of whole exchanges "
+                                     f"of this history ({len(turns)} turns)")
+        return start, end
+    if replace_from is not None:
+        start = max(0, min(replace_from, len(turns)))
+        return start, len(turns)
+    return len(turns), len(turns)
+
+
 def _check_tool_turns(turns: list[Turn]) -> None:
     try:
         check_tool_pairs(turns)
@@ -837,12 +866,14 @@ def _echo_item(item: StreamContent) -> None:
 class _Outcome:
     """What one exchange recorded, filled in when it ends (read through ``ChatStream``)."""
 
-    __slots__ = ("user_turn", "turns", "recorded")
+    __slots__ = ("at", "recorded", "replaced", "turns", "user_turn")
 
     def __init__(self) -> None:
         self.user_turn: Turn | None = None
         self.turns: list[Turn] = []
         self.recorded = False
+        self.at: int | None = None
+        self.replaced = 0
 
 
 class ChatExchange:
@@ -876,6 +907,16 @@ class ChatExchange:
     def recorded(self) -> bool:
         """Whether the turns went into the chat's history (``history=False``: they did not)."""
         return self._outcome.recorded
+
+    @property
+    def at(self) -> int | None:
+        """Where the exchange's first turn went in the history (None: not recorded)."""
+        return self._outcome.at
+
+    @property
+    def replaced(self) -> int:
+        """How many turns it took the place of there (0: appended or inserted)."""
+        return self._outcome.replaced
 
 
 class ChatStream(ChatExchange, Generic[T]):
@@ -942,8 +983,9 @@ class _Exchange:
         response_format = opts.pop("response_format", None)
         self.chat = chat
         self.history = opts.get("history", True)
-        self.replace_from = opts.get("replace_from")
         self.user, body = chat._prepare(args, **opts)
+        #: Where the exchange goes in the history (fixed now: the chat is held until it ends).
+        self.span = _span(chat._turns, opts.get("replace_from"), opts.get("replace"))
         self.tools = dict(chat._tools)  # the tools in force when the exchange began
         if self.tools:
             body.setdefault("tools", [t.schema() for t in self.tools.values()])
@@ -1140,4 +1182,5 @@ class _Exchange:
         # Filled in before listeners hear of it: they read the same exchange the caller will.
         result = result if result is not None else _Outcome()
         result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history
-        self.chat._record(self.user, self.turns, self.history, self.replace_from, ChatExchange(result))
+        self.chat._record(self.user, self.turns, self.history, self.span, ChatExchange(result),
+                          result)

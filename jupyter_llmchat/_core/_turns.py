@@ -269,6 +269,12 @@ class Turn:
         rh = d.get("request_hash")
         if isinstance(rh, str) and len(rh) <= 64:
             meta["request_hash"] = rh
+        # Where the turn sits in the notebook's conversation (DESIGN §10): the cell a panel
+        # question follows, and the conversation above the cell when it was asked.
+        for k in ("after_cell", "above_hash"):
+            v = d.get(k)
+            if isinstance(v, str) and len(v) <= 200:
+                meta[k] = v
         return cls(
             role=role,
             contents=contents,

@@ -495,7 +495,12 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             # Starting the local model blocks: in a worker thread, so Stop need not wait for it.
             chat = await asyncio.to_thread(_sessions.prepare, name, on_status=status)
             ticker = asyncio.ensure_future(tick())
-            stream = chat.stream_async(text, content="all", meta={"source": "panel"})
+            # After the cell of this session that ran last (DESIGN §10), not after every cell.
+            bridge = current_bridge()
+            after, at = bridge.panel_place(chat) if bridge is not None else (None, None)
+            meta = {"source": "panel", **({"after_cell": after} if after is not None else {})}
+            stream = chat.stream_async(text, content="all", meta=meta,
+                                       replace=(at, at) if at is not None else None)
             try:
                 async for item in stream:
                     if item.type == "text":

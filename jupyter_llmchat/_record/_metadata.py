@@ -150,6 +150,7 @@ def display_metadata(
             "cell_id": user.meta.get("cell_id"),
             "source": user.meta.get("source", "cell"),
             "request_hash": user.meta.get("request_hash"),
+            **({"above_hash": user.meta["above_hash"]} if "above_hash" in user.meta else {}),
             "recorded": recorded,
             "new": new,
             "provider": chat.provider.describe(),
@@ -168,6 +169,8 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
     user = Turn.from_dict({
         "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
         "started_at": meta.get("prompt_started_at") or meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
+        # The conversation above the cell when it was asked: its stale mark (DESIGN §10).
+        **({"above_hash": meta["above_hash"]} if "above_hash" in meta else {}),
     })
     contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
     contents.append({"type": "text", "text": text})
