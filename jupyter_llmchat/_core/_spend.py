@@ -17,6 +17,10 @@ Core module (no IPython): ``Chat`` passes the guard before each request; the not
   refused. The guard holds the worst case of the requests in flight, so two at once cannot pass
   the budget together, and settles each when its answer's usage arrives (that feeds the process
   ledger and the rule's), or releases it when nothing arrived.
+- Replay-only mode (``JUPYTER_LLMCHAT_REPLAY=only`` in the environment, or the notebook's
+  ``ChatMagics.replay = "only"`` set on the guard): the guard refuses every request with
+  ``ReplayOnlyError`` before anything is sent, so a CI run or docs build of a saved notebook
+  costs nothing whatever path asks (a cell, the panel, ``parallel_chat``, a ``Chat``).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .._errors import BudgetExceeded
+from .._errors import BudgetExceeded, ReplayOnlyError
 from ._process import record_usage
 from ._turns import Tokens, Turn
 from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cost
@@ -37,6 +42,8 @@ from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cos
 __all__ = [
     "Budget",
     "BudgetExceeded",
+    "REPLAY_ENV",
+    "ReplayOnlyError",
     "SpendGuard",
     "SpendRequest",
     "SpendRule",
@@ -53,6 +60,8 @@ __all__ = [
 ]
 
 HASH_KEY = "request_hash"
+#: The environment's replay mode: "only" never sends (CI, docs builds); it overrides the notebook.
+REPLAY_ENV = "JUPYTER_LLMCHAT_REPLAY"
 #: Output tokens assumed for the worst case when neither the cell nor the session sets max_tokens.
 DEFAULT_WORST_OUTPUT = 4096
 #: The largest budget ``%chat_budget`` and the record take: past it a typo, not a limit.
@@ -365,6 +374,31 @@ class SpendGuard:
         self._lock = threading.Lock()
         self._rule: SpendRule | None = None
         self._held: list[Reservation] = []
+        self._replay_only: str | None = None
+
+    def set_replay_only(self, setting: str | None) -> None:
+        """Refuse every request from now on (``setting`` names who asked for it, for the
+        message, e.g. ``ChatMagics.replay = 'only'``), or no longer (None)."""
+        self._replay_only = setting
+
+    def replay_only(self) -> str | None:
+        """Why nothing may be sent now (the setting that says so), or None.
+
+        The environment wins over the notebook's setting, as CI sets it from outside. A value
+        other than "only" is refused too, not ignored: a typo must not spend in a CI run."""
+        env = os.environ.get(REPLAY_ENV, "").strip()
+        if env.lower() == "only":
+            return f"{REPLAY_ENV}=only"
+        if env:
+            return f"{REPLAY_ENV}={env[:40]!r}, which is not a mode (set it to 'only', or unset it)"
+        return self._replay_only
+
+    def check_sending(self) -> None:
+        """Raise ``ReplayOnlyError`` in replay-only mode; before anything is sent (a request,
+        and what comes before one: asking the server its model, starting the local model)."""
+        why = self.replay_only()
+        if why is not None:
+            raise ReplayOnlyError(f"replay-only mode ({why}): nothing is sent")
 
     def install(self, rule: SpendRule | None) -> None:
         """Make ``rule`` the budget every request passes (None: no budget)."""
@@ -388,6 +422,7 @@ class SpendGuard:
 
     def reserve(self, request: SpendRequest) -> Reservation:
         """Pass ``request`` (raises ``BudgetExceeded``) and hold its worst case until it settles."""
+        self.check_sending()
         with self._lock:
             rule = self._rule
             held = rule.check_spend(request, self._held_total()) if rule is not None else Spent()

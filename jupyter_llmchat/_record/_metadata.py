@@ -145,6 +145,7 @@ def display_metadata(
             "cell_id": user.meta.get("cell_id"),
             "source": user.meta.get("source", "cell"),
             "request_hash": user.meta.get("request_hash"),
+            **({"request_key": user.meta["request_key"]} if "request_key" in user.meta else {}),
             "recorded": recorded,
             "new": new,
             "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
@@ -162,7 +163,8 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
     common = {k: meta.get(k) for k in ("cell_id", "source") if isinstance(meta.get(k), str)}
     user = Turn.from_dict({
         "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
-        "started_at": meta.get("prompt_started_at") or meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
+        "started_at": meta.get("prompt_started_at") or meta.get("started_at"), "request_hash": meta.get("request_hash"),
+        "request_key": meta.get("request_key"), **common,
     })
     contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
     contents.append({"type": "text", "text": text})
