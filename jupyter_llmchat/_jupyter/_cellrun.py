@@ -113,10 +113,11 @@ class CellRunner:
         # guard, which refuses any request then): the cell fails first, naming what changed.
         only = spend_guard.replay_only()
         if only is not None:
-            what = check.reason() or ("it has no recorded answer" if not args.no_history
-                                      else "--no-history cells are not recorded")
-            raise UsageError(f"replay-only mode ({only}): nothing sent, and no recorded answer "
-                             f"matches this cell: {what}")
+            if check.reason():
+                what = f"its recorded answer does not match: {check.reason()}"
+            else:
+                what = "a --no-history cell is never recorded" if args.no_history else "it has no recorded answer"
+            raise UsageError(f"replay-only mode ({only}): {what}; nothing sent")
         if check.reason():
             show_line(self.shell, f"asked again: {check.reason()}")
         return self._ask(args, chat, question, display, cell_id, run_id, rerun)
