@@ -94,15 +94,17 @@ class RequestKey:
         (a newer version, a hand edit): then it is not compared, and stays in the record."""
         if not isinstance(d, Mapping) or d.get("v") != KEY_VERSION:
             return None
-        parts = [d.get(p) for p in PARTS]
+        if not all(_is_digest(d.get(p)) for p in PARTS):
+            return None
+        parts: dict[str, str] = {p: d[p] for p in PARTS}
         attached = d.get("with", {})
-        if not all(_is_digest(v) for v in parts) or not isinstance(attached, Mapping):
+        if not isinstance(attached, Mapping):
             return None
         if len(attached) > MAX_WITH or not all(
             isinstance(k, str) and len(k) <= MAX_NAME and _is_digest(v) for k, v in attached.items()
         ):
             return None
-        return cls(*parts, attached=tuple(attached.items()))
+        return cls(**parts, attached=tuple(attached.items()))
 
     def changes(self, recorded: RequestKey) -> tuple[str, ...]:
         """What differs from ``recorded``: part names, and ``with:NAME`` per changed value."""

@@ -3,10 +3,11 @@
 Core module (no IPython): ``Chat`` passes the guard before each request; the notebook layer
 (``_bridge``) installs the budget on it; the magics use the replay keys and the footer.
 
-- ``request_hash`` keys an exchange by everything that decides the request: the prompt as sent
-  (after ``{{ }}`` and ``--with``), the history before it, provider, model, system prompt and
-  params. The key is stored in the user turn's ``meta`` (``request_hash``), so it travels with
-  the notebook's record and a re-run of an unchanged cell can show the recorded answer.
+- ``request_hash`` is the replay key's version 1: one hash of everything that decides the
+  request (the prompt as sent, after ``{{ }}`` and ``--with``, the history before it, provider,
+  model, system prompt and params), stored in the user turn's ``meta`` (``request_hash``) so it
+  travels with the notebook's record. ``_replay`` compares keys (its version 2 keeps the parts
+  apart) and still replays an exchange that holds only this one.
 - ``check_budget`` is the whole budget rule: refuse before anything is sent when the spend is
   already at the budget, or when this request's worst case (input estimate + max_tokens at the
   known price) would pass it.
@@ -51,7 +52,6 @@ __all__ = [
     "body_estimate",
     "check_budget",
     "check_request",
-    "find_replay",
     "footer",
     "input_estimate",
     "request_hash",
@@ -99,39 +99,6 @@ def request_hash(
         h.update(json.dumps(_history_item(t), ensure_ascii=False).encode() + b"\n")
     h.update(b"--\n" + _tail(prompt, provider, model, system_prompt, params))
     return h.hexdigest()[:32]
-
-
-def find_replay(
-    turns: Sequence[Turn],
-    prompt: str,
-    *,
-    provider: str,
-    model: str | None,
-    system_prompt: str | None,
-    params: Mapping[str, Any],
-    at: int | None = None,
-) -> int | None:
-    """Index of a recorded user turn whose request had exactly these inputs, or None.
-
-    ``at``: look only at that index (the exchange a notebook cell recorded before). Only a
-    complete answer (not partial) is replayed. Hashing is incremental over the history, so a
-    lookup is linear in its length.
-    """
-    h = hashlib.sha256()
-    tail = b"--\n" + _tail(prompt, provider, model, system_prompt, params)
-    for i, t in enumerate(turns):
-        if at is not None and i > at:
-            break
-        if t.role == "user" and i + 1 < len(turns) and (at is None or i == at):
-            stored = t.meta.get(HASH_KEY)
-            reply = turns[i + 1]
-            if stored and reply.role == "assistant" and not reply.partial:
-                probe = h.copy()
-                probe.update(tail)
-                if probe.hexdigest()[:32] == stored:
-                    return i
-        h.update(json.dumps(_history_item(t), ensure_ascii=False).encode() + b"\n")
-    return None
 
 
 # -- budget ------------------------------------------------------------------------------------
