@@ -275,3 +275,24 @@ def test_replay_only_from_the_environment_refuses_every_path(
         chat.chat("hi")
     monkeypatch.delenv("JUPYTER_LLMCHAT_REPLAY")
     assert chat.chat("hi") == "Hello from the fake server."
+
+
+def test_replay_only_refuses_a_panel_question_before_sending(
+    ip: InteractiveShell, fake: FakeOpenAI
+) -> None:
+    from jupyter_llmchat import _sessions
+    from tests.panel_recorder import RecordingPanel
+
+    config(ip, replay="only")
+    panel = RecordingPanel("default")
+    _sessions.registry.panels.append(panel)
+    try:
+        panel.ask("hello there")
+        error = panel.wait_for("error")
+    finally:
+        _sessions.registry.panels.remove(panel)
+        panel.close()
+        config(ip, replay=True)
+    assert error["recorded"] is False
+    assert "replay-only mode (ChatMagics.replay = 'only'): nothing is sent" in error["message"]
+    assert fake.requests == [] and jupyter_llmchat.session().get_turns() == []

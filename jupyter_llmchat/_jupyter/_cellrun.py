@@ -343,7 +343,6 @@ def request_of(chat: Any, model: str | None, question: _Question, history: Any) 
     )
 
 
-
 def rerun_index(chat: Any, cell_id: str | None) -> int | None:
     """Where this cell's earlier exchange starts in the history, if it ran before.
 
