@@ -150,7 +150,8 @@ def bench_replay_with(n: int = 10) -> None:
     os.environ.pop("OPENAI_API_KEY", None)
     with FakeOpenAI() as fake:
         shell = InteractiveShell.instance()
-        shell.run_line_magic("load_ext", "jupyter_llmchat")
+        if "jupyter_llmchat" not in shell.extension_manager.loaded:  # part 3 may have loaded it
+            shell.run_line_magic("load_ext", "jupyter_llmchat")
         shell.run_line_magic("config", f"ChatMagics.base_url = {fake.base_url!r}")
         shell.run_line_magic("config", "ChatMagics.model = 'test-model'")
         shell.parent_header = {"metadata": {"cellId": "bench-with-cell"}}
