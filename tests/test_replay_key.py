@@ -165,7 +165,7 @@ def test_a_key_of_a_newer_version_is_kept_and_the_hash_beside_it_decides() -> No
     assert again.meta[KEY_FIELD] == newer  # not dropped from the record written again
     assert check_replay(turns, 0, req).index == 0
     del turns[0].meta["request_hash"]
-    assert check_replay(turns, 0, req).reason() == "its replay key is of a newer version"
+    assert check_replay(turns, 0, req).reason() == "its replay key is not one this version reads"
 
 
 def test_a_record_with_an_unreadable_key_is_refused_whole() -> None:

@@ -24,9 +24,10 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from ._spend import HASH_KEY, request_hash
+from ._spend import HASH_KEY, history_hash, request_hash
 from ._tools import Tool
 from ._turns import Turn, exchanges
 
@@ -53,7 +54,7 @@ _REASONS = {
     "attached": "what --with attached changed",
     "partial": "its recorded answer is partial",
     "unkeyed": "its recorded exchange has no replay key",
-    "newer": "its replay key is of a newer version",
+    "unread": "its replay key is not one this version reads",
     # A key from before version 2 tells only that something changed, besides what is in the
     # record itself (the prompt as sent).
     "v1": "the conversation above, the model, the system prompt or the params changed",
@@ -135,18 +136,19 @@ class Request:
     #: (name, digest of its content and summary) of each ``--with`` value.
     attached: Sequence[tuple[str, str]] = ()
 
+    @cached_property
+    def _history(self) -> Any:
+        return history_hash(self.history)  # hashed once for both keys: it is the long part
+
     def key(self) -> RequestKey:
         """The version 2 key."""
-        h = hashlib.sha256()
-        for t in self.history:  # as version 1 reads a turn: its role and text
-            h.update(json.dumps([t.role, t.text], ensure_ascii=False).encode() + b"\n")
         tools = sorted([t.name, t.description, t.parameters] for t in self.tools)
         attached = tuple(self.attached)
         if len(attached) > MAX_WITH or any(len(name) > MAX_NAME for name, _ in attached):
             attached = ((f"{len(attached)} values", _digest(attached)),)
         return RequestKey(
             prompt=_digest(self.prompt),
-            history=h.hexdigest()[:_DIGEST_CHARS],
+            history=self._history.hexdigest()[:_DIGEST_CHARS],
             model=_digest([self.provider, self.model or ""]),
             system=_digest(self.system_prompt or ""),
             params=_digest(dict(self.params)),
@@ -159,6 +161,7 @@ class Request:
         return request_hash(
             self.text if text is None else text, self.history, provider=self.provider,
             model=self.model, system_prompt=self.system_prompt, params=self.params,
+            hashed=self._history,
         )
 
     def meta(self) -> dict[str, Any]:
@@ -200,7 +203,7 @@ def check_replay(turns: Sequence[Turn], at: int | None, request: Request) -> Rep
     elif isinstance(user.meta.get(HASH_KEY), str):
         changed = _legacy_changes(user, request)
     else:
-        changed = ("newer",) if user.meta.get(KEY_FIELD) is not None else ("unkeyed",)
+        changed = ("unread",) if user.meta.get(KEY_FIELD) is not None else ("unkeyed",)
     if not changed and any(t.partial for t in exchange if t.role == "assistant"):
         changed = ("partial",)
     return ReplayCheck(None if changed else at, changed)

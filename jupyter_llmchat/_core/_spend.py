@@ -53,6 +53,7 @@ __all__ = [
     "check_budget",
     "check_request",
     "footer",
+    "history_hash",
     "input_estimate",
     "request_hash",
     "spend_guard",
@@ -84,6 +85,15 @@ def _tail(prompt: str, provider: str, model: str | None, system_prompt: str | No
     ).encode()
 
 
+def history_hash(history: Sequence[Turn]) -> Any:
+    """The running sha256 of a history as the replay keys read it (each turn's role and text),
+    to continue with ``.copy()``: both key versions hash a history once."""
+    h = hashlib.sha256()
+    for t in history:
+        h.update(json.dumps(_history_item(t), ensure_ascii=False).encode() + b"\n")
+    return h
+
+
 def request_hash(
     prompt: str,
     history: Sequence[Turn],
@@ -92,13 +102,13 @@ def request_hash(
     model: str | None,
     system_prompt: str | None,
     params: Mapping[str, Any],
+    hashed: Any = None,
 ) -> str:
-    """The replay key of a request (hex sha256, shortened)."""
-    h = hashlib.sha256()
-    for t in history:
-        h.update(json.dumps(_history_item(t), ensure_ascii=False).encode() + b"\n")
+    """The replay key of a request, version 1 (hex sha256, shortened); ``hashed``: the
+    ``history_hash(history)`` already taken."""
+    h = (hashed if hashed is not None else history_hash(history)).copy()
     h.update(b"--\n" + _tail(prompt, provider, model, system_prompt, params))
-    return h.hexdigest()[:32]
+    return str(h.hexdigest()[:32])
 
 
 # -- budget ------------------------------------------------------------------------------------
