@@ -145,8 +145,8 @@ def bench_replay_with(n: int = 10) -> None:
 
     print(f"\n4. replayed %%chat --with df cell, df {ROWS:,} rows, {n} re-runs")
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"x": rng.normal(size=ROWS), "n": np.arange(ROWS) % 1000,
-                       "region": np.array(["north", "south", "east", "west"], dtype=object)[np.arange(ROWS) % 4]})
+    regions = np.array(["north", "south", "east", "west"], dtype=object)[np.arange(ROWS) % 4]
+    df = pd.DataFrame({"x": rng.normal(size=ROWS), "n": np.arange(ROWS) % 1000, "region": regions})
     os.environ.pop("OPENAI_API_KEY", None)
     with FakeOpenAI() as fake:
         shell = InteractiveShell.instance()

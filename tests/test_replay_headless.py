@@ -33,12 +33,18 @@ KEY = "jupyter_llmchat"
 @pytest.fixture(autouse=True)
 def kernel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The kernel inherits this environment: no notebook path, no real server, no proxy."""
-    for name in ("OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_API_KEY", "JPY_SESSION_NAME",
-                 "JUPYTER_LLMCHAT_REPLAY"):
+    for name in (
+        "OPENAI_BASE_URL",
+        "OPENAI_MODEL",
+        "OPENAI_API_KEY",
+        "JPY_SESSION_NAME",
+        "JUPYTER_LLMCHAT_REPLAY",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    path = [str(ROOT), os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, path)))
     yield
 
 
@@ -47,7 +53,8 @@ def saved_notebook(tmp_path: Path, fake: FakeOpenAI, *, record: bool = True) -> 
     there); ``record=False``: without the metadata record (only the outputs hold the turns)."""
     nb = json.loads(FIXTURE.read_text(encoding="utf-8"))
     config = nb["cells"][1]
-    config["source"] = re.sub(r"http://127\.0\.0\.1:\d+/v1", fake.base_url, "".join(config["source"]))
+    source = "".join(config["source"])
+    config["source"] = re.sub(r"http://127\.0\.0\.1:\d+/v1", fake.base_url, source)
     if not record:
         del nb["metadata"][KEY]
     path = tmp_path / "saved.ipynb"
@@ -60,22 +67,34 @@ def nbclient_execute(path: Path) -> Any:
 
     nb = nbformat.read(path, as_version=4)
     try:
-        NotebookClient(nb, timeout=60, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb,
+            timeout=60,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        ).execute()
     finally:
         nbformat.write(nb, path)
     return nb
 
 
 def answers(nb: Any) -> list[dict[str, Any]]:
-    return [o["metadata"][KEY] for c in nb.cells for o in c.get("outputs", [])
-            if KEY in (o.get("metadata") or {}) and "prompt" in o["metadata"][KEY]]
+    return [
+        o["metadata"][KEY]
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if KEY in (o.get("metadata") or {}) and "prompt" in o["metadata"][KEY]
+    ]
 
 
 def outputs_text(nb: Any) -> str:
-    return "".join(str(o.get("text", "")) + str((o.get("data") or {}).get("text/markdown", ""))
-                   + str((o.get("data") or {}).get("text/plain", ""))
-                   for c in nb.cells for o in c.get("outputs", []))
+    return "".join(
+        str(o.get("text", ""))
+        + str((o.get("data") or {}).get("text/markdown", ""))
+        + str((o.get("data") or {}).get("text/plain", ""))
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    )
 
 
 @pytest.mark.parametrize("record", [True, False], ids=["metadata-record", "outputs-only"])
@@ -129,22 +148,42 @@ def test_replay_only_under_jupyter_execute_fails_a_changed_value(
     monkeypatch.setenv("JUPYTER_LLMCHAT_REPLAY", "only")
     path = saved_notebook(tmp_path, fake)
     nb = json.loads(path.read_text(encoding="utf-8"))
-    nb["cells"][4]["source"] = "".join(nb["cells"][4]["source"]).replace("range(1000)", "range(1, 1001)", 1)
+    source = "".join(nb["cells"][4]["source"])
+    nb["cells"][4]["source"] = source.replace("range(1000)", "range(1, 1001)", 1)
     path.write_text(json.dumps(nb), encoding="utf-8")
-    done = subprocess.run([str(Path(sys.executable).parent / "jupyter-execute"), path.name],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-execute"), path.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert done.returncode != 0
     assert fake.chat_requests() == []
     assert "replay-only mode (JUPYTER_LLMCHAT_REPLAY=only)" in done.stderr + done.stdout
 
 
-@pytest.mark.skipif(shutil.which("papermill") is None and not (Path(sys.executable).parent / "papermill").exists(),
-                    reason="papermill is not installed (not a dependency)")
-def test_replay_only_under_papermill(fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.skipif(
+    shutil.which("papermill") is None and not (Path(sys.executable).parent / "papermill").exists(),
+    reason="papermill is not installed (not a dependency)",
+)
+def test_replay_only_under_papermill(
+    fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("JUPYTER_LLMCHAT_REPLAY", "only")
     path = saved_notebook(tmp_path, fake)
     out = tmp_path / "out.ipynb"
-    done = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(path), str(out), "--cwd",
-                           str(tmp_path)], capture_output=True, text=True, timeout=150)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "papermill"),
+            str(path),
+            str(out),
+            "--cwd",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert done.returncode == 0, done.stderr
     assert fake.chat_requests() == []

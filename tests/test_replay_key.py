@@ -33,10 +33,15 @@ def asked_again(out: str) -> list[str]:
 
 
 def test_a_value_changed_where_its_summary_does_not_show_is_asked_again(
-    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ip: InteractiveShell,
+    fake: FakeOpenAI,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     in_cell(ip, monkeypatch, "cell-1")
-    ip.user_ns["df"] = pd.DataFrame({"name": [f"user{i}" for i in range(1000)], "score": range(1000)})
+    ip.user_ns["df"] = pd.DataFrame(
+        {"name": [f"user{i}" for i in range(1000)], "score": range(1000)}
+    )
     cell = "%%chat --with df\nWho is in row 500?"
     run(ip, cell)
     run(ip, cell)
@@ -56,20 +61,29 @@ def test_a_value_changed_where_its_summary_does_not_show_is_asked_again(
 # -- why a cell is asked again -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("change", "cell", "why"), [
-    (None, "%%chat\nq?", "its prompt changed"),
-    (None, "%%chat -m other-model\nq", "the model changed"),
-    (None, "%%chat -t 0.5\nq", "the params changed"),
-    (None, "%%chat --system 'Be brief.'\nq", "the system prompt changed"),
-    ("tool", "%%chat\nq", "the tools changed"),
-])
+@pytest.mark.parametrize(
+    ("change", "cell", "why"),
+    [
+        (None, "%%chat\nq?", "its prompt changed"),
+        (None, "%%chat -m other-model\nq", "the model changed"),
+        (None, "%%chat -t 0.5\nq", "the params changed"),
+        (None, "%%chat --system 'Be brief.'\nq", "the system prompt changed"),
+        ("tool", "%%chat\nq", "the tools changed"),
+    ],
+)
 def test_a_cell_asked_again_says_why_in_one_line(
-    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch, change: str | None, cell: str, why: str,
+    ip: InteractiveShell,
+    fake: FakeOpenAI,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    change: str | None,
+    cell: str,
+    why: str,
 ) -> None:
     in_cell(ip, monkeypatch, "cell-1")
     run(ip, "%%chat\nq")
     if change == "tool":
+
         def twice(x: int) -> int:
             """Double x."""
             return 2 * x
@@ -82,7 +96,10 @@ def test_a_cell_asked_again_says_why_in_one_line(
 
 
 def test_a_cell_below_a_changed_one_says_the_conversation_above_changed(
-    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ip: InteractiveShell,
+    fake: FakeOpenAI,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     in_cell(ip, monkeypatch, "cell-1")
     run(ip, "%%chat\nMy name is Ada.")
@@ -100,7 +117,10 @@ def test_a_cell_below_a_changed_one_says_the_conversation_above_changed(
 
 
 def test_first_runs_refresh_and_replay_off_say_nothing(
-    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ip: InteractiveShell,
+    fake: FakeOpenAI,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     in_cell(ip, monkeypatch, "cell-1")
     run(ip, "%%chat\nq")
@@ -116,8 +136,15 @@ def test_first_runs_refresh_and_replay_off_say_nothing(
 
 
 def request(prompt: str = "q", history: list[Turn] | None = None, **kw: Any) -> Request:
-    args: dict[str, Any] = {"prompt": prompt, "text": prompt, "history": history or [], "provider": "P",
-                            "model": "m", "system_prompt": None, "params": {}}
+    args: dict[str, Any] = {
+        "prompt": prompt,
+        "text": prompt,
+        "history": history or [],
+        "provider": "P",
+        "model": "m",
+        "system_prompt": None,
+        "params": {},
+    }
     return Request(**{**args, **kw})
 
 
@@ -130,12 +157,21 @@ def test_the_key_keeps_its_parts_and_survives_the_record() -> None:
     req = request(attached=[("df", "d1"), ("s", "d2")])
     user = Turn.from_dict(recorded(req)[0].to_dict())
     key = user.meta[KEY_FIELD]
-    assert key["v"] == 2 and set(key) == {"v", "prompt", "history", "model", "system", "params",
-                                          "tools", "with"}
+    assert key["v"] == 2 and set(key) == {
+        "v",
+        "prompt",
+        "history",
+        "model",
+        "system",
+        "params",
+        "tools",
+        "with",
+    }
     assert key["with"] == {"df": "d1", "s": "d2"}
     assert RequestKey.from_dict(key) == req.key()
-    assert user.meta["request_hash"] == request_hash("q", [], provider="P", model="m",
-                                                     system_prompt=None, params={})
+    assert user.meta["request_hash"] == request_hash(
+        "q", [], provider="P", model="m", system_prompt=None, params={}
+    )
     other = request(attached=[("df", "d1"), ("s", "CHANGED")])
     assert check_replay(recorded(req), 0, other).reason() == "a --with value changed: s"
     assert check_replay(recorded(req), 0, request()).reason() == "the --with names changed"
@@ -145,15 +181,23 @@ def test_the_key_keeps_its_parts_and_survives_the_record() -> None:
 def test_an_exchange_with_only_the_version_1_hash_is_still_replayed() -> None:
     """Saved before the key had parts: replayed by its hash, and a change said as far as the
     record shows it."""
-    req = request("How many rows?", text="How many rows?\n\n[attached value `df`: x]", attached=[("df", "d")])
+    req = request(
+        "How many rows?", text="How many rows?\n\n[attached value `df`: x]", attached=[("df", "d")]
+    )
     turns = recorded(req)
     del turns[0].meta[KEY_FIELD]
     assert check_replay(turns, 0, req).index == 0
     assert check_replay(turns, 0, request("Other?")).reason() == "its prompt changed"
-    edited = request("How many rows?", text="How many rows?\n\n[attached value `df`: y]", attached=[("df", "e")])
+    edited = request(
+        "How many rows?", text="How many rows?\n\n[attached value `df`: y]", attached=[("df", "e")]
+    )
     assert check_replay(turns, 0, edited).reason() == "what --with attached changed"
-    assert check_replay(turns, 0, request("How many rows?", text=req.text, model="n", attached=[("df", "d")])
-                        ).reason() == "the conversation above, the model, the system prompt or the params changed"
+    assert (
+        check_replay(
+            turns, 0, request("How many rows?", text=req.text, model="n", attached=[("df", "d")])
+        ).reason()
+        == "the conversation above, the model, the system prompt or the params changed"
+    )
 
 
 def test_a_key_of_a_newer_version_is_kept_and_the_hash_beside_it_decides() -> None:
@@ -173,8 +217,11 @@ def test_a_record_with_an_unreadable_key_is_refused_whole() -> None:
     u = Turn.user("q").to_dict()
     a = Turn("assistant", Turn.user("a").contents).to_dict()
     for bad in ("a string", {"v": 2, "big": "x" * 9000}):
-        record = {"version": 1, "sessions": {"default": {"provider": {}, "turns": [{**u, KEY_FIELD: bad}, a]}},
-                  "usage": []}
+        record = {
+            "version": 1,
+            "sessions": {"default": {"provider": {}, "turns": [{**u, KEY_FIELD: bad}, a]}},
+            "usage": [],
+        }
         with pytest.raises(RecordError, match="request_key"):
             validate_record(record)
 
@@ -193,7 +240,9 @@ def test_a_partial_recorded_answer_is_asked_again_and_says_so() -> None:
 
 def test_a_replayed_tool_line_says_the_tool_was_not_run_again() -> None:
     shown: list[dict[str, str]] = []
-    display = StreamDisplay(display=lambda b, **kw: shown.append(b), update=lambda b, **kw: shown.append(b))
+    display = StreamDisplay(
+        display=lambda b, **kw: shown.append(b), update=lambda b, **kw: shown.append(b)
+    )
     display.tool_request("c1", "twice", {"x": 4}, replayed=True)
     display.tool_result("c1", 8, None, replayed=True)
     display.fill("text", "Eight.")
@@ -205,7 +254,10 @@ def test_a_replayed_tool_line_says_the_tool_was_not_run_again() -> None:
 
 
 def test_a_replayed_tool_exchange_in_a_terminal_says_so(
-    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ip: InteractiveShell,
+    fake: FakeOpenAI,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     in_cell(ip, monkeypatch, "cell-1")
     call = {"id": "c1", "type": "function", "function": {"name": "twice", "arguments": '{"x": 4}'}}
@@ -229,7 +281,10 @@ def test_a_replayed_tool_exchange_in_a_terminal_says_so(
 
 
 def test_replay_only_replays_and_fails_a_changed_cell_naming_what_changed(
-    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ip: InteractiveShell,
+    fake: FakeOpenAI,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     in_cell(ip, monkeypatch, "cell-1")
     run(ip, "%%chat\nq")
@@ -241,8 +296,10 @@ def test_replay_only_replays_and_fails_a_changed_cell_naming_what_changed(
         result = run(ip, "%%chat\nq, edited")
         assert isinstance(result.error_in_exec, UsageError)
         message = str(result.error_in_exec)
-        assert message == ("replay-only mode (ChatMagics.replay = 'only'): its recorded answer does not "
-                           "match: its prompt changed; nothing sent")
+        assert message == (
+            "replay-only mode (ChatMagics.replay = 'only'): its recorded answer does not "
+            "match: its prompt changed; nothing sent"
+        )
         in_cell(ip, monkeypatch, "cell-2")
         message = str(run(ip, "%%chat\nnew").error_in_exec)
         assert "it has no recorded answer" in message
@@ -250,7 +307,10 @@ def test_replay_only_replays_and_fails_a_changed_cell_naming_what_changed(
     finally:
         config(ip, replay=True)
     assert len(fake.chat_requests()) == 1
-    assert texts(jupyter_llmchat.session()) == [("user", "q\n"), ("assistant", "Hello from the fake server.")]
+    assert texts(jupyter_llmchat.session()) == [
+        ("user", "q\n"),
+        ("assistant", "Hello from the fake server."),
+    ]
 
 
 def test_replay_only_from_the_environment_refuses_every_path(

@@ -253,7 +253,9 @@ class Turn:
         rk = d.get("request_key")
         if rk is not None:
             if not isinstance(rk, dict) or not _plain_json(rk, MAX_KEY_CHARS):
-                raise ValueError(f"request_key must be a JSON object of at most {MAX_KEY_CHARS:,} characters")
+                raise ValueError(
+                    f"request_key must be a JSON object of at most {MAX_KEY_CHARS:,} characters"
+                )
             meta["request_key"] = rk
         return cls(
             role=role,

@@ -116,7 +116,8 @@ class CellRunner:
             if check.reason():
                 what = f"its recorded answer does not match: {check.reason()}"
             else:
-                what = "a --no-history cell is never recorded" if args.no_history else "it has no recorded answer"
+                what = ("a --no-history cell is never recorded" if args.no_history
+                        else "it has no recorded answer")
             raise UsageError(f"replay-only mode ({only}): {what}; nothing sent")
         if check.reason():
             show_line(self.shell, f"asked again: {check.reason()}")
@@ -137,8 +138,8 @@ class CellRunner:
             check_output_name(args.output)
         bare = interpolate(prompt, self.shell.user_ns) if template else prompt
         # The replay key holds each value's content, not only its summary (a dry run needs none).
-        attached = ctx.attachments(args.with_names, self.shell.user_ns, self.settings.context_max_tokens,
-                                   fingerprint=not args.dry_run)
+        attached = ctx.attachments(args.with_names, self.shell.user_ns,
+                                   self.settings.context_max_tokens, fingerprint=not args.dry_run)
         text = _context.attach(bare, attached)
         if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
             show_line(self.shell, _context.describe_attachments(attached))
@@ -200,7 +201,8 @@ class CellRunner:
         __tracebackhide__ = True  # noqa: F841 - as in run
         fmt = question.fmt
         past = [] if args.no_history else chat.get_turns()[:rerun]
-        meta = {"cell_id": cell_id, "source": "cell", **request_of(chat, args.model, question, past).meta()}
+        keys = request_of(chat, args.model, question, past).meta()
+        meta = {"cell_id": cell_id, "source": "cell", **keys}
         # Until this answer is in, a second %chat line of this execution goes to the end.
         self._note_run(cell_id, run_id, len(chat.get_turns()))
         stream = chat.stream(

@@ -46,9 +46,13 @@ class AnswerDisplay(Protocol):
 
     def fill(self, kind: str, piece: str) -> None: ...
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False) -> None: ...
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None: ...
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, replayed: bool = False) -> None: ...
+    def tool_result(
+        self, call_id: str, value: Any, error: str | None, *, replayed: bool = False
+    ) -> None: ...
 
     def final(self, fmt: str, metadata: dict[str, Any], note: str | None = None) -> None: ...
 
@@ -125,7 +129,9 @@ class StreamDisplay:
         (self._text if kind == "text" else self._thinking).append(piece)
         self._chars += len(piece)
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False) -> None:
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None:
         """The model asked for a call: one line for it, under way until its result.
         ``replayed``: no update now (a replayed answer is shown whole by ``final``)."""
         with self._lock:
@@ -138,7 +144,9 @@ class StreamDisplay:
             if not replayed:
                 self._update_now()
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, replayed: bool = False) -> None:
+    def tool_result(
+        self, call_id: str, value: Any, error: str | None, *, replayed: bool = False
+    ) -> None:
         """A call's result: its line says ok or error and how long it took; ``replayed``: the
         recorded result, and the line says the tool was not run again (no time of its own)."""
         with self._lock:
@@ -308,13 +316,17 @@ class TerminalDisplay:
     def fill(self, kind: str, piece: str) -> None:
         self.delta(kind, piece)
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False) -> None:
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None:
         self._text = []  # as in StreamDisplay: the answer is the last round's text
         sys.stdout.write(f"\n[tool call] {name}({short_arguments(arguments)})\n")
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, replayed: bool = False) -> None:
+    def tool_result(
+        self, call_id: str, value: Any, error: str | None, *, replayed: bool = False
+    ) -> None:
         state = "error" if error is not None else "ok"
-        sys.stdout.write(f"[tool {state}, recorded: not run again]\n" if replayed else f"[tool {state}]\n")
+        sys.stdout.write(f"[tool {state}" + (", recorded: not run again]\n" if replayed else "]\n"))
 
     @property
     def text(self) -> str:

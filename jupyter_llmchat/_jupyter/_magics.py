@@ -156,7 +156,8 @@ class ChatMagics(Magics):
     @observe("replay")
     def _replay_changed(self, change: Any) -> None:
         # The core's one spend guard refuses every request in this mode (panel, parallel_chat).
-        spend_guard.set_replay_only("ChatMagics.replay = 'only'" if change["new"] == "only" else None)
+        only = change["new"] == "only"
+        spend_guard.set_replay_only("ChatMagics.replay = 'only'" if only else None)
 
     #: Magics are always registered on a shell (IPython types it Optional).
     shell: Any

@@ -163,8 +163,8 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
     common = {k: meta.get(k) for k in ("cell_id", "source") if isinstance(meta.get(k), str)}
     user = Turn.from_dict({
         "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
-        "started_at": meta.get("prompt_started_at") or meta.get("started_at"), "request_hash": meta.get("request_hash"),
-        "request_key": meta.get("request_key"), **common,
+        "started_at": meta.get("prompt_started_at") or meta.get("started_at"),
+        "request_hash": meta.get("request_hash"), "request_key": meta.get("request_key"), **common,
     })
     contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
     contents.append({"type": "text", "text": text})
