@@ -11,6 +11,7 @@ One tree, one root::
     │   └── ServerError           5xx
     ├── StreamError               the answer's stream broke or could not be decoded
     ├── BudgetExceeded            the notebook's budget refused a request before it was sent
+    │   └── ReplayOnlyError       replay-only mode (CI, docs builds): nothing is ever sent
     └── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
@@ -28,6 +29,7 @@ __all__ = [
     "LLMChatError",
     "ParallelChatError",
     "RateLimitError",
+    "ReplayOnlyError",
     "ServerError",
     "StreamError",
     "TransportError",
@@ -106,6 +108,17 @@ class BudgetExceeded(LLMChatError):
     the message names the budget, what is left and how to raise it."""
 
     hint = "%chat_budget shows the budget and what is left"
+
+
+class ReplayOnlyError(BudgetExceeded):
+    """Replay-only mode (``JUPYTER_LLMCHAT_REPLAY=only`` or ``ChatMagics.replay = "only"``)
+    refused a request: nothing is sent, whoever asks.
+
+    A kind of ``BudgetExceeded`` (a budget of nothing), so every surface that handles a refused
+    request (a cell, the panel, ``parallel_chat``) handles this one; the message names the mode
+    and, from a cell, what changed since its recorded answer."""
+
+    hint = "replay-only: unset JUPYTER_LLMCHAT_REPLAY (or %config ChatMagics.replay = True) to ask"
 
 
 class ParallelChatError(LLMChatError):

@@ -518,6 +518,8 @@ class Chat:
         """The sync driver: stream each request, run the tools it asks for, until done."""
         __tracebackhide__ = True  # noqa: F841 - IPython hides this frame (its locals hold the answer)
         with self._guard():
+            # Replay-only: refused before the model is asked of the server or the local one starts.
+            _cleanly(spend_guard.check_sending)
             ex = _cleanly(_Exchange, self, args, opts)
             _cleanly(ex.fit)
             self._notify("start")
@@ -549,6 +551,7 @@ class Chat:
 
         __tracebackhide__ = True  # noqa: F841 - as in _run
         with self._guard():
+            _cleanly(spend_guard.check_sending)  # as in _run
             if not opts.get("model") and not self.provider.model:
                 # Ask /models without blocking the loop; _prepare then finds the model set.
                 try:

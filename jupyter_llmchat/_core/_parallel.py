@@ -214,7 +214,8 @@ def _run(
         # was sent: nothing to return, so the refusal is the answer.
         first = min(batch.errors)
         why = batch.errors[first]
-        raise BudgetExceeded(
+        # Its own kind: a replay-only refusal stays a ReplayOnlyError.
+        raise (type(why) if isinstance(why, BudgetExceeded) else BudgetExceeded)(
             f"{label}: prompt {first + 1} of {len(args)} refused, nothing sent: "
             + (why.message if isinstance(why, BudgetExceeded) else str(why))
         ) from None

@@ -275,6 +275,15 @@ class Turn:
             v = d.get(k)
             if isinstance(v, str) and len(v) <= 200:
                 meta[k] = v
+        # Its parts (see _replay), kept as they were, of any version: a key this reader cannot
+        # compare is still not dropped from the record it writes again.
+        rk = d.get("request_key")
+        if rk is not None:
+            if not isinstance(rk, dict) or not _plain_json(rk, MAX_KEY_CHARS):
+                raise ValueError(
+                    f"request_key must be a JSON object of at most {MAX_KEY_CHARS:,} characters"
+                )
+            meta["request_key"] = rk
         return cls(
             role=role,
             contents=contents,
@@ -294,6 +303,18 @@ class Turn:
         short = text if len(text) <= 60 else text[:57] + "..."
         extra = " partial" if self.partial else ""
         return f"<Turn {self.role}{extra} {short!r}>"
+
+
+#: The most characters of a user turn's ``request_key`` kept from a record.
+MAX_KEY_CHARS = 8_000
+
+
+def _plain_json(value: Any, limit: int) -> bool:
+    """``value`` is JSON (no NaN) of at most ``limit`` characters."""
+    try:
+        return len(json.dumps(value, allow_nan=False)) <= limit
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def check_tool_pairs(turns: list[Turn]) -> None:

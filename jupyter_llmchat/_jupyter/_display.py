@@ -47,9 +47,13 @@ class AnswerDisplay(Protocol):
 
     def fill(self, kind: str, piece: str) -> None: ...
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None: ...
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None: ...
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None: ...
+    def tool_result(
+        self, call_id: str, value: Any, error: str | None, *, replayed: bool = False
+    ) -> None: ...
 
     def final(self, fmt: str, metadata: dict[str, Any], note: str | None = None) -> None: ...
 
@@ -126,9 +130,11 @@ class StreamDisplay:
         (self._text if kind == "text" else self._thinking).append(piece)
         self._chars += len(piece)
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None:
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None:
         """The model asked for a call: one line for it, under way until its result.
-        ``show=False``: no update now (a replayed answer is shown whole by ``final``)."""
+        ``replayed``: no update now (a replayed answer is shown whole by ``final``)."""
         with self._lock:
             if not self._calls:
                 # A new round: the text so far was the model's words before it asked; the
@@ -136,11 +142,14 @@ class StreamDisplay:
                 self._before.append(self._round_markdown())
                 self._text, self._thinking = [], []
             self._calls[call_id] = [name, arguments, self._clock(), None]
-            if show:
+            if not replayed:
                 self._update_now()
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None:
-        """A call's result: its line says ok or error and how long it took."""
+    def tool_result(
+        self, call_id: str, value: Any, error: str | None, *, replayed: bool = False
+    ) -> None:
+        """A call's result: its line says ok or error and how long it took; ``replayed``: the
+        recorded result, and the line says the tool was not run again (no time of its own)."""
         with self._lock:
             call = self._calls.get(call_id)
             if call is None:
@@ -148,12 +157,12 @@ class StreamDisplay:
             now = self._clock()
             # Calls of one round run one after another (sync) or together (async): a call's time
             # is counted from its request or the previous result, whichever came later.
-            call[3] = (value, error, now - max(call[2], self._last_result))
+            call[3] = (value, error, None if replayed else now - max(call[2], self._last_result))
             self._last_result = now
             if all(c[3] is not None for c in self._calls.values()):
                 self._before.append("".join(self._call_markdown(c) for c in self._calls.values()))
                 self._calls = {}
-            if show:
+            if not replayed:
                 self._update_now()
 
     def _update_now(self) -> None:
@@ -175,7 +184,9 @@ class StreamDisplay:
         value, error, seconds = done if done is not None else (None, None, None)
         # Still under way once the display is closed: the run stopped while it ran (Ctrl-C).
         stopped = done is None and self._closed
-        return tool_line(name, arguments, value, error, seconds, interrupted=stopped) + "\n\n"
+        replayed = done is not None and seconds is None
+        return tool_line(name, arguments, value, error, seconds, interrupted=stopped,
+                         replayed=replayed) + "\n\n"
 
     def _flush(self, now: float) -> None:
         md = self.markdown(partial_cursor=True)
@@ -306,12 +317,17 @@ class TerminalDisplay:
     def fill(self, kind: str, piece: str) -> None:
         self.delta(kind, piece)
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None:
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None:
         self._text = []  # as in StreamDisplay: the answer is the last round's text
         sys.stdout.write(f"\n[tool call] {name}({short_arguments(arguments)})\n")
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None:
-        sys.stdout.write(f"[tool {'error' if error is not None else 'ok'}]\n")
+    def tool_result(
+        self, call_id: str, value: Any, error: str | None, *, replayed: bool = False
+    ) -> None:
+        state = "error" if error is not None else "ok"
+        sys.stdout.write(f"[tool {state}" + (", recorded: not run again]\n" if replayed else "]\n"))
 
     @property
     def text(self) -> str:
@@ -360,13 +376,16 @@ MAX_SHOWN_RESULT = 8_000
 
 
 def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | None,
-              seconds: float | None, *, interrupted: bool = False) -> str:
+              seconds: float | None, *, interrupted: bool = False, replayed: bool = False) -> str:
     """One tool call as a compact line (name, short arguments, ok or error, time) that opens
     on the full arguments and result. Everything in it comes from the model or the tool: the
     line is HTML-escaped, the details go through ``safe_markdown`` (DESIGN §9).
-    ``interrupted``: the call never finished (the output is final: it must not say running)."""
+    ``interrupted``: the call never finished (the output is final: it must not say running).
+    ``replayed``: the recorded call of a replayed answer: the tool was not run again."""
     if interrupted:
         state = "interrupted"
+    elif replayed:
+        state = f"{'error' if error is not None else 'ok'} · recorded, not run again"
     elif seconds is None:
         state = "running…"
     else:
@@ -374,7 +393,7 @@ def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | Non
     summary = (f"🔧 <code>{html.escape(name)}</code>({html.escape(short_arguments(arguments))})"
                f" — {html.escape(state)}")
     body = "Arguments:\n\n" + _fenced(json.dumps(arguments, ensure_ascii=False, indent=2), "json")
-    if seconds is not None:
+    if seconds is not None or replayed:
         result = result_text(value, error)
         if len(result) > MAX_SHOWN_RESULT:
             # The output is saved with the notebook: a large result is shown (and kept) cut.

@@ -25,13 +25,26 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Dict,
+    Enum,
+    Float,
+    Int,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    observe,
+    validate,
+)
 
 from .. import _sessions
 from .._core._chat import ChatBusyError
 from .._core._params import params as make_params
 from .._core._presets import chat_openai_compatible
 from .._core._provider import env_credentials
+from .._core._spend import spend_guard
 from .._errors import ConfigurationError
 from . import _cellcontext as ctx
 from . import _context
@@ -99,9 +112,13 @@ class ChatMagics(Magics):
         2000, help="Most tokens (estimated as characters / 4) of each value attached with "
         "%%chat --with, whatever the value's size."
     ).tag(config=True)
-    replay = Bool(
-        True, help="Show the recorded answer, with no request, when a %%chat cell is re-run with "
-        "the same prompt, history, model, system prompt and params (--refresh asks again)."
+    replay = Union(
+        [Bool(), Enum(["only"])], default_value=True,
+        help="Show the recorded answer, with no request, when a %%chat cell is re-run with "
+        "the same prompt, conversation above, model, system prompt, params, tools and --with "
+        "values (--refresh asks again). \"only\": never send anything (CI, docs builds): a cell "
+        "with no matching recorded answer fails saying what changed. The environment's "
+        "JUPYTER_LLMCHAT_REPLAY=only does the same and wins over this setting.",
     ).tag(config=True)
     footer = Bool(
         True, help="Show a one-line footer under each answer: model, tokens in/out, cost."
@@ -135,6 +152,12 @@ class ChatMagics(Magics):
         if value and not re.match(r"^https?://[^/\s]+", value):
             raise TraitError("ChatMagics.base_url must be an http(s) URL, e.g. http://127.0.0.1:11434/v1")
         return value
+
+    @observe("replay")
+    def _replay_changed(self, change: Any) -> None:
+        # The core's one spend guard refuses every request in this mode (panel, parallel_chat).
+        only = change["new"] == "only"
+        spend_guard.set_replay_only("ChatMagics.replay = 'only'" if only else None)
 
     #: Magics are always registered on a shell (IPython types it Optional).
     shell: Any
@@ -313,6 +336,8 @@ def unload(ipython: Any) -> None:
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
     if magics is not None:
+        if magics.replay == "only":
+            spend_guard.set_replay_only(None)
         ipython.events.unregister("post_run_cell", magics.cell_runs.post_run_cell)
         _sessions.set_factory(None)
         for kind in ("line", "cell"):
