@@ -496,6 +496,7 @@ class Chat:
         params: dict[str, Any] | None = None,
         history: bool = True,
         replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
         system_prompt: str | None | Literal[False] = False,
         source: str | None = None,
     ) -> RequestPreview:
@@ -504,7 +505,7 @@ class Chat:
         the server: the model is the one given or known (None: the server would be asked).
         ``system_prompt``: another one for this preview (False: the chat's own)."""
         user = Turn("user", _contents(args))
-        past = self._turns[:replace_from] if history else []
+        past = self._turns[:_span(self._turns, replace_from, replace)[0]] if history else []
         messages = self._messages([*past, user], system_prompt)
         body = self.provider.body(messages, model=model or self.provider.model or "", stream=True,
                                   params=params)

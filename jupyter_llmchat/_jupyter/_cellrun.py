@@ -330,7 +330,7 @@ class CellRunner:
         system = args.system if args.system is not None else chat.system_prompt
         preview = chat.request_preview(
             question.text, model=args.model or None, params=question.overrides,
-            history=not fresh, replace_from=rerun, system_prompt=system or None, source="cell",
+            history=not fresh, replace=rerun, system_prompt=system or None, source="cell",
         )
         view = ctx.dry_run_text(
             url=chat.provider.display_url, model=args.model or chat.provider.model, params=params,
