@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from ._core._process import token_usage
     from ._core._structured import StructuredOutputError
-    from ._core._tools import Tool, ToolError, ToolRejectError
+    from ._core._tools import Tool, ToolError
     from ._core._turns import (
         ContentImage,
         ContentText,
@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
         RateLimitError,
         ServerError,
         StreamError,
+        ToolRejectError,
         TransportError,
     )
     from ._jupyter._widget import panel
@@ -149,7 +150,7 @@ _LAZY = {
     "StructuredOutputError": "_core._structured",
     "Tool": "_core._tools",
     "ToolError": "_core._tools",
-    "ToolRejectError": "_core._tools",
+    "ToolRejectError": "_errors",
     "ContentImage": "_core._turns",
     "ContentText": "_core._turns",
     "ContentThinking": "_core._turns",

@@ -11,6 +11,7 @@ One tree, one root::
     │   └── ServerError           5xx
     ├── StreamError               the answer's stream broke or could not be decoded
     ├── BudgetExceeded            the notebook's budget refused a request before it was sent
+    ├── ToolRejectError           a tool call refused (by the tool, a callback or the approval)
     └── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
@@ -30,6 +31,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "StreamError",
+    "ToolRejectError",
     "TransportError",
 ]
 
@@ -106,6 +108,15 @@ class BudgetExceeded(LLMChatError):
     the message names the budget, what is left and how to raise it."""
 
     hint = "%chat_budget shows the budget and what is left"
+
+
+class ToolRejectError(LLMChatError):
+    """Raise it in a tool, or in an ``on_tool_request`` callback, to refuse a call: the model is
+    told ``Tool call rejected. {reason}`` as the call's result, and the result's status is
+    "refused". Nothing else stops: the exchange goes on with the model's next answer."""
+
+    def __init__(self, reason: str = "the user refused this call") -> None:
+        super().__init__(reason)
 
 
 class ParallelChatError(LLMChatError):

@@ -7,7 +7,8 @@ cell whose event loop is already running (the requests run on a private loop in 
 
 Limits: at most ``max_active`` requests in flight (a semaphore) and at most ``rpm`` request starts
 per minute (a token bucket of one token, refilled every ``60 / rpm`` seconds: starts are spaced,
-never bursty).
+never bursty). The sync tools a prompt's answers call run in a pool of ``max_active`` threads, so
+those of different prompts run at the same time, as async tools do on the loop.
 
 Retries are the client's own (``max_tries`` of the chat's provider, default 3: connect errors,
 408, 429 and 5xx, honouring ``Retry-After``); nothing here retries again, so a 429 is never
@@ -40,6 +41,7 @@ stderr, and nothing when stderr is not a terminal. The notebook's display comes 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 import threading
 import time
@@ -361,6 +363,11 @@ class _Batch(Generic[R]):
 
     async def run(self) -> None:
         self._semaphore = asyncio.Semaphore(self.max_active)
+        # Sync tools run in the loop's default executor (``Tool.ainvoke``): as many threads as
+        # requests may be in flight, so the tools of different prompts run at the same time
+        # (asyncio's own default has min(32, CPUs + 4) threads). Closed with the private loop.
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(
+            self.max_active, thread_name_prefix="jupyter_llmchat-tool"))
         self._limiter = _RateLimiter(self.rpm)
         # One connection pool for the whole run, sized to max_active: a client per copy would
         # open (and close) a connection per prompt.

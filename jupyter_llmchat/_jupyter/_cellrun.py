@@ -284,7 +284,8 @@ class CellRunner:
                 elif c.type == "tool_request":
                     display.tool_request(c.id, c.name, c.arguments, show=False)
                 elif c.type == "tool_result":
-                    display.tool_result(c.id, c.value, c.error, show=False)
+                    display.tool_result(c.id, c.value, c.error, status=c.status,
+                                        duration=c.duration, show=False)
         meta = display_metadata(args.session, chat, exchange, recorded=True)
         meta[KEY]["replayed"] = True
         display.final(fmt, meta)
@@ -354,7 +355,8 @@ def show_item(display: AnswerDisplay, item: Any) -> None:
     elif kind == "tool_request":
         display.tool_request(item.id, item.name, item.arguments)
     elif kind == "tool_result":
-        display.tool_result(item.id, item.value, item.error)
+        display.tool_result(item.id, item.value, item.error, status=item.status,
+                            duration=item.duration)
 
 
 def exchange_end(turns: Any, start: int) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from .._core._chat import Chat
 from .._core._markdown import safe_markdown
 from .._core._spend import exchange_spend
+from .._core._tools import result_state
 from .._core._turns import ContentToolResult, Turn, exchanges
 from .._core._usage import UsageRow, format_row_cost, format_tokens
 from ._display import short_arguments
@@ -277,13 +278,7 @@ def _results_only(t: Turn) -> bool:
 
 
 def _call_line(name: str, arguments: dict[str, Any], result: ContentToolResult | None) -> str:
-    if result is None:
-        state = "no result"
-    elif result.error is not None:
-        state = "error: " + _one_line(result.error, 80)
-    else:
-        state = "ok"
-    return f"{name}({short_arguments(arguments)}) → {state}"
+    return f"{name}({short_arguments(arguments)}) → {result_state(result)}"
 
 
 def _one_line(s: str, limit: int) -> str:

@@ -18,7 +18,7 @@ the deltas carried), ``{"type": "append", "messages"}`` (turns made elsewhere: `
 question's ``"id", "user_id"`` once it was accepted), ``{"type": "status", "text"}`` (e.g. the
 local model starting), ``{"type": "tool", "id", "call"}`` (a tool call of the streaming answer
 ``id``, sent when asked and again with its result: ``call`` is ``{"id", "name", "args",
-"arguments", "state": "running"|"ok"|"error"|"stopped", "result", "seconds"}``, as in a turn's
+"arguments", "state": "running"|"ok"|"refused"|"error"|"stopped", "result", "seconds"}``, as in a turn's
 ``tools``; "stopped": the answer was stopped while the call ran, its late result discarded;
 the front end shows it as text, never HTML), ``{"type": "notice", "text"}`` (a quiet line that
 stays until the next question: old turns left out of a request), ``{"type": "names", "names"}``,
@@ -87,16 +87,21 @@ _SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
 
 def tool_call(request: ContentToolRequest, result: ContentToolResult | None = None,
               seconds: float | None = None) -> dict[str, Any]:
-    """One call as the panel shows it: a line (name, short arguments, ok or error, time) that
-    opens on the full arguments and result. All of it is shown as text, never as HTML."""
+    """One call as the panel shows it: a line (name, short arguments, ok / refused / error,
+    time) that opens on the full arguments and result. All of it is shown as text, never as
+    HTML. The time is the result's own (kept in the record, so a reloaded panel shows it), else
+    ``seconds``."""
     call: dict[str, Any] = {
         "id": request.id, "name": request.name, "args": short_arguments(request.arguments),
         "arguments": json.dumps(request.arguments, ensure_ascii=False, indent=2),
         "state": "running", "result": None, "seconds": seconds,
     }
     if result is not None:
-        call["state"] = "error" if result.error is not None else "ok"
+        call["state"] = result.status
         call["result"] = result_text(result.value, result.error)
+        call["seconds"] = result.duration if result.duration is not None else seconds
+        if result.status == "refused":
+            call["seconds"] = None  # it never ran
     return call
 
 

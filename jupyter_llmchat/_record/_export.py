@@ -34,6 +34,7 @@ from typing import Any
 
 from .._core._markdown import safe_markdown
 from .._core._spend import exchange_spend, footer
+from .._core._tools import result_state
 from .._core._turns import ContentImage, ContentToolResult, Turn, exchanges
 from .._core._usage import UsageRow, format_row_cost, format_tokens
 from .._errors import ConfigurationError
@@ -152,14 +153,7 @@ def _call_line(name: str, arguments: dict[str, Any], result: ContentToolResult |
     args = json.dumps(arguments, ensure_ascii=False)
     if len(args) > SHORT_ARGUMENTS:
         args = args[: SHORT_ARGUMENTS - 1] + "…"
-    if result is None:
-        state = "no result"
-    elif result.error is not None:
-        err = " ".join(result.error.split())
-        state = "error: " + (err if len(err) <= SHORT_ERROR else err[: SHORT_ERROR - 1] + "…")
-    else:
-        state = "ok"
-    return f"{name}({args}) → {state}"
+    return f"{name}({args}) → {result_state(result, SHORT_ERROR)}"
 
 
 def _calls(turns: list[Turn], i: int) -> list[str]:

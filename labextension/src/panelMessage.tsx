@@ -57,7 +57,8 @@ function callState(state: string): string {
 }
 
 /**
- * One line per tool call: name, short arguments, ok / error / running, time.
+ * One line per tool call: name, short arguments, ok / refused / error /
+ * running, time.
  * Everything in it comes from the model or the tool (DESIGN §9), so it is
  * rendered as React text (escaped), never as HTML or Markdown.
  */
@@ -83,7 +84,11 @@ function ToolCalls(props: MessagePreambleProps): JSX.Element | null {
           {call.result !== null && call.result !== undefined ? (
             <>
               <div className="jp-llmchat-tool-label">
-                {call.state === 'error' ? 'Error' : 'Result'}
+                {call.state === 'error'
+                  ? 'Error'
+                  : call.state === 'refused'
+                    ? 'Refused'
+                    : 'Result'}
               </div>
               <pre className="jp-llmchat-tool-result">{call.result}</pre>
             </>

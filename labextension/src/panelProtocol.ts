@@ -20,8 +20,11 @@ export interface IToolCall {
   args: string;
   /** The full arguments, as indented JSON. */
   arguments: string;
-  /** `stopped`: the answer was stopped while it ran; a late result is discarded. */
-  state: 'running' | 'ok' | 'error' | 'stopped';
+  /**
+   * `refused`: not run (a callback or the approval said no; `result` says why).
+   * `stopped`: the answer was stopped while it ran; a late result is discarded.
+   */
+  state: 'running' | 'ok' | 'refused' | 'error' | 'stopped';
   result?: string | null;
   seconds?: number | null;
 }

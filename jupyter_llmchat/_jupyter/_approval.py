@@ -1,0 +1,118 @@
+"""Tool approval in a notebook (DESIGN §3): ``ChatMagics.tool_approval`` = "ask", "auto", "never".
+
+One ``on_tool_request`` callback on the process's tool hooks (``_core._tools.tool_hooks``), so
+every call of every ``Chat`` in the kernel passes it, a ``Chat`` the user made included. Under
+"ask" the calls of the user's own Python functions and of tools annotated read-only run unasked
+(a server the user added is what makes its annotations trusted); the others are asked about in
+the cell, through the kernel's stdin: yes, no, or always (this tool name, for the kernel's life,
+never recorded). Nobody can answer where the front end has no stdin (nbclient, papermill) or on
+a thread other than the cell's (``parallel_chat``'s workers, the panel's): the call is refused
+there, and its reason, which says how to allow it, is the call's line in the output and the
+result the model gets.
+
+``approval_for(tool, policy, ask_servers)`` is the decision alone, for whoever shows or
+configures tools (``%chat_mcp add NAME --ask`` puts NAME into ``ask_servers``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection
+from typing import Any, Literal
+
+from .._core._tools import Tool, tool_hooks
+from .._core._turns import ContentToolRequest
+from .._errors import ToolRejectError
+from ._display import short_arguments
+
+__all__ = ["POLICIES", "Decision", "ToolApproval", "approval_for"]
+
+POLICIES = ("ask", "auto", "never")
+Decision = Literal["run", "ask", "refuse"]
+
+#: Said in every refusal that someone could lift: how to let calls run without asking.
+HOW_TO_ALLOW = '%config ChatMagics.tool_approval = "auto" runs tool calls without asking'
+
+
+def approval_for(tool: Tool | None, policy: str, ask_servers: Collection[str] = ()) -> Decision:
+    """What the approval does with a call of ``tool`` under ``policy``: "run" it unasked, "ask"
+    the user first, or "refuse" it.
+
+    "auto" runs everything, "never" refuses everything. "ask": a tool of an MCP server in
+    ``ask_servers`` always asks; otherwise a tool annotated ``destructiveHint`` asks, a tool
+    annotated ``readOnlyHint`` runs, the user's own functions (``tool.server`` None) run and
+    the other servers' tools ask. ``tool`` None (no such tool): "run", since the call fails
+    on its own without running anything."""
+    if policy == "auto" or tool is None:
+        return "run"
+    if policy == "never":
+        return "refuse"
+    if tool.server is not None and tool.server in ask_servers:
+        return "ask"
+    hints = tool.annotations or {}
+    if hints.get("destructiveHint") is True:
+        return "ask"
+    if hints.get("readOnlyHint") is True or tool.server is None:
+        return "run"
+    return "ask"
+
+
+class ToolApproval:
+    """The kernel's approval: its policy, the servers that ask for every call, the tool names
+    answered "always", and the thread that may ask (the one cells run on)."""
+
+    def __init__(self, cell_thread: threading.Thread | None = None,
+                 ask: Callable[[str], str] | None = None) -> None:
+        self.policy: str = "ask"
+        self.ask_servers: set[str] = set()
+        self.always: set[str] = set()
+        self._cell_thread = cell_thread or threading.current_thread()
+        self._ask = ask or input  # the kernel's input(): an input_request on its stdin channel
+        self._lock = threading.Lock()
+        self._remove: Callable[[], None] | None = None
+
+    def install(self) -> None:
+        if self._remove is None:
+            self._remove = tool_hooks.on_tool_request(self)
+
+    def uninstall(self) -> None:
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+
+    def __call__(self, request: ContentToolRequest) -> None:
+        """The ``on_tool_request`` callback: returns to run the call, raises to refuse it."""
+        decision = approval_for(request.tool, self.policy, self.ask_servers)
+        if decision == "run" or (decision == "ask" and request.name in self.always):
+            return
+        if decision == "refuse":
+            raise ToolRejectError(
+                'tool calls are turned off here (ChatMagics.tool_approval = "never")'
+            )
+        if threading.current_thread() is not self._cell_thread:
+            raise ToolRejectError(
+                "it needs approval, and it was asked for off the cell's thread (parallel_chat, "
+                f"the panel), where nobody can answer; {HOW_TO_ALLOW}"
+            )
+        answer = self._prompt(request)
+        if answer in ("a", "always"):
+            with self._lock:
+                self.always.add(request.name)
+        elif answer not in ("y", "yes"):
+            raise ToolRejectError("the user declined this call")
+
+    def _prompt(self, request: ContentToolRequest) -> str:
+        from IPython.core.error import StdinNotImplementedError  # only when a call asks
+
+        question = (f"Allow the tool call {request.name}({short_arguments(request.arguments)})? "
+                    "[y]es / [n]o / [a]lways for this session: ")
+        try:
+            answer = self._ask(question)
+        except (StdinNotImplementedError, EOFError, OSError):
+            # No stdin: nbclient and papermill say allow_stdin False; a captured stdin (pytest).
+            raise ToolRejectError(
+                f"it needs approval, and nobody can answer here (no input in this run); "
+                f"{HOW_TO_ALLOW}"
+            ) from None
+        return str(answer).strip().lower()
+
