@@ -352,7 +352,9 @@ def result_state(result: ContentToolResult | None, error_chars: int = 80) -> str
         return f"ok{took}"
     why = " ".join(result.error.split())
     if result.status == "refused":
+        # A refusal's reason may say how to allow the call: room for it.
         why = why.removeprefix("Tool call rejected.").strip()
+        error_chars = max(error_chars, 160)
     if len(why) > error_chars:
         why = why[: error_chars - 1] + "…"
     return f"{result.status}{took}: {why}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection
-from typing import Any, Literal
+from typing import Literal
 
 from .._core._tools import Tool, tool_hooks
 from .._core._turns import ContentToolRequest
@@ -31,7 +31,7 @@ POLICIES = ("ask", "auto", "never")
 Decision = Literal["run", "ask", "refuse"]
 
 #: Said in every refusal that someone could lift: how to let calls run without asking.
-HOW_TO_ALLOW = '%config ChatMagics.tool_approval = "auto" runs tool calls without asking'
+HOW_TO_ALLOW = '%config ChatMagics.tool_approval = "auto" allows calls'
 
 
 def approval_for(tool: Tool | None, policy: str, ask_servers: Collection[str] = ()) -> Decision:
@@ -91,8 +91,8 @@ class ToolApproval:
             )
         if threading.current_thread() is not self._cell_thread:
             raise ToolRejectError(
-                "it needs approval, and it was asked for off the cell's thread (parallel_chat, "
-                f"the panel), where nobody can answer; {HOW_TO_ALLOW}"
+                "it needs approval and came off the cell's thread (parallel_chat, the panel); "
+                + HOW_TO_ALLOW
             )
         answer = self._prompt(request)
         if answer in ("a", "always"):
@@ -111,8 +111,7 @@ class ToolApproval:
         except (StdinNotImplementedError, EOFError, OSError):
             # No stdin: nbclient and papermill say allow_stdin False; a captured stdin (pytest).
             raise ToolRejectError(
-                f"it needs approval, and nobody can answer here (no input in this run); "
-                f"{HOW_TO_ALLOW}"
+                f"it needs approval and nobody can answer (no stdin); {HOW_TO_ALLOW}"
             ) from None
         return str(answer).strip().lower()
 
