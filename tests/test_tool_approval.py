@@ -24,7 +24,9 @@ from IPython.core.interactiveshell import InteractiveShell
 import jupyter_llmchat
 from jupyter_llmchat import ContentToolResult, Tool
 from jupyter_llmchat._jupyter._approval import approval_for
+from jupyter_llmchat import _sessions
 from tests.fake_openai import FakeOpenAI, FakeOpenAIProcess, Reply
+from tests.panel_recorder import RecordingPanel
 from tests.test_kernel_iopub import Msg, displays, start_kernel
 from tests.test_magics import chat_magics, config, ip, run  # noqa: F401  (ip is a fixture)
 from tests.test_tools import call, tool_reply
@@ -159,6 +161,54 @@ def test_a_call_from_a_parallel_chat_worker_is_refused_with_a_line(
         assert result.status == "refused" and "came off the cell's thread" in (result.error or "")
         assert ASK_HINT in (result.error or "")
     assert sys.stdin.read() == "y\ny\n"  # nothing was asked
+
+
+# -- the panel: Approve / Deny on the call's line --------------------------------------------------
+
+
+@pytest.fixture
+def panel(shell: InteractiveShell) -> Iterator[RecordingPanel]:
+    p = RecordingPanel("default")
+    _sessions.registry.panels.append(p)
+    yield p
+    _sessions.registry.panels.remove(p)
+    p.close()
+
+
+@pytest.mark.parametrize(("answer", "status"), [("yes", "ok"), ("no", "refused"), ("maybe", "refused")])
+def test_the_panel_asks_on_the_calls_line(
+    shell: InteractiveShell, fake: FakeOpenAI, panel: RecordingPanel, answer: str, status: str
+) -> None:
+    chat = jupyter_llmchat.session()
+    chat.set_tools([server_tool()])
+    fake.script(tool_reply(call("w1", "search", {"q": "x"})), Reply(text="done"))
+    panel.sent.clear()
+    panel.ask("Search it.")
+    asked = panel.wait_for("approve")
+    assert asked["call_id"] == "w1" and asked["id"]
+    tool_lines = [m for m in panel.sent if m["type"] == "tool"]
+    assert tool_lines[0]["id"] == asked["id"]  # the same answer's line: the buttons go there
+    panel.front_end(type="approval", call_id="w1", answer=answer)
+    panel.finish()
+    states = [m["call"]["state"] for m in panel.sent if m["type"] == "tool"]
+    assert states == ["running", status]
+    assert results(chat)[-1].status == status
+
+
+def test_stop_while_the_panel_asks_refuses_the_call(
+    shell: InteractiveShell, fake: FakeOpenAI, panel: RecordingPanel
+) -> None:
+    chat = jupyter_llmchat.session()
+    chat.set_tools([server_tool()])
+    fake.script(tool_reply(call("w2", "search", {"q": "x"})), Reply(text="never sent"))
+    panel.sent.clear()
+    panel.ask("Search it.")
+    panel.wait_for("approve")
+    panel.stop()
+    panel.finish(timeout=20)
+    assert len(fake.chat_requests()) == 1  # nothing went on after the stop
+    turns = chat.get_turns()
+    assert turns[-1].role == "assistant" and turns[-1].partial
 
 
 # -- a real kernel, answering on its stdin channel ------------------------------------------------

@@ -5,8 +5,9 @@ every call of every ``Chat`` in the kernel passes it, a ``Chat`` the user made i
 "ask" the calls of the user's own Python functions and of tools annotated read-only run unasked
 (a server the user added is what makes its annotations trusted); the others are asked about in
 the cell, through the kernel's stdin: yes, no, or always (this tool name, for the kernel's life,
-never recorded). Nobody can answer where the front end has no stdin (nbclient, papermill) or on
-a thread other than the cell's (``parallel_chat``'s workers, the panel's): the call is refused
+never recorded). A thread that has its own way to ask (the panel's: Approve / Deny on the call's
+line) says so with ``answered_by``. Nobody can answer where the front end has no stdin
+(nbclient, papermill) or on another thread (``parallel_chat``'s workers): the call is refused
 there, and its reason, which says how to allow it, is the call's line in the output and the
 result the model gets.
 
@@ -17,7 +18,8 @@ configures tools (``%chat_mcp add NAME --ask`` puts NAME into ``ask_servers``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from .._core._tools import Tool, tool_hooks
@@ -25,10 +27,29 @@ from .._core._turns import ContentToolRequest
 from .._errors import ToolRejectError
 from ._display import short_arguments
 
-__all__ = ["POLICIES", "Decision", "ToolApproval", "approval_for"]
+__all__ = ["ANSWERS", "POLICIES", "Decision", "ToolApproval", "answered_by", "approval_for"]
 
 POLICIES = ("ask", "auto", "never")
 Decision = Literal["run", "ask", "refuse"]
+
+#: What a prompt takes: yes, no, always (this tool name, for the kernel's life).
+ANSWERS = ("yes", "no", "always")
+
+#: Per thread: who answers the approval's questions asked on it (see ``answered_by``).
+_answerers = threading.local()
+
+
+@contextmanager
+def answered_by(answer: Callable[[ContentToolRequest], str]) -> Iterator[None]:
+    """While in this block, calls on this thread that need approval are asked of ``answer``
+    (it returns "yes", "no" or "always"; it may raise ``ToolRejectError`` with a reason)."""
+    before = getattr(_answerers, "answer", None)
+    _answerers.answer = answer
+    try:
+        yield
+    finally:
+        _answerers.answer = before
+
 
 #: Said in every refusal that someone could lift: how to let calls run without asking.
 HOW_TO_ALLOW = '%config ChatMagics.tool_approval = "auto" allows calls'
@@ -89,12 +110,16 @@ class ToolApproval:
             raise ToolRejectError(
                 'tool calls are turned off here (ChatMagics.tool_approval = "never")'
             )
-        if threading.current_thread() is not self._cell_thread:
+        answerer = getattr(_answerers, "answer", None)
+        if answerer is not None:
+            answer = str(answerer(request))
+        elif threading.current_thread() is self._cell_thread:
+            answer = self._prompt(request)
+        else:
             raise ToolRejectError(
-                "it needs approval and came off the cell's thread (parallel_chat, the panel); "
+                "it needs approval and came off the cell's thread (parallel_chat); "
                 + HOW_TO_ALLOW
             )
-        answer = self._prompt(request)
         if answer in ("a", "always"):
             with self._lock:
                 self.always.add(request.name)
