@@ -22,9 +22,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
-from jupyter_llmchat import ContentToolResult, Tool
+from jupyter_llmchat import ContentToolResult, Tool, _sessions
 from jupyter_llmchat._jupyter._approval import approval_for
-from jupyter_llmchat import _sessions
 from tests.fake_openai import FakeOpenAI, FakeOpenAIProcess, Reply
 from tests.panel_recorder import RecordingPanel
 from tests.test_kernel_iopub import Msg, displays, start_kernel
