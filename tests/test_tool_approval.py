@@ -109,6 +109,8 @@ def test_yes_no_and_always_at_the_prompt(
     # stdin is empty now: a fourth prompt would be refused. "always" means it is not asked.
     assert ask(shell, fake, server_tool(), "four").status == "ok"
     assert chat_magics(shell).approval.always == {"search"}
+    shown = repr(shell.run_line_magic("chat_config", ""))
+    assert "ChatMagics.tool_approval" in shown and "ask (always allowed: search)" in shown
 
 
 def test_nobody_to_answer_refuses_with_a_line_that_says_how_to_allow_it(
