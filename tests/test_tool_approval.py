@@ -12,6 +12,7 @@ import io
 import json
 import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,22 +147,40 @@ def test_a_server_added_with_ask_asks_for_every_call(
     assert ask(shell, fake, server_tool(readOnlyHint=True)).status == "refused"
 
 
-def test_a_call_from_a_parallel_chat_worker_is_refused_with_a_line(
-    shell: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+def test_a_call_from_parallel_chat_is_asked_on_the_cells_thread(
+    shell: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    stdin(monkeypatch, "y\ny\n")  # someone is at the prompt, but not on the workers' thread
+    stdin(monkeypatch, "y\nn\n")
     chat = jupyter_llmchat.session()
     chat.set_tools([server_tool()])
     prompts = ["first.", "second."]
     for i, p in enumerate(prompts):
         fake.script_for(p, tool_reply(call(f"p{i}", "search", {"q": p})), Reply(text=f"ok {i}"))
     copies = jupyter_llmchat.parallel_chat(chat, prompts, progress=False)
+    statuses = []
     for copy in copies:
         assert isinstance(copy, jupyter_llmchat.Chat)
         (result,) = results(copy)
-        assert result.status == "refused" and "came off the cell's thread" in (result.error or "")
-        assert ASK_HINT in (result.error or "")
-    assert sys.stdin.read() == "y\ny\n"  # nothing was asked
+        statuses.append(result.status)
+    assert sorted(statuses) == ["ok", "refused"]  # one yes, one no, in whichever order
+    assert capsys.readouterr().out.count("Allow the tool call search") == 2
+
+
+def test_a_call_from_another_thread_is_refused_with_a_line(
+    shell: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin(monkeypatch, "y\n")  # someone is at the prompt, but not on that thread
+    chat = jupyter_llmchat.session()
+    chat.set_tools([server_tool()])
+    fake.script(tool_reply(call("t1", "search", {"q": "x"})), Reply(text="done"))
+    worker = threading.Thread(target=chat.chat, args=("Search it.",))
+    worker.start()
+    worker.join(30)
+    (result,) = results(chat)
+    assert result.status == "refused" and "came off the cell's thread" in (result.error or "")
+    assert ASK_HINT in (result.error or "")
+    assert sys.stdin.read() == "y\n"  # nothing was asked
 
 
 # -- the panel: Approve / Deny on the call's line --------------------------------------------------

@@ -6,10 +6,11 @@ every call of every ``Chat`` in the kernel passes it, a ``Chat`` the user made i
 (a server the user added is what makes its annotations trusted); the others are asked about in
 the cell, through the kernel's stdin: yes, no, or always (this tool name, for the kernel's life,
 never recorded). A thread that has its own way to ask (the panel's: Approve / Deny on the call's
-line) says so with ``answered_by``. Nobody can answer where the front end has no stdin
-(nbclient, papermill) or on another thread (``parallel_chat``'s workers): the call is refused
-there, and its reason, which says how to allow it, is the call's line in the output and the
-result the model gets.
+line) says so with ``answered_by``; a call from ``parallel_chat``'s own thread is passed to the
+cell's, which waits for the run (``run_on_caller``). Nobody can answer where the front end has
+no stdin (nbclient, papermill) or on any other thread: the call is refused there, and its
+reason, which says how to allow it, is the call's line in the output and the result the model
+gets.
 
 ``approval_for(tool, policy, ask_servers)`` is the decision alone, for whoever shows or
 configures tools (``%chat_mcp add NAME --ask`` puts NAME into ``ask_servers``).
@@ -22,6 +23,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+from .._core._parallel import run_on_caller
 from .._core._tools import Tool, tool_hooks
 from .._core._turns import ContentToolRequest
 from .._errors import ToolRejectError
@@ -116,15 +118,25 @@ class ToolApproval:
         elif threading.current_thread() is self._cell_thread:
             answer = self._prompt(request)
         else:
-            raise ToolRejectError(
-                "it needs approval and came off the cell's thread (parallel_chat); "
-                + HOW_TO_ALLOW
-            )
+            try:  # parallel_chat's thread: asked on the caller's, if that is the cell's
+                answer = run_on_caller(lambda: self._prompt_on_cell_thread(request))
+            except LookupError:
+                raise ToolRejectError(
+                    "it needs approval and came off the cell's thread; " + HOW_TO_ALLOW
+                ) from None
         if answer in ("a", "always"):
             with self._lock:
                 self.always.add(request.name)
         elif answer not in ("y", "yes"):
             raise ToolRejectError("the user declined this call")
+
+    def _prompt_on_cell_thread(self, request: ContentToolRequest) -> str:
+        if threading.current_thread() is not self._cell_thread:
+            raise ToolRejectError(
+                "it needs approval and parallel_chat was called off the cell's thread; "
+                + HOW_TO_ALLOW
+            )
+        return self._prompt(request)
 
     def _prompt(self, request: ContentToolRequest) -> str:
         from IPython.core.error import StdinNotImplementedError  # only when a call asks
