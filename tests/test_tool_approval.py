@@ -253,10 +253,12 @@ def kernel(server: FakeOpenAIProcess) -> Iterator[tuple[Any, Any]]:
     )
 
 
-def execute_answering(kc: Any, code: str, answer: str, timeout: float = 60) -> tuple[Msg, list[Msg], list[str]]:
-    """Run ``code`` with stdin allowed; answer each input_request with ``answer``, as a front
-    end does; return the reply, the IOPub messages and the prompts asked."""
-    msg_id = kc.execute(code, allow_stdin=True)
+def execute_answering(
+    kc: Any, code: str, answer: str, timeout: float = 60, allow_stdin: bool = True
+) -> tuple[Msg, list[Msg], list[str]]:
+    """Run ``code`` (stdin allowed unless told); answer each input_request with ``answer``, as
+    a front end does; return the reply, the IOPub messages and the prompts asked."""
+    msg_id = kc.execute(code, allow_stdin=allow_stdin)
     msgs: list[Msg] = []
     prompts: list[str] = []
     deadline = time.monotonic() + timeout
@@ -308,6 +310,22 @@ def test_a_kernel_asks_through_its_stdin_channel(
     sent = [m for m in server.last_body()["messages"] if m["role"] == "tool"]
     assert sent[0]["content"] == ("found jupyter" if answer == "y"
                                   else "Tool call rejected. the user declined this call")
+
+
+@pytest.mark.kernel
+def test_a_cell_run_without_stdin_after_one_with_it_is_refused_not_stuck(
+    kernel: tuple[Any, Any], server: FakeOpenAIProcess
+) -> None:
+    _, kc = kernel
+    server.reset()
+    reply, _, _ = execute_answering(kc, SETUP + "%chat_reset", "")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    server.script(tool_reply(call("k2", "search", {"q": "x"})), Reply(text="Could not."))
+    reply, msgs, prompts = execute_answering(kc, "%%chat\nSearch the docs.\n", "y",
+                                             allow_stdin=False)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert prompts == []
+    assert "— refused: it needs approval and nobody can answer" in final_markdown(msgs)
 
 
 # -- nbclient: no stdin ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ configures tools (``%chat_mcp add NAME --ask`` puts NAME into ``ask_servers``).
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -84,13 +85,11 @@ class ToolApproval:
     """The kernel's approval: its policy, the servers that ask for every call, the tool names
     answered "always", and the thread that may ask (the one cells run on)."""
 
-    def __init__(self, cell_thread: threading.Thread | None = None,
-                 ask: Callable[[str], str] | None = None) -> None:
+    def __init__(self) -> None:
         self.policy: str = "ask"
         self.ask_servers: set[str] = set()
         self.always: set[str] = set()
-        self._cell_thread = cell_thread or threading.current_thread()
-        self._ask = ask or input  # the kernel's input(): an input_request on its stdin channel
+        self._cell_thread = threading.current_thread()  # made at %load_ext, on the cell's
         self._lock = threading.Lock()
         self._remove: Callable[[], None] | None = None
 
@@ -143,8 +142,10 @@ class ToolApproval:
 
         question = (f"Allow the tool call {request.name}({short_arguments(request.arguments)})? "
                     "[y]es / [n]o / [a]lways for this session: ")
+        # Looked up at each call: ipykernel sets input() per request, to its input_request on
+        # the stdin channel where the front end allows stdin, else to one that raises.
         try:
-            answer = self._ask(question)
+            answer = builtins.input(question)
         except (StdinNotImplementedError, EOFError, OSError):
             # No stdin: nbclient and papermill say allow_stdin False; a captured stdin (pytest).
             raise ToolRejectError(
