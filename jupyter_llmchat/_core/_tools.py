@@ -37,7 +37,6 @@ __all__ = [
     "ToolError",
     "ToolRejectError",
     "json_schema_of",
-    "result_state",
     "tool_hooks",
     "tool_result_text",
 ]
@@ -79,6 +78,8 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
+    #: MCP's tool annotations (``title``, ``readOnlyHint``, ``destructiveHint``,
+    #: ``idempotentHint``, ``openWorldHint``): an MCP server's own, or the user's.
     annotations: dict[str, Any] | None = None
     server: str | None = None
 
@@ -340,24 +341,6 @@ def tool_result_text(result: ContentToolResult, max_chars: int | None = None) ->
         f"{text[:max_chars]}\n\n[{left:,} of {len(text):,} characters of this tool result were "
         f"left out: only the first {max_chars:,} are sent to the model]"
     )
-
-
-def result_state(result: ContentToolResult | None, error_chars: int = 80) -> str:
-    """A call's outcome in a few words, for the one-line views (``%chat_history``, exports):
-    "ok · 0.12 s", "refused: its reason", "error: its message" (cut to ``error_chars``)."""
-    if result is None:
-        return "no result"
-    took = f" · {result.duration:.2f} s" if result.duration is not None else ""
-    if result.error is None:
-        return f"ok{took}"
-    why = " ".join(result.error.split())
-    if result.status == "refused":
-        # A refusal's reason may say how to allow the call: room for it.
-        why = why.removeprefix("Tool call rejected.").strip()
-        error_chars = max(error_chars, 160)
-    if len(why) > error_chars:
-        why = why[: error_chars - 1] + "…"
-    return f"{result.status}{took}: {why}"
 
 
 def unknown_tool(request: ContentToolRequest) -> ContentToolResult:

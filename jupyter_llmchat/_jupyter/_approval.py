@@ -26,9 +26,8 @@ from typing import Literal
 
 from .._core._parallel import run_on_caller
 from .._core._tools import Tool, tool_hooks
-from .._core._turns import ContentToolRequest
+from .._core._turns import ContentToolRequest, short_arguments
 from .._errors import ToolRejectError
-from ._display import short_arguments
 
 __all__ = ["ANSWERS", "POLICIES", "Decision", "ToolApproval", "answered_by", "approval_for"]
 
