@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from ._core._process import token_usage
     from ._core._structured import StructuredOutputError
-    from ._core._tools import Tool, ToolError, ToolRejectError
+    from ._core._tools import Tool, ToolError
     from ._core._turns import (
         ContentImage,
         ContentText,
@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
         ReplayOnlyError,
         ServerError,
         StreamError,
+        ToolRejectError,
         TransportError,
     )
     from ._jupyter._widget import panel
@@ -152,7 +153,7 @@ _LAZY = {
     "StructuredOutputError": "_core._structured",
     "Tool": "_core._tools",
     "ToolError": "_core._tools",
-    "ToolRejectError": "_core._tools",
+    "ToolRejectError": "_errors",
     "ContentImage": "_core._turns",
     "ContentText": "_core._turns",
     "ContentThinking": "_core._turns",

@@ -12,6 +12,7 @@ One tree, one root::
     ├── StreamError               the answer's stream broke or could not be decoded
     ├── BudgetExceeded            the notebook's budget refused a request before it was sent
     │   └── ReplayOnlyError       replay-only mode (CI, docs builds): nothing is ever sent
+    ├── ToolRejectError           a tool call refused (by the tool, a callback or the approval)
     └── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
@@ -32,6 +33,7 @@ __all__ = [
     "ReplayOnlyError",
     "ServerError",
     "StreamError",
+    "ToolRejectError",
     "TransportError",
 ]
 
@@ -119,6 +121,15 @@ class ReplayOnlyError(BudgetExceeded):
     and, from a cell, what changed since its recorded answer."""
 
     hint = "replay-only: unset JUPYTER_LLMCHAT_REPLAY (or %config ChatMagics.replay = True) to ask"
+
+
+class ToolRejectError(LLMChatError):
+    """Raise it in a tool, or in an ``on_tool_request`` callback, to refuse a call: the model is
+    told ``Tool call rejected. {reason}`` as the call's result, and the result's status is
+    "refused". Nothing else stops: the exchange goes on with the model's next answer."""
+
+    def __init__(self, reason: str = "the user refused this call") -> None:
+        super().__init__(reason)
 
 
 class ParallelChatError(LLMChatError):

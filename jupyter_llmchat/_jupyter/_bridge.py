@@ -733,10 +733,13 @@ def _holds_cells(record: Any, ids: list[str]) -> bool:
     recorded = {
         t.get("cell_id")
         for s in (sessions.values() if isinstance(sessions, dict) else ()) if isinstance(s, dict)
-        for t in (s.get("turns") if isinstance(s.get("turns"), list) else ())
-        if isinstance(t, dict) and isinstance(t.get("cell_id"), str)
+        for t in _list(s.get("turns")) if isinstance(t, dict) and isinstance(t.get("cell_id"), str)
     }
     return not recorded or bool(recorded & set(ids))
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _parent(shell: Any) -> dict[str, Any]:

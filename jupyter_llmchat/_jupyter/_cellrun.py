@@ -352,7 +352,7 @@ class CellRunner:
                 elif c.type == "tool_request":
                     display.tool_request(c.id, c.name, c.arguments, replayed=True)
                 elif c.type == "tool_result":
-                    display.tool_result(c.id, c.value, c.error, replayed=True)
+                    display.tool_result(c.id, c.value, c.error, status=c.status, replayed=True)
         meta = display_metadata(args.session, chat, exchange, recorded=True)
         meta[KEY]["replayed"] = True
         display.final(fmt, meta)
@@ -416,4 +416,5 @@ def show_item(display: AnswerDisplay, item: Any) -> None:
     elif kind == "tool_request":
         display.tool_request(item.id, item.name, item.arguments)
     elif kind == "tool_result":
-        display.tool_result(item.id, item.value, item.error)
+        display.tool_result(item.id, item.value, item.error, status=item.status,
+                            duration=item.duration)

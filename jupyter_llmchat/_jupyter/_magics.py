@@ -48,6 +48,7 @@ from .._core._spend import spend_guard
 from .._errors import ConfigurationError
 from . import _cellcontext as ctx
 from . import _context
+from ._approval import POLICIES, ToolApproval
 from ._bridge import start_bridge
 from ._cellcontext import CellRuns
 from ._cellrun import CellRunner
@@ -123,6 +124,12 @@ class ChatMagics(Magics):
     footer = Bool(
         True, help="Show a one-line footer under each answer: model, tokens in/out, cost."
     ).tag(config=True)
+    tool_approval = Enum(
+        POLICIES, "ask", help='Which tool calls ask first. "ask": the calls of your own '
+        "functions and of tools annotated read-only run, the others (MCP tools) ask in the "
+        'cell (yes / no / always); refused where nobody can answer (nbclient, papermill). '
+        '"auto": every call runs. "never": every call is refused.'
+    ).tag(config=True)
 
     @default("base_url")
     def _default_base_url(self) -> str:
@@ -159,11 +166,19 @@ class ChatMagics(Magics):
         only = change["new"] == "only"
         spend_guard.set_replay_only("ChatMagics.replay = 'only'" if only else None)
 
+    @observe("tool_approval")
+    def _tool_approval_changed(self, change: Any) -> None:
+        self.approval.policy = change["new"]
+
     #: Magics are always registered on a shell (IPython types it Optional).
     shell: Any
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        #: The kernel's tool approval (an on_tool_request callback for every Chat), installed
+        #: by load(); its policy follows ``tool_approval``.
+        self.approval = ToolApproval()
         super().__init__(shell=shell, **kwargs)
+        self.approval.policy = self.tool_approval
         #: Sessions this object built: name -> (the Chat, the settings it last took).
         self._from_config: dict[str, tuple[Any, str]] = {}
         #: The last failed cell, for %chat_fix (fed by a post_run_cell hook, see load()).
@@ -320,6 +335,7 @@ def load(ipython: Any) -> None:
     warnings.formatwarning = formatwarning_hook(warnings.formatwarning)
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
+    magics.approval.install()
     ipython.register_magics(ChatReportMagics(shell=ipython, settings=magics))
     ipython.events.register("post_run_cell", magics.cell_runs.post_run_cell)
     _sessions.registry.magics[ipython] = magics
@@ -338,6 +354,7 @@ def unload(ipython: Any) -> None:
     if magics is not None:
         if magics.replay == "only":
             spend_guard.set_replay_only(None)
+        magics.approval.uninstall()
         ipython.events.unregister("post_run_cell", magics.cell_runs.post_run_cell)
         _sessions.set_factory(None)
         for kind in ("line", "cell"):
