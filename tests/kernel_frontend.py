@@ -112,15 +112,18 @@ class Kernel:
         self.front_ends.append(fe)
         return fe
 
-    def execute(self, code: str, *, timeout: float = 60) -> tuple[Msg, list[Msg]]:
-        """Run ``code``; feed every IOPub message to the front ends; return the reply and the
-        messages of this request (up to idle)."""
+    def execute(self, code: str, *, timeout: float = 60, cell_id: str | None = None
+                ) -> tuple[Msg, list[Msg]]:
+        """Run ``code`` (as the notebook cell ``cell_id``, if given); feed every IOPub message to
+        the front ends; return the reply and the messages of this request (up to idle)."""
         # As JupyterLab's notebook actions do, the request's metadata carries `deletedCells`:
         # the kernel opens its comm only for a front end that speaks it (DESIGN §7).
         content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                    "allow_stdin": False, "stop_on_error": True}
-        request = self.kc.session.msg("execute_request", content,
-                                      metadata={"deletedCells": [], "recordTiming": False})
+        metadata: dict[str, Any] = {"deletedCells": [], "recordTiming": False}
+        if cell_id is not None:
+            metadata["cellId"] = cell_id
+        request = self.kc.session.msg("execute_request", content, metadata=metadata)
         self.kc.shell_channel.send(request)
         msg_id = request["header"]["msg_id"]
         mine: list[Msg] = []
@@ -144,9 +147,9 @@ class Kernel:
             if reply["parent_header"].get("msg_id") == msg_id:
                 return reply, mine
 
-    def ok(self, code: str) -> str:
+    def ok(self, code: str, *, cell_id: str | None = None) -> str:
         """Run ``code``, which must succeed; its stdout and stderr."""
-        reply, msgs = self.execute(code)
+        reply, msgs = self.execute(code, cell_id=cell_id)
         assert reply["content"]["status"] == "ok", (code, reply["content"])
         return "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
 
