@@ -20,6 +20,7 @@ import {
   formatTokens
 } from './panelMessage';
 import type { IUsage } from './panelProtocol';
+import { EarlierControl } from './panelHistory';
 
 /** The session the widget is bound to (its `session` trait). */
 export function sessionOf(model: WidgetModel): string {
@@ -62,6 +63,8 @@ export class ChatDock extends Panel {
       area: 'sidebar'
     });
     this._chat.addClass('jp-llmchat-chat');
+    // A long history shows from its end; this line (and scrolling up) shows the rest.
+    this.addWidget(new EarlierControl(this.chatModel, this._chat.node));
     this.addWidget(this._chat);
 
     this._follow = new FollowBottom(this._chat.node);
