@@ -193,6 +193,11 @@ export class KernelChatModel extends AbstractChatModel {
     return this._earlierChanged;
   }
 
+  /** Emitted when a whole history replaced the messages (the panel then shows its end). */
+  get historyShown(): ISignal<this, void> {
+    return this._historyShown;
+  }
+
   /** Show the next page of the history's earlier messages, above the others. */
   showEarlier(): void {
     const page = this._earlier.take();
@@ -517,6 +522,7 @@ export class KernelChatModel extends AbstractChatModel {
           );
         }
         this._earlierChanged.emit();
+        this._historyShown.emit();
         break;
       }
       case 'append':
@@ -747,6 +753,7 @@ export class KernelChatModel extends AbstractChatModel {
   private readonly _widget: WidgetModel;
   private readonly _earlier = new EarlierMessages<ITurnMessage>();
   private readonly _earlierChanged = new Signal<this, void>(this);
+  private readonly _historyShown = new Signal<this, void>(this);
   private readonly _streams = new Map<string, IStream>();
   private _notice: INotice | null = null;
   private readonly _kernel: Kernel.IKernelConnection | null;

@@ -77,6 +77,11 @@ export class EarlierControl extends Widget {
     this._button.addEventListener('click', () => this._showEarlier());
     this.node.append(this._text, ' · ', this._button);
     source.earlierChanged.connect(this._render, this);
+    chatNode.addEventListener('scroll', this._onScroll, {
+      capture: true,
+      passive: true
+    });
+    chatNode.addEventListener('wheel', this._onWheel, { passive: true });
     this._render();
   }
 
@@ -85,8 +90,10 @@ export class EarlierControl extends Widget {
       return;
     }
     this._source.earlierChanged.disconnect(this._render, this);
-    this._scroller?.removeEventListener('scroll', this._onScroll);
-    this._scroller = null;
+    this._chatNode.removeEventListener('scroll', this._onScroll, {
+      capture: true
+    });
+    this._chatNode.removeEventListener('wheel', this._onWheel);
     super.dispose();
   }
 
@@ -95,68 +102,85 @@ export class EarlierControl extends Widget {
     this.node.hidden = n === 0;
     this._text.textContent =
       n === 1 ? '1 earlier message' : `${n.toLocaleString('en-US')} earlier messages`;
-    if (n > 0) {
-      this._watchScroll();
-    }
   }
 
-  /** Listen to the message list's scroller, once it exists. */
-  private _watchScroll(): void {
-    if (this._scroller !== null) {
-      return;
-    }
-    const scroller = findScroller(this._chatNode);
-    if (scroller === null) {
-      // Rendered by React after the history arrived: look again on the next frame.
-      requestAnimationFrame(() => {
-        if (!this.isDisposed && this._source.earlierCount > 0) {
-          this._watchScroll();
-        }
-      });
-      return;
-    }
-    this._scroller = scroller;
-    scroller.addEventListener('scroll', this._onScroll, { passive: true });
-  }
-
-  private readonly _onScroll = (): void => {
-    const el = this._scroller;
-    if (el !== null && el.scrollTop < NEAR_TOP && this._source.earlierCount > 0) {
-      this._showEarlier();
+  /**
+   * Scroll events do not bubble, but the chat's node sees them in its capture
+   * phase: this follows the message list whatever React re-creates under it.
+   */
+  private readonly _onScroll = (event: Event): void => {
+    const el = event.target;
+    if (
+      el instanceof HTMLElement &&
+      el.querySelector('.jp-chat-messages-container') !== null
+    ) {
+      this._nearTop(el);
     }
   };
 
-  /** Add a page above, keeping in view what the user was reading. */
-  private _showEarlier(): void {
-    if (this._loading || this._source.earlierCount === 0) {
+  /** A wheel up at the very top scrolls nothing, so it fires no scroll event. */
+  private readonly _onWheel = (event: WheelEvent): void => {
+    const el = findScroller(this._chatNode);
+    if (event.deltaY < 0 && el !== null && el.contains(event.target as Node)) {
+      this._nearTop(el);
+    }
+  };
+
+  private _nearTop(scroller: HTMLElement): void {
+    if (scroller.scrollTop < NEAR_TOP && this._source.earlierCount > 0) {
+      this._showEarlier(scroller);
+    }
+  }
+
+  /**
+   * Add a page above, keeping in view what the user was reading: the message
+   * that was first stays where it was while the new ones render above it
+   * (their Markdown lays out over a few frames).
+   */
+  private _showEarlier(scroller?: HTMLElement): void {
+    // A scroll near the top while a page lays out would add page after page;
+    // a press of the button always adds one.
+    if ((scroller !== undefined && this._loading) || this._source.earlierCount === 0) {
       return;
     }
-    const el = this._scroller ?? findScroller(this._chatNode);
-    const fromBottom = el === null ? 0 : el.scrollHeight - el.scrollTop;
-    const height = el?.scrollHeight ?? 0;
+    const generation = ++this._generation;
+    const el = scroller ?? findScroller(this._chatNode);
+    const anchor = el?.querySelector<HTMLElement>('.jp-chat-message') ?? null;
+    const offset = (): number =>
+      el !== null && anchor !== null
+        ? anchor.getBoundingClientRect().top - el.getBoundingClientRect().top
+        : 0;
+    const before = offset();
     this._loading = true;
     this._source.showEarlier();
-    // React renders the new messages on a later frame: wait for the list to grow.
     let frames = 0;
-    const restore = (): void => {
-      if (el !== null && el.scrollHeight === height && ++frames < 30) {
-        requestAnimationFrame(restore);
-        return;
+    let stable = 0;
+    let height = el?.scrollHeight ?? 0;
+    const keep = (): void => {
+      if (generation !== this._generation) {
+        return; // a later page keeps its own anchor
       }
-      if (el !== null) {
-        el.scrollTop = el.scrollHeight - fromBottom;
+      if (el !== null && anchor !== null && anchor.isConnected) {
+        el.scrollTop += offset() - before;
       }
-      this._loading = false;
+      const now = el?.scrollHeight ?? 0;
+      stable = now === height ? stable + 1 : 0;
+      height = now;
+      if (++frames < 120 && stable < 10) {
+        requestAnimationFrame(keep);
+      } else {
+        this._loading = false;
+      }
     };
-    requestAnimationFrame(restore);
+    requestAnimationFrame(keep);
   }
 
   private readonly _source: IEarlierSource;
   private readonly _chatNode: HTMLElement;
   private readonly _text: HTMLSpanElement;
   private readonly _button: HTMLButtonElement;
-  private _scroller: HTMLElement | null = null;
   private _loading = false;
+  private _generation = 0;
 }
 
 /** The element that scrolls @jupyter/chat's message list, once rendered. */
