@@ -14,7 +14,7 @@ import { Widget } from '@lumino/widgets';
 import type { ISignal } from '@lumino/signaling';
 
 /** Messages shown when a history arrives: the latest exchanges. */
-export const FIRST_SHOWN = 40;
+export const FIRST_SHOWN = 20;
 /** Messages added above at each scroll to the top (or "Show earlier"). */
 export const PAGE = 40;
 /** Distance (px) from the top of the list at which earlier messages are added. */

@@ -18,7 +18,7 @@ from tests.test_restore import turn
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 #: What panelHistory.ts shows at first and adds at each scroll to the top.
-FIRST_SHOWN = PAGE = 40
+FIRST_SHOWN, PAGE = 20, 40
 
 
 def long_record(exchanges: int) -> dict[str, Any]:
@@ -65,10 +65,10 @@ def test_scrolling_up_shows_earlier_messages(
     page = nb.page
     wait_text(page, "Answer 100:")
     shown = messages(page)
-    assert len(shown) == FIRST_SHOWN  # the latest 20 exchanges, not 200 messages
-    assert shown[0].startswith("Question 81:") and shown[-1].startswith("Answer 100:")
+    assert len(shown) == FIRST_SHOWN  # the latest 10 exchanges, not 200 messages
+    assert shown[0].startswith("Question 91:") and shown[-1].startswith("Answer 100:")
     earlier = dock(page).locator(".jp-llmchat-earlier")
-    assert earlier.inner_text().startswith("160 earlier messages")
+    assert earlier.inner_text().startswith("180 earlier messages")
     # Opened at its end: the latest answer is in view.
     page.wait_for_function(
         f"() => {{ const box = ({SCROLLER})().getBoundingClientRect();"
@@ -85,18 +85,18 @@ def test_scrolling_up_shows_earlier_messages(
             break
         page.wait_for_timeout(50)
     page.wait_for_function(
-        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 80")
+        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 60")
     shown = messages(page)
-    assert shown[0].startswith("Question 61:") and shown[40].startswith("Question 81:")
+    assert shown[0].startswith("Question 71:") and shown[PAGE].startswith("Question 91:")
     # What the user was reading stays in view: the list did not jump to its new top.
     page.wait_for_timeout(200)
     assert scroll_top(nb) > 500
-    assert earlier.inner_text().startswith("120 earlier messages")
+    assert earlier.inner_text().startswith("140 earlier messages")
     nb.screenshot("panel-history-scrolled.png")
 
     # "Show earlier" pages through the rest; the line goes once nothing is left.
     button = earlier.locator(".jp-llmchat-show-earlier")
-    for expected in (120, 160, 200):
+    for expected in (100, 140, 180, 200):
         button.click()
         page.wait_for_function(
             "(n) => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message')"
