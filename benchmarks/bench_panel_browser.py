@@ -56,7 +56,8 @@ def time_panel(page: Any, server: Any, path: str, nb_json: dict[str, Any], marke
     server.put_notebook(path, nb_json)
     nb = NotebookPage(page, server, path, "lab").goto()
     nb.run_cell("%load_ext jupyter_llmchat")
-    nb.run_cell(f'%config ChatMagics.base_url = "{base_url}"\n%config ChatMagics.model = "test-model"')
+    nb.run_cell(f'%config ChatMagics.base_url = "{base_url}"\n'
+                '%config ChatMagics.model = "test-model"')
     index = nb.start_cell("%chat_panel")  # typed, then Shift+Enter: the clock starts here
     start = time.perf_counter()
     page.wait_for_function(SHOWN, arg=marker, timeout=120_000, polling="raf")
@@ -92,7 +93,8 @@ def main() -> None:
             for rep in range(args.reps):
                 for k, (name, make, marker) in enumerate(cases):
                     path = f"bench-{rep}-{k}.ipynb"
-                    results[name].append(time_panel(page, server, path, make(), marker, fake.base_url))
+                    timed = time_panel(page, server, path, make(), marker, fake.base_url)
+                    results[name].append(timed)
         finally:
             browser.close()
             server.stop()

@@ -63,7 +63,8 @@ def test_insert_goes_to_the_front_end_once_per_asking(
         server.script(Reply(text="```python\nx = 2\n```"))
         run(k, CELL.replace("--insert", "--insert --refresh"), "cell-a")
         inserts = [d for d, _ in fe.received if d["type"] == "insert_cell"]
-        assert [(d["cell"], d["source"]) for d in inserts] == [("cell-a", "x = 1"), ("cell-a", "x = 2")]
+        assert [(d["cell"], d["source"]) for d in inserts] == [
+            ("cell-a", "x = 1"), ("cell-a", "x = 2")]
 
 
 def test_without_a_front_end_the_code_is_the_next_input(

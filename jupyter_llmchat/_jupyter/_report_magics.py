@@ -200,7 +200,8 @@ class ChatReportMagics(Magics):
             raise UsageError(str(exc)) from None
 
     @magic_arguments()
-    @argument("file", metavar="FILE", help="FILE.md (Markdown) or FILE.html (one self-contained page).")
+    @argument("file", metavar="FILE",
+              help="FILE.md (Markdown) or FILE.html (one self-contained page).")
     @argument("-s", "--session", help="Only this session (default: every session).")
     @line_magic
     def chat_export(self, line: str) -> None:

@@ -28,7 +28,8 @@ def sources(nb: NotebookPage) -> list[tuple[str, str | None]]:
 def wait_source(nb: NotebookPage, index: int, source: str) -> None:
     """Until cell ``index`` of the notebook in front holds ``source``."""
     nb.page.wait_for_function(
-        "([i, source]) => { const c = window.jupyterapp.shell.currentWidget.model.sharedModel.cells;"
+        "([i, source]) => {"
+        " const c = window.jupyterapp.shell.currentWidget.model.sharedModel.cells;"
         " return c.length > i && c[i].getSource() === source; }",
         arg=[index, source],
     )
@@ -60,6 +61,7 @@ def test_insert_then_replay_then_ask_again_keeps_one_inserted_cell(
     fake_server.script(Reply(text="Better:\n\n```python\ntotal = sum([1, 1])\n```"))
     rerun(nb, asking)
     wait_source(nb, asking + 1, "total = sum([1, 1])")
-    assert [(s, by) for s, by in sources(nb) if by is not None] == [("total = sum([1, 1])", cell_id)]
+    inserted = [(s, by) for s, by in sources(nb) if by is not None]
+    assert inserted == [("total = sum([1, 1])", cell_id)]
     assert nb.cell(asking + 1).locator(".cm-content").inner_text() == "total = sum([1, 1])"
     nb.screenshot("insert-replaced.png")

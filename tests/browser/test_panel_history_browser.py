@@ -25,11 +25,13 @@ def long_record(exchanges: int) -> dict[str, Any]:
     """A notebook record of ``exchanges`` panel exchanges (2 turns each) with Markdown answers."""
     turns = []
     for i in range(1, exchanges + 1):
-        turns.append(turn("user", f"Question {i}: what is {i} squared?", source="panel", cell_id=None))
-        turns.append(turn("assistant", f"Answer {i}: **{i * i}**, as in\n\n```python\n{i} ** 2\n```\n\n"
-                          "It is the number times itself; the code above computes it.",
-                          source="panel", cell_id=None))
-    provider = {"name": "OpenAI-compatible", "base_url": "http://127.0.0.1:9/v1", "model": "test-model"}
+        answer = (f"Answer {i}: **{i * i}**, as in\n\n```python\n{i} ** 2\n```\n\n"
+                  "It is the number times itself; the code above computes it.")
+        turns.append(turn("user", f"Question {i}: what is {i} squared?", source="panel",
+                          cell_id=None))
+        turns.append(turn("assistant", answer, source="panel", cell_id=None))
+    provider = {"name": "OpenAI-compatible", "base_url": "http://127.0.0.1:9/v1",
+                "model": "test-model"}
     return {"version": 1, "sessions": {"default": {"provider": provider, "system_prompt": None,
                                                     "turns": turns}},
             "usage": [{"provider": "OpenAI-compatible", "model": "test-model", "turns": exchanges,
@@ -85,7 +87,8 @@ def test_scrolling_up_shows_earlier_messages(
             break
         page.wait_for_timeout(50)
     page.wait_for_function(
-        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 60")
+        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message')"
+        ".length === 60")
     shown = messages(page)
     assert shown[0].startswith("Question 71:") and shown[PAGE].startswith("Question 91:")
     # What the user was reading stays in view: the list did not jump to its new top.
