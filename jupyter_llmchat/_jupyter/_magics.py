@@ -60,7 +60,7 @@ __all__ = ["ChatMagics", "load", "unload"]
 
 #: Every magic of the extension (unload removes them).
 MAGIC_NAMES = ("chat", "chat_fix", "chat_usage", "chat_history", "chat_reset", "chat_config",
-               "chat_budget", "chat_panel")
+               "chat_budget", "chat_panel", "chat_export")
 
 FORMATS = ("markdown", "text", "code", "json")
 #: The settings a session is built from; a changed one applies to it at its next question.
@@ -247,6 +247,9 @@ class ChatMagics(Magics):
               help="Show what would be sent, with a token estimate; send and record nothing.")
     @argument("--refresh", action="store_true",
               help="Ask the server even when a recorded answer could be replayed.")
+    @argument("--insert", action="store_true",
+              help="Also put the answer's first code block into a new cell below (not when "
+              "replayed); asked again, JupyterLab replaces that cell's code.")
     # argparse formats help with %, so "%%%%" shows as "%%".
     @argument("prompt", nargs="*", metavar="PROMPT",
               help="The question, for %%%%chat on the line; for %%%%%%%%chat, the cell body.")

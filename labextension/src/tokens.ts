@@ -23,6 +23,7 @@ export const WIDGET_MODULE_VERSION = '0.1.0';
 export namespace PluginIDs {
   export const metadataBridge = `${EXTENSION_ID}:metadata-bridge`;
   export const chatPanel = `${EXTENSION_ID}:panel`;
+  export const insertCell = `${EXTENSION_ID}:insert-cell`;
 }
 
 /** Command ids. */
