@@ -11,7 +11,9 @@ One tree, one root::
     │   └── ServerError           5xx
     ├── StreamError               the answer's stream broke or could not be decoded
     ├── BudgetExceeded            the notebook's budget refused a request before it was sent
-    └── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
+    ├── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
+    └── MCPError                  an MCP server failed to start, ended, or answered an error
+        └── MCPTimeoutError       an MCP tool call took longer than its timeout
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
 """
@@ -26,6 +28,8 @@ __all__ = [
     "BudgetExceeded",
     "ConfigurationError",
     "LLMChatError",
+    "MCPError",
+    "MCPTimeoutError",
     "ParallelChatError",
     "RateLimitError",
     "ServerError",
@@ -120,6 +124,20 @@ class ParallelChatError(LLMChatError):
         self.results = results
         self.errors = errors
         super().__init__(message)
+
+
+class MCPError(LLMChatError):
+    """An MCP server could not be started or reached, ended, or answered a call with an error.
+
+    The message names the server and the tool, never an env value or a header."""
+
+    hint = "%chat_mcp list shows the servers; add the server again to restart it"
+
+
+class MCPTimeoutError(MCPError):
+    """An MCP tool call got no answer within its timeout (``timeout=``, 60 s by default)."""
+
+    hint = "the server is still connected; raise timeout= if the tool is slow"
 
 
 def raise_clean(exc: BaseException) -> NoReturn:
