@@ -238,8 +238,10 @@ _loop = _Loop()
 def _first_error(exc: BaseException) -> BaseException:
     """The first leaf of an exception group (anyio's task groups wrap what failed); by its
     ``exceptions``, as Python 3.10 has no built-in group (anyio brings a backport)."""
-    while isinstance(getattr(exc, "exceptions", None), tuple) and exc.exceptions:  # type: ignore[attr-defined]
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    inner = getattr(exc, "exceptions", None)
+    while isinstance(inner, tuple) and inner:
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
     return exc
 
 
