@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from jupyter_llmchat import Chat, ConfigurationError, ContentToolRequest
-from jupyter_llmchat._core import _mcp
+from jupyter_llmchat._core import _mcp, _mcp_config
 from jupyter_llmchat._errors import MCPError
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.helpers import new_chat
@@ -188,13 +188,13 @@ def test_a_missing_command_and_the_config_shape_of_other_clients(fake_url: str) 
     chat = new_chat(fake_url)
     with pytest.raises(MCPError, match="command 'no-such-mcp-server' not found"):
         chat.register_mcp_tools_stdio("no-such-mcp-server")
-    config = _mcp.config_from_dict("x", {"command": "python", "args": ["-m", "s"],
+    config = _mcp_config.config_from_dict("x", {"command": "python", "args": ["-m", "s"],
                                          "env": {"K": "v"}})
-    assert config == _mcp.MCPServerConfig.stdio("python", ["-m", "s"], name="x", env={"K": "v"})
+    assert config == _mcp_config.MCPServerConfig.stdio("python", ["-m", "s"], name="x", env={"K": "v"})
     with pytest.raises(ConfigurationError, match="either command or url"):
-        _mcp.config_from_dict("x", {"args": []})
+        _mcp_config.config_from_dict("x", {"args": []})
     with pytest.raises(ConfigurationError, match="unknown keys colour"):
-        _mcp.config_from_dict("x", {"url": "http://h/mcp", "colour": 1})
+        _mcp_config.config_from_dict("x", {"url": "http://h/mcp", "colour": 1})
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:

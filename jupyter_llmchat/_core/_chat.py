@@ -267,7 +267,7 @@ class Chat:
         new = [t if isinstance(t, Tool) else Tool.from_func(t) for t in tools]
         self._tools = {t.name: t for t in new}
 
-    # -- MCP servers (the extra [mcp]; the SDK is imported only here, on first use) -----------
+    # -- MCP servers (the extra [mcp]): _mcp imported on first use (asyncio, then the SDK) -----
 
     def register_mcp_tools_stdio(
         self, command: str, args: Sequence[str] = (), *, name: str | None = None,

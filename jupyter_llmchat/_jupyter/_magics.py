@@ -29,7 +29,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default
 
 from .. import _sessions
 from .._core._chat import ChatBusyError
-from .._core._mcp import config_from_dict
+from .._core._mcp_config import config_from_dict
 from .._core._params import params as make_params
 from .._core._presets import chat_openai_compatible
 from .._core._provider import env_credentials

@@ -17,8 +17,8 @@ from IPython.core.magic import Magics, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from .. import _sessions
-from .._core import _mcp
 from .._core._chat import Chat
+from .._core._mcp_config import DEFAULT_TIMEOUT_S, MCPServerConfig, config_from_dict
 from .._core._tools import Tool
 from .._errors import LLMChatError
 from ._display import show_line
@@ -49,7 +49,7 @@ class MCPMagics(Magics):
         #: The ``ChatMagics`` whose ``mcp_servers`` are connected at load and when changed.
         self.settings = settings
         #: The servers added here, by name: their configuration and their tools.
-        self.servers: dict[str, tuple[_mcp.MCPServerConfig, list[Tool]]] = {}
+        self.servers: dict[str, tuple[MCPServerConfig, list[Tool]]] = {}
         _sessions.on_session(self._offer)
         settings.observe(self._configured, names=["mcp_servers"])
 
@@ -67,14 +67,18 @@ class MCPMagics(Magics):
                 chat.register_tool(tool)
 
     def _withdraw(self, server: str) -> None:
+        from .._core import _mcp  # lazy: it imports asyncio, which %load_ext need not pay
+
         _config, tools = self.servers.pop(server)
         names = {t.name for t in tools}
         for chat in _sessions.sessions().values():
             chat.set_tools([t for t in chat.get_tools()
                             if t.name not in names or _mcp.server_of(t) != server])
 
-    def add(self, config: _mcp.MCPServerConfig) -> list[Tool]:
+    def add(self, config: MCPServerConfig) -> list[Tool]:
         """Connect (or reuse) the server of ``config`` and offer its tools to every session."""
+        from .._core import _mcp  # lazy: it imports asyncio, which %load_ext need not pay
+
         assert config.name is not None
         if config.name in self.servers:
             self._withdraw(config.name)
@@ -85,6 +89,8 @@ class MCPMagics(Magics):
         return tools
 
     def remove(self, name: str) -> None:
+        from .._core import _mcp  # lazy: it imports asyncio, which %load_ext need not pay
+
         if name not in self.servers:
             known = ", ".join(sorted(self.servers)) or "none"
             raise UsageError(f"no MCP server named {name!r} (added: {known})")
@@ -96,7 +102,7 @@ class MCPMagics(Magics):
         extension still loads)."""
         for name, spec in dict(self.settings.mcp_servers).items():
             try:
-                config = _mcp.config_from_dict(name, spec)
+                config = config_from_dict(name, spec)
                 if self.servers.get(name, (None,))[0] == config:
                     continue
                 tools = self.add(config)
@@ -124,7 +130,7 @@ class MCPMagics(Magics):
               help="An environment variable of a stdio server (repeatable); V may be ${env:VAR}.")
     @argument("--ask", action="store_true",
               help="Ask before every call of this server's tools (ChatMagics.tool_approval).")
-    @argument("--timeout", type=float, default=_mcp.DEFAULT_TIMEOUT_S,
+    @argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
               help="Seconds a call may take (default 60).")
     @argument("--include", help="Only these tools (comma-separated).")
     @argument("--exclude", help="All tools but these (comma-separated).")
@@ -183,10 +189,10 @@ class MCPMagics(Magics):
         }
         try:
             if url is not None:
-                config = _mcp.MCPServerConfig.http(
+                config = MCPServerConfig.http(
                     url, headers=_pairs(args.header, "--header"), **common)
             else:
-                config = _mcp.MCPServerConfig.stdio(
+                config = MCPServerConfig.stdio(
                     command[0], command[1:], env=_pairs(args.env, "--env"), **common)
             reused = self.servers.get(args.name, (None,))[0] == config
             tools = self.add(config)
@@ -201,6 +207,8 @@ class MCPMagics(Magics):
         if not self.servers:
             show_line(self.shell, "no MCP servers (add one with %chat_mcp add NAME -- COMMAND)")
             return
+        from .._core import _mcp  # lazy: it imports asyncio, which %load_ext need not pay
+
         running = {c.name: c for c in _mcp.mcp_servers.servers()}
         lines = []
         for name, (config, tools) in self.servers.items():
