@@ -232,3 +232,24 @@ def test_the_launcher_ends_the_group_when_its_parent_is_killed() -> None:
     parent.wait()
     _wait_gone(server_pid)
     _wait_gone(child_pid)
+
+
+def test_hostile_results_and_errors_are_inert_in_exports(fake: FakeOpenAI, fake_url: str) -> None:
+    """What a server sends reaches the record as data, and the exports show it as text."""
+    from jupyter_llmchat._record._export import to_html, to_markdown
+
+    chat = new_chat(fake_url)
+    chat.register_mcp_tools_stdio(sys.executable, [SERVER], name="evil")
+    fake.script(Reply(tool_calls=[call("a", "hostile", {}), call("b", "hostile_error", {})],
+                      text="", finish_reason="tool_calls"), Reply(text="ok"))
+    assert chat.chat("go") == "ok"
+    results = {r.id: r for r in chat.get_turns()[2].tool_results}
+    assert results["a"].value.startswith("<script>")
+    assert "MCPError" in results["b"].error and "<img src=x onerror" in results["b"].error
+    record = {"version": 1, "usage": [], "sessions": {"default": {
+        "provider": {"name": "p", "base_url": "http://127.0.0.1:9/v1", "model": "test-model"},
+        "system_prompt": None, "turns": [t.to_dict() for t in chat.get_turns()]}}}
+    html, md = to_html(record), to_markdown(record)
+    assert "hostile_error({}) → error: Tool call failed with error: MCPError" in html
+    for text in (html, md):
+        assert "<img src=x" not in text and "<script>window" not in text and "![y](" not in text
