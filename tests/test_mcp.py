@@ -112,13 +112,25 @@ def test_a_server_that_dies_mid_call_is_a_clear_error_and_the_chat_goes_on(
                 Reply(text="it died"), Reply(text="still here"))
     assert chat.chat("die please") == "it died"
     sent = fake.chat_requests()[1].body["messages"][2]["content"]
-    assert "MCPError" in sent and "'fragile' ended during a call to 'die'" in sent
+    assert "MCPError" in sent and "'fragile' ended or closed its connection" in sent
+    assert "(seen at a call to 'die')" in sent
     later = run("add", chat, a=1, b=2)
-    assert "is not running (it ended during a call to 'die')" in later.error  # type: ignore
+    assert "is not running (it ended or closed its connection" in later.error  # type: ignore
     assert chat.chat("and now?") == "still here"
     # Adding it again starts a new one.
     chat.register_mcp_tools_stdio(sys.executable, [SERVER], name="fragile")
     assert run("add", chat, a=1, b=2).value == "3"  # type: ignore[attr-defined]
+
+
+def test_a_server_that_ended_between_calls_is_restarted_by_adding_it_again(
+        fake_url: str) -> None:
+    chat = new_chat(fake_url)
+    chat.register_mcp_tools_stdio(sys.executable, [SERVER], name="quiet")
+    first = int(run("pid", chat).value)  # type: ignore[attr-defined]
+    os.kill(first, signal.SIGKILL)
+    _wait_gone(first)
+    chat.register_mcp_tools_stdio(sys.executable, [SERVER], name="quiet")  # pings: gone
+    assert int(run("pid", chat).value) != first  # type: ignore[attr-defined]
 
 
 def test_a_hanging_call_times_out_clearly_and_the_server_stays_usable(fake_url: str) -> None:

@@ -46,6 +46,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: Seconds a reused server has to answer a ping.
+PING_S = 5.0
 #: Least seconds a server has to start and answer MCP's ``initialize``.
 START_S = 60.0
 #: Seconds a server has to stop (the SDK closes stdin, then SIGTERM, then SIGKILL).
@@ -251,10 +253,10 @@ class MCPConnection:
             if exc.code == REQUEST_TIMEOUT:
                 raise MCPTimeoutError(f"{what} got no answer within {timeout:g} s") from None
             if exc.code == CONNECTION_CLOSED:
-                self.ended = f"it ended during a call to {tool!r}"
+                self.ended = f"it ended or closed its connection, seen at a call to {tool!r}"
                 self._stop_soon()
-                raise MCPError(f"the MCP server {self.name!r} ended during a call to {tool!r}"
-                               ) from None
+                raise MCPError(f"the MCP server {self.name!r} ended or closed its connection "
+                               f"(seen at a call to {tool!r})") from None
             raise MCPError(f"{what} failed: {_said(exc)}") from None
         text = _result_text(result)
         if result.is_error:
@@ -262,6 +264,17 @@ class MCPConnection:
         if text == "" and result.structured_content is not None:
             return result.structured_content
         return text
+
+    async def alive(self) -> bool:
+        """Whether the server still answers (a ping): one that ended between calls goes
+        unnoticed by the SDK until it is asked something."""
+        try:
+            await asyncio.wait_for(self._session.send_ping(), PING_S)
+        except Exception as exc:  # noqa: BLE001 - any failure: it is not usable
+            self.ended = f"it did not answer a ping ({_said(_first_error(exc))})"
+            self._stop_soon()
+            return False
+        return True
 
     def _stop_soon(self) -> None:
         if self._stop is not None:
@@ -414,7 +427,7 @@ class MCPServers:
             self._lock = asyncio.Lock()
         async with self._lock:  # two cells adding one server start it once
             for conn in self.by_name.values():
-                if conn.config == config and conn.running:
+                if conn.config == config and conn.running and await conn.alive():
                     return conn
             conn = MCPConnection(config)
             await conn.start()
