@@ -56,7 +56,7 @@ def test_add_list_reuse_and_remove(ip: InteractiveShell, capsys: pytest.CaptureF
     monkeypatch.setenv("CALC_TOKEN", TOKEN)
     before = jupyter_llmchat.session()
     ip.run_line_magic("chat_mcp", f"add calc --env T=${{env:CALC_TOKEN}} -- {COMMAND}")
-    assert "MCP server 'calc' connected: 7 tools (add, env_value," in capsys.readouterr().out
+    assert "MCP server 'calc' connected: 8 tools (add, env_value," in capsys.readouterr().out
     tool_names = {t.name for t in before.get_tools()}
     assert {"add", "die", "hang"} <= tool_names
     later = jupyter_llmchat.session("other")  # a session made later gets the tools too

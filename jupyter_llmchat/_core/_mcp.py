@@ -185,8 +185,10 @@ class MCPConnection:
         except BaseException as exc:  # noqa: BLE001 - every way out is told to the caller
             why = _said(_first_error(exc))
             if not ready.done():
-                ready.set_exception(MCPError(f"could not start the MCP server {self._label()}: "
-                                             f"{why}"))
+                ready.set_exception(MCPError(
+                    f"could not start the MCP server {self._label()}: {why}",
+                    hint="check the command or URL and the headers; a stdio server's own "
+                    "messages go to the kernel's stderr (its log)"))
             elif self.ended is None:
                 self.ended = why
             if isinstance(exc, asyncio.CancelledError):
