@@ -7,6 +7,7 @@ and requires the header ``X-Token: $MCP_TEST_TOKEN`` when that variable is set.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -28,8 +29,14 @@ def add(a: int, b: int) -> int:
 
 @server.tool(annotations=ToolAnnotations(destructiveHint=True))
 def env_value(name: str) -> str:
-    """The value of one environment variable of the server (for the env tests)."""
-    return os.environ.get(name, "(unset)")
+    """The value of one environment variable of the server (a server echoing a secret)."""
+    return f"{name}={os.environ.get(name, '(unset)')}"
+
+
+@server.tool()
+def env_sha256(name: str) -> str:
+    """The SHA-256 of one environment variable's value (proves it arrived, without it)."""
+    return hashlib.sha256(os.environ.get(name, "").encode()).hexdigest()
 
 
 @server.tool()

@@ -5,6 +5,7 @@ hangs, secrets in env and headers, reuse, and the launcher that ends a server's 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -149,7 +150,10 @@ def test_env_refs_are_read_from_the_environment_and_never_shown(
     chat = new_chat(fake_url)
     chat.register_mcp_tools_stdio(sys.executable, [SERVER], name="envy",
                                   env={"TOKEN": "${env:MY_MCP_TOKEN}"})
-    assert run("env_value", chat, name="TOKEN").value == TOKEN  # type: ignore[attr-defined]
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    assert run("env_sha256", chat, name="TOKEN").value == digest  # type: ignore[attr-defined]
+    # A server that echoes the secret: it reaches neither the model nor the record.
+    assert run("env_value", chat, name="TOKEN").value == "TOKEN=***"  # type: ignore[attr-defined]
     conn = _mcp.mcp_servers.by_name["envy"]
     shown = [repr(conn), repr(conn.config), conn.config.describe(), repr(chat.get_tools()),
              chat.to_json(), repr(chat)]

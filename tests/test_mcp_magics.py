@@ -4,6 +4,7 @@ the kernel leaving no server process behind."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -56,7 +57,7 @@ def test_add_list_reuse_and_remove(ip: InteractiveShell, capsys: pytest.CaptureF
     monkeypatch.setenv("CALC_TOKEN", TOKEN)
     before = jupyter_llmchat.session()
     ip.run_line_magic("chat_mcp", f"add calc --env T=${{env:CALC_TOKEN}} -- {COMMAND}")
-    assert "MCP server 'calc' connected: 8 tools (add, env_value," in capsys.readouterr().out
+    assert "MCP server 'calc' connected: 9 tools (add, env_value," in capsys.readouterr().out
     tool_names = {t.name for t in before.get_tools()}
     assert {"add", "die", "hang"} <= tool_names
     later = jupyter_llmchat.session("other")  # a session made later gets the tools too
@@ -67,7 +68,7 @@ def test_add_list_reuse_and_remove(ip: InteractiveShell, capsys: pytest.CaptureF
     assert "'calc' already running" in capsys.readouterr().out
     tools = {t.name: t for t in later.get_tools()}
     assert tools["pid"].func() == pid
-    assert tools["env_value"].func(name="T") == TOKEN
+    assert tools["env_sha256"].func(name="T") == hashlib.sha256(TOKEN.encode()).hexdigest()
     ip.run_line_magic("chat_mcp", "list")
     listing = capsys.readouterr().out
     assert "calc: stdio " in listing and "(env: T)" in listing and "running" in listing

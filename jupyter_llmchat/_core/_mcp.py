@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 
 from .._errors import ConfigurationError, MCPError, MCPTimeoutError
 from ._mcp_config import MCPServerConfig, expand_env
+from ._provider import safe_url
 from ._tools import Tool
 
 __all__ = [
@@ -183,7 +185,7 @@ class MCPConnection:
                 ready.set_result(None)
                 await self._stop.wait()
         except BaseException as exc:  # noqa: BLE001 - every way out is told to the caller
-            why = _said(_first_error(exc))
+            why = self._scrub(_said(_first_error(exc)))
             if not ready.done():
                 ready.set_exception(MCPError(
                     f"could not start the MCP server {self._label()}: {why}",
@@ -212,6 +214,17 @@ class MCPConnection:
         return config.url or "", {
             k: expand_env(v, f"header {k!r} of MCP server {self._label()}")
             for k, v in config.headers}
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (a lower layer's error) with no env value, header value or URL secret in it:
+        a library may quote what it was given."""
+        where, secrets = self._transport_args
+        if self.config.url is not None:
+            text = text.replace(where, safe_url(where))
+        for value in sorted(secrets.values(), key=len, reverse=True):
+            if len(value) >= 4:
+                text = text.replace(value, "***")
+        return text
 
     def _transport(self) -> Any:
         where, secrets = self._transport_args
@@ -259,12 +272,16 @@ class MCPConnection:
                 self._stop_soon()
                 raise MCPError(f"the MCP server {self.name!r} ended or closed its connection "
                                f"(seen at a call to {tool!r})") from None
-            raise MCPError(f"{what} failed: {_said(exc)}") from None
-        text = _result_text(result)
+            raise MCPError(f"{what} failed: {self._scrub(_said(exc))}") from None
+        # A server may echo what it was given: its env values and headers stay out of the
+        # model's input and the record too.
+        text = self._scrub(_result_text(result))
         if result.is_error:
             raise MCPError(f"{what} failed: {text}")
         if text == "" and result.structured_content is not None:
-            return result.structured_content
+            dumped = json.dumps(result.structured_content, ensure_ascii=False)
+            scrubbed = self._scrub(dumped)
+            return result.structured_content if scrubbed == dumped else scrubbed
         return text
 
     async def alive(self) -> bool:
@@ -273,7 +290,7 @@ class MCPConnection:
         try:
             await asyncio.wait_for(self._session.send_ping(), PING_S)
         except Exception as exc:  # noqa: BLE001 - any failure: it is not usable
-            self.ended = f"it did not answer a ping ({_said(_first_error(exc))})"
+            self.ended = f"it did not answer a ping ({self._scrub(_said(_first_error(exc)))})"
             self._stop_soon()
             return False
         return True
