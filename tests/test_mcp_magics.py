@@ -115,6 +115,28 @@ def test_mcp_servers_from_configuration(ip: InteractiveShell,
     assert magics.mcp_servers == {}
 
 
+def test_mcp_servers_in_the_configuration_connect_at_load(
+        ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    """``c.ChatMagics.mcp_servers`` (ipython_config.py), read when the extension loads; a
+    server that cannot start is one line, and the extension still loads."""
+    spec = {"calc": {"command": sys.executable, "args": [SERVER], "include_tools": ["pid"]},
+            "broken": {"command": "no-such-mcp-command-here"}}
+    ip.run_line_magic("unload_ext", "jupyter_llmchat")
+    ip.config.ChatMagics.mcp_servers = spec
+    try:
+        ip.run_line_magic("load_ext", "jupyter_llmchat")
+        out = capsys.readouterr().out
+        assert "MCP server 'calc': 1 tools" in out
+        assert "MCP server 'broken' (ChatMagics.mcp_servers): command " in out
+        magics = ip.magics_manager.registry["ChatMagics"]
+        _sessions.set_factory(magics._make_session, magics._refresh_from_config)
+        assert [t.name for t in jupyter_llmchat.session().get_tools()] == ["pid"]
+    finally:
+        del ip.config.ChatMagics["mcp_servers"]
+        magics = ip.magics_manager.registry["ChatMagics"]
+        magics.mcp_servers = {}
+
+
 @pytest.mark.parametrize("line, message", [
     ("add", "the server's name is missing"),
     ("add x", "give one of them"),
