@@ -80,9 +80,9 @@ class MCPMagics(Magics):
         from .._core import _mcp  # lazy: it imports asyncio, which %load_ext need not pay
 
         assert config.name is not None
+        tools = _mcp.connect(config)  # first: a server that fails to start changes nothing
         if config.name in self.servers:
             self._withdraw(config.name)
-        tools = _mcp.connect(config)
         self.servers[config.name] = (config, tools)
         for chat in _sessions.sessions().values():
             self._offer("", chat)
@@ -95,7 +95,8 @@ class MCPMagics(Magics):
             known = ", ".join(sorted(self.servers)) or "none"
             raise UsageError(f"no MCP server named {name!r} (added: {known})")
         self._withdraw(name)
-        _mcp.stop([name])
+        if name in _mcp.mcp_servers.by_name:  # cleanup_mcp_tools() may have stopped it already
+            _mcp.stop([name])
 
     def connect_configured(self) -> None:
         """Connect ``ChatMagics.mcp_servers``; a server that fails is said in one line (the
