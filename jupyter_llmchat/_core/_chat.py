@@ -53,8 +53,8 @@ from .._errors import (
     raise_clean,
 )
 from ._process import warm_up_prices
-from ._provider import OpenAICompatible, credentials_from, refuses_json_schema, safe_url
-from ._spend import Reservation, SpendRequest, body_estimate, spend_guard
+from ._provider import OpenAICompatible, credentials_from, refuses_json_schema
+from ._spend import RequestPreview, Reservation, spend_guard, spend_request
 from ._structured import parse_structured, response_format
 from ._tools import (
     MAX_TOOL_RESULT_CHARS,
@@ -73,6 +73,7 @@ from ._turns import (
     Tokens,
     Turn,
     check_tool_pairs,
+    short_arguments,
 )
 from ._usage import UsageRow, cost_of, format_row_cost
 from ._wire import _Answer, _check_not_empty, _wire
@@ -562,6 +563,29 @@ class Chat:
         user.model = resolved
         return user, body
 
+    def request_preview(
+        self,
+        *args: str | Content,
+        model: str | None = None,
+        params: dict[str, Any] | None = None,
+        history: bool = True,
+        replace_from: int | None = None,
+        system_prompt: str | None | Literal[False] = False,
+        source: str | None = None,
+    ) -> RequestPreview:
+        """The first request of an exchange, built and not sent: its body and what the spend
+        guard would check of it (``%%chat --dry-run`` shows these numbers). Nothing is asked of
+        the server: the model is the one given or known (None: the server would be asked).
+        ``system_prompt``: another one for this preview (False: the chat's own)."""
+        user = Turn("user", _contents(args))
+        past = self._turns[:replace_from] if history else []
+        messages = self._messages([*past, user], system_prompt)
+        body = self.provider.body(messages, model=model or self.provider.model or "", stream=True,
+                                  params=params)
+        if self._tools:
+            body.setdefault("tools", [t.schema() for t in self._tools.values()])
+        return RequestPreview(body, spend_request(body, self.provider, source))
+
     def _run(
         self, args: Sequence[str | Content], opts: dict[str, Any], result: _Outcome | None = None
     ) -> Generator[StreamContent, None, None]:
@@ -643,10 +667,12 @@ class Chat:
             self._turns.extend((user, *turns))
         self._notify("turn", exchange)
 
-    def _messages(self, turns: Sequence[Turn]) -> list[dict[str, Any]]:
+    def _messages(self, turns: Sequence[Turn],
+                  system_prompt: str | None | Literal[False] = False) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []
-        if self._system_prompt:
-            msgs.append({"role": "system", "content": self._system_prompt})
+        system = self._system_prompt if system_prompt is False else system_prompt
+        if system:
+            msgs.append({"role": "system", "content": system})
         for t in turns:
             msgs.extend(_wire(t, self.max_tool_result_chars))
         return msgs
@@ -704,7 +730,7 @@ class Chat:
         p = self.provider
         return {
             "version": 1,
-            "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
+            "provider": p.describe(),
             "params": p.params,
             "system_prompt": self._system_prompt,
             "turns": [t.to_dict() for t in self._turns],
@@ -887,8 +913,7 @@ def _echo_item(item: StreamContent) -> None:
     if isinstance(item, ContentText):
         _write(item.text)
     elif isinstance(item, ContentToolRequest):
-        args = json.dumps(item.arguments, ensure_ascii=False)
-        _write(f"\n[tool call] {item.name}({args if len(args) <= 80 else args[:77] + '...'})\n")
+        _write(f"\n[tool call] {item.name}({short_arguments(item.arguments)})\n")
     elif isinstance(item, ContentToolResult):
         _write(f"[tool {'error' if item.error is not None else 'ok'}] {item.name or item.id}\n")
 
@@ -1055,13 +1080,8 @@ class _Exchange:
         """The next request's body, once it passed the spend guard (every round does, with the
         model resolved: ``_prepare`` set it); raises ``BudgetExceeded`` and sends nothing."""
         body = self.body()
-        provider = self.chat.provider
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        self.reservation = spend_guard.reserve(SpendRequest(
-            provider.name, body.get("model"), body_estimate(body.get("messages") or []),
-            max_tokens if isinstance(max_tokens, int) else None, self.user.meta.get("source"),
-            price_provider=lambda: provider.price_provider,
-        ))
+        source = self.user.meta.get("source")
+        self.reservation = spend_guard.reserve(spend_request(body, self.chat.provider, source))
         return body
 
     def _settle(self, turn: Turn | None) -> None:
@@ -1178,6 +1198,7 @@ class _Exchange:
             model=model,
             meta=self._meta(),
             skipped=answer.skipped,
+            free=provider.free,
         )
 
     def close(self, exc: BaseException | None, result: _Outcome | None) -> None:

@@ -37,8 +37,9 @@ def process_ledger() -> Ledger:
     return process.ledger
 
 
-def record_usage(provider: str, model: str, tokens: Tokens | None, cost: float | None) -> None:
-    process_ledger().add_tokens(provider, model, tokens, cost)
+def record_usage(provider: str, model: str, tokens: Tokens | None, cost: float | None,
+                 free: bool = False) -> None:
+    process_ledger().add_tokens(provider, model, tokens, cost, free)
 
 
 def token_usage() -> list[dict[str, Any]]:

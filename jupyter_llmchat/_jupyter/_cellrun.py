@@ -20,6 +20,7 @@ from IPython.core.error import UsageError
 from .. import _sessions
 from .._core import _spend
 from .._core._params import params as make_params
+from .._core._turns import exchange_end
 from .._errors import (
     AuthenticationError,
     BudgetExceeded,
@@ -33,6 +34,7 @@ from . import _cellcontext as ctx
 from . import _context
 from ._bridge import missing_extension_note
 from ._display import AnswerDisplay, StreamDisplay, TerminalDisplay, show_line
+from ._kernel_tools import cell_tools
 from ._prompt import check_output_name, interpolate, output_value
 
 __all__ = ["CellRunner", "Settings"]
@@ -60,6 +62,8 @@ class _Question:
     text: str
     overrides: dict[str, Any]
     fmt: str
+    #: ``--tools``: offered for this cell's exchange only.
+    tools: list[Any]
 
 
 class CellRunner:
@@ -119,9 +123,11 @@ class CellRunner:
         text = interpolate(prompt, self.shell.user_ns) if template else prompt
         attached = ctx.attachments(args.with_names, self.shell.user_ns, self.settings.context_max_tokens)
         text = _context.attach(text, attached)
+        tools = cell_tools(args.tool_names, self.shell, self.settings.context_max_tokens,
+                           self.cell_runs)
         if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
             show_line(self.shell, _context.describe_attachments(attached))
-        return _Question(text, overrides, args.format or self.settings.default_format)
+        return _Question(text, overrides, args.format or self.settings.default_format, tools)
 
     def _session(self, args: Any, display: AnswerDisplay) -> Any:
         try:
@@ -181,6 +187,9 @@ class CellRunner:
             question.text, content="all", model=args.model or None, params=question.overrides,
             history=not args.no_history, meta=meta, replace_from=rerun,
         )
+        session_tools = chat.get_tools()
+        if question.tools:  # the exchange takes the tools in force at its first item, below
+            chat.set_tools(offered_tools(chat, question))
         try:
             for item in stream:
                 show_item(display, item)
@@ -210,6 +219,9 @@ class CellRunner:
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
                 raise_clean(exc)  # the user's frames only: ours hold the prompt, the session
             return None
+        finally:
+            if question.tools:  # --tools is for this cell only
+                chat.set_tools(session_tools)
         answer = self._finish(display, chat, args, fmt, stream)
         self._replay_next[chat] = len(chat.get_turns())
         self._note_run(cell_id, run_id, len(chat.get_turns()))
@@ -265,11 +277,17 @@ class CellRunner:
         fresh = args.new or args.no_history
         history = [] if fresh else chat.get_turns()[:rerun]
         params = {**chat.provider.params, **question.overrides}
+        system = args.system if args.system is not None else chat.system_prompt
+        preview = chat.request_preview(
+            question.text, model=args.model or None, params=question.overrides,
+            history=not fresh, replace_from=rerun, system_prompt=system or None, source="cell",
+        )
         view = ctx.dry_run_text(
             url=chat.provider.display_url, model=args.model or chat.provider.model, params=params,
-            system_prompt=args.system if args.system is not None else chat.system_prompt,
-            history=history, text=question.text, max_tokens=params.get("max_tokens"),
+            system_prompt=system, history=history, text=question.text, preview=preview,
         )
+        if question.tools:
+            view += "\n--tools, offered for this cell: " + ", ".join(t.name for t in question.tools)
         show_line(self.shell, view)
 
     def _replay(self, display: AnswerDisplay, chat: Any, args: Any, fmt: str, index: int) -> None:
@@ -298,10 +316,7 @@ class CellRunner:
             self.shell.user_ns[args.output] = output_value(display.text, fmt)
 
     def _footer(self, chat: Any, exchange: list[Any], replayed_at: str | None = None) -> None:
-        tokens, cost, requests = _spend.exchange_spend(exchange)
-        line = _spend.footer(exchange[-1].model, tokens, cost, local=_sessions.is_local(chat),
-                             replayed_at=replayed_at, requests=requests)
-        show_line(self.shell, line)
+        show_line(self.shell, _spend.exchange_footer(exchange, replayed_at=replayed_at))
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -315,6 +330,12 @@ def request_key(chat: Any, model: str | None, overrides: dict[str, Any]) -> dict
         "system_prompt": chat.system_prompt,
         "params": {**chat.provider.params, **overrides},
     }
+
+
+def offered_tools(chat: Any, question: _Question) -> list[Any]:
+    """The tools this cell's request offers: the session's and its ``--tools`` (which win a
+    name they share)."""
+    return list({t.name: t for t in [*chat.get_tools(), *question.tools]}.values())
 
 
 def rerun_index(chat: Any, cell_id: str | None) -> int | None:
@@ -355,15 +376,3 @@ def show_item(display: AnswerDisplay, item: Any) -> None:
         display.tool_request(item.id, item.name, item.arguments)
     elif kind == "tool_result":
         display.tool_result(item.id, item.value, item.error)
-
-
-def exchange_end(turns: Any, start: int) -> int:
-    """Index after the exchange whose prompt is ``turns[start]``: its tool rounds (assistant
-    turns, and user turns holding only tool results) and its answer."""
-    end = start + 1
-    while end < len(turns):
-        t = turns[end]
-        if t.role == "user" and not (t.contents and all(c.type == "tool_result" for c in t.contents)):
-            break
-        end += 1
-    return end
