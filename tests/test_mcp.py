@@ -82,6 +82,7 @@ def test_include_exclude_namespace_and_unknown_names(fake_url: str) -> None:
     with pytest.raises(ConfigurationError, match="no tool named 'nope'"):
         chat.register_mcp_tools_stdio(sys.executable, [SERVER], name="calc2",
                                       exclude_tools=["nope"])
+    assert "calc2" not in _mcp.mcp_servers.by_name  # not left running
     with pytest.raises(ConfigurationError, match="not both"):
         chat.register_mcp_tools_stdio(sys.executable, [SERVER], include_tools=["a"],
                                       exclude_tools=["b"])

@@ -305,7 +305,7 @@ class MCPConnection:
         if task is not None and task is not asyncio.current_task():
             try:
                 await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT_S)
-            except (asyncio.TimeoutError, Exception):
+            except Exception:  # not stopped in time (or it failed stopping): cut it short
                 task.cancel()
 
     # -- tools ------------------------------------------------------------------------------
@@ -496,13 +496,21 @@ def connect(config: MCPServerConfig) -> list[Tool]:
     """Start (or reuse) the server of ``config`` and return its tools."""
     _check_sdk()
     conn = _loop.run(mcp_servers.connect(config))
-    return conn.tools()
+    try:
+        return conn.tools()
+    except ConfigurationError:  # include_tools names a tool it lacks: it is not kept running
+        _loop.run(mcp_servers.stop([conn.name]))
+        raise
 
 
 async def connect_async(config: MCPServerConfig) -> list[Tool]:
     _check_sdk()
     conn = await _loop.arun(mcp_servers.connect(config))
-    return conn.tools()
+    try:
+        return conn.tools()
+    except ConfigurationError:
+        await _loop.arun(mcp_servers.stop([conn.name]))
+        raise
 
 
 def stop(names: Iterable[str] | None = None) -> list[str]:
