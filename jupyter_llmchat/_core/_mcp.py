@@ -232,11 +232,12 @@ class MCPConnection:
             from mcp import StdioServerParameters
             from mcp.client.stdio import stdio_client
 
-            params = StdioServerParameters(
-                command=sys.executable,
-                args=[_LAUNCHER, str(os.getpid()), "--", where, *self.config.args],
-                env=secrets or None,
-            )
+            if sys.platform == "win32":  # the SDK's Job Object (kill on close) ends the tree
+                command, args = where, list(self.config.args)
+            else:
+                command, args = sys.executable, [_LAUNCHER, str(os.getpid()), "--", where,
+                                                 *self.config.args]
+            params = StdioServerParameters(command=command, args=args, env=secrets or None)
             errlog = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
             return stdio_client(params, errlog=errlog)
         import httpx2  # the SDK's HTTP client: headers are set on it
