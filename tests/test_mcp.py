@@ -270,3 +270,19 @@ def test_hostile_results_and_errors_are_inert_in_exports(fake: FakeOpenAI, fake_
     assert "hostile_error({}) → error: Tool call failed with error: MCPError" in html
     for text in (html, md):
         assert "<img src=x" not in text and "<script>window" not in text and "![y](" not in text
+
+
+def test_calls_from_several_threads_run_at_once(fake_url: str) -> None:
+    """parallel_chat's workers and the panel call from threads of their own: one server's calls
+    are not serialized by the client (the test server runs sync tools in threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chat = new_chat(fake_url)
+    chat.register_mcp_tools_stdio(sys.executable, [SERVER], name="busy")
+    run("add", chat, a=0, b=0)  # warm
+    start = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: run("hang", chat, seconds=1.0), range(4)))
+    elapsed = time.monotonic() - start
+    assert [r.value for r in results] == ["woke"] * 4  # type: ignore[attr-defined]
+    assert elapsed < 2.5, elapsed  # one after another would take 4 s
