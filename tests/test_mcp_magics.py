@@ -1,6 +1,7 @@
 """``%chat_mcp`` and ``ChatMagics.mcp_servers`` in a real IPython shell, against real MCP servers
-(tests/mcp_servers.py), and one real kernel: a hostile tool result shown safely, and SIGKILL of
-the kernel leaving no server process behind."""
+(tests/mcp_servers.py), and one real kernel: a hostile tool result shown only as code, Ctrl-C
+during a call (the server serves on), and SIGKILL of the kernel leaving no server process (nor
+its child) behind."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from jupyter_llmchat import _sessions
 from jupyter_llmchat._core import _mcp
 from tests.fake_openai import FakeOpenAI, FakeOpenAIProcess, Reply
 from tests.kernel_frontend import Kernel
-from tests.test_kernel_iopub import answer_displays
+from tests.test_kernel_iopub import Msg, answer_displays, execute
 from tests.test_mcp import (
     SERVER,
     TOKEN,
@@ -191,6 +192,22 @@ def test_in_a_kernel_results_are_shown_safely_and_sigkill_leaves_no_server(
         # The result is shown, but only as code (Markdown renders a fence's text literally).
         assert "<script>window.pwned = 1</script>" in final
         assert "<script>" not in _outside_fences(final) and "![x](" not in _outside_fences(final)
+        # Ctrl-C while a call waits: the cell stops with one line, the server serves on.
+        server.script(Reply(tool_calls=[call("s", "hang", {"seconds": 30})], text="",
+                            finish_reason="tool_calls"), Reply(text="after"))
+        sent: list[Msg] = []
+
+        def interrupt_when_running(msg: Msg) -> None:
+            shown = msg["msg_type"] in ("display_data", "update_display_data")
+            if shown and "running" in msg["content"]["data"].get("text/markdown", "") \
+                    and not sent:
+                sent.append(msg)
+                k.km.interrupt_kernel()
+
+        reply, msgs = execute(k.kc, "%%chat\nwait", on_iopub=interrupt_when_running)
+        assert sent and reply["content"]["ename"] == "UsageError", reply["content"]
+        assert "stopped (Ctrl-C)" in reply["content"]["evalue"]
+        assert k.value("tools['add'].func(a=1, b=2)") == "3"
         assert psutil.pid_exists(server_pid) and psutil.pid_exists(child_pid)
         kernel_pid = k.km.provisioner.process.pid
         os.kill(kernel_pid, signal.SIGKILL)
