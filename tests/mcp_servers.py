@@ -95,6 +95,7 @@ def _serve_http() -> None:
     app.add_middleware(BaseHTTPMiddleware, dispatch=check)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(64)  # before the port is told: a client that comes first waits, not refused
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
