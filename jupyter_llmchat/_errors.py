@@ -13,7 +13,9 @@ One tree, one root::
     ├── BudgetExceeded            the notebook's budget refused a request before it was sent
     │   └── ReplayOnlyError       replay-only mode (CI, docs builds): nothing is ever sent
     ├── ToolRejectError           a tool call refused (by the tool, a callback or the approval)
-    └── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
+    ├── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
+    └── MCPError                  an MCP server failed to start, ended, or answered an error
+        └── MCPTimeoutError       an MCP tool call took longer than its timeout
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
 """
@@ -28,6 +30,8 @@ __all__ = [
     "BudgetExceeded",
     "ConfigurationError",
     "LLMChatError",
+    "MCPError",
+    "MCPTimeoutError",
     "ParallelChatError",
     "RateLimitError",
     "ReplayOnlyError",
@@ -144,6 +148,20 @@ class ParallelChatError(LLMChatError):
         self.results = results
         self.errors = errors
         super().__init__(message)
+
+
+class MCPError(LLMChatError):
+    """An MCP server could not be started or reached, ended, or answered a call with an error.
+
+    The message names the server and the tool, never an env value or a header."""
+
+    hint = "%chat_mcp list shows the servers; add the server again to restart it"
+
+
+class MCPTimeoutError(MCPError):
+    """An MCP tool call got no answer within its timeout (``timeout=``, 60 s by default)."""
+
+    hint = "the server is still connected; raise timeout= if the tool is slow"
 
 
 def raise_clean(exc: BaseException) -> NoReturn:

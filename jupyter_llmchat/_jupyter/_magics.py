@@ -41,6 +41,7 @@ from traitlets import (
 
 from .. import _sessions
 from .._core._chat import ChatBusyError
+from .._core._mcp_config import config_from_dict
 from .._core._params import params as make_params
 from .._core._presets import chat_openai_compatible
 from .._core._provider import env_credentials
@@ -53,6 +54,7 @@ from ._bridge import start_bridge
 from ._cellcontext import CellRuns
 from ._cellrun import CellRunner
 from ._display import formatwarning_hook, show_line
+from ._mcp_magics import MCPMagics
 from ._prompt import parse_options, protect_questions, split_line
 from ._report_magics import ChatReportMagics
 
@@ -60,7 +62,7 @@ __all__ = ["ChatMagics", "load", "unload"]
 
 #: Every magic of the extension (unload removes them).
 MAGIC_NAMES = ("chat", "chat_fix", "chat_usage", "chat_history", "chat_reset", "chat_config",
-               "chat_budget", "chat_panel", "chat_export")
+               "chat_budget", "chat_panel", "chat_export", "chat_mcp")
 
 FORMATS = ("markdown", "text", "code", "json")
 #: The settings a session is built from; a changed one applies to it at its next question.
@@ -130,6 +132,12 @@ class ChatMagics(Magics):
         'cell (yes / no / always); refused where nobody can answer (nbclient, papermill). '
         '"auto": every call runs. "never": every call is refused.'
     ).tag(config=True)
+    mcp_servers = Dict(
+        help="MCP servers connected at %load_ext (and when changed), their tools offered to every "
+        "session, in other MCP clients' shape: {'name': {'command': ..., 'args': [...], 'env': "
+        "{...}}} or {'name': {'url': ..., 'headers': {...}}}, plus 'ask', 'timeout', "
+        "'include_tools', 'exclude_tools', 'namespace'. Write secrets as ${env:VAR}."
+    ).tag(config=True)
 
     @default("base_url")
     def _default_base_url(self) -> str:
@@ -145,6 +153,16 @@ class ChatMagics(Magics):
             return make_params(**proposal["value"])
         except (ConfigurationError, TypeError) as exc:
             raise TraitError(f"ChatMagics.params: {exc}") from None
+
+    @validate("mcp_servers")
+    def _validate_mcp_servers(self, proposal: Any) -> dict[str, Any]:
+        value = dict(proposal["value"])
+        for name, spec in value.items():
+            try:
+                config_from_dict(str(name), spec)
+            except ConfigurationError as exc:
+                raise TraitError(f"ChatMagics.mcp_servers: {exc}") from None
+        return value
 
     @validate("display_rate_hz")
     def _validate_rate(self, proposal: Any) -> float:
@@ -340,11 +358,14 @@ def load(ipython: Any) -> None:
     ipython.register_magics(magics)
     magics.approval.install()
     ipython.register_magics(ChatReportMagics(shell=ipython, settings=magics))
+    mcp = MCPMagics(shell=ipython, settings=magics)
+    ipython.register_magics(mcp)
     ipython.events.register("post_run_cell", magics.cell_runs.post_run_cell)
     _sessions.registry.magics[ipython] = magics
     if protect_questions not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(protect_questions)
     start_bridge(ipython, magics)
+    mcp.connect_configured()  # last: a server's start takes a second, and may fail
 
 
 def unload(ipython: Any) -> None:
@@ -354,6 +375,9 @@ def unload(ipython: Any) -> None:
         warnings.formatwarning = original
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
+    mcp = ipython.magics_manager.registry.get("MCPMagics")
+    if mcp is not None:
+        mcp.close()
     if magics is not None:
         if magics.replay == "only":
             spend_guard.set_replay_only(None)
