@@ -184,6 +184,10 @@ class Bridge:
         # Headless (nbclient, `jupyter execute`): told no path, but run in the notebook's folder.
         source = _executing_source(self.shell)
         found = find_notebook(os.getcwd(), source) if source else []
+        if len(found) > 1 and _one_record(found):
+            # Copies of one notebook (papermill's output, written beside its input as it runs,
+            # starts as a copy of it): any of them holds the record to replay.
+            return found[0]
         if len(found) > 1:
             names = ", ".join(os.path.basename(f) for f in found[:5])
             print(f"jupyter_llmchat: several notebooks here hold this cell ({names}): no answer is "
@@ -809,6 +813,19 @@ def find_notebook(directory: str, source: str) -> list[str]:
                 found.append(path)
                 break
     return found
+
+
+def _one_record(paths: list[str]) -> bool:
+    """Whether the notebooks ``paths`` (found by ``find_notebook``, so bounded) hold one and the
+    same chat record."""
+    records = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                records.append((json.load(f).get("metadata") or {}).get(KEY))
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return False
+    return records[0] is not None and all(r == records[0] for r in records[1:])
 
 
 def _held_elsewhere(path: str, record_id: str) -> bool:
