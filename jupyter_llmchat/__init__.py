@@ -34,8 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
         chat_vllm,
     )
     from ._core._process import token_usage
-    from ._core._structured import StructuredOutputError
-    from ._core._tools import Tool, ToolError, ToolRejectError
+    from ._core._tools import Tool
     from ._core._turns import (
         ContentImage,
         ContentText,
@@ -49,12 +48,16 @@ if TYPE_CHECKING:  # pragma: no cover
         APIStatusError,
         AuthenticationError,
         BudgetExceeded,
+        ChatBusyError,
         ConfigurationError,
         LLMChatError,
         ParallelChatError,
         RateLimitError,
         ServerError,
         StreamError,
+        StructuredOutputError,
+        ToolError,
+        ToolRejectError,
         TransportError,
     )
     from ._jupyter._widget import panel
@@ -66,6 +69,7 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceeded",
     "Chat",
+    "ChatBusyError",
     "ChatExchange",
     "ChatStream",
     "ConfigurationError",
@@ -123,12 +127,16 @@ _LAZY = {
     "APIStatusError": "_errors",
     "AuthenticationError": "_errors",
     "BudgetExceeded": "_errors",
+    "ChatBusyError": "_errors",
     "ConfigurationError": "_errors",
     "LLMChatError": "_errors",
     "ParallelChatError": "_errors",
     "RateLimitError": "_errors",
     "ServerError": "_errors",
     "StreamError": "_errors",
+    "StructuredOutputError": "_errors",
+    "ToolError": "_errors",
+    "ToolRejectError": "_errors",
     "TransportError": "_errors",
     "ParallelResults": "_core._parallel",
     "parallel_chat": "_core._parallel",
@@ -146,10 +154,7 @@ _LAZY = {
     "chat_vllm": "_core._presets",
     "session": "_sessions",
     "use": "_sessions",
-    "StructuredOutputError": "_core._structured",
     "Tool": "_core._tools",
-    "ToolError": "_core._tools",
-    "ToolRejectError": "_core._tools",
     "ContentImage": "_core._turns",
     "ContentText": "_core._turns",
     "ContentThinking": "_core._turns",

@@ -21,10 +21,10 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Union
 
-from .._errors import ConfigurationError, LLMChatError
+from .._errors import ConfigurationError, ToolRejectError
 from ._turns import ContentToolRequest, ContentToolResult
 
-__all__ = ["Tool", "ToolError", "ToolRejectError", "json_schema_of", "tool_result_text"]
+__all__ = ["Tool", "is_typeddict", "json_schema_of", "tool_result_text"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -32,19 +32,6 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: result is sent again with every later request of the conversation, so a 2 MB one would cost
 #: a million input tokens each time. The whole result stays in the turn for the caller.
 MAX_TOOL_RESULT_CHARS = 32_000
-
-
-class ToolRejectError(LLMChatError):
-    """Raise it in a tool to refuse a call; its message goes back to the model as the reason."""
-
-    def __init__(self, reason: str = "the user refused this call") -> None:
-        super().__init__(reason)
-
-
-class ToolError(LLMChatError):
-    """The tool loop could not go on (too many rounds in a row)."""
-
-    hint = "the answers so far are kept; raise max_tool_rounds or check the tools' results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,4 +352,6 @@ def _object(properties: dict[str, Any], required: list[str], tp: type) -> dict[s
 
 
 def is_typeddict(tp: Any) -> bool:
+    """Whether ``tp`` is a TypedDict class, ``typing``'s or ``typing_extensions``' (whose own
+    metaclass ``typing.is_typeddict`` does not know); tools and structured output both ask."""
     return isinstance(tp, type) and issubclass(tp, dict) and hasattr(tp, "__total__") and hasattr(tp, "__annotations__")

@@ -28,11 +28,10 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
 
 from .. import _sessions
-from .._core._chat import ChatBusyError
 from .._core._params import params as make_params
 from .._core._presets import chat_openai_compatible
 from .._core._provider import env_credentials
-from .._errors import ConfigurationError
+from .._errors import ChatBusyError, ConfigurationError
 from . import _cellcontext as ctx
 from . import _context
 from ._bridge import start_bridge

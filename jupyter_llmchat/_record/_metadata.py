@@ -21,6 +21,7 @@ from .._core._provider import safe_url
 from .._core._spend import Budget
 from .._core._turns import Content, ContentImage, ContentText, Turn, check_tool_pairs
 from .._core._usage import Ledger
+from .._errors import RecordError
 
 __all__ = [
     "KEY",
@@ -178,10 +179,6 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
 
 
 # -- reading untrusted records -------------------------------------------------------------------
-
-
-class RecordError(ValueError):
-    """The notebook's record is not a valid schema-1 record."""
 
 
 def _str_or_none(v: Any, what: str, limit: int = 10_000) -> str | None:
