@@ -24,8 +24,6 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import type { Kernel, KernelMessage } from '@jupyterlab/services';
 import type { JSONArray, JSONObject } from '@lumino/coreutils';
 import { JSONExt } from '@lumino/coreutils';
-import type { ISignal } from '@lumino/signaling';
-import { Signal } from '@lumino/signaling';
 
 import type { HelloMessage, PathMessage, ResyncMessage } from './protocol';
 import { isAppendTurns, isChatRecord, isPlainObject } from './protocol';
@@ -59,14 +57,6 @@ const COMM_ENDING_STATUSES: ReadonlySet<Kernel.Status> = new Set<Kernel.Status>(
 ]);
 
 export class MetadataBridge implements ILLMChatBridge {
-  get commChanged(): ISignal<ILLMChatBridge, ILLMChatBridge.ICommChangedArgs> {
-    return this._commChanged;
-  }
-
-  get messageReceived(): ISignal<ILLMChatBridge, ILLMChatBridge.IMessageArgs> {
-    return this._messageReceived;
-  }
-
   getComm(panel: NotebookPanel): Kernel.IComm | null {
     const comm = this._states.get(panel)?.comm ?? null;
     return comm !== null && !comm.isDisposed ? comm : null;
@@ -93,7 +83,7 @@ export class MetadataBridge implements ILLMChatBridge {
     });
     sessionContext.statusChanged.connect((_, status) => {
       if (COMM_ENDING_STATUSES.has(status)) {
-        this._setComm(panel, state, null);
+        state.comm = null;
       }
     });
     // The signal's value may carry a drive prefix; the hello says localPath.
@@ -121,7 +111,7 @@ export class MetadataBridge implements ILLMChatBridge {
     state.kernel = kernel;
     state.helloPath = null;
     state.formerPaths.clear();
-    this._setComm(panel, state, null);
+    state.comm = null;
     if (kernel !== null) {
       kernel.registerCommTarget(COMM_TARGET, state.onCommOpen);
       void this._reconnect(panel, state, kernel);
@@ -168,18 +158,6 @@ export class MetadataBridge implements ILLMChatBridge {
     }
   }
 
-  private _setComm(
-    panel: NotebookPanel,
-    state: IPanelState,
-    comm: Kernel.IComm | null
-  ): void {
-    if (state.comm === comm) {
-      return;
-    }
-    state.comm = comm;
-    this._commChanged.emit({ panel, comm });
-  }
-
   private _onCommOpen(
     panel: NotebookPanel,
     state: IPanelState,
@@ -193,10 +171,10 @@ export class MetadataBridge implements ILLMChatBridge {
       };
       comm.onClose = () => {
         if (state.comm === comm) {
-          this._setComm(panel, state, null);
+          state.comm = null;
         }
       };
-      this._setComm(panel, state, comm);
+      state.comm = comm;
       this._whenReady(panel, () => this._sendHello(panel, state, comm));
     } catch (error) {
       console.error('jupyter-llmchat: could not open the comm', error);
@@ -276,7 +254,6 @@ export class MetadataBridge implements ILLMChatBridge {
         comm.send(resync);
       }
     }
-    this._messageReceived.emit({ panel, comm, data });
   }
 
   /**
@@ -353,14 +330,6 @@ export class MetadataBridge implements ILLMChatBridge {
   }
 
   private readonly _states = new Map<NotebookPanel, IPanelState>();
-  private readonly _commChanged = new Signal<
-    ILLMChatBridge,
-    ILLMChatBridge.ICommChangedArgs
-  >(this);
-  private readonly _messageReceived = new Signal<
-    ILLMChatBridge,
-    ILLMChatBridge.IMessageArgs
-  >(this);
 }
 
 namespace Private {

@@ -1,8 +1,6 @@
 import type { NotebookPanel } from '@jupyterlab/notebook';
 import type { Kernel } from '@jupyterlab/services';
-import type { JSONObject } from '@lumino/coreutils';
 import { Token } from '@lumino/coreutils';
-import type { ISignal } from '@lumino/signaling';
 
 /** The npm package name, and the prefix of every id below. */
 export const EXTENSION_ID = 'jupyter-llmchat';
@@ -25,17 +23,11 @@ export namespace PluginIDs {
   export const chatPanel = `${EXTENSION_ID}:panel`;
 }
 
-/** Command ids. */
-export namespace CommandIDs {
-  /** Reserved for the chat panel plugin (`%chat_panel`); not registered yet. */
-  export const openChatPanel = `${EXTENSION_ID}:open-chat-panel`;
-}
-
 /**
  * Finds the `jupyter_llmchat` comm of a notebook's kernel.
  *
  * The bridge owns each comm's `onMsg` and `onClose`: consumers must not
- * replace them; listen to `messageReceived` and `commChanged` instead.
+ * replace them.
  */
 export interface ILLMChatBridge {
   /**
@@ -43,31 +35,9 @@ export interface ILLMChatBridge {
    * kernel, the kernel has not loaded the extension, or it restarted since.
    */
   getComm(panel: NotebookPanel): Kernel.IComm | null;
-
-  /** Emitted when a notebook's comm opens, closes, or goes away with its kernel. */
-  readonly commChanged: ISignal<ILLMChatBridge, ILLMChatBridge.ICommChangedArgs>;
-
-  /**
-   * Emitted for every message the kernel sends on a notebook's comm, after the
-   * bridge has handled the ones it knows (`set_metadata`).
-   */
-  readonly messageReceived: ISignal<ILLMChatBridge, ILLMChatBridge.IMessageArgs>;
-}
-
-export namespace ILLMChatBridge {
-  export interface ICommChangedArgs {
-    readonly panel: NotebookPanel;
-    readonly comm: Kernel.IComm | null;
-  }
-
-  export interface IMessageArgs {
-    readonly panel: NotebookPanel;
-    readonly comm: Kernel.IComm;
-    readonly data: JSONObject;
-  }
 }
 
 export const ILLMChatBridge = new Token<ILLMChatBridge>(
   `${EXTENSION_ID}:ILLMChatBridge`,
-  "Finds the jupyter_llmchat comm of a notebook's kernel and relays its messages."
+  "Finds the jupyter_llmchat comm of a notebook's kernel."
 );
