@@ -63,12 +63,6 @@ class Tool:
             parameters=_parameters_schema(func, arg_docs),
         )
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func) or inspect.iscoroutinefunction(
-            getattr(self.func, "__call__", None)
-        )
-
     def schema(self) -> dict[str, Any]:
         """The tool in the chat-completions ``tools`` format."""
         return {
@@ -99,7 +93,7 @@ class Tool:
         import asyncio  # only here: the sync path and ``import jupyter_llmchat`` never need it
 
         try:
-            if self.is_async:
+            if _is_async(self.func):
                 value = self.func(**request.arguments)
             else:
                 value = await asyncio.to_thread(self.func, **request.arguments)
@@ -108,6 +102,13 @@ class Tool:
         except Exception as exc:
             return _failed(request, exc)
         return _succeeded(request, value)
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one: called on the loop."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)
+    )
 
 
 def _run_awaitable(aw: Awaitable[Any]) -> Any:
