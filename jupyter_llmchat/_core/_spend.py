@@ -37,7 +37,6 @@ from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cos
 
 __all__ = [
     "Budget",
-    "BudgetExceeded",
     "SpendGuard",
     "SpendRequest",
     "SpendRule",
