@@ -92,11 +92,6 @@ def local_chat(
     return Chat(provider, system_prompt=system_prompt, echo=echo or "none")
 
 
-def is_local(chat: Chat) -> bool:
-    """True for a session on the bundled local model (its answers are free)."""
-    return isinstance(chat.provider, LocalProvider)
-
-
 def _default_factory(name: str) -> Chat:
     base_url = os.environ.get("OPENAI_BASE_URL")
     if base_url:

@@ -1,8 +1,9 @@
 """A real ipykernel and, on its channels, what the labextension's bridge (bridge.ts) does.
 
 ``FrontEnd`` answers the kernel's ``jupyter_llmchat`` comm with ``hello`` and applies the
-kernel's ``set_metadata`` and ``append_turns`` to its own copy of the record exactly as
-bridge.ts does (an update that does not follow its record is answered with ``resync``). Several
+kernel's ``set_metadata``, ``append_turns`` and ``replace_exchange`` to its own copy of the
+record exactly as bridge.ts does (an update that does not follow its record is answered with
+``resync``), keeps the kernel's last ``stale`` cells, and sends the notebook's ``order``. Several
 front ends may share one kernel's IOPub stream, as two notebooks on one kernel do.
 """
 
@@ -36,6 +37,8 @@ class FrontEnd:
         #: Every kernel message on the comm, with its size on the wire (its content's JSON).
         self.received: list[tuple[dict[str, Any], int]] = []
         self.ignored = 0
+        #: The cells the kernel last said are stale (the badge bridge.ts shows).
+        self.stale: list[str] = []
 
     def on_iopub(self, msg: Msg) -> None:
         kind, content = msg["msg_type"], msg["content"]
@@ -62,6 +65,11 @@ class FrontEnd:
         self.send({"type": "path", "path": path, "from": self.hello_path})
         self.path = self.hello_path = path
 
+    def order(self, cells: list[str]) -> None:
+        """The notebook's cells moved (or were added, deleted): tell the kernel, as bridge.ts
+        does."""
+        self.send({"type": "order", "path": self.hello_path, "cells": cells})
+
     def send(self, data: dict[str, Any]) -> None:
         assert self.kc is not None and self.comm_id is not None
         self.kc.shell_channel.send(self.kc.session.msg("comm_msg", {"comm_id": self.comm_id, "data": data}))
@@ -82,6 +90,22 @@ class FrontEnd:
             }
             self.record["sessions"] = sessions
             self.record["usage"] = data["usage"]
+        elif data["type"] == "replace_exchange":
+            sessions = (self.record or {}).get("sessions", {})
+            session = sessions.get(data["session"])
+            turns = [] if session is None else session["turns"]
+            if self.record is None or len(turns) != data["length"]:
+                self.send({"type": "resync", "path": self.hello_path})
+                return
+            turns = turns[:data["start"]] + data["turns"] + turns[data["end"]:]
+            sessions[data["session"]] = {
+                **(session or {}), "provider": data["provider"],
+                "system_prompt": data["system_prompt"], "turns": turns,
+            }
+            self.record["sessions"] = sessions
+            self.record["usage"] = data["usage"]
+        elif data["type"] == "stale":
+            self.stale = list(data["cells"])
 
     def kinds(self) -> list[str]:
         return [d["type"] for d, _ in self.received]
@@ -112,15 +136,22 @@ class Kernel:
         self.front_ends.append(fe)
         return fe
 
-    def execute(self, code: str, *, timeout: float = 60) -> tuple[Msg, list[Msg]]:
+    def execute(self, code: str, *, timeout: float = 60, cell: str | None = None,
+                deleted: list[str] | None = None, metadata: dict[str, Any] | None = None,
+                ) -> tuple[Msg, list[Msg]]:
         """Run ``code``; feed every IOPub message to the front ends; return the reply and the
-        messages of this request (up to idle)."""
+        messages of this request (up to idle). ``cell`` and ``deleted`` go into the request's
+        metadata as JupyterLab puts them (``cellId``, ``deletedCells``); ``metadata={}`` sends
+        none, as nbclient and VS Code do."""
         # As JupyterLab's notebook actions do, the request's metadata carries `deletedCells`:
         # the kernel opens its comm only for a front end that speaks it (DESIGN §7).
         content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                    "allow_stdin": False, "stop_on_error": True}
-        request = self.kc.session.msg("execute_request", content,
-                                      metadata={"deletedCells": [], "recordTiming": False})
+        if metadata is None:
+            metadata = {"deletedCells": list(deleted or []), "recordTiming": False}
+            if cell is not None:
+                metadata["cellId"] = cell
+        request = self.kc.session.msg("execute_request", content, metadata=metadata)
         self.kc.shell_channel.send(request)
         msg_id = request["header"]["msg_id"]
         mine: list[Msg] = []
@@ -144,9 +175,9 @@ class Kernel:
             if reply["parent_header"].get("msg_id") == msg_id:
                 return reply, mine
 
-    def ok(self, code: str) -> str:
+    def ok(self, code: str, **kwargs: Any) -> str:
         """Run ``code``, which must succeed; its stdout and stderr."""
-        reply, msgs = self.execute(code)
+        reply, msgs = self.execute(code, **kwargs)
         assert reply["content"]["status"] == "ok", (code, reply["content"])
         return "".join(m["content"].get("text", "") for m in msgs if m["msg_type"] == "stream")
 

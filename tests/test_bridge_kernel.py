@@ -119,7 +119,7 @@ def test_updates_after_the_first_record_carry_only_the_turn(tmp_path: Path, serv
         assert max(sizes) - min(sizes) < 100, sizes
         kernel_record = k.value(RECORD)
         assert fe.record == kernel_record
-        # A re-run cell replaces its exchange: not an append, the whole record goes.
+        # A reset is not an append: the whole record goes.
         k.ok("%chat_reset")
         assert fe.kinds()[-1] == "set_metadata"
         # A front end whose record is not the one the update follows asks for the whole record.

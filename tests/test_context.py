@@ -20,7 +20,6 @@ from jupyter_llmchat._jupyter._context import (
     attach,
     describe_attachments,
     error_context,
-    estimate_tokens,
     fingerprint,
     fix_prompt,
     summarize,
@@ -28,6 +27,7 @@ from jupyter_llmchat._jupyter._context import (
 from jupyter_llmchat._core._spend import (
     Budget,
     BudgetExceeded,
+    estimate_tokens,
     Spent,
     check_budget,
     find_replay,
@@ -118,7 +118,7 @@ def test_attachment_block_is_delimited_and_fenced_past_the_value_backticks() -> 
     assert msg.endswith("\n`````")
     assert attach("p", []) == "p"
     assert describe_attachments([a]) == "attached: code (str, 8 chars ~ 2 tokens)"
-    assert estimate_tokens("abcde") == 2
+    assert estimate_tokens(len("abcde")) == 2  # the spend guard's estimate, one for both
 
 
 # -- the last error ----------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_spent_sums_the_ledger_rows() -> None:
 def test_footer() -> None:
     assert footer("m", Tokens(11, 3), None) == "m · 11 in / 3 out · n/a"
     assert footer("m", Tokens(1200, 3), 0.0021) == "m · 1,200 in / 3 out · $0.0021"
-    assert footer("g", Tokens(), None, local=True) == "g · n/a in / n/a out · free, local"
+    assert footer("g", Tokens(), None, free=True) == "g · n/a in / n/a out · free, local"
     assert footer("m", Tokens(1, 1), 0.5, replayed_at="2026-01-01 10:00 UTC").endswith(
         "· replayed (recorded 2026-01-01 10:00 UTC), no request")
 

@@ -24,7 +24,7 @@ from markdown_it import MarkdownIt
 
 from jupyter_llmchat import chat_openai_compatible
 from jupyter_llmchat._core._turns import ContentText, Tokens, Turn
-from jupyter_llmchat._core._usage import LOCAL_PROVIDER_NAME, Ledger
+from jupyter_llmchat._core._usage import Ledger
 from jupyter_llmchat._errors import ConfigurationError
 from jupyter_llmchat._record._export import export_record, to_html, to_markdown
 from jupyter_llmchat._record._metadata import RecordError, build_record
@@ -265,8 +265,8 @@ def test_spend_per_model_with_the_reports_formatters() -> None:
 
 
 def test_the_local_model_is_free_not_unknown() -> None:
-    rec = record({"default": [user("q", "c1"), reply("a", model="gemma-3-270m", tokens=(None, None, None), cost=0.0)]},
-                 provider=LOCAL_PROVIDER_NAME)
+    answer = {**reply("a", model="gemma-3-270m", tokens=(None, None, None), cost=0.0), "free": True}
+    rec = record({"default": [user("q", "c1"), answer]}, provider="llama.cpp (local)")
     md = to_markdown(rec, ["c1"])
     assert "| default | llama.cpp (local) | gemma-3-270m | 1 | n/a | n/a | n/a | free, local |" in md
     assert "gemma-3-270m · n/a in / n/a out · free, local" in md

@@ -18,7 +18,6 @@ from jupyter_llmchat._core._spend import Spent, footer, spend_guard
 from jupyter_llmchat._core._turns import Tokens
 from jupyter_llmchat._core._process import process_ledger
 from jupyter_llmchat._core._usage import (
-    LOCAL_PROVIDER_NAME,
     Ledger,
     UsageRow,
     format_cost,
@@ -154,11 +153,17 @@ def test_the_bundled_model_is_free_in_one_place() -> None:
     assert format_row_cost(0.0) == "$0"  # a priced provider's zero is just zero
     assert format_row_cost(None) == "n/a"  # unknown is never free
     assert format_row_cost(0.5, unknown=2) == "$0.50+"
-    assert UsageRow(LOCAL_PROVIDER_NAME, "m").free and not UsageRow("OpenAI", "m").free
-    assert footer("g", Tokens(3, 4), 0.0, local=True) == "g · 3 in / 4 out · free, local"
+    # Free is what the answers say (their provider set it), never read from a provider's name.
+    row = UsageRow("llama.cpp (local)", "m")
+    assert not row.free  # no answer yet
+    row.add(Tokens(3, 4), 0.0, free=True)
+    assert row.free and UsageRow.from_dict(row.to_dict()).free
+    row.add(Tokens(3, 4), 0.0)
+    assert not row.free and "free" not in row.to_dict()  # one priced answer: not all free
+    assert footer("g", Tokens(3, 4), 0.0, free=True) == "g · 3 in / 4 out · free, local"
     spend = [
-        {"provider": LOCAL_PROVIDER_NAME, "model": "gemma", "turns": 1, "input": 3, "output": 4,
-         "cached": None, "cost_usd": 0.0},
+        {"provider": "llama.cpp (local)", "model": "gemma", "turns": 1, "input": 3, "output": 4,
+         "cached": None, "cost_usd": 0.0, "free": True},
         {"provider": "OpenAI", "model": "gpt-4o", "turns": 1, "input": 3, "output": 4,
          "cached": None, "cost_usd": 0.0},
     ]

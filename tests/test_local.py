@@ -432,7 +432,9 @@ def test_usage_report_shows_the_local_model_as_free() -> None:
     chat = local_chat()  # no request: the server is not started
     chat.set_turns([
         Turn("user", [ContentText("hi")]),
-        Turn("assistant", [ContentText("hello")], tokens=Tokens(5, 2), cost=0.0, model=MODEL_ALIAS),
+        # free: as the bundled model's provider marks each of its answers (Turn.free)
+        Turn("assistant", [ContentText("hello")], tokens=Tokens(5, 2), cost=0.0, model=MODEL_ALIAS,
+             free=True),
     ])  # fmt: skip
     assert chat.get_cost() == 0.0
     report = repr(UsageReport({"default": chat}))

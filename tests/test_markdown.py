@@ -1,8 +1,9 @@
-"""Model text made safe to render as trusted Markdown (DESIGN §9), and the one cost format.
+"""Model text made safe to render as trusted Markdown (DESIGN §9).
 
-Both rules exist twice, in Python (``_markdown.safe_markdown``, ``_usage.format_cost``) and in
-TypeScript for the panel (``labextension/src/safeMarkdown.ts``, ``costFormat.ts``): the tables
-below are checked on both sides, the TypeScript through node on the built extension.
+The rule exists twice, in Python (``_markdown.safe_markdown``) and in TypeScript for the panel
+(``labextension/src/safeMarkdown.ts``): the tables below are checked on both sides, the
+TypeScript through node on the built extension. The number formatters' table is
+``tests/format_cases.json`` (``tests/test_format_cases.py``), run the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from jupyter_llmchat._core._markdown import safe_markdown
-from jupyter_llmchat._core._usage import format_cost, format_row_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "labextension" / "lib"
@@ -73,23 +73,6 @@ CASES: list[tuple[str, str]] = [
 ]
 
 #: (cost in USD, how every view shows it)
-COSTS: list[tuple[float | None, str]] = [
-    (None, "n/a"),
-    (0.0, "$0"),
-    (1.2e-7, "$0.00000012"),
-    (0.000123456, "$0.00012"),
-    (0.0123, "$0.012"),
-    (0.5, "$0.50"),
-    (0.999, "$1.00"),
-    (0.125, "$0.13"),
-    (1.0, "$1.00"),
-    (2.5, "$2.50"),
-    (1234.5, "$1,234.50"),
-    (1234567.891, "$1,234,567.89"),
-    (float("nan"), "n/a"),
-]
-
-
 @pytest.mark.parametrize(("text", "expected"), CASES, ids=[c[0][:30] for c in CASES])
 def test_safe_markdown_cases(text: str, expected: str) -> None:
     assert safe_markdown(text) == expected
@@ -121,11 +104,6 @@ def test_no_tag_no_image_no_script_link(text: str) -> None:
     assert "<" not in md
     assert not re.search(r"(?<!\\)(?:\\\\)*!\[", md)
     assert not re.search(r"(?i)\]\(\s*<?\s*(javascript|vbscript|data):", md)
-
-
-@pytest.mark.parametrize(("usd", "expected"), COSTS, ids=[c[1] for c in COSTS])
-def test_format_cost(usd: float | None, expected: str) -> None:
-    assert format_cost(usd) == expected
 
 
 # -- the same cases through the panel's TypeScript -----------------------------------------------------
@@ -161,18 +139,3 @@ def test_typescript_port_gives_the_same_markdown(tmp_path: Path) -> None:
     module = _node_module("safeMarkdown", tmp_path)
     inputs = [text for text, _ in CASES] + HOSTILE
     assert _run_node(module, "safeMarkdown", inputs) == [safe_markdown(t) for t in inputs]
-
-
-def test_typescript_cost_format_is_the_same(tmp_path: Path) -> None:
-    module = _node_module("costFormat", tmp_path)
-    # NaN does not survive JSON: the TypeScript side gets the finite cases.
-    finite = [(usd, out) for usd, out in COSTS if usd is None or usd == usd]
-    assert _run_node(module, "formatCost", [usd for usd, _ in finite]) == [out for _, out in finite]
-
-
-def test_typescript_row_cost_tells_the_bundled_model_apart(tmp_path: Path) -> None:
-    module = _node_module("costFormat", tmp_path)
-    cases = [[usd, free] for usd in (None, 0.0, 0.0021, 12.5) for free in (False, True)]
-    expected = [format_row_cost(usd, free=free) for usd, free in cases]
-    assert "$0, local" in expected and "$0" in expected and "n/a" in expected
-    assert _run_node(module, "formatRowCost", cases, spread=True) == expected  # type: ignore[arg-type]

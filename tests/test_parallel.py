@@ -281,8 +281,9 @@ def test_progress_line_counts_every_request_of_a_tool_exchange(fake: FakeOpenAI,
     state = _State(1, len(chat.get_turns()))
     state.add(copy)
     assert state.line() == "1/1 done · tokens 100 in, 10 out · cost n/a"
-    free = _State(1, len(chat.get_turns()), free=True)
-    copy.get_turns()[-1].cost = copy.get_turns()[-3].cost = 0.0
+    free = _State(1, len(chat.get_turns()))
+    for t in (copy.get_turns()[-1], copy.get_turns()[-3]):  # answers their provider said are free
+        t.cost, t.free = 0.0, True
     free.add(copy)
     assert free.line() == "1/1 done · tokens 100 in, 10 out · cost $0, local"
 

@@ -172,6 +172,41 @@ def test_the_guard_counts_the_estimate_dry_run_shows(
     assert len(fake.chat_requests()) == 2
 
 
+def test_dry_run_counts_a_tool_round_in_the_history_as_the_guard_does(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tool calls' arguments and results are sent, so both count them (the dry run's own
+    estimate once left them out: history text only, one message per turn)."""
+    import re
+
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "lookup", "arguments": '{"key": "' + "k" * 400 + '"}'}}
+    fake.script(Reply(text="", tool_calls=[call], finish_reason="tool_calls"), Reply(text="done"))
+
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        return "v" * 800
+
+    chat = jupyter_llmchat.session()
+    chat.register_tool(lookup)
+    try:
+        run(ip, "%chat Look it up.")
+        capsys.readouterr()
+        run(ip, "%%chat --dry-run --max-tokens 7\nAnd now?")
+        out = capsys.readouterr().out
+        assert "history: 4 turns (1 exchanges," in out  # a tool round is inside its exchange
+        estimate = int(re.search(r"~([\d,]+) tokens in", out).group(1).replace(",", ""))
+        assert estimate > 300  # the 400-character arguments and the 800-character result
+        used = spent_tokens()
+        run(ip, f"%chat_budget --tokens {used + estimate + 7 - 1}")
+        result = run(ip, "%%chat --max-tokens 7\nAnd now?")
+        assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+        assert f"({estimate:,} in, up to 7 out)" in str(result.error_in_exec)
+    finally:
+        chat.set_tools([])
+    assert len(fake.chat_requests()) == 2
+
+
 # -- in flight: reserved while the answer streams, settled when it is in ------------------------
 
 

@@ -15,7 +15,7 @@ calls (at most ``max_tool_rounds`` rounds, then ``ToolError``).
 The public stream, for callers that render an answer as it arrives (the magics, the panel)::
 
     s = chat.stream("Hi", content="all", model=None, params=None,   # per-call overrides
-                    history=True, meta={"cell_id": ...}, replace_from=None)
+                    history=True, meta={"cell_id": ...}, replace=None)
     for item in s:       # ContentText / ContentThinking pieces, ContentToolRequest, ContentToolResult
         ...
     s.user_turn, s.turn  # the prompt's turn and the final answer (partial=True when cut short);
@@ -56,8 +56,8 @@ from .._errors import (
     raise_clean,
 )
 from ._process import warm_up_prices
-from ._provider import OpenAICompatible, credentials_from, refuses_json_schema, safe_url
-from ._spend import Reservation, SpendRequest, body_estimate, spend_guard
+from ._provider import OpenAICompatible, credentials_from, refuses_json_schema
+from ._spend import RequestPreview, Reservation, spend_guard, spend_request
 from ._structured import parse_structured, response_format
 from ._tools import (
     MAX_TOOL_RESULT_CHARS,
@@ -75,6 +75,7 @@ from ._turns import (
     Tokens,
     Turn,
     check_tool_pairs,
+    short_arguments,
 )
 from ._usage import UsageRow, cost_of, format_row_cost
 from ._wire import _Answer, _check_not_empty, _wire
@@ -325,6 +326,7 @@ class Chat:
         self, *args: str | Content, content: Literal["text"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> ChatStream[str]: ...
 
     @overload
@@ -332,12 +334,14 @@ class Chat:
         self, *args: str | Content, content: Literal["all"],
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> ChatStream[StreamContent]: ...
 
     def stream(
         self, *args: str | Content, content: Literal["text", "all"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> ChatStream[Any]:
         """Send a message and yield the answer as it arrives.
 
@@ -346,14 +350,17 @@ class Chat:
         ``ContentToolResult``. ``model`` and ``params`` apply to this call only;
         ``history=False`` sends the prompt alone and records nothing; ``meta`` annotates the
         turns (``cell_id``, ``source``); ``replace_from=i`` sends only the turns before ``i`` and
-        replaces them from ``i`` on once the answer is in (a notebook cell run again).
+        replaces them from ``i`` on once the answer is in; ``replace=(i, j)`` sends only the
+        turns before ``i`` and puts the exchange in place of ``turns[i:j]`` (``i == j``: inserts
+        it there), the turns after ``j`` staying (a notebook cell run again, or one placed
+        above cells that ran before it). Give at most one of the two.
         The returned ``ChatStream`` has ``user_turn``, ``turn`` and ``turns`` once it is done.
         Stopping early (``break``, ``close()``) keeps the text so far as a partial answer."""
         _check_content(content)
         mode = _start_echo(args, echo, "none")
         result = _Outcome()
         opts = {"model": model, "params": params, "history": history, "meta": meta,
-                "replace_from": replace_from}
+                "replace_from": replace_from, "replace": replace}
         return ChatStream(self._stream_items(args, opts, content, mode, result), result)
 
     def _stream_items(
@@ -400,6 +407,7 @@ class Chat:
         self, *args: str | Content, content: Literal["text"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> AsyncChatStream[str]: ...
 
     @overload
@@ -407,19 +415,21 @@ class Chat:
         self, *args: str | Content, content: Literal["all"],
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> AsyncChatStream[StreamContent]: ...
 
     def stream_async(
         self, *args: str | Content, content: Literal["text", "all"] = "text",
         echo: Echo | None = None, model: str | None = None, params: dict[str, Any] | None = None,
         history: bool = True, meta: dict[str, Any] | None = None, replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> AsyncChatStream[Any]:
         """``stream()`` for ``async for``; the returned object has ``aclose()``."""
         _check_content(content)
         mode = _start_echo(args, echo, "none")
         result = _Outcome()
         opts = {"model": model, "params": params, "history": history, "meta": meta,
-                "replace_from": replace_from}
+                "replace_from": replace_from, "replace": replace}
         return AsyncChatStream(self._astream_items(args, opts, content, mode, result), result)
 
     async def _astream_items(
@@ -488,23 +498,47 @@ class Chat:
         meta: dict[str, Any] | None = None,
         stream: bool = True,
         replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
     ) -> tuple[Turn, dict[str, Any]]:
         """Build the user turn and the request body.
 
-        ``history=False`` sends the prompt alone and records nothing; ``replace_from=i`` sends
-        only the turns before ``i`` and, once the answer is in, drops the turns from ``i`` on
-        (a notebook cell run again replaces its earlier exchange).
+        ``history=False`` sends the prompt alone and records nothing; ``replace_from=i`` or
+        ``replace=(i, j)`` send only the turns before ``i`` (what ``stream`` does with the
+        answer is ``_Exchange.span``).
         """
         contents = _contents(args)
         user = Turn("user", contents, started_at=_now(), meta=dict(meta or {}))
         resolved = model or self.provider.resolve_model()
         if self.provider.priced:
             warm_up_prices()
-        past = self._turns[:replace_from] if history else []
+        past = self._turns[:_span(self._turns, replace_from, replace)[0]] if history else []
         messages = self._messages([*past, user])
         body = self.provider.body(messages, model=resolved, stream=stream, params=params)
         user.model = resolved
         return user, body
+
+    def request_preview(
+        self,
+        *args: str | Content,
+        model: str | None = None,
+        params: dict[str, Any] | None = None,
+        history: bool = True,
+        replace_from: int | None = None,
+        system_prompt: str | None | Literal[False] = False,
+        source: str | None = None,
+    ) -> RequestPreview:
+        """The first request of an exchange, built and not sent: its body and what the spend
+        guard would check of it (``%%chat --dry-run`` shows these numbers). Nothing is asked of
+        the server: the model is the one given or known (None: the server would be asked).
+        ``system_prompt``: another one for this preview (False: the chat's own)."""
+        user = Turn("user", _contents(args))
+        past = self._turns[:replace_from] if history else []
+        messages = self._messages([*past, user], system_prompt)
+        body = self.provider.body(messages, model=model or self.provider.model or "", stream=True,
+                                  params=params)
+        if self._tools:
+            body.setdefault("tools", [t.schema() for t in self._tools.values()])
+        return RequestPreview(body, spend_request(body, self.provider, source))
 
     def _run(
         self, args: Sequence[str | Content], opts: dict[str, Any], result: _Outcome | None = None
@@ -576,21 +610,24 @@ class Chat:
                 raise
             ex.close(None, result)
 
-    def _record(self, user: Turn, turns: list[Turn], history: bool, replace_from: int | None,
-                exchange: ChatExchange) -> None:
-        """Put one exchange into the history (unless ``history=False``) and tell listeners.
+    def _record(self, user: Turn, turns: list[Turn], history: bool, span: tuple[int, int],
+                exchange: ChatExchange, result: _Outcome) -> None:
+        """Put one exchange into the history (unless ``history=False``) in place of
+        ``turns[span[0]:span[1]]``, and tell listeners.
 
         Its spend is already in the ledgers: each answer settled its request (``_Exchange``)."""
         if history:
-            if replace_from is not None:
-                del self._turns[replace_from:]
-            self._turns.extend((user, *turns))
+            start, end = span
+            self._turns[start:end] = [user, *turns]
+            result.at, result.replaced = start, end - start
         self._notify("turn", exchange)
 
-    def _messages(self, turns: Sequence[Turn]) -> list[dict[str, Any]]:
+    def _messages(self, turns: Sequence[Turn],
+                  system_prompt: str | None | Literal[False] = False) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []
-        if self._system_prompt:
-            msgs.append({"role": "system", "content": self._system_prompt})
+        system = self._system_prompt if system_prompt is False else system_prompt
+        if system:
+            msgs.append({"role": "system", "content": system})
         for t in turns:
             msgs.extend(_wire(t, self.max_tool_result_chars))
         return msgs
@@ -648,7 +685,7 @@ class Chat:
         p = self.provider
         return {
             "version": 1,
-            "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
+            "provider": p.describe(),
             "params": p.params,
             "system_prompt": self._system_prompt,
             "turns": [t.to_dict() for t in self._turns],
@@ -786,6 +823,24 @@ def _start_echo(args: Sequence[str | Content], echo: str | None, default: Echo) 
     return mode
 
 
+def _span(
+    turns: Sequence[Turn], replace_from: int | None, replace: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The part of the history an exchange takes the place of (empty at the end: appended)."""
+    if replace is not None:
+        if replace_from is not None:
+            raise ConfigurationError("give replace_from or replace, not both")
+        start, end = replace
+        if not 0 <= start <= end <= len(turns) or start % 2 or end % 2:
+            raise ConfigurationError(f"replace={replace!r} is not a span of whole exchanges "
+                                     f"of this history ({len(turns)} turns)")
+        return start, end
+    if replace_from is not None:
+        start = max(0, min(replace_from, len(turns)))
+        return start, len(turns)
+    return len(turns), len(turns)
+
+
 def _check_tool_turns(turns: list[Turn]) -> None:
     try:
         check_tool_pairs(turns)
@@ -827,8 +882,7 @@ def _echo_item(item: StreamContent) -> None:
     if isinstance(item, ContentText):
         _write(item.text)
     elif isinstance(item, ContentToolRequest):
-        args = json.dumps(item.arguments, ensure_ascii=False)
-        _write(f"\n[tool call] {item.name}({args if len(args) <= 80 else args[:77] + '...'})\n")
+        _write(f"\n[tool call] {item.name}({short_arguments(item.arguments)})\n")
     elif isinstance(item, ContentToolResult):
         _write(f"[tool {'error' if item.error is not None else 'ok'}] {item.name or item.id}\n")
 
@@ -836,12 +890,14 @@ def _echo_item(item: StreamContent) -> None:
 class _Outcome:
     """What one exchange recorded, filled in when it ends (read through ``ChatStream``)."""
 
-    __slots__ = ("user_turn", "turns", "recorded")
+    __slots__ = ("at", "recorded", "replaced", "turns", "user_turn")
 
     def __init__(self) -> None:
         self.user_turn: Turn | None = None
         self.turns: list[Turn] = []
         self.recorded = False
+        self.at: int | None = None
+        self.replaced = 0
 
 
 class ChatExchange:
@@ -875,6 +931,16 @@ class ChatExchange:
     def recorded(self) -> bool:
         """Whether the turns went into the chat's history (``history=False``: they did not)."""
         return self._outcome.recorded
+
+    @property
+    def at(self) -> int | None:
+        """Where the exchange's first turn went in the history (None: not recorded)."""
+        return self._outcome.at
+
+    @property
+    def replaced(self) -> int:
+        """How many turns it took the place of there (0: appended or inserted)."""
+        return self._outcome.replaced
 
 
 class ChatStream(ChatExchange, Generic[T]):
@@ -941,8 +1007,9 @@ class _Exchange:
         response_format = opts.pop("response_format", None)
         self.chat = chat
         self.history = opts.get("history", True)
-        self.replace_from = opts.get("replace_from")
         self.user, body = chat._prepare(args, **opts)
+        #: Where the exchange goes in the history (fixed now: the chat is held until it ends).
+        self.span = _span(chat._turns, opts.get("replace_from"), opts.get("replace"))
         self.tools = dict(chat._tools)  # the tools in force when the exchange began
         if self.tools:
             body.setdefault("tools", [t.schema() for t in self.tools.values()])
@@ -995,13 +1062,8 @@ class _Exchange:
         """The next request's body, once it passed the spend guard (every round does, with the
         model resolved: ``_prepare`` set it); raises ``BudgetExceeded`` and sends nothing."""
         body = self.body()
-        provider = self.chat.provider
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        self.reservation = spend_guard.reserve(SpendRequest(
-            provider.name, body.get("model"), body_estimate(body.get("messages") or []),
-            max_tokens if isinstance(max_tokens, int) else None, self.user.meta.get("source"),
-            price_provider=lambda: provider.price_provider,
-        ))
+        source = self.user.meta.get("source")
+        self.reservation = spend_guard.reserve(spend_request(body, self.chat.provider, source))
         return body
 
     def _settle(self, turn: Turn | None) -> None:
@@ -1118,6 +1180,7 @@ class _Exchange:
             model=model,
             meta=self._meta(),
             skipped=answer.skipped,
+            free=provider.free,
         )
 
     def close(self, exc: BaseException | None, result: _Outcome | None) -> None:
@@ -1143,4 +1206,5 @@ class _Exchange:
         # Filled in before listeners hear of it: they read the same exchange the caller will.
         result = result if result is not None else _Outcome()
         result.user_turn, result.turns, result.recorded = self.user, list(self.turns), self.history
-        self.chat._record(self.user, self.turns, self.history, self.replace_from, ChatExchange(result))
+        self.chat._record(self.user, self.turns, self.history, self.span, ChatExchange(result),
+                          result)

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from .._errors import BudgetExceeded, ConfigurationError, ParallelChatError
-from ._usage import UsageRow, format_row_cost
+from ._usage import UsageRow, format_row_cost, format_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._chat import Chat
@@ -194,7 +194,7 @@ def _run(
     template.get_model()
     template.provider.close()
 
-    state = _State(len(args), len(template.get_turns()), template.provider.free, rpm=float(rpm),
+    state = _State(len(args), len(template.get_turns()), rpm=float(rpm),
                    max_active=max_active)
     batch = _Batch(template, args, send, max_active, float(rpm), on_error, state)
     line = _ProgressLine(label, state) if progress else None
@@ -250,7 +250,7 @@ class _State:
     """Counters the loop thread writes and the progress line reads (ints and floats: no lock)."""
 
     def __init__(
-        self, total: int, base: int = 0, free: bool = False, *, rpm: float = 0.0, max_active: int = 0
+        self, total: int, base: int = 0, *, rpm: float = 0.0, max_active: int = 0
     ) -> None:
         self.total = total
         self.rpm = rpm
@@ -261,8 +261,6 @@ class _State:
         self.paced_starts = 0
         #: Turns each copy starts with (the template's history): the answers after them are new.
         self.base = base
-        #: The bundled model: its cost shows as free, not as $0.
-        self.free = free
         self.done = 0
         self.failed = 0
         #: The answers' totals, by the one rule of every view (None = unknown).
@@ -302,10 +300,10 @@ class _State:
         if self.done and u.unknown_tokens == u.turns:
             parts.append("tokens n/a")
         elif self.done:
-            more = "+" if u.unknown_tokens else ""
-            parts.append(f"tokens {u.input or 0:,}{more} in, {u.output or 0:,}{more} out")
+            n_in, n_out = (format_tokens(n or 0, unknown=u.unknown_tokens) for n in (u.input, u.output))
+            parts.append(f"tokens {n_in} in, {n_out} out")
         if self.done:
-            parts.append("cost " + format_row_cost(u.cost, unknown=u.unknown_cost, free=self.free))
+            parts.append("cost " + format_row_cost(u.cost, unknown=u.unknown_cost, free=u.free))
         if self.paced:
             parts.append(f"held back by rpm={self.rpm:g} (at most {self.rpm / 60:.3g} requests/s): "
                          "pass a higher rpm= if the server allows")

@@ -219,6 +219,11 @@ class OpenAICompatible:
     def display_url(self) -> str:
         return safe_url(self.base_url)
 
+    def describe(self) -> dict[str, str | None]:
+        """The provider as the notebook's record and ``Chat.to_json`` keep it (DESIGN §6): its
+        name, its URL without userinfo or query, its model; never a key, header or param."""
+        return {"name": self.name, "base_url": self.display_url, "model": self.model}
+
     def url(self, suffix: str) -> str:
         """The URL of endpoint ``suffix`` ("chat/completions", "models"), query kept."""
         return endpoint(self.base_url, suffix)

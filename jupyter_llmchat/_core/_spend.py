@@ -12,7 +12,7 @@ Core module (no IPython): ``Chat`` passes the guard before each request; the not
   known price) would pass it.
 - ``spend_guard`` is the process's one spend guard: every request of every ``Chat`` (each round
   of a tool exchange too) passes ``spend_guard.reserve`` before it is sent, with its model
-  resolved and its worst case estimated by ``body_estimate`` (the formula ``--dry-run`` shows).
+  resolved and its worst case estimated by ``request_estimate`` (the number ``--dry-run`` shows).
   The notebook layer installs its budget on it (a ``SpendRule``); without one nothing is
   refused. The guard holds the worst case of the requests in flight, so two at once cannot pass
   the budget together, and settles each when its answer's usage arrives (its ``on_spend``
@@ -29,26 +29,28 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .._errors import BudgetExceeded
 from ._turns import Tokens, Turn
-from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cost
+from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cost, format_tokens
 
 __all__ = [
     "Budget",
+    "RequestPreview",
     "SpendGuard",
     "SpendRequest",
     "SpendRule",
     "Spent",
-    "body_estimate",
     "check_budget",
     "check_request",
+    "estimate_tokens",
     "find_replay",
     "footer",
-    "input_estimate",
+    "request_estimate",
     "request_hash",
     "spend_guard",
+    "spend_request",
     "unreadable_budget",
 ]
 
@@ -215,33 +217,37 @@ def check_budget(
     out = max_tokens if max_tokens is not None else DEFAULT_WORST_OUTPUT
     worst_tokens = input_tokens + out
     total = spent + held
+    n_in, n_out = format_tokens(input_tokens), format_tokens(out)
     if budget.usd is not None:
         in_flight = f" (+{format_cost(held.usd)} held by requests in flight)" if held.usd else ""
+        limit = format_limit(budget.usd)
         if total.usd >= budget.usd:
             raise BudgetExceeded(
-                f"budget reached: {format_cost(spent.usd)} spent{in_flight} of {format_limit(budget.usd)}; "
+                f"budget reached: {format_cost(spent.usd)} spent{in_flight} of {limit}; "
                 f"nothing sent (raise it with {how_to_raise}, or turn it off with %chat_budget --off)"
             )
         if worst_usd is not None and total.usd + worst_usd > budget.usd:
             raise BudgetExceeded(
-                f"this request could cost up to {format_cost(worst_usd)} ({input_tokens:,} tokens in, "
-                f"up to {out:,} out) and pass the budget of {format_limit(budget.usd)} "
-                f"({format_cost(budget.usd - total.usd)} left{in_flight}); nothing sent (raise it with "
-                f"{how_to_raise}, {lower})"
+                f"this request could cost up to {format_cost(worst_usd)} ({n_in} tokens in, "
+                f"up to {n_out} out) and pass the budget of {limit} "
+                f"({format_cost(budget.usd - total.usd)} left{in_flight}); nothing sent "
+                f"(raise it with {how_to_raise}, {lower})"
             )
     if budget.tokens is not None:
-        in_flight = f" (+{held.tokens:,} held by requests in flight)" if held.tokens else ""
+        held_s = f" (+{format_tokens(held.tokens)} held by requests in flight)" if held.tokens else ""
+        limit = format_tokens(budget.tokens)
         if total.tokens >= budget.tokens:
             raise BudgetExceeded(
-                f"token budget reached: {spent.tokens:,}{in_flight} of {budget.tokens:,} tokens used; "
-                "nothing sent (raise it with %chat_budget --tokens N, or turn it off with %chat_budget --off)"
+                f"token budget reached: {format_tokens(spent.tokens)}{held_s} of {limit} tokens "
+                "used; nothing sent (raise it with %chat_budget --tokens N, or turn it off with "
+                "%chat_budget --off)"
             )
         if total.tokens + worst_tokens > budget.tokens:
             raise BudgetExceeded(
-                f"this request could use up to {worst_tokens:,} tokens ({input_tokens:,} in, up to "
-                f"{out:,} out) and pass the token budget of {budget.tokens:,} "
-                f"({budget.tokens - total.tokens:,} left{in_flight}); nothing sent (raise it with "
-                f"%chat_budget --tokens N, {lower})"
+                f"this request could use up to {format_tokens(worst_tokens)} tokens ({n_in} in, "
+                f"up to {n_out} out) and pass the token budget of {limit} "
+                f"({format_tokens(budget.tokens - total.tokens)} left{held_s}); nothing sent "
+                f"(raise it with %chat_budget --tokens N, {lower})"
             )
 
 
@@ -267,26 +273,27 @@ def check_request(
 # -- the spend guard: every request of the process passes it -----------------------------------
 
 
-def estimate_tokens(chars: int, messages: int) -> int:
+#: The one token estimate's ratio (no tokenizer needed): about four characters per token.
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(chars: int, messages: int = 0) -> int:
     """The one token estimate: characters / 4, and a few tokens per message for the chat
-    template's role markers (``messages`` counts the system prompt's place, set or not)."""
-    return -(-chars // 4) + 4 * messages
+    template's role markers (``messages`` counts the system prompt's place, set or not).
+    A request's (``request_estimate``) and an attached value's (``--with``) alike."""
+    return -(-chars // CHARS_PER_TOKEN) + 4 * messages
 
 
 def message_text(turns: Sequence[Turn]) -> int:
     return sum(len(t.text) for t in turns)
 
 
-def input_estimate(system_prompt: str | None, history: Sequence[Turn], text: str) -> int:
-    """Tokens a request will carry, estimated before anything is sent (what ``--dry-run`` shows)."""
-    chars = len(system_prompt or "") + message_text(history) + len(text)
-    return estimate_tokens(chars, len(history) + 2)
-
-
-def body_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
-    """``input_estimate`` of a request body's messages, as the guard counts them: every text
-    sent (tool calls' arguments and tool results too) and ``IMAGE_TOKENS`` per image."""
-    chars, count, images = 0, 1, 0  # 1: the system prompt's place, as input_estimate counts it
+def request_estimate(body: Mapping[str, Any]) -> int:
+    """Input tokens of a request body, estimated before it is sent: the number the spend guard
+    checks and ``--dry-run`` shows (``Chat.request_preview``). Every text of its messages (tool
+    calls' arguments and tool results too), ``IMAGE_TOKENS`` per image, and each message's place."""
+    messages = body.get("messages") or []
+    chars, count, images = 0, 1, 0  # 1: the system prompt's place, counted whether set or not
     for m in messages:
         if m.get("role") != "system":
             count += 1
@@ -303,6 +310,17 @@ def body_estimate(messages: Sequence[Mapping[str, Any]]) -> int:
             fn = call.get("function") or {} if isinstance(call, Mapping) else {}
             chars += len(str(fn.get("name") or "")) + len(str(fn.get("arguments") or ""))
     return estimate_tokens(chars, count) + IMAGE_TOKENS * images
+
+
+def spend_request(body: Mapping[str, Any], provider: Any, source: str | None) -> SpendRequest:
+    """What the guard sees of a request ``body`` to ``provider`` (an ``OpenAICompatible``)."""
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    model = body.get("model")
+    return SpendRequest(
+        provider.name, model if isinstance(model, str) and model else None, request_estimate(body),
+        max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+        source, price_provider=lambda: provider.price_provider,
+    )
 
 
 @dataclass(frozen=True)
@@ -327,6 +345,15 @@ class SpendRequest:
         if not self.model:
             return None
         return cost_of(self.price_provider(), self.model, Tokens(self.input_tokens, out, 0))
+
+
+@dataclass(frozen=True)
+class RequestPreview:
+    """A request built and not sent (``Chat.request_preview``): its body, and what the spend
+    guard would check of it, so ``--dry-run`` shows the guard's own numbers."""
+
+    body: dict[str, Any]
+    spend: SpendRequest
 
 
 class SpendRule(Protocol):
@@ -454,8 +481,8 @@ def budget_lines(budget: Budget, spent: Spent, unreadable: str | None = None) ->
         )
     if budget.tokens is not None:
         lines.append(
-            f"token budget: {budget.tokens:,}, used {spent.tokens:,}, "
-            f"left {max(0, budget.tokens - spent.tokens):,}"
+            f"token budget: {format_tokens(budget.tokens)}, used {format_tokens(spent.tokens)}, "
+            f"left {format_tokens(max(0, budget.tokens - spent.tokens))}"
         )
     return lines
 
@@ -468,17 +495,16 @@ def footer(
     tokens: Tokens | None,
     cost: float | None,
     *,
-    local: bool = False,
+    free: bool = False,
     replayed_at: str | None = None,
     requests: int = 1,
 ) -> str:
     """The quiet line under an answer: model, tokens in/out, cost (of all ``requests`` the answer
     took: a tool exchange makes one per round), and whether it was replayed."""
     tok = tokens or Tokens()
-    t_in = "n/a" if tok.input is None else f"{tok.input:,}"
-    t_out = "n/a" if tok.output is None else f"{tok.output:,}"
-    price = format_row_cost(cost, free=local, prose=True)
-    parts = [model or "unknown model", f"{t_in} in / {t_out} out", price]
+    price = format_row_cost(cost, free=free, prose=True)
+    parts = [model or "unknown model",
+             f"{format_tokens(tok.input)} in / {format_tokens(tok.output)} out", price]
     if requests > 1:
         parts.append(f"{requests} requests")
     if replayed_at is not None:
@@ -486,10 +512,28 @@ def footer(
     return " · ".join(parts)
 
 
-def exchange_spend(exchange: Sequence[Turn]) -> tuple[Tokens, float | None, int]:
+class ExchangeSpend(NamedTuple):
+    tokens: Tokens
+    cost: float | None
+    requests: int
+    #: Every answer of the exchange is known to have cost nothing (``Turn.free``).
+    free: bool
+
+
+def exchange_spend(exchange: Sequence[Turn]) -> ExchangeSpend:
     """Tokens and cost of an exchange's answers (one per request), summed by the views' one rule,
     and their number. A count one answer did not report makes the total unknown, never smaller."""
     row = UsageRow("", "").add_turns(exchange)
     known = not row.unknown_tokens
     tokens = Tokens(row.input if known else None, row.output if known else None, row.cached if known else None)
-    return tokens, row.complete_cost, row.turns
+    return ExchangeSpend(tokens, row.complete_cost, row.turns, row.free)
+
+
+def exchange_footer(exchange: Sequence[Turn], *, model: str | None = None,
+                    replayed_at: str | None = None) -> str:
+    """The footer of one exchange, as a cell and an export show it (``model``: when its last
+    answer names none)."""
+    spend = exchange_spend(exchange)
+    last = exchange[-1]
+    return footer(last.model or model, spend.tokens, spend.cost, free=spend.free,
+                  replayed_at=replayed_at, requests=spend.requests)

@@ -42,6 +42,9 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
+    #: MCP's tool annotations (``title``, ``readOnlyHint``, ``destructiveHint``,
+    #: ``idempotentHint``, ``openWorldHint``): an MCP server's own, or the user's.
+    annotations: dict[str, Any] | None = None
 
     @classmethod
     def from_func(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 __all__ = [
+    "SHORT_ARGUMENTS",
+    "SHORT_ERROR",
     "Content",
     "ContentImage",
     "ContentText",
@@ -15,10 +19,21 @@ __all__ = [
     "ContentToolResult",
     "Tokens",
     "Turn",
+    "call_line",
     "check_tool_pairs",
     "content_from_dict",
+    "exchange_end",
+    "exchange_starts",
     "exchanges",
+    "one_line",
+    "opens_exchange",
+    "record_exchanges",
+    "record_opens_exchange",
+    "short_arguments",
+    "tool_round",
 ]
+
+T = TypeVar("T")
 
 Role = Literal["system", "user", "assistant"]
 
@@ -149,6 +164,10 @@ class Turn:
     wire as ``tool`` messages; then the model's next assistant turn. So one exchange with tools is
     user (prompt), assistant (requests), user (results), ..., assistant (answer).
 
+    ``free``: the answer is known to have cost nothing (its provider said so: the bundled
+    model's), so a cost of 0 reads "free, local", not a priced model's "$0"; in the record
+    only where true (DESIGN §6: an additive field).
+
     ``skipped`` counts the chunks of the answer's stream that could not be read and were
     skipped (0 almost always); views say so once. It is not part of the record (``to_dict``).
     """
@@ -164,6 +183,7 @@ class Turn:
     model: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
+    free: bool = False
 
     @classmethod
     def user(cls, text: str, **kw: Any) -> Turn:
@@ -207,6 +227,8 @@ class Turn:
             d["cost_usd"] = self.cost
             d["finish_reason"] = self.finish_reason
             d["partial"] = self.partial
+            if self.free:
+                d["free"] = True
         return d
 
     @classmethod
@@ -247,6 +269,12 @@ class Turn:
         rh = d.get("request_hash")
         if isinstance(rh, str) and len(rh) <= 64:
             meta["request_hash"] = rh
+        # Where the turn sits in the notebook's conversation (DESIGN §10): the cell a panel
+        # question follows, and the conversation above the cell when it was asked.
+        for k in ("after_cell", "above_hash"):
+            v = d.get(k)
+            if isinstance(v, str) and len(v) <= 200:
+                meta[k] = v
         return cls(
             role=role,
             contents=contents,
@@ -258,6 +286,7 @@ class Turn:
             duration=None if duration is None else float(duration),
             model=model,
             meta=meta,
+            free=role == "assistant" and d.get("free") is True,
         )
 
     def __repr__(self) -> str:
@@ -287,13 +316,80 @@ def check_tool_pairs(turns: list[Turn]) -> None:
                 raise ValueError(f"turn {i} asks for tools, but turn {i + 1} does not hold their results")
 
 
-def exchanges(turns: list[Turn]) -> list[list[Turn]]:
+def tool_round(t: Turn) -> bool:
+    """A user turn that carries tool results: it answers the calls of the turn before it, so it
+    continues that exchange and is shown on the calls' lines, never as a question."""
+    return t.role == "user" and bool(t.tool_results)
+
+
+def opens_exchange(t: Turn) -> bool:
+    """A user turn that asks: where an exchange begins (every view's one rule)."""
+    return t.role == "user" and not t.tool_results
+
+
+def record_opens_exchange(d: Mapping[str, Any]) -> bool:
+    """``opens_exchange`` for a turn in the record's form (``Turn.to_dict``), not yet read."""
+    contents = d.get("contents")
+    return d.get("role") == "user" and not any(
+        isinstance(c, Mapping) and c.get("type") == "tool_result" for c in contents or [])
+
+
+def exchange_starts(turns: Sequence[Turn]) -> list[int]:
+    """The indexes where exchanges begin (the first turn always does, whatever it is)."""
+    return _starts(turns, opens_exchange)
+
+
+def _starts(turns: Sequence[T], opens: Callable[[T], bool]) -> list[int]:
+    return [i for i, t in enumerate(turns) if i == 0 or opens(t)]
+
+
+def _cut(turns: Sequence[T], starts: list[int]) -> list[list[T]]:
+    return [list(turns[a:b]) for a, b in zip(starts, [*starts[1:], len(turns)])]
+
+
+def exchange_end(turns: Sequence[Turn], start: int) -> int:
+    """Index after the exchange that begins at ``turns[start]``: its tool rounds and its answer."""
+    end = start + 1
+    while end < len(turns) and not opens_exchange(turns[end]):
+        end += 1
+    return end
+
+
+def exchanges(turns: Sequence[Turn]) -> list[list[Turn]]:
     """The turns cut into exchanges: a prompt, its tool rounds, the answer (every view's rule)."""
-    out: list[list[Turn]] = []
-    for t in turns:
-        results_only = t.role == "user" and bool(t.contents) and len(t.tool_results) == len(t.contents)
-        if (t.role == "user" and not results_only) or not out:
-            out.append([t])
-        else:
-            out[-1].append(t)
-    return out
+    return _cut(turns, exchange_starts(turns))
+
+
+def record_exchanges(turns: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``exchanges`` of turns in the record's form (``Turn.to_dict``), by the same rule."""
+    return _cut(turns, _starts(turns, record_opens_exchange))
+
+
+# -- a tool call on one line (every view: the cell, the panel, %chat_history, an export, echo) ---
+
+#: Characters of a call's arguments (as JSON), and of its error, shown on the call's line.
+SHORT_ARGUMENTS = 60
+SHORT_ERROR = 80
+
+
+def one_line(s: str, limit: int) -> str:
+    """``s`` with its whitespace runs made one space, cut to ``limit`` characters ("…" ending)."""
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def short_arguments(arguments: dict[str, Any], limit: int = SHORT_ARGUMENTS) -> str:
+    """A call's arguments as JSON, cut to ``limit`` characters."""
+    text = json.dumps(arguments, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def call_line(name: str, arguments: dict[str, Any], result: ContentToolResult | None) -> str:
+    """A tool call on one line: name, short arguments, ok or error."""
+    if result is None:
+        state = "no result"
+    elif result.error is not None:
+        state = "error: " + one_line(result.error, SHORT_ERROR)
+    else:
+        state = "ok"
+    return f"{name}({short_arguments(arguments)}) → {state}"

@@ -23,7 +23,6 @@ _price_failures: set[tuple[str, str]] = set()
 
 __all__ = [
     "FREE",
-    "LOCAL_PROVIDER_NAME",
     "Ledger",
     "UsageRow",
     "cost_of",
@@ -33,11 +32,9 @@ __all__ = [
     "format_tokens",
 ]
 
-#: The price provider of models known to cost nothing (the bundled local model): cost 0.0.
+#: The price provider of models known to cost nothing (the bundled local model): cost 0.0, and
+#: its provider says it is free (``OpenAICompatible.free``), on every answer (``Turn.free``).
 FREE = "free"
-#: Display name of the bundled model's provider. The notebook's record keeps only provider names,
-#: so a row read back from it is free when it carries this name (``UsageRow.free``).
-LOCAL_PROVIDER_NAME = "llama.cpp (local)"
 
 
 @dataclass
@@ -59,19 +56,22 @@ class UsageRow:
     #: Turns whose tokens (or price) were unknown, so the totals above undercount them.
     unknown_tokens: int = 0
     unknown_cost: int = 0
+    #: Answers known to have cost nothing (``Turn.free``: their provider said so).
+    free_turns: int = 0
 
     @property
     def free(self) -> bool:
-        """Known to cost nothing: answers of the bundled model."""
-        return self.provider == LOCAL_PROVIDER_NAME
+        """Every answer counted is known to cost nothing (the bundled model's), and there is one."""
+        return self.turns > 0 and self.free_turns == self.turns
 
     @property
     def complete_cost(self) -> float | None:
         """The cost when every answer's is known (and there is one), else None."""
         return None if self.unknown_cost or not self.turns else self.cost
 
-    def add(self, tokens: Tokens | None, cost: float | None) -> None:
+    def add(self, tokens: Tokens | None, cost: float | None, free: bool = False) -> None:
         self.turns += 1
+        self.free_turns += free
         tok = tokens or Tokens()
         if not tok.known:
             self.unknown_tokens += 1
@@ -87,7 +87,7 @@ class UsageRow:
         """Add the assistant turns among ``turns`` that a request produced (returns self)."""
         for t in turns:
             if t.requested:
-                self.add(t.tokens, t.cost)
+                self.add(t.tokens, t.cost, t.free)
         return self
 
     def merge(self, other: UsageRow) -> None:
@@ -99,10 +99,11 @@ class UsageRow:
             self.cost = (self.cost or 0.0) + other.cost
         self.unknown_tokens += other.unknown_tokens
         self.unknown_cost += other.unknown_cost
+        self.free_turns += other.free_turns
 
     def to_dict(self) -> dict[str, Any]:
-        """The notebook record's ``usage`` row form."""
-        return {
+        """The notebook record's ``usage`` row form (``free`` only where true: DESIGN §6)."""
+        d: dict[str, Any] = {
             "provider": self.provider,
             "model": self.model,
             "turns": self.turns,
@@ -111,6 +112,9 @@ class UsageRow:
             "cached": self.cached,
             "cost_usd": self.cost,
         }
+        if self.free:
+            d["free"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> UsageRow:
@@ -123,6 +127,7 @@ class UsageRow:
             output=d.get("output"), cached=d.get("cached"), cost=None if cost is None else float(cost),
             # The record keeps no counts of unknowns: a row without a total is unknown throughout.
             unknown_tokens=0 if tok_known else turns, unknown_cost=turns if cost is None else 0,
+            free_turns=turns if d.get("free") is True else 0,
         )  # fmt: skip
 
 
@@ -140,17 +145,18 @@ class Ledger:
         self.rows: dict[tuple[str, str], UsageRow] = {}
         self._lock = threading.Lock()
 
-    def add_tokens(self, provider: str, model: str | None, tokens: Tokens | None, cost: float | None) -> None:
+    def add_tokens(self, provider: str, model: str | None, tokens: Tokens | None,
+                   cost: float | None, free: bool = False) -> None:
         model = model or "unknown"
         with self._lock:
             row = self.rows.get((provider, model))
             if row is None:
                 row = self.rows[(provider, model)] = UsageRow(provider, model)
-            row.add(tokens, cost)
+            row.add(tokens, cost, free)
 
     def add(self, provider: str, turn: Turn) -> None:
         """Add an answer of ``provider``'s."""
-        self.add_tokens(provider, turn.model, turn.tokens, turn.cost)
+        self.add_tokens(provider, turn.model, turn.tokens, turn.cost, turn.free)
 
     def total(self) -> UsageRow:
         """All rows added up."""

@@ -16,6 +16,10 @@ Front end -> kernel:
   ``from`` (the path it said hello with): the kernel follows it and sends the whole record.
 - ``{"type": "resync", "path"}``: the front end could not apply an update (its record is not the
   one the update follows): the kernel answers with the whole record.
+- ``{"type": "order", "path", "cells": [ids]}``: the notebook's cells in order, sent by the front
+  end when they move, are added or deleted (DESIGN §10). With JupyterLab's ``cellId`` and
+  ``deletedCells`` in each execute request and the saved file's order read at ``%load_ext``, it
+  is one of the order's three sources (``_record/_order.py``); a session's turns follow it.
 
 Kernel -> front end, every message carrying ``path`` (the hello's), so that a front end ignores a
 message meant for another notebook on the same kernel:
@@ -27,6 +31,15 @@ message meant for another notebook on the same kernel:
   holds exactly ``from`` turns before it; a session that is not there yet starts at 0), its
   provider and system prompt, and the whole spend ledger (one row per provider and model).
   Its size is that of the turn, not of the history (DESIGN §8).
+- ``{"type": "replace_exchange", "path", "session", "start", "end", "length", "turns",
+  "provider", "system_prompt", "usage"}`` after a cell run again (or placed above cells that
+  ran before it): ``turns`` take the place of the session's turns ``start`` to ``end``, on a
+  record whose session holds exactly ``length`` turns. As small as ``append_turns``.
+- ``{"type": "stale", "path", "cells": [ids]}``: the cells whose recorded answer was made on
+  another conversation above them than the one they have now; the front end marks them.
+  Sent when that list changes.
+- A reorder (cells moved or deleted) sends the whole record (``set_metadata``): it happens when
+  the user rearranges the notebook, not once per turn.
 
 The record written is held to the limits it is read with (``validate_record``): a record the
 kernel would refuse to read is not sent (one warning). A record the kernel refused to read
@@ -82,6 +95,7 @@ from .._record._metadata import (
     turns_extend,
     validate_record,
 )
+from .._record._order import CellOrder
 from ._display import show_line
 
 __all__ = ["Bridge", "current_bridge", "replace_record", "start_bridge"]
@@ -96,6 +110,8 @@ class _Synced:
     chat: weakref.ref[Chat]  # weakly: a replaced session must be freed, not kept here
     count: int
     last: Turn | None
+    #: The turns themselves, to tell an exchange replaced in place from any other change.
+    turns: tuple[Turn, ...] = ()
 
 
 class Bridge:
@@ -140,6 +156,18 @@ class Bridge:
         self._synced: dict[str, _Synced] | None = None
         self._sent_chars = 0
         self._noted_missing = False
+        #: The notebook's order of cells (DESIGN §10): the sessions' turns follow it.
+        self.order = CellOrder()
+        #: Per session, the exchanges of deleted cells: a paste or an undo brings them back.
+        self._set_aside: weakref.WeakKeyDictionary[Chat, list[list[Turn]]] = (
+            weakref.WeakKeyDictionary())
+        #: Per session, the cell that last asked a question: a panel question goes after it.
+        self._last_cell: weakref.WeakKeyDictionary[Chat, str] = weakref.WeakKeyDictionary()
+        #: Per session, the turns its stale cells were last found in, and them.
+        self._stale_cache: weakref.WeakKeyDictionary[Chat, tuple[tuple[Turn, ...], list[str]]] = (
+            weakref.WeakKeyDictionary())
+        #: The stale cells the front end was last told of.
+        self._stale_sent: list[str] = []
 
     # -- restore ------------------------------------------------------------------------------
 
@@ -168,6 +196,12 @@ class Bridge:
             with open(path, encoding="utf-8") as f:
                 nb = json.load(f)
             record = (nb.get("metadata") or {}).get(KEY)
+            cells = nb.get("cells")
+            listed = cells if isinstance(cells, list) else []
+            ids = [c.get("id") for c in listed if isinstance(c, dict)]
+            named = [i for i in ids if isinstance(i, str)]
+            if ids and len(named) == len(ids) and _holds_cells(record, named):
+                self.order.set(named)  # nbformat 4.5+: cells have ids
             if record is None and isinstance(nb.get("cells"), list):
                 # Run headless (nbclient, no extension): the turns are in the answers' outputs, so
                 # re-executing the saved notebook can replay them instead of asking again.
@@ -180,6 +214,7 @@ class Bridge:
             return
         if record is not None:
             self.apply(record, replace=True)
+            self.reorder()
         if self.record_id is not None and _held_elsewhere(path, self.record_id):
             # A copy (File > Duplicate) carries its original's id: either one is the copy, and
             # ours gets a new id at its first write, so the two are never taken for one.
@@ -285,9 +320,75 @@ class Bridge:
 
     def after_cell(self) -> None:
         """IPython's post_execute: spend that no session turn carried (a Chat of the user's,
-        ``parallel_chat``) goes into the record once per cell, not once per answer."""
+        ``parallel_chat``) goes into the record once per cell, not once per answer; the stale
+        cells, if they changed."""
         if self._usage_unsent:
             self.send()
+        self.send_stale()
+
+    # -- the order of cells (DESIGN §10) --------------------------------------------------------
+
+    def before_cell(self) -> None:
+        """IPython's pre_execute: JupyterLab's ``cellId`` and ``deletedCells`` of the request."""
+        metadata = _parent(self.shell).get("metadata")
+        if not isinstance(metadata, dict):
+            return
+        deleted = metadata.get("deletedCells")
+        changed = isinstance(deleted, list) and self.order.delete(deleted[:MAX_ORDER_CELLS])
+        cell = metadata.get("cellId")
+        if isinstance(cell, str) and cell:
+            changed = self.order.ran(cell) or changed
+        if changed:
+            self.reorder()
+
+    def note_cell(self, cell: str, chat: Chat) -> None:
+        """A cell runs a question of ``chat`` (in a shell with no execute request to read, too)."""
+        self._last_cell[chat] = cell
+        if self.order.ran(cell):
+            self.reorder()
+
+    def panel_place(self, chat: Chat) -> tuple[str | None, int]:
+        """Where a panel question of ``chat`` goes: after the cell of its session that ran last
+        (DESIGN §10), and the index in its turns that is."""
+        cell = self._last_cell.get(chat)
+        return cell, self.order.after(chat.get_turns(), cell)
+
+    def reorder(self) -> None:
+        """Every session's turns in the notebook's order; deleted cells' exchanges set aside."""
+        for chat in list(_sessions.sessions().values()):
+            if chat.busy:
+                continue  # the panel is answering: its turn comes in, the next cell arranges it
+            turns = chat.get_turns()
+            self.order.known(turns)
+            aside = self._set_aside.get(chat, [])
+            kept, out = self.order.arrange([*turns, *(t for part in aside for t in part)])
+            self._set_aside[chat] = out
+            if len(kept) != len(turns) or any(a is not b for a, b in zip(kept, turns)):
+                chat.set_turns(kept)  # its listener sends the whole record
+        self.send_stale()
+
+    def stale_cells(self) -> list[str]:
+        """The stale cells of every session (hashing the history: once per change of its turns,
+        not at every cell, which would cost ~30 ms a cell at 2,000 turns)."""
+        cells: list[str] = []
+        for chat in _sessions.sessions().values():
+            turns = tuple(chat.get_turns())
+            cached = self._stale_cache.get(chat)
+            if cached is not None and len(cached[0]) == len(turns) \
+                    and all(a is b for a, b in zip(cached[0], turns)):
+                found = cached[1]
+            else:
+                found = self.order.stale(turns)
+                self._stale_cache[chat] = (turns, found)
+            cells.extend(c for c in found if c not in cells)
+        return cells
+
+    def send_stale(self) -> None:
+        if not self._may_send():
+            return
+        cells = self.stale_cells()
+        if cells != self._stale_sent and self._post({"type": "stale", "cells": cells}):
+            self._stale_sent = cells
 
     def _on_session(self, name: str, chat: Chat) -> None:
         if chat not in self._watched:
@@ -303,7 +404,7 @@ class Bridge:
             return
         if event == "turn":  # its spend came in as it arrived (add_spend)
             self._show_notices()
-            self.send_update(chat)
+            self.send_update(chat, exchange)
             return
         self._synced = None
         self.send()
@@ -323,7 +424,8 @@ class Bridge:
         for name, chat in _sessions.sessions().items():
             turns = chat.get_turns()
             record["sessions"][name] = session_record(chat, turns)
-            synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None)
+            synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None,
+                                   tuple(turns))
         return record, synced
 
     def _may_send(self) -> bool:
@@ -364,8 +466,9 @@ class Bridge:
             self._sent_chars = size
             self._usage_synced = True
 
-    def send_update(self, chat: Chat) -> None:
-        """After a turn: only what the front end does not hold yet, else the whole record."""
+    def send_update(self, chat: Chat, exchange: ChatExchange | None = None) -> None:
+        """After a turn: only what the front end does not hold yet (the turns appended, or the
+        exchange replaced in place), else the whole record."""
         if not self._may_send():
             return
         name = next((n for n, c in _sessions.sessions().items() if c is chat), None)
@@ -380,9 +483,10 @@ class Bridge:
             and start % 2 == 0
             and len(turns) >= start
             and (start == 0 or turns[start - 1] is synced.last)
+            and (exchange is None or exchange.at is None or exchange.at == start)
         )
         if not appended:
-            self.send()
+            self._send_replaced(name, chat, synced, exchange)
             return
         new = turns[start:]
         part = session_record(chat, new)
@@ -400,10 +504,52 @@ class Bridge:
             return
         message = {"type": "append_turns", "session": name, "from": start, "turns": part["turns"],
                    "provider": part["provider"], "system_prompt": part["system_prompt"], "usage": usage}
-        if self._post(message):
-            self._synced[name] = _Synced(weakref.ref(chat), len(turns), turns[-1] if turns else None)
+        self._post_part(name, chat, message, size)
+
+    def _post_part(self, name: str, chat: Chat, message: dict[str, Any], size: int) -> None:
+        if self._post(message) and self._synced is not None:
+            turns = chat.get_turns()
+            last = turns[-1] if turns else None
+            self._synced[name] = _Synced(weakref.ref(chat), len(turns), last, tuple(turns))
             self._sent_chars += size
             self._usage_unsent = False  # the message carries the whole ledger
+
+    def _send_replaced(
+        self, name: str, chat: Chat, synced: _Synced, exchange: ChatExchange | None
+    ) -> None:
+        """An exchange put in place of others (or between them): that exchange only, when the
+        rest is what the front end holds; else the whole record."""
+        turns = chat.get_turns()
+        old = synced.turns
+        at = exchange.at if exchange is not None and exchange.recorded else None
+        if at is None or exchange is None or synced.chat() is not chat:
+            self.send()
+            return
+        new, gone = len(exchange.turns), exchange.replaced
+        same = (
+            len(old) == len(turns) - new + gone
+            and all(a is b for a, b in zip(old[:at], turns[:at]))
+            and all(a is b for a, b in zip(old[at + gone:], turns[at + new:]))
+        )
+        if not same:
+            self.send()
+            return
+        part = session_record(chat, turns[at:at + new])
+        usage = self.ledger.to_list()
+        try:
+            validate_record({"version": SCHEMA_VERSION, "sessions": {name: part}, "usage": usage})
+            size = len(json.dumps(part["turns"]))
+            if len(turns) > MAX_TURNS:
+                raise RecordError(f"session {name!r} has more than {MAX_TURNS} turns")
+            if self._sent_chars + size > MAX_RECORD_CHARS:
+                raise RecordError("the record is too large")
+        except RecordError as exc:
+            self._too_large(str(exc))
+            return
+        message = {"type": "replace_exchange", "session": name, "start": at, "end": at + gone,
+                   "length": len(old), "turns": part["turns"], "provider": part["provider"],
+                   "system_prompt": part["system_prompt"], "usage": usage}
+        self._post_part(name, chat, message, size)
 
     def replace_record(self) -> None:
         """Replace the notebook's record with the kernel's, on purpose (``%chat_reset --all``).
@@ -513,6 +659,10 @@ class Bridge:
         while self._notices:
             show_line(self.shell, self._notices.pop(0))
 
+    def _ours(self, data: dict[str, Any]) -> bool:
+        """A message from the front end we said hello to (not another notebook's)."""
+        return self.front_path is not None and data.get("path") == self.front_path
+
     def _on_msg(self, msg: dict[str, Any]) -> None:
         data = (msg.get("content") or {}).get("data") or {}
         if not isinstance(data, dict):
@@ -537,7 +687,14 @@ class Bridge:
             self._synced = None
             if data.get("record") is not None:
                 self.apply(data["record"], replace=False)
+                self.reorder()  # its turns, in the order this kernel knows
             self.send()
+            self._stale_sent = []
+            self.send_stale()
+        elif kind == "order" and self._ours(data):
+            cells = data.get("cells")
+            if isinstance(cells, list) and len(cells) <= MAX_ORDER_CELLS and self.order.set(cells):
+                self.reorder()
         elif kind == "resync" and self.front_path is not None and data.get("path") == self.front_path:
             self._synced = None
             self.send()
@@ -549,9 +706,22 @@ class Bridge:
                 self.send()
 
 
+#: The most cells an order may name (a notebook of more is not one a person reads).
+MAX_ORDER_CELLS = 100_000
+
 #: Headless look-up bounds: notebooks read in the working directory, and bytes read in all.
 MAX_LOOKUP_FILES = 64
 MAX_LOOKUP_BYTES = 256_000_000
+
+
+def _holds_cells(record: Any, ids: list[str]) -> bool:
+    """Whether the saved file's cells are the ones the record's exchanges were asked in: a
+    tool that gave every cell a new id would otherwise make each exchange look deleted (and a
+    Run All ask everything again). A record with no cell ids yet takes the file's order."""
+    recorded = {t.get("cell_id") for s in ((record or {}).get("sessions") or {}).values()
+                if isinstance(s, dict) for t in (s.get("turns") or []) if isinstance(t, dict)}
+    recorded.discard(None)
+    return not recorded or bool(recorded & set(ids))
 
 
 def _parent(shell: Any) -> dict[str, Any]:
@@ -684,6 +854,7 @@ def start_bridge(shell: Any, magics: Any) -> Bridge:
         events = getattr(shell, "events", None)
         if events is not None:
             events.register("post_execute", bridge.after_cell)
+            events.register("pre_execute", bridge.before_cell)
         bridge.restore_from_file()
         bridge.open_comm_when_spoken()
     else:

@@ -13,8 +13,8 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from .._core._process import process_ledger
-from .._core._spend import Budget, Spent, budget_lines, input_estimate, message_text
-from .._core._turns import Turn
+from .._core._spend import Budget, RequestPreview, Spent, budget_lines, message_text
+from .._core._turns import Turn, exchanges
 from ._bridge import current_bridge
 from ._context import Attachment, ErrorContext, error_context, summarize
 from ._display import show_line
@@ -59,18 +59,19 @@ def dry_run_text(
     system_prompt: str | None,
     history: Sequence[Turn],
     text: str,
-    max_tokens: int | None,
+    preview: RequestPreview,
 ) -> str:
-    """What ``--dry-run`` shows: exactly the messages that would go, and an estimate.
+    """What ``--dry-run`` shows: exactly the messages that would go, and the spend guard's
+    estimate of that request (``preview``), the numbers a budget is checked against.
 
     Shown as text/plain only: the history and attachments are untrusted and must not render.
     """
-    n_in = input_estimate(system_prompt, history, text)
+    n_in, max_tokens = preview.spend.input_tokens, preview.spend.max_tokens
     lines = [
         "dry run: nothing sent, nothing recorded",
         f"to: {url}  model: {model or '(ask the server)'}  params: {params or '{}'}",
         f"system prompt: {system_prompt if system_prompt else '(none)'}",
-        f"history: {len(history)} turns ({len(history) // 2} exchanges, "
+        f"history: {len(history)} turns ({len(exchanges(history))} exchanges, "
         f"{message_text(history):,} chars) sent before the new message",
         "new message (user):",
         text,

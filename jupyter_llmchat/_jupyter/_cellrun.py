@@ -2,7 +2,8 @@
 
 ``CellRunner.run`` is what ``%%chat``, ``%chat`` and ``%chat_fix`` do once their options are
 parsed, in steps of its own: the question (checks, ``{{ }}``, ``--with``), the session, where
-the cell's earlier exchange is (the replay cursor), a recorded answer shown again, or the
+the cell's exchange is in the notebook's order of cells (``_record/_order.py``: the cells above
+it are its history, a re-run replaces its exchange in place), a recorded answer shown again, or the
 request streamed into the cell's display with its three error paths (Ctrl-C, the budget, the
 server). The spend guard itself is the core's (every request passes it); this module only says
 what a refusal means in a cell.
@@ -20,6 +21,7 @@ from IPython.core.error import UsageError
 from .. import _sessions
 from .._core import _spend
 from .._core._params import params as make_params
+from .._core._turns import exchange_end
 from .._errors import (
     AuthenticationError,
     BudgetExceeded,
@@ -29,10 +31,12 @@ from .._errors import (
     raise_clean,
 )
 from .._record._metadata import KEY, display_metadata
+from .._record._order import ABOVE_KEY, CellOrder, above_hash
 from . import _cellcontext as ctx
 from . import _context
-from ._bridge import missing_extension_note
+from ._bridge import current_bridge, missing_extension_note
 from ._display import AnswerDisplay, StreamDisplay, TerminalDisplay, show_line
+from ._kernel_tools import cell_tools
 from ._prompt import check_output_name, interpolate, output_value
 
 __all__ = ["CellRunner", "Settings"]
@@ -60,6 +64,8 @@ class _Question:
     text: str
     overrides: dict[str, Any]
     fmt: str
+    #: ``--tools``: offered for this cell's exchange only.
+    tools: list[Any]
 
 
 class CellRunner:
@@ -70,9 +76,12 @@ class CellRunner:
         self.settings = settings
         #: The last failed cell, for %chat_fix (a chat request that failed is noted there).
         self.cell_runs = cell_runs
-        #: cell id -> (the execution (its request's msg_id) that last sent from that cell, the
-        #: history index where that execution's next exchange starts).
-        self._runs: dict[str, tuple[str, int]] = {}
+        #: cell id -> (the execution (its request's msg_id) that last sent from that cell, and
+        #: the span of the history its next exchange takes: a second %chat line of the same
+        #: execution goes after the first, in place of what is left of the cell's earlier run).
+        self._runs: dict[str, tuple[str, int, int]] = {}
+        #: The order of first runs, for a shell with no front-end bridge.
+        self._order = CellOrder()
         #: Where cells have no id: per session, the index of the next recorded exchange a re-run
         #: notebook may replay (restored sessions start at 0; a fresh question moves it to the end).
         self._replay_next: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -87,7 +96,7 @@ class CellRunner:
         cell_id, run_id = parent_ids(self.shell)
         if (note := missing_extension_note(cell_id)) is not None:  # once: JupyterLab, no extension
             show_line(self.shell, note)
-        rerun = self._rerun_at(chat, cell_id, run_id)
+        rerun = self._slot(chat, cell_id, run_id)
         if args.dry_run:
             return self._dry_run(args, chat, question, rerun)
         if args.new:
@@ -119,9 +128,11 @@ class CellRunner:
         text = interpolate(prompt, self.shell.user_ns) if template else prompt
         attached = ctx.attachments(args.with_names, self.shell.user_ns, self.settings.context_max_tokens)
         text = _context.attach(text, attached)
+        tools = cell_tools(args.tool_names, self.shell, self.settings.context_max_tokens,
+                           self.cell_runs)
         if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
             show_line(self.shell, _context.describe_attachments(attached))
-        return _Question(text, overrides, args.format or self.settings.default_format)
+        return _Question(text, overrides, args.format or self.settings.default_format, tools)
 
     def _session(self, args: Any, display: AnswerDisplay) -> Any:
         try:
@@ -135,52 +146,69 @@ class CellRunner:
             )
         return chat
 
-    def _rerun_at(self, chat: Any, cell_id: str | None, run_id: str | None) -> int | None:
-        """Where this execution's exchange goes in the history: a new execution of a cell
-        replaces what the cell's earlier run left; a second %chat line of the same execution
-        comes after the first (both exchanges are kept, in order)."""
-        run = self._runs.get(cell_id) if cell_id is not None else None
+    def _slot(self, chat: Any, cell_id: str | None, run_id: str | None) -> tuple[int, int] | None:
+        """The span of the history this execution's exchange takes (None: the end): the cell's
+        earlier exchange, or, for a cell that has none, the place after the cells above it. A
+        second %chat line of the same execution comes after the first (both are kept)."""
+        if cell_id is None:
+            return None
+        run = self._runs.get(cell_id)
         if run is not None and run_id is not None and run[0] == run_id:
-            nxt = run[1]
-            turns = chat.get_turns()
-            return nxt if nxt < len(turns) and turns[nxt].meta.get("cell_id") == cell_id else None
-        return rerun_index(chat, cell_id)
+            return run[1], run[2]
+        bridge = current_bridge()
+        if bridge is not None and bridge.shell is self.shell:
+            bridge.note_cell(cell_id, chat)
+            return bridge.order.span(chat.get_turns(), cell_id)
+        self._order.ran(cell_id)
+        return self._order.span(chat.get_turns(), cell_id)
 
     def _replayed(
         self, args: Any, chat: Any, question: _Question, key: dict[str, Any], display: AnswerDisplay,
-        cell_id: str | None, run_id: str | None, rerun: int | None,
+        cell_id: str | None, run_id: str | None, rerun: tuple[int, int] | None,
     ) -> bool:
         """Show the recorded answer of this question if there is one (no request, no spend).
 
         A notebook cell replays only its own recorded exchange. Where cells have no id
         (nbclient, terminal IPython), the notebook is taken in order: the next recorded one."""
-        at = rerun if cell_id is not None else self._replay_next.get(chat, 0)
+        turns = chat.get_turns()
+        if cell_id is None:
+            at: int | None = self._replay_next.get(chat, 0)
+        elif rerun is not None and _holds(turns, rerun, cell_id):
+            at = rerun[0]  # only the cell's own exchange, found where the notebook's order puts it
+        else:
+            at = None
         if not self.settings.replay or args.refresh or args.no_history or at is None:
             return False
-        found = _spend.find_replay(chat.get_turns(), question.text, at=at, **key)
+        found = _spend.find_replay(turns, question.text, at=at, **key)
         if found is None:
             return False
-        end = exchange_end(chat.get_turns(), found)
+        end = exchange_end(turns, found)
         self._replay_next[chat] = end
-        self._note_run(cell_id, run_id, end)
+        self._note_run(cell_id, run_id, end, rerun[1] if rerun is not None else end)
         self._replay(display, chat, args, question.fmt, found)
         return True
 
     def _ask(
         self, args: Any, chat: Any, question: _Question, key: dict[str, Any], display: AnswerDisplay,
-        cell_id: str | None, run_id: str | None, rerun: int | None,
+        cell_id: str | None, run_id: str | None, rerun: tuple[int, int] | None,
     ) -> Any:
         __tracebackhide__ = True  # noqa: F841 - as in run
         fmt = question.fmt
-        past = [] if args.no_history else chat.get_turns()[:rerun]
+        turns = chat.get_turns()
+        past = [] if args.no_history else turns[:rerun[0] if rerun is not None else len(turns)]
         meta = {"cell_id": cell_id, "source": "cell",
-                "request_hash": _spend.request_hash(question.text, past, **key)}
-        # Until this answer is in, a second %chat line of this execution goes to the end.
-        self._note_run(cell_id, run_id, len(chat.get_turns()))
+                "request_hash": _spend.request_hash(question.text, past, **key),
+                ABOVE_KEY: above_hash(past)}
+        # Until this answer is in, a second %chat line of this execution takes the same span.
+        if rerun is not None:
+            self._note_run(cell_id, run_id, *rerun)
         stream = chat.stream(
             question.text, content="all", model=args.model or None, params=question.overrides,
-            history=not args.no_history, meta=meta, replace_from=rerun,
+            history=not args.no_history, meta=meta, replace=rerun,
         )
+        session_tools = chat.get_tools()
+        if question.tools:  # the exchange takes the tools in force at its first item, below
+            chat.set_tools(offered_tools(chat, question))
         try:
             for item in stream:
                 show_item(display, item)
@@ -210,9 +238,14 @@ class CellRunner:
             if getattr(self.shell, "InteractiveTB", None) is not None and self.shell.InteractiveTB.mode == "Verbose":
                 raise_clean(exc)  # the user's frames only: ours hold the prompt, the session
             return None
+        finally:
+            if question.tools:  # --tools is for this cell only
+                chat.set_tools(session_tools)
         answer = self._finish(display, chat, args, fmt, stream)
         self._replay_next[chat] = len(chat.get_turns())
-        self._note_run(cell_id, run_id, len(chat.get_turns()))
+        if stream.at is not None:
+            after = stream.at + len(stream.turns)
+            self._note_run(cell_id, run_id, after, after)
         if args.output:
             self.shell.user_ns[args.output] = answer
         return None
@@ -224,10 +257,10 @@ class CellRunner:
             return TerminalDisplay()
         return StreamDisplay(self.settings.display_rate_hz)
 
-    def _note_run(self, cell_id: str | None, run_id: str | None, next_turn: int) -> None:
-        """Remember this execution of the cell, and where its next exchange would start."""
+    def _note_run(self, cell_id: str | None, run_id: str | None, start: int, end: int) -> None:
+        """Remember this execution of the cell, and the span its next exchange would take."""
         if cell_id is not None and run_id is not None:
-            self._runs[cell_id] = (run_id, next_turn)
+            self._runs[cell_id] = (run_id, start, end)
 
     def _hint(self, exc: LLMChatError, session: str) -> str:
         """The error's hint, in a cell user's terms where the library's would not help."""
@@ -261,15 +294,23 @@ class CellRunner:
             self._footer(chat, exchange)
         return output_value(display.text, fmt, complete=note is None and not broken)
 
-    def _dry_run(self, args: Any, chat: Any, question: _Question, rerun: int | None) -> None:
+    def _dry_run(
+        self, args: Any, chat: Any, question: _Question, rerun: tuple[int, int] | None
+    ) -> None:
         fresh = args.new or args.no_history
-        history = [] if fresh else chat.get_turns()[:rerun]
+        history = [] if fresh else chat.get_turns()[:rerun[0] if rerun is not None else None]
         params = {**chat.provider.params, **question.overrides}
+        system = args.system if args.system is not None else chat.system_prompt
+        preview = chat.request_preview(
+            question.text, model=args.model or None, params=question.overrides,
+            history=not fresh, replace_from=rerun, system_prompt=system or None, source="cell",
+        )
         view = ctx.dry_run_text(
             url=chat.provider.display_url, model=args.model or chat.provider.model, params=params,
-            system_prompt=args.system if args.system is not None else chat.system_prompt,
-            history=history, text=question.text, max_tokens=params.get("max_tokens"),
+            system_prompt=system, history=history, text=question.text, preview=preview,
         )
+        if question.tools:
+            view += "\n--tools, offered for this cell: " + ", ".join(t.name for t in question.tools)
         show_line(self.shell, view)
 
     def _replay(self, display: AnswerDisplay, chat: Any, args: Any, fmt: str, index: int) -> None:
@@ -298,10 +339,7 @@ class CellRunner:
             self.shell.user_ns[args.output] = output_value(display.text, fmt)
 
     def _footer(self, chat: Any, exchange: list[Any], replayed_at: str | None = None) -> None:
-        tokens, cost, requests = _spend.exchange_spend(exchange)
-        line = _spend.footer(exchange[-1].model, tokens, cost, local=_sessions.is_local(chat),
-                             replayed_at=replayed_at, requests=requests)
-        show_line(self.shell, line)
+        show_line(self.shell, _spend.exchange_footer(exchange, replayed_at=replayed_at))
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -317,19 +355,15 @@ def request_key(chat: Any, model: str | None, overrides: dict[str, Any]) -> dict
     }
 
 
-def rerun_index(chat: Any, cell_id: str | None) -> int | None:
-    """Where this cell's earlier exchange starts in the history, if it ran before.
+def offered_tools(chat: Any, question: _Question) -> list[Any]:
+    """The tools this cell's request offers: the session's and its ``--tools`` (which win a
+    name they share)."""
+    return list({t.name: t for t in [*chat.get_tools(), *question.tools]}.values())
 
-    A cell run again (or "Restart Kernel and Run All" after the history was restored from the
-    notebook) replaces its exchange and what followed it, so the history matches the
-    notebook read top to bottom instead of growing a copy at every run.
-    """
-    if not cell_id:
-        return None
-    for i, t in enumerate(chat.get_turns()):
-        if t.role == "user" and t.meta.get("cell_id") == cell_id:
-            return i
-    return None
+
+def _holds(turns: Any, span: tuple[int, int], cell_id: str) -> bool:
+    """Whether ``span`` of ``turns`` is an exchange of the cell ``cell_id`` (not an empty place)."""
+    return span[0] < span[1] and turns[span[0]].meta.get("cell_id") == cell_id
 
 
 def parent_ids(shell: Any) -> tuple[str | None, str | None]:
@@ -355,15 +389,3 @@ def show_item(display: AnswerDisplay, item: Any) -> None:
         display.tool_request(item.id, item.name, item.arguments)
     elif kind == "tool_result":
         display.tool_result(item.id, item.value, item.error)
-
-
-def exchange_end(turns: Any, start: int) -> int:
-    """Index after the exchange whose prompt is ``turns[start]``: its tool rounds (assistant
-    turns, and user turns holding only tool results) and its answer."""
-    end = start + 1
-    while end < len(turns):
-        t = turns[end]
-        if t.role == "user" and not (t.contents and all(c.type == "tool_result" for c in t.contents)):
-            break
-        end += 1
-    return end

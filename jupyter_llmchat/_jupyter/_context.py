@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import linecache
-import math
 import os
 import pickle
 import re
@@ -38,12 +37,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .._core._spend import CHARS_PER_TOKEN, estimate_tokens
+
 __all__ = [
     "Attachment",
     "ErrorContext",
     "Fingerprint",
     "attach",
-    "estimate_tokens",
     "error_context",
     "fingerprint",
     "fix_prompt",
@@ -57,11 +57,6 @@ SAMPLE_ROWS = 5
 MAX_COLUMNS = 40
 MAX_ITEMS = 10
 MAX_ITEM_CHARS = 200
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count, about four characters per token (no tokenizer needed)."""
-    return math.ceil(len(text) / 4)
 
 
 @dataclass(frozen=True)
@@ -81,7 +76,7 @@ class Attachment:
 
     @property
     def tokens(self) -> int:
-        return estimate_tokens(self.text)
+        return estimate_tokens(len(self.text))
 
     def block(self) -> str:
         """The attachment as it goes into the user message: a fenced block headed by its name."""
@@ -124,7 +119,7 @@ def summarize(name: str, value: Any, max_tokens: int = 2000, *, fingerprint: boo
     ``_ai_repr_()`` when it has one, else the summary of its type. ``fingerprint``: also digest
     its content (``Attachment.fingerprint``) for the replay key."""
     kind = _kind(value)
-    limit = max(16, int(max_tokens) * 4)
+    limit = max(16, int(max_tokens) * CHARS_PER_TOKEN)
     text, note = _ai_text(value, limit)
     if text is None:
         try:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._core._markdown import safe_markdown
+from .._core._turns import short_arguments
 
 __all__ = [
     "BYTES_PER_SECOND", "AnswerDisplay", "StreamDisplay", "TerminalDisplay", "error_bundle",
@@ -333,11 +334,6 @@ def _md_escape(s: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def short_arguments(arguments: dict[str, Any], limit: int = 60) -> str:
-    text = json.dumps(arguments, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def result_text(value: Any, error: str | None) -> str:

@@ -201,6 +201,9 @@ class ChatMagics(Magics):
     @argument("--no-history", action="store_true", help="Send this prompt alone and record nothing.")
     @argument("--with", dest="with_names", metavar="NAME[,NAME...]",
               help="Attach a bounded summary of these variables (DataFrames, arrays, ...).")
+    @argument("--tools", dest="tool_names", metavar="NAME[,NAME...]",
+              help="Offer these functions of your namespace as tools, for this cell only; "
+              "kernel: read-only tools to look at your variables and the last error.")
     @argument("--dry-run", action="store_true",
               help="Show what would be sent, with a token estimate; send and record nothing.")
     @argument("--refresh", action="store_true",

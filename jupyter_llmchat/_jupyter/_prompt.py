@@ -114,7 +114,7 @@ def first_code_block(text: str) -> str:
 
 
 _VALUE_FLAGS = {"-s", "--session", "-m", "--model", "--system", "-t", "--temperature",
-                "--max-tokens", "-o", "--output", "-f", "--format", "--with"}
+                "--max-tokens", "-o", "--output", "-f", "--format", "--with", "--tools"}
 _TOKEN = re.compile(r"\s*(\"(?:[^\"\\]|\\.)*\"|'[^']*'|\S+)")
 
 

@@ -10,9 +10,8 @@ from typing import Any
 from .._core._chat import Chat
 from .._core._markdown import safe_markdown
 from .._core._spend import exchange_spend
-from .._core._turns import ContentToolResult, Turn, exchanges
+from .._core._turns import call_line, exchange_starts, exchanges, tool_round
 from .._core._usage import UsageRow, format_row_cost, format_tokens
-from ._display import short_arguments
 
 __all__ = ["ConfigView", "HistoryView", "NoConversation", "UsageReport", "usage_rows"]
 
@@ -41,7 +40,7 @@ def usage_rows(sessions: dict[str, Chat]) -> list[_Row]:
             key = (name, model)
             if key not in rows:
                 rows[key] = _Row(chat.provider.name, model, session=name)
-            rows[key].add(t.tokens, t.cost)
+            rows[key].add(t.tokens, t.cost, t.free)
             if not t.tool_requests:  # a turn that asks for tools is a round inside the answer
                 rows[key].answers += 1
     return list(rows.values())
@@ -99,14 +98,14 @@ class UsageReport:
                     continue
                 n += 1
                 last = replies[-1]
-                tok, cost, requests = exchange_spend(exchange)
+                tok, cost, requests, free = exchange_spend(exchange)
                 finish = (last.finish_reason or "") + (" (partial)" if last.partial else "")
                 if requests > 1:
                     finish += f" ({requests - 1} tool round{'s' * (requests > 2)})"
                 out.append([
                     name, str(n), last.model or "", last.meta.get("source", ""),
                     _num(tok.input, 0), _num(tok.output, 0), _num(tok.cached, 0),
-                    _usd(cost, 0, chat.provider.free), finish,
+                    _usd(cost, 0, free), finish,
                 ])
         return out
 
@@ -207,7 +206,7 @@ class HistoryView:
         """``last``: only the last ``last`` exchanges (a question and its answer)."""
         self.name = name
         turns = chat.get_turns()
-        starts = [i for i, t in enumerate(turns) if t.role == "user" and not _results_only(t)]
+        starts = exchange_starts(turns)
         if last and len(starts) > last:
             turns = turns[starts[-last]:]
         self.turns = turns
@@ -220,7 +219,7 @@ class HistoryView:
         if self.system:
             out.append(f"**system:** {safe_markdown(_quote(self.system))}")
         for i, t in enumerate(self.turns):
-            if _results_only(t):  # shown on its calls' lines, not as a message from "you"
+            if tool_round(t):  # shown on its calls' lines, not as a message from "you"
                 continue
             label = "**you**" if t.role == "user" else f"**{safe_markdown(t.model or 'assistant')}**"
             extra = " *(partial)*" if t.partial else ""
@@ -242,14 +241,14 @@ class HistoryView:
         t = self.turns[i]
         nxt = self.turns[i + 1] if i + 1 < len(self.turns) else None
         results = {r.id: r for r in nxt.tool_results} if nxt is not None else {}
-        return [_call_line(c.name, c.arguments, results.get(c.id)) for c in t.tool_requests]
+        return [call_line(c.name, c.arguments, results.get(c.id)) for c in t.tool_requests]
 
     def __repr__(self) -> str:
         if not self.turns:
             return f"Session {self.name!r} has no turns yet."
         out = []
         for i, t in enumerate(self.turns):
-            if _results_only(t):
+            if tool_round(t):
                 continue
             calls = [f"[tool] {c}" for c in self._calls(i)]
             text = [f"[{t.role}{' partial' if t.partial else ''}] {_trim(t.text)}"] if _trim(t.text) or not calls else []
@@ -269,26 +268,6 @@ class NoConversation:
 
     def __repr__(self) -> str:
         return self.text
-
-
-def _results_only(t: Turn) -> bool:
-    """A user turn that only carries tool results (a tool round, not a question)."""
-    return t.role == "user" and bool(t.contents) and len(t.tool_results) == len(t.contents)
-
-
-def _call_line(name: str, arguments: dict[str, Any], result: ContentToolResult | None) -> str:
-    if result is None:
-        state = "no result"
-    elif result.error is not None:
-        state = "error: " + _one_line(result.error, 80)
-    else:
-        state = "ok"
-    return f"{name}({short_arguments(arguments)}) → {state}"
-
-
-def _one_line(s: str, limit: int) -> str:
-    s = " ".join(s.split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def _trim(s: str) -> str:

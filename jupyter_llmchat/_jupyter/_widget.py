@@ -61,21 +61,23 @@ import ipywidgets as widgets
 from IPython import get_ipython
 from traitlets import Bool, Dict, List, Unicode
 
-from .. import _sessions
+from .. import __version__, _sessions
 from .._core._chat import AsyncChatStream, Chat, ChatExchange
-from .._core._turns import ContentToolRequest, ContentToolResult, Turn
+from .._core._turns import ContentToolRequest, ContentToolResult, Turn, short_arguments, tool_round
 from .._core._usage import UsageRow
 from .._errors import ChatBusyError, LLMChatError
 from .._local._model import LocalProvider
 from . import _cellcontext as ctx
 from . import _context
 from ._bridge import current_bridge
-from ._display import result_text, short_arguments
+from ._display import result_text
 
 __all__ = ["ChatPanel", "panel"]
 
 MODULE = "jupyter-llmchat"
-MODULE_VERSION = "^0.1.0"
+#: The panel's ipywidgets module is the package's own labextension, of the package's version
+#: (tokens.ts registers it, package.json ships it: tests/test_format_cases.py holds them equal).
+MODULE_VERSION = f"^{__version__}"
 DELTA_INTERVAL = 0.1
 #: At most this many variable names go to the front end for ``@`` completion.
 MAX_NAMES = 500
@@ -109,24 +111,18 @@ def _tool_calls(turn: Turn, following: Turn | None) -> list[dict[str, Any]] | No
     return [tool_call(r, results.get(r.id)) for r in requests]
 
 
-def _results_only(turn: Turn) -> bool:
-    """A user turn that only carries tool results: shown on the call's line, not as a message."""
-    return turn.role == "user" and bool(turn.contents) and all(
-        isinstance(c, ContentToolResult) for c in turn.contents)
-
-
-def _messages(turns: Sequence[Turn], ids: Sequence[str], *, free: bool = False) -> list[dict[str, Any]]:
+def _messages(turns: Sequence[Turn], ids: Sequence[str]) -> list[dict[str, Any]]:
     out = []
     for i, (t, msg_id) in enumerate(zip(turns, ids)):
-        if _results_only(t):
+        if tool_round(t):  # shown on its calls' lines, not as a message
             continue
-        out.append(_message(t, msg_id, following=turns[i + 1] if i + 1 < len(turns) else None, free=free))
+        out.append(_message(t, msg_id, following=turns[i + 1] if i + 1 < len(turns) else None))
     return out
 
 
 def _message(turn: Turn, msg_id: str, *, with_text: bool = True,
-             following: Turn | None = None, free: bool = False) -> dict[str, Any]:
-    """``free``: the session is on the bundled model, so a cost of 0 shows as "$0, local"."""
+             following: Turn | None = None) -> dict[str, Any]:
+    """``free``: the answer is known to have cost nothing, so a cost of 0 shows as "$0, local"."""
     tok = turn.tokens
     return {
         "id": msg_id,
@@ -140,7 +136,7 @@ def _message(turn: Turn, msg_id: str, *, with_text: bool = True,
         "time": turn.started_at.timestamp() if turn.started_at else time.time(),
         "tokens": tok.to_dict() if tok else None,
         "cost_usd": turn.cost,
-        "free": free,
+        "free": turn.free,
         "finish_reason": turn.finish_reason,
     }
 
@@ -238,13 +234,9 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             "output": total.output,
             "cached": total.cached,
             "cost_usd": total.complete_cost,
-            "free": self._free(),
+            "free": total.free,
             **_budget_usage(),
         }
-
-    def _free(self) -> bool:
-        """The session is on the bundled model: its answers cost nothing, shown as "$0, local"."""
-        return self._chat is not None and self._chat.provider.free
 
     def _send_history(self) -> None:
         """Replace what the front end shows by the session's whole history."""
@@ -253,7 +245,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         # at the end (anything else sends the whole history again, see _on_turn).
         self._shown = len(turns)
         self._generation += 1
-        messages = _messages(turns, [self._turn_id(i) for i in range(len(turns))], free=self._free())
+        messages = _messages(turns, [self._turn_id(i) for i in range(len(turns))])
         self.send({"type": "history", "messages": messages})
 
     def _on_chat(self, chat: Chat, event: str, exchange: ChatExchange | None = None) -> None:
@@ -290,10 +282,10 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         elif in_history:
             # A %%chat cell's exchange, or another panel's on the same session.
             self._shown = n
-            messages = _messages(ex, [self._turn_id(i) for i in range(n - k, n)], free=self._free())
+            messages = _messages(ex, [self._turn_id(i) for i in range(n - k, n)])
             self.send({"type": "append", "messages": messages})
         else:  # an exchange kept out of history (%%chat --no-history): shown, not recorded
-            messages = _messages(ex, [uuid.uuid4().hex for _ in ex], free=self._free())
+            messages = _messages(ex, [uuid.uuid4().hex for _ in ex])
             self.send({"type": "append", "messages": messages})
 
     def _context_note(self, exchange: ChatExchange) -> None:
@@ -499,7 +491,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             if not live():
                 return
             if reply is not None:
-                final = _message(reply, answer_id, with_text=False, free=self._free())
+                final = _message(reply, answer_id, with_text=False)
                 self.send({"type": "done", "message": final, "user_id": user_id, "recorded": True})
             else:  # stopped before anything arrived: history is unchanged
                 self.send({"type": "done", "message": {"id": answer_id, "partial": True},
@@ -515,7 +507,12 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             # Starting the local model blocks: in a worker thread, so Stop need not wait for it.
             chat = await asyncio.to_thread(_sessions.prepare, name, on_status=status)
             ticker = asyncio.ensure_future(tick())
-            stream = chat.stream_async(text, content="all", meta={"source": "panel"})
+            # After the cell of this session that ran last (DESIGN §10), not after every cell.
+            bridge = current_bridge()
+            after, at = bridge.panel_place(chat) if bridge is not None else (None, None)
+            meta = {"source": "panel", **({"after_cell": after} if after is not None else {})}
+            stream = chat.stream_async(text, content="all", meta=meta,
+                                       replace=(at, at) if at is not None else None)
             try:
                 async for item in stream:
                     if item.type == "text":

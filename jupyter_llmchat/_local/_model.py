@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._core._provider import OpenAICompatible
-from .._core._usage import FREE, LOCAL_PROVIDER_NAME
+from .._core._usage import FREE
 from .._errors import ConfigurationError, TransportError
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings, so no runtime import
@@ -40,7 +40,6 @@ __all__ = [
     "LocalServer",
     "check_installed",
     "ensure_local_server",
-    "is_local",
     "local_provider",
     "model_path",
     "stop_local_server",
@@ -404,8 +403,9 @@ def stop_local_server() -> None:
 
 _log = logging.getLogger("jupyter_llmchat")
 
-#: Display name of the bundled model's provider (rows with it are free: ``UsageRow.free``).
-PROVIDER_NAME = LOCAL_PROVIDER_NAME
+#: Display name of the bundled model's provider. Its answers are free because the provider says
+#: so (``price_provider=FREE``, hence ``free``), on each answer (``Turn.free``), never by name.
+PROVIDER_NAME = "llama.cpp (local)"
 _NOT_STARTED = "http://127.0.0.1:0/v1"  # replaced by the server's URL before any request
 
 
@@ -515,6 +515,3 @@ def local_provider(*, params: Any = None, api_args: Any = None) -> LocalProvider
     """A provider for the bundled model."""
     return LocalProvider(params=params, api_args=api_args)
 
-
-def is_local(provider: object) -> bool:
-    return isinstance(provider, LocalProvider)

@@ -25,7 +25,6 @@ in-memory record and a saved ``.ipynb`` export alike.
 from __future__ import annotations
 
 import html
-import json
 import pathlib
 import re
 from collections.abc import Iterable, Sequence
@@ -33,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._core._markdown import safe_markdown
-from .._core._spend import exchange_spend, footer
-from .._core._turns import ContentImage, ContentToolResult, Turn, exchanges
+from .._core._spend import exchange_footer
+from .._core._turns import ContentImage, Turn, call_line, exchanges, tool_round
 from .._core._usage import UsageRow, format_row_cost, format_tokens
 from .._errors import ConfigurationError, RecordError
 from ._metadata import KEY, validate_record
@@ -50,8 +49,6 @@ __all__ = [
 #: The formats, by the output file's extension.
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html"}
 #: Characters of a tool call's arguments, and of its error, on its one line.
-SHORT_ARGUMENTS = 60
-SHORT_ERROR = 80
 
 
 # -- the conversation, in the notebook's order ---------------------------------------------------
@@ -74,10 +71,6 @@ class _Session:
     exchanges: list[_Exchange]
     left_out: int = 0
     rows: list[UsageRow] = field(default_factory=list)
-
-    @property
-    def free(self) -> bool:
-        return UsageRow(self.provider, "").free
 
 
 def _after_cells(raw: Any) -> list[str | None]:
@@ -140,31 +133,16 @@ def _sessions(
             for t in shown_ex.turns:
                 if t.role == "assistant" and t.requested:
                     model = t.model or s["provider"]["model"] or "unknown"
-                    rows.setdefault(model, UsageRow(provider, model)).add(t.tokens, t.cost)
+                    rows.setdefault(model, UsageRow(provider, model)).add(t.tokens, t.cost, t.free)
         out.append(_Session(name, provider, s["provider"]["model"], s["system_prompt"], shown,
                             left_out, list(rows.values())))
     return out, clean
 
 
-def _call_line(name: str, arguments: dict[str, Any], result: ContentToolResult | None) -> str:
-    """A tool call on one line: name, short arguments, ok or error (as ``%chat_history``)."""
-    args = json.dumps(arguments, ensure_ascii=False)
-    if len(args) > SHORT_ARGUMENTS:
-        args = args[: SHORT_ARGUMENTS - 1] + "…"
-    if result is None:
-        state = "no result"
-    elif result.error is not None:
-        err = " ".join(result.error.split())
-        state = "error: " + (err if len(err) <= SHORT_ERROR else err[: SHORT_ERROR - 1] + "…")
-    else:
-        state = "ok"
-    return f"{name}({args}) → {state}"
-
-
 def _calls(turns: list[Turn], i: int) -> list[str]:
     nxt = turns[i + 1] if i + 1 < len(turns) else None
     results = {r.id: r for r in nxt.tool_results} if nxt is not None else {}
-    return [_call_line(c.name, c.arguments, results.get(c.id)) for c in turns[i].tool_requests]
+    return [call_line(c.name, c.arguments, results.get(c.id)) for c in turns[i].tool_requests]
 
 
 def _images(t: Turn) -> list[str]:
@@ -189,10 +167,8 @@ def _exchange_footer(s: _Session, ex: _Exchange) -> str | None:
     replies = [t for t in ex.turns if t.role == "assistant"]
     if not replies:
         return None
-    tokens, cost, requests = exchange_spend(ex.turns)
-    last = replies[-1]
-    line = footer(last.model or s.model, tokens, cost, local=s.free, requests=requests)
-    if last.partial:
+    line = exchange_footer(ex.turns, model=s.model)
+    if replies[-1].partial:
         line += " · partial"
     return line
 
@@ -218,10 +194,7 @@ def _spend(
         total = UsageRow("", "")
         for r in all_rows:
             total.merge(r)
-        # The total is free only when every row is.
-        cells = _row_cells(total)
-        if all(r.free for r in all_rows):
-            cells[-1] = format_row_cost(total.cost, unknown=total.unknown_cost, free=True, prose=True)
+        cells = _row_cells(total)  # free only when every row is (UsageRow.free)
         table.append(["total", "", "", *cells[2:]])
     ledger = [_row_cells(UsageRow.from_dict(u)) for u in clean["usage"]] if whole else []
     return table, ledger
@@ -260,7 +233,7 @@ def _md_turn(s: _Session, turns: list[Turn], i: int) -> list[str]:
     t = turns[i]
     out: list[str] = []
     if t.role == "user":
-        if t.tool_results and len(t.tool_results) == len(t.contents):
+        if tool_round(t):
             return []  # a tool round's results: shown on its calls' lines
         text = t.text.strip("\r\n")
         if text:
@@ -397,7 +370,7 @@ def _html_turn(md: Any, turns: list[Turn], i: int) -> list[str]:
     esc = html.escape
     out: list[str] = []
     if t.role == "user":
-        if t.tool_results and len(t.tool_results) == len(t.contents):
+        if tool_round(t):
             return []
         text = t.text.strip("\r\n")
         body = md.render(text) if text else ""

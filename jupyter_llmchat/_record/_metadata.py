@@ -17,9 +17,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._core._chat import Chat
-from .._core._provider import safe_url
 from .._core._spend import Budget
-from .._core._turns import Content, ContentImage, ContentText, Turn, check_tool_pairs
+from .._core._turns import (
+    Content,
+    ContentImage,
+    ContentText,
+    Turn,
+    check_tool_pairs,
+    record_exchanges,
+)
 from .._core._usage import Ledger
 from .._errors import RecordError
 
@@ -96,9 +102,8 @@ def bounded_turn(t: Turn) -> dict[str, Any]:
 
 def session_record(chat: Chat, turns: list[Turn] | None = None) -> dict[str, Any]:
     """A session's part of the record (``turns``: a snapshot of its turns, default all now)."""
-    p = chat.provider
     return {
-        "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
+        "provider": chat.provider.describe(),
         "system_prompt": chat.system_prompt,
         "turns": [bounded_turn(t) for t in (chat.get_turns() if turns is None else turns)],
     }
@@ -129,7 +134,6 @@ def display_metadata(
     user, reply = exchange[0], exchange[-1]
     rounds = [bounded_turn(t) for t in exchange[1:-1]]
     answer = reply.to_dict()
-    p = chat.provider
     return {
         KEY: {
             "version": SCHEMA_VERSION,
@@ -140,15 +144,17 @@ def display_metadata(
             "cost_usd": answer["cost_usd"],
             "finish_reason": answer["finish_reason"],
             "partial": answer["partial"],
+            **({"free": True} if reply.free else {}),
             "thinking": _cut(reply.thinking, MAX_TEXT) if reply.thinking else None,
             "started_at": answer["started_at"],
             "duration_s": answer["duration_s"],
             "cell_id": user.meta.get("cell_id"),
             "source": user.meta.get("source", "cell"),
             "request_hash": user.meta.get("request_hash"),
+            **({"above_hash": user.meta["above_hash"]} if "above_hash" in user.meta else {}),
             "recorded": recorded,
             "new": new,
-            "provider": {"name": p.name, "base_url": safe_url(p.base_url), "model": p.model},
+            "provider": chat.provider.describe(),
             "system_prompt": chat.system_prompt,
             **({"rounds": rounds} if rounds else {}),
             # With tool rounds the answer's request began after the prompt's.
@@ -164,13 +170,15 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
     user = Turn.from_dict({
         "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
         "started_at": meta.get("prompt_started_at") or meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
+        # The conversation above the cell when it was asked: its stale mark (DESIGN §10).
+        **({"above_hash": meta["above_hash"]} if "above_hash" in meta else {}),
     })
     contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
     contents.append({"type": "text", "text": text})
     reply = Turn.from_dict({
         "role": "assistant", "contents": contents, **common,
         **{k: meta.get(k) for k in ("started_at", "duration_s", "model", "tokens", "cost_usd",
-                                    "finish_reason", "partial")},
+                                    "finish_reason", "partial", "free")},
     })
     rounds = meta.get("rounds") or []
     if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
@@ -293,6 +301,8 @@ def validate_record(obj: Any) -> dict[str, Any]:
         if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0):
             raise RecordError(f"usage row {i}: cost_usd must be a non-negative number")
         row["cost_usd"] = cost
+        if u.get("free") is True:  # additive (DESIGN §6): rows of answers known to be free
+            row["free"] = True
         clean["usage"].append(row)
     return clean
 
@@ -349,20 +359,6 @@ def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
     return {"version": SCHEMA_VERSION, "sessions": sessions, "usage": ledger.to_list()}
 
 
-def _exchanges(turns: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The record's turns cut into exchanges: a prompt, its tool rounds, the answer."""
-    out: list[list[dict[str, Any]]] = []
-    for t in turns:
-        results = [c for c in t.get("contents") or [] if c.get("type") == "tool_result"]
-        if t.get("role") == "user" and results and out:
-            out[-1].append(t)  # a tool round's results belong to the exchange under way
-        elif t.get("role") == "user" or not out:
-            out.append([t])
-        else:
-            out[-1].append(t)
-    return out
-
-
 def _replies(exchange: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [t for t in exchange if t.get("role") == "assistant"]
 
@@ -391,11 +387,11 @@ def merge_records(existing: dict[str, Any], rebuilt: dict[str, Any]) -> dict[str
         old = out["sessions"].get(name)
         if old is None:
             out["sessions"][name] = copy.deepcopy(s)
-            added += [(provider, r) for ex in _exchanges(s["turns"]) for r in _replies(ex)]
+            added += [(provider, r) for ex in record_exchanges(s["turns"]) for r in _replies(ex)]
             continue
-        mine = _exchanges(old.get("turns") or [])
+        mine = record_exchanges(old.get("turns") or [])
         known = {_exchange_key(p) for p in mine}
-        fresh = [p for p in _exchanges(s["turns"]) if _exchange_key(p) not in known]
+        fresh = [p for p in record_exchanges(s["turns"]) if _exchange_key(p) not in known]
         if not fresh:
             continue
         rerun = {e[0].get("cell_id") for e in fresh if e[0].get("cell_id") and e[0].get("source", "cell") == "cell"}

@@ -5,9 +5,14 @@
  * on the next one after a kernel change), answers the kernel's comm open with
  * `hello` (its path and in-memory record), and writes the kernel's records into
  * the notebook model, so they are saved with the user's next save: the whole
- * record (`set_metadata`), or after a turn only that turn (`append_turns`),
- * applied only onto the record it follows (otherwise it asks for the whole
- * record with `resync`). Every kernel message carries the path this notebook
+ * record (`set_metadata`), or after a turn only that turn (`append_turns`, or
+ * `replace_exchange` for a cell run again), applied only onto the record it
+ * follows (otherwise it asks for the whole record with `resync`). It tells the
+ * kernel the notebook's order of cells (`order`: after the hello, when cells
+ * move, are added or deleted, debounced, and at once before a cell runs), and
+ * marks the cells the kernel says are `stale` (their answer was made on another
+ * conversation above them) with a quiet badge: a class on the cell, the answer
+ * itself is not rendered again. Every kernel message carries the path this notebook
  * said hello with; one carrying another path is for another notebook sharing
  * the kernel, and is ignored. The protocol: jupyter_llmchat/_bridge.py. A kernel that opened its comm before
  * this notebook connected to it (the notebook was closed and opened again, or
@@ -20,13 +25,24 @@ import type {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import type { INotebookModel, NotebookPanel } from '@jupyterlab/notebook';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import type { Kernel, KernelMessage } from '@jupyterlab/services';
 import type { JSONArray, JSONObject } from '@lumino/coreutils';
 import { JSONExt } from '@lumino/coreutils';
 
-import type { HelloMessage, PathMessage, ResyncMessage } from './protocol';
-import { isAppendTurns, isChatRecord, isPlainObject } from './protocol';
+import type {
+  HelloMessage,
+  OrderMessage,
+  PathMessage,
+  ResyncMessage
+} from './protocol';
+import {
+  isAppendTurns,
+  isChatRecord,
+  isPlainObject,
+  isReplaceExchange,
+  staleCells
+} from './protocol';
 import { COMM_TARGET, ILLMChatBridge, METADATA_KEY, PluginIDs } from './tokens';
 
 type CommTargetHandler = (
@@ -45,8 +61,18 @@ interface IPanelState {
   helloPath: string | null;
   /** Paths said before a rename: the kernel's messages sent before it knew. */
   formerPaths: Set<string>;
+  /** The cells the kernel last said are stale. */
+  stale: Set<string>;
+  /** The order last sent (ids joined), so an unchanged one is not sent again. */
+  sentOrder: string | null;
+  orderTimer: ReturnType<typeof setTimeout> | null;
   readonly onCommOpen: CommTargetHandler;
 }
+
+/** The class of a cell whose recorded answer is stale (style/index.css). */
+const STALE_CLASS = 'jp-llmchat-stale';
+/** How long cell moves settle before their order is sent. */
+const ORDER_DEBOUNCE_MS = 250;
 
 // A restart disposes the connection's comms but keeps its comm targets.
 const COMM_ENDING_STATUSES: ReadonlySet<Kernel.Status> = new Set<Kernel.Status>([
@@ -72,6 +98,9 @@ export class MetadataBridge implements ILLMChatBridge {
       comm: null,
       helloPath: null,
       formerPaths: new Set<string>(),
+      stale: new Set<string>(),
+      sentOrder: null,
+      orderTimer: null,
       onCommOpen: comm => this._onCommOpen(panel, state, comm)
     };
     this._states.set(panel, state);
@@ -90,7 +119,24 @@ export class MetadataBridge implements ILLMChatBridge {
     panel.context.pathChanged.connect(() => {
       this._onPathChanged(state, panel.context.localPath);
     });
+    const onCells = () => {
+      this._scheduleOrder(panel, state);
+    };
+    void panel.context.ready.then(() => {
+      panel.model?.cells.changed.connect(onCells);
+    });
+    // Before a cell's execute request goes, the kernel gets the order it runs in.
+    const onScheduled = (_: unknown, args: { notebook: unknown }) => {
+      if (args.notebook === panel.content) {
+        this._sendOrder(panel, state);
+      }
+    };
+    NotebookActions.executionScheduled.connect(onScheduled);
     panel.disposed.connect(() => {
+      NotebookActions.executionScheduled.disconnect(onScheduled);
+      if (state.orderTimer !== null) {
+        clearTimeout(state.orderTimer);
+      }
       this._attach(panel, state, null);
       this._states.delete(panel);
     });
@@ -206,6 +252,67 @@ export class MetadataBridge implements ILLMChatBridge {
     state.helloPath = hello.path;
     state.formerPaths.clear();
     comm.send(hello);
+    state.sentOrder = null;
+    this._sendOrder(panel, state);
+  }
+
+  private _scheduleOrder(panel: NotebookPanel, state: IPanelState): void {
+    if (state.orderTimer !== null) {
+      clearTimeout(state.orderTimer);
+    }
+    state.orderTimer = setTimeout(() => {
+      this._sendOrder(panel, state);
+    }, ORDER_DEBOUNCE_MS);
+  }
+
+  /** The notebook's cell ids in order, to the kernel, if they changed. */
+  private _sendOrder(panel: NotebookPanel, state: IPanelState): void {
+    if (state.orderTimer !== null) {
+      clearTimeout(state.orderTimer);
+      state.orderTimer = null;
+    }
+    // A cell moved may be a new widget: its badge is set again.
+    this._showStale(panel, state);
+    const comm = state.comm;
+    const model = panel.model;
+    if (
+      panel.isDisposed ||
+      model === null ||
+      comm === null ||
+      comm.isDisposed ||
+      state.helloPath === null
+    ) {
+      return;
+    }
+    const cells: string[] = [];
+    for (let i = 0; i < model.cells.length; i++) {
+      cells.push(model.cells.get(i).id);
+    }
+    const key = cells.join('\n');
+    if (key === state.sentOrder) {
+      return;
+    }
+    const message: OrderMessage = {
+      type: 'order',
+      path: state.helloPath,
+      cells
+    };
+    try {
+      comm.send(message);
+      state.sentOrder = key;
+    } catch (error) {
+      console.warn('jupyter-llmchat: could not tell the kernel the order', error);
+    }
+  }
+
+  /** The stale badge on the cells the kernel named, and on no other. */
+  private _showStale(panel: NotebookPanel, state: IPanelState): void {
+    if (panel.isDisposed) {
+      return;
+    }
+    for (const cell of panel.content.widgets) {
+      cell.toggleClass(STALE_CLASS, state.stale.has(cell.model.id));
+    }
   }
 
   /**
@@ -248,23 +355,38 @@ export class MetadataBridge implements ILLMChatBridge {
     }
     if (data.type === 'set_metadata') {
       this._setMetadata(panel, data);
-    } else if (data.type === 'append_turns') {
+    } else if (data.type === 'append_turns' || data.type === 'replace_exchange') {
       if (!this._appendTurns(panel, data)) {
         const resync: ResyncMessage = { type: 'resync', path: state.helloPath };
         comm.send(resync);
+      }
+    } else if (data.type === 'stale') {
+      const cells = staleCells(data);
+      if (cells !== null) {
+        state.stale = new Set(cells);
+        this._showStale(panel, state);
       }
     }
   }
 
   /**
-   * Apply an update made of the turns after `from`: only onto the record it
-   * follows (the session holds exactly `from` turns, or is missing and
-   * `from` is 0). False when it does not apply: the kernel then sends the
-   * whole record.
+   * Apply an update made of the turns after `from` (`append_turns`), or of an
+   * exchange put in place of the turns `start` to `end` (`replace_exchange`):
+   * only onto the record it follows (the session holds exactly `from`, or
+   * `length`, turns, or is missing and that is 0). False when it does not
+   * apply: the kernel then sends the whole record.
    */
   private _appendTurns(panel: NotebookPanel, data: JSONObject): boolean {
     const model = panel.model;
-    if (model === null || !isAppendTurns(data)) {
+    let start: number, end: number, length: number;
+    if (isAppendTurns(data)) {
+      start = end = length = data.from;
+    } else if (isReplaceExchange(data)) {
+      ({ start, end, length } = data);
+    } else {
+      return false;
+    }
+    if (model === null) {
       return false;
     }
     const current = Private.readRecord(model);
@@ -281,7 +403,7 @@ export class MetadataBridge implements ILLMChatBridge {
     } else {
       return false;
     }
-    if (turns.length !== data.from) {
+    if (turns.length !== length) {
       return false;
     }
     const base = isPlainObject(session) ? session : {};
@@ -293,7 +415,7 @@ export class MetadataBridge implements ILLMChatBridge {
           ...base,
           provider: data.provider,
           system_prompt: data.system_prompt,
-          turns: [...turns, ...data.turns]
+          turns: [...turns.slice(0, start), ...data.turns, ...turns.slice(end)]
         }
       },
       usage: data.usage

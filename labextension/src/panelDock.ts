@@ -13,7 +13,12 @@ import { Panel, Widget } from '@lumino/widgets';
 
 import type { INotice } from './panelChatModel';
 import { KernelChatModel } from './panelChatModel';
-import { formatCost, formatRowCost } from './costFormat';
+import {
+  formatCost,
+  formatCount,
+  formatLimit,
+  formatRowCost
+} from './costFormat';
 import {
   createFooterRegistry,
   createPreambleRegistry,
@@ -434,12 +439,13 @@ class PanelToolbar extends Widget {
     ];
     if (typeof usage.budget_usd === 'number') {
       parts.push(
-        `budget ${formatCost(usage.budget_usd)}, left ${formatCost(usage.left_usd)}`
+        `budget ${formatLimit(usage.budget_usd)}, left ${formatCost(usage.left_usd)}`
       );
     }
     if (typeof usage.budget_tokens === 'number') {
       parts.push(
-        `token budget ${usage.budget_tokens.toLocaleString('en-US')}, left ${(usage.left_tokens ?? 0).toLocaleString('en-US')}`
+        `token budget ${formatCount(usage.budget_tokens)}, ` +
+          `left ${formatCount(usage.left_tokens ?? 0)}`
       );
     }
     const notice = this._chatModel.notice;

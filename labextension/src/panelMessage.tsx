@@ -10,20 +10,16 @@ import type {
 import { MessageFooterRegistry, MessagePreambleRegistry } from '@jupyter/chat';
 import * as React from 'react';
 
-import { formatRowCost } from './costFormat';
+import { formatCount, formatRowCost } from './costFormat';
 import type { ITurnInfo } from './panelChatModel';
 import { KernelChatModel, turnInfo } from './panelChatModel';
-
-function count(n: number | null | undefined): string {
-  return n === null || n === undefined ? 'n/a' : n.toLocaleString();
-}
 
 /** `in 11 / out 200`, with `n/a` for what the server did not report. */
 export function formatTokens(
   input: number | null | undefined,
   output: number | null | undefined
 ): string {
-  return `in ${count(input)} / out ${count(output)}`;
+  return `in ${formatCount(input)} / out ${formatCount(output)}`;
 }
 
 function Thinking(props: MessagePreambleProps): JSX.Element | null {

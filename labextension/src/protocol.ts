@@ -38,6 +38,16 @@ export type PathMessage = {
 };
 
 /**
+ * Front end -> kernel: the notebook's cell ids in order, when cells move, are
+ * added or deleted (debounced), and after the hello (DESIGN §10).
+ */
+export type OrderMessage = {
+  type: 'order';
+  path: string;
+  cells: string[];
+};
+
+/**
  * Kernel -> front end: replace the record (null deletes it). Every message
  * from the kernel carries `path`, the one its notebook said hello with.
  */
@@ -75,6 +85,63 @@ export function isAppendTurns(value: unknown): value is AppendTurnsMessage {
     Array.isArray(value.usage) &&
     (value.system_prompt === null || typeof value.system_prompt === 'string')
   );
+}
+
+/**
+ * Kernel -> front end after a cell run again: `turns` take the place of the
+ * session's turns `start` to `end`, only on a record whose session holds
+ * exactly `length` turns.
+ */
+export type ReplaceExchangeMessage = JSONObject & {
+  type: 'replace_exchange';
+  path: string;
+  session: string;
+  start: number;
+  end: number;
+  length: number;
+  turns: JSONArray;
+  provider: JSONValue;
+  system_prompt: string | null;
+  usage: JSONArray;
+};
+
+function isIndex(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0;
+}
+
+export function isReplaceExchange(
+  value: unknown
+): value is ReplaceExchangeMessage {
+  return (
+    isPlainObject(value) &&
+    value.type === 'replace_exchange' &&
+    typeof value.session === 'string' &&
+    isIndex(value.start) &&
+    isIndex(value.end) &&
+    isIndex(value.length) &&
+    value.start <= value.end &&
+    value.end <= value.length &&
+    Array.isArray(value.turns) &&
+    Array.isArray(value.usage) &&
+    (value.system_prompt === null || typeof value.system_prompt === 'string')
+  );
+}
+
+/**
+ * Kernel -> front end: the cells whose recorded answer was made on another
+ * conversation above them than the one they have now (shown with a badge).
+ */
+export type StaleMessage = {
+  type: 'stale';
+  path: string;
+  cells: string[];
+};
+
+export function staleCells(value: unknown): string[] | null {
+  if (!isPlainObject(value) || value.type !== 'stale' || !Array.isArray(value.cells)) {
+    return null;
+  }
+  return value.cells.filter((c): c is string => typeof c === 'string');
 }
 
 export function isPlainObject(value: unknown): value is JSONObject {

@@ -54,6 +54,15 @@ def test_budget_in_the_status_line_and_a_question_past_it_refused(
         timeout=15_000,
     )
     assert "token budget" in status.inner_text()
+    # A budget reads as set, as in the cell (it once read "$0.0013" here); counts as the kernel's.
+    nb.run_cell("%chat_budget 0.00125")
+    nb.run_cell("%chat_budget --tokens 1234567")
+    page.wait_for_function(
+        "() => { const t = document.querySelector('.jp-llmchat-dock .jp-llmchat-status')"
+        "?.textContent ?? ''; return t.includes('budget $0.00125, left $0.0013')"
+        " && t.includes('token budget 1,234,567, left 1,234,567'); }",
+        timeout=15_000,
+    )
 
 
 def test_at_name_is_offered_and_its_value_reaches_the_server(
