@@ -14,6 +14,10 @@
    Time per re-run (median, p95) and the number of requests the server saw.
    Target (DESIGN §8): no request, <= 50 ms per cell.
 
+4. Replay of a ``%%chat --with df`` cell, ``df`` a 10-million-row pandas frame: each re-run
+   summarises the value and fingerprints its content (the replay key's ``--with`` part) before
+   it can replay; 10 re-runs, median, and the requests the server saw.
+
 Only prints numbers; exits non-zero only if it crashes.
 Run from the repository root:  .venv/bin/python benchmarks/bench_context.py
 """
@@ -134,7 +138,35 @@ def bench_replay(n: int = 200) -> None:
               f"p95 {times[int(0.95 * n) - 1] * 1000:.2f} ms  (target <= 50 ms, no request)")
 
 
+def bench_replay_with(n: int = 10) -> None:
+    import numpy as np
+    import pandas as pd
+    from IPython.core.interactiveshell import InteractiveShell
+
+    print(f"\n4. replayed %%chat --with df cell, df {ROWS:,} rows, {n} re-runs")
+    rng = np.random.default_rng(0)
+    regions = np.array(["north", "south", "east", "west"], dtype=object)[np.arange(ROWS) % 4]
+    df = pd.DataFrame({"x": rng.normal(size=ROWS), "n": np.arange(ROWS) % 1000, "region": regions})
+    os.environ.pop("OPENAI_API_KEY", None)
+    with FakeOpenAI() as fake:
+        shell = InteractiveShell.instance()
+        if "jupyter_llmchat" not in shell.extension_manager.loaded:  # part 3 may have loaded it
+            shell.run_line_magic("load_ext", "jupyter_llmchat")
+        shell.run_line_magic("config", f"ChatMagics.base_url = {fake.base_url!r}")
+        shell.run_line_magic("config", "ChatMagics.model = 'test-model'")
+        shell.parent_header = {"metadata": {"cellId": "bench-with-cell"}}
+        shell.user_ns["df"] = df
+        cell = "Describe df in one line."
+        with contextlib.redirect_stdout(io.StringIO()):
+            shell.run_cell_magic("chat", "--with df", cell)
+            first = len(fake.chat_requests())
+            t, _ = timed(lambda: shell.run_cell_magic("chat", "--with df", cell), repeat=n)
+        print(f"   requests: first run {first}, re-runs {len(fake.chat_requests()) - first}")
+        print(f"   per re-run: median {t * 1000:.1f} ms (summary and fingerprint included)")
+
+
 if __name__ == "__main__":
     bench_summaries()
     bench_fingerprints()
     bench_replay()
+    bench_replay_with()

@@ -13,8 +13,9 @@ One tree, one root::
     ├── StreamError               the answer's stream broke or could not be decoded
     ├── StructuredOutputError     chat_structured(): the answer does not fit the data model (.raw)
     ├── ToolError                 the tool loop cannot go on (too many rounds, a call cut off)
-    ├── ToolRejectError           raised in a tool or a request callback: that call is refused
+    ├── ToolRejectError           a tool call refused (by the tool, a callback or the approval)
     ├── BudgetExceeded            the notebook's budget refused a request before it was sent
+    │   └── ReplayOnlyError       replay-only mode (CI, docs builds): nothing is ever sent
     ├── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
     └── RecordError               a notebook's chat record is not one to read (also a ValueError)
 
@@ -35,6 +36,7 @@ __all__ = [
     "ParallelChatError",
     "RateLimitError",
     "RecordError",
+    "ReplayOnlyError",
     "ServerError",
     "StreamError",
     "StructuredOutputError",
@@ -131,13 +133,6 @@ class ToolError(LLMChatError):
     hint = "the answers so far are kept; raise max_tool_rounds or check the tools' results"
 
 
-class ToolRejectError(LLMChatError):
-    """Raise it in a tool to refuse a call; its message goes back to the model as the reason."""
-
-    def __init__(self, reason: str = "the user refused this call") -> None:
-        super().__init__(reason)
-
-
 class BudgetExceeded(LLMChatError):
     """The spend guard refused a request before anything was sent (``%chat_budget``).
 
@@ -145,6 +140,26 @@ class BudgetExceeded(LLMChatError):
     the message names the budget, what is left and how to raise it."""
 
     hint = "%chat_budget shows the budget and what is left"
+
+
+class ReplayOnlyError(BudgetExceeded):
+    """Replay-only mode (``JUPYTER_LLMCHAT_REPLAY=only`` or ``ChatMagics.replay = "only"``)
+    refused a request: nothing is sent, whoever asks.
+
+    A kind of ``BudgetExceeded`` (a budget of nothing), so every surface that handles a refused
+    request (a cell, the panel, ``parallel_chat``) handles this one; the message names the mode
+    and, from a cell, what changed since its recorded answer."""
+
+    hint = "replay-only: unset JUPYTER_LLMCHAT_REPLAY (or %config ChatMagics.replay = True) to ask"
+
+
+class ToolRejectError(LLMChatError):
+    """Raise it in a tool, or in an ``on_tool_request`` callback, to refuse a call: the model is
+    told ``Tool call rejected. {reason}`` as the call's result, and the result's status is
+    "refused". Nothing else stops: the exchange goes on with the model's next answer."""
+
+    def __init__(self, reason: str = "the user refused this call") -> None:
+        super().__init__(reason)
 
 
 class ParallelChatError(LLMChatError):

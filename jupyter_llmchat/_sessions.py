@@ -106,11 +106,13 @@ def refresh(name: str) -> None:
         registry.refresher(name)
 
 
-def prepare(name: str = "default", on_status: Callable[[str], None] | None = None) -> Chat:
-    """The session, ready to send: the local model's server is started first if it is used."""
+def prepare(name: str = "default", on_status: Callable[[str], None] | None = None, *,
+            start: bool = True) -> Chat:
+    """The session, ready to send: the local model's server is started first if it is used
+    (unless ``start`` is false: nothing will be sent)."""
     refresh(name)
     chat = session(name)
-    if isinstance(chat.provider, LocalProvider):
+    if start and isinstance(chat.provider, LocalProvider):
         chat.provider.start(on_status)  # now, so the status shows before the answer starts
     return chat
 

@@ -543,6 +543,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # Idle keep-alive connections would make server_close() wait for their clients.
     block_on_close = False
+    # socketserver listens with a backlog of 5: more clients connecting at once (parallel_chat
+    # at max_active=10) have their connection retried by the kernel a second later.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], fake: FakeOpenAI) -> None:
         self.fake = fake

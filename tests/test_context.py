@@ -11,9 +11,21 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jupyter_llmchat._core._replay import Request, check_replay
+from jupyter_llmchat._core._spend import (
+    Budget,
+    BudgetExceeded,
+    Spent,
+    check_budget,
+    estimate_tokens,
+    footer,
+    request_hash,
+)
+from jupyter_llmchat._core._turns import Tokens, Turn
 from jupyter_llmchat._jupyter._context import (
     EXACT_LIMIT,
     Attachment,
@@ -24,17 +36,6 @@ from jupyter_llmchat._jupyter._context import (
     fix_prompt,
     summarize,
 )
-from jupyter_llmchat._core._spend import (
-    Budget,
-    BudgetExceeded,
-    estimate_tokens,
-    Spent,
-    check_budget,
-    find_replay,
-    footer,
-    request_hash,
-)
-from jupyter_llmchat._core._turns import Tokens, Turn
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
@@ -169,26 +170,29 @@ def history() -> list[Turn]:
 KEY = {"provider": "P", "model": "m", "system_prompt": "sys", "params": {"temperature": 0}}
 
 
+def asked(prompt: str, history: list[Turn], **key: Any) -> Request:
+    return Request(prompt=prompt, text=prompt, history=history, **{**KEY, **key})
+
+
 def test_replay_finds_the_exchange_only_when_every_input_matches() -> None:
     past = history()
     h = request_hash("again", past, **KEY)
     u2 = Turn.user("again", meta={"request_hash": h})
     a2 = Turn("assistant", Turn.user("second answer").contents)
     turns = [*past, u2, a2]
-    assert find_replay(turns, "again", **KEY) == 2
-    assert find_replay(turns, "again!", **KEY) is None
+    assert check_replay(turns, 2, asked("again", past)).index == 2
+    assert check_replay(turns, 2, asked("again!", past)).index is None
     # A notebook cell looks only at its own recorded exchange.
-    assert find_replay(turns, "again", at=2, **KEY) == 2
-    assert find_replay(turns, "again", at=0, **KEY) is None
+    assert check_replay(turns, 0, asked("again", [])).index is None
     for k, v in (("model", "other"), ("system_prompt", None), ("params", {"temperature": 1}),
                  ("provider", "Q")):
-        assert find_replay(turns, "again", **{**KEY, k: v}) is None, k
+        assert check_replay(turns, 2, asked("again", past, **{k: v})).index is None, k
     # Another history before it: not the same request.
     changed = [Turn.user("FIRST"), past[1], u2, a2]
-    assert find_replay(changed, "again", **KEY) is None
+    assert check_replay(changed, 2, asked("again", changed[:2])).index is None
     # A partial answer is never replayed.
     a2.partial = True
-    assert find_replay(turns, "again", **KEY) is None
+    assert check_replay(turns, 2, asked("again", past)).index is None
 
 
 def test_request_hash_survives_the_record() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import sys
 import time
@@ -20,9 +21,9 @@ from IPython.core.interactiveshell import InteractiveShell
 import jupyter_llmchat
 from jupyter_llmchat import ParallelChatError, parallel_chat_text
 from jupyter_llmchat._jupyter._bridge import HELLO_GRACE_S
+from tests import kernel_frontend
 from tests.fake_openai import FakeOpenAI, FakeOpenAIProcess, Reply
 from tests.helpers import new_chat
-from tests import kernel_frontend
 from tests.test_kernel_iopub import Msg, displays, execute, kernel, stdout  # noqa: F401  (kernel: a fixture)
 from tests.test_magics import chat_magics, config, ip, run  # noqa: F401  (ip is a fixture)
 
@@ -61,7 +62,9 @@ def test_history_shows_tool_calls_compactly_not_as_empty_turns(ip: InteractiveSh
     ask_with_a_tool_round(ip, fake)
     view = ip.run_line_magic("chat_history", "")
     text = repr(view)
-    assert text == '[user] What is 2 + 3?\n\n[tool] add({"a": 2, "b": 3}) → ok\n\n[assistant] It is 5.'
+    # Each call's line says how long it ran (issue 19: the time is kept in the turns).
+    assert re.fullmatch(r'\[user\] What is 2 \+ 3\?\n\n\[tool\] add\(\{"a": 2, "b": 3\}\) → ok · '
+                        r'\d+\.\d\d s\n\n\[assistant\] It is 5\.', text), text
     markdown = view._repr_markdown_()
     assert markdown.count("**you**") == 1  # the tool results are not a message from "you"
     assert markdown.count("**test-model**") == 1  # nor is the round an empty answer

@@ -403,7 +403,8 @@ def test_a_cell_shows_each_tool_call_and_counts_every_round(
     jupyter_llmchat.session().register_tool(add)
     assert run(ip, "%%chat -o answer\nWhat is 2 + 3?").success
     out, err = capsys.readouterr()
-    assert '[tool call] add({"a": 2, "b": 3})' in out and "[tool ok]" in out and err == ""
+    # The call's line says how long it ran (issue 19).
+    assert '[tool call] add({"a": 2, "b": 3})' in out and "[tool ok · " in out and err == ""
     assert ip.user_ns["answer"] == "It is 5."
     turns = jupyter_llmchat.session().get_turns()
     assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]

@@ -35,6 +35,7 @@ through public methods too (``set_model``, ``set_provider``, ``system_prompt``),
 from __future__ import annotations
 
 import copy as _copy
+import dataclasses
 import datetime as _dt
 import json
 import sys
@@ -61,8 +62,13 @@ from ._spend import RequestPreview, Reservation, spend_guard, spend_request
 from ._structured import parse_structured, response_format
 from ._tools import (
     MAX_TOOL_RESULT_CHARS,
+    RequestCallback,
+    ResultCallback,
     Tool,
+    ToolCallbacks,
     bad_arguments,
+    check_annotations,
+    tool_hooks,
     unknown_tool,
 )
 from ._turns import (
@@ -146,6 +152,7 @@ class Chat:
         self._idle = threading.Condition()
         self._listeners: list[Listener] = []
         self._tools: dict[str, Tool] = {}
+        self._tool_callbacks = ToolCallbacks()
         # Whether the server wants response_format's json_object form (see chat_structured).
         self._schema_compat = False
         #: Most requests in a row that may end asking for tools, in one exchange.
@@ -279,12 +286,20 @@ class Chat:
 
     def register_tool(
         self, func: Callable[..., Any] | Tool, *, name: str | None = None,
-        description: str | None = None,
+        description: str | None = None, annotations: dict[str, Any] | None = None,
     ) -> Tool:
         """Let the model call ``func`` (sync or async). Its JSON schema comes from the type hints,
         its description from the docstring (parameters from a Google-style ``Args:`` section).
-        A tool that raises sends its error text to the model; ``ToolRejectError`` refuses."""
-        tool = func if isinstance(func, Tool) else Tool.from_func(func, name=name, description=description)
+        A tool that raises sends its error text to the model; ``ToolRejectError`` refuses.
+        ``annotations`` are MCP's hints (``title``, ``readOnlyHint``, ``destructiveHint``,
+        ``idempotentHint``, ``openWorldHint``), kept as ``Tool.annotations``."""
+        if isinstance(func, Tool):
+            tool = func
+            if annotations is not None:
+                tool = dataclasses.replace(tool, annotations=check_annotations(annotations))
+        else:
+            tool = Tool.from_func(func, name=name, description=description,
+                                  annotations=annotations)
         self._tools[tool.name] = tool
         return tool
 
@@ -295,6 +310,17 @@ class Chat:
         """Replace every tool (an empty list removes them all)."""
         new = [t if isinstance(t, Tool) else Tool.from_func(t) for t in tools]
         self._tools = {t.name: t for t in new}
+
+    def on_tool_request(self, callback: RequestCallback) -> Callable[[], None]:
+        """Call ``callback(request)`` (a ``ContentToolRequest``, its ``tool`` set) before each
+        tool call runs; raising ``ToolRejectError(reason)`` refuses the call and the model is
+        told ``Tool call rejected. {reason}``. Returns a function that unregisters it."""
+        return self._tool_callbacks.on_tool_request(callback)
+
+    def on_tool_result(self, callback: ResultCallback) -> Callable[[], None]:
+        """Call ``callback(result)`` (a ``ContentToolResult``: status, duration) after each tool
+        call, refused ones included. Returns a function that unregisters it."""
+        return self._tool_callbacks.on_tool_result(callback)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -524,6 +550,7 @@ class Chat:
         params: dict[str, Any] | None = None,
         history: bool = True,
         replace_from: int | None = None,
+        replace: tuple[int, int] | None = None,
         system_prompt: str | None | Literal[False] = False,
         source: str | None = None,
     ) -> RequestPreview:
@@ -532,7 +559,7 @@ class Chat:
         the server: the model is the one given or known (None: the server would be asked).
         ``system_prompt``: another one for this preview (False: the chat's own)."""
         user = Turn("user", _contents(args))
-        past = self._turns[:replace_from] if history else []
+        past = self._turns[:_span(self._turns, replace_from, replace)[0]] if history else []
         messages = self._messages([*past, user], system_prompt)
         body = self.provider.body(messages, model=model or self.provider.model or "", stream=True,
                                   params=params)
@@ -546,6 +573,8 @@ class Chat:
         """The sync driver: stream each request, run the tools it asks for, until done."""
         __tracebackhide__ = True  # noqa: F841 - IPython hides this frame (its locals hold the answer)
         with self._guard():
+            # Replay-only: refused before the model is asked of the server or the local one starts.
+            _cleanly(spend_guard.check_sending)
             ex = _cleanly(_Exchange, self, args, opts)
             _cleanly(ex.fit)
             self._notify("start")
@@ -577,6 +606,7 @@ class Chat:
 
         __tracebackhide__ = True  # noqa: F841 - as in _run
         with self._guard():
+            _cleanly(spend_guard.check_sending)  # as in _run
             if not opts.get("model") and not self.provider.model:
                 # Ask /models without blocking the loop; _prepare then finds the model set.
                 try:
@@ -742,6 +772,7 @@ class Chat:
                     max_tool_rounds=self.max_tool_rounds,
                     max_tool_result_chars=self.max_tool_result_chars)
         chat._tools = dict(self._tools)  # tools are immutable records: sharing them is safe
+        self._tool_callbacks.copy_into(chat._tool_callbacks)
         chat._schema_compat = self._schema_compat
         return chat
 
@@ -1124,21 +1155,29 @@ class _Exchange:
             return None, unknown_tool(request)
         return tool, None
 
+    def _allow(self, tool: Tool, request: ContentToolRequest) -> ContentToolResult | None:
+        """The request callbacks, the chat's then the process's: a refusal, or None (run it)."""
+        asked = dataclasses.replace(request, tool=tool)
+        return (self.chat._tool_callbacks.check_request(asked)
+                or tool_hooks.check_request(asked))
+
     def invoke(self, request: ContentToolRequest) -> ContentToolResult:
         tool, result = self._check(request)
         if tool is not None:
-            result = tool.invoke(request)
+            result = self._allow(tool, request) or tool.invoke(request)
         assert result is not None
         return self._add(result)
 
     async def ainvoke(self, request: ContentToolRequest) -> ContentToolResult:
         tool, result = self._check(request)
         if tool is not None:
-            result = await tool.ainvoke(request)
+            result = self._allow(tool, request) or await tool.ainvoke(request)
         assert result is not None
         return self._add(result)
 
     def _add(self, result: ContentToolResult) -> ContentToolResult:
+        self.chat._tool_callbacks.tell_result(result)
+        tool_hooks.tell_result(result)
         self.results[result.id] = result
         if len(self.results) == len(self.pending):
             self._close_round()

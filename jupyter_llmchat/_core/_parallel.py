@@ -7,7 +7,8 @@ cell whose event loop is already running (the requests run on a private loop in 
 
 Limits: at most ``max_active`` requests in flight (a semaphore) and at most ``rpm`` request starts
 per minute (a token bucket of one token, refilled every ``60 / rpm`` seconds: starts are spaced,
-never bursty).
+never bursty). The sync tools a prompt's answers call run in a pool of ``max_active`` threads, so
+those of different prompts run at the same time, as async tools do on the loop.
 
 Retries are the client's own (``max_tries`` of the chat's provider, default 3: connect errors,
 408, 429 and 5xx, honouring ``Retry-After``); nothing here retries again, so a 429 is never
@@ -40,6 +41,8 @@ stderr, and nothing when stderr is not a terminal. The notebook's display comes 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import queue
 import sys
 import threading
 import time
@@ -59,6 +62,7 @@ __all__ = [
     "parallel_chat",
     "parallel_chat_structured",
     "parallel_chat_text",
+    "run_on_caller",
 ]
 
 OnError = Literal["return", "continue", "stop"]
@@ -214,7 +218,8 @@ def _run(
         # was sent: nothing to return, so the refusal is the answer.
         first = min(batch.errors)
         why = batch.errors[first]
-        raise BudgetExceeded(
+        # Its own kind: a replay-only refusal stays a ReplayOnlyError.
+        raise (type(why) if isinstance(why, BudgetExceeded) else BudgetExceeded)(
             f"{label}: prompt {first + 1} of {len(args)} refused, nothing sent: "
             + (why.message if isinstance(why, BudgetExceeded) else str(why))
         ) from None
@@ -359,6 +364,11 @@ class _Batch(Generic[R]):
 
     async def run(self) -> None:
         self._semaphore = asyncio.Semaphore(self.max_active)
+        # Sync tools run in the loop's default executor (``Tool.ainvoke``): as many threads as
+        # requests may be in flight, so the tools of different prompts run at the same time
+        # (asyncio's own default has min(32, CPUs + 4) threads). Closed with the private loop.
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(
+            self.max_active, thread_name_prefix="jupyter_llmchat-tool"))
         self._limiter = _RateLimiter(self.rpm)
         # One connection pool for the whole run, sized to max_active: a client per copy would
         # open (and close) a connection per prompt.
@@ -411,6 +421,69 @@ class _Batch(Generic[R]):
                     task.cancel()
 
 
+class _Handoff:
+    """Work the private loop's thread hands to the caller's thread, which waits for the run
+    anyway: what only the caller's thread can do (the tool approval's prompt, which reads the
+    kernel's stdin). One at a time; closed when the caller stops waiting."""
+
+    def __init__(self) -> None:
+        self.work: queue.Queue[tuple[Callable[[], Any], dict[str, Any], threading.Event]] = (
+            queue.Queue())
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def serve(self, timeout: float) -> None:
+        """On the caller's thread: run what is handed over within ``timeout`` seconds."""
+        try:
+            fn, box, answered = self.work.get(timeout=timeout)
+        except queue.Empty:
+            return
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed back; Ctrl-C also stops the run here
+            box["error"] = exc
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+        finally:
+            answered.set()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+        while True:
+            try:
+                _, box, answered = self.work.get_nowait()
+            except queue.Empty:
+                return
+            box["error"] = LookupError("the parallel_chat run ended before it was answered")
+            answered.set()
+
+
+_handoffs = threading.local()
+
+
+def run_on_caller(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on the thread that called ``parallel_chat`` and return its result (called
+    from the run's own thread); ``LookupError`` where there is no such caller, or it stopped
+    waiting. The run's loop waits meanwhile: this is for a short, modal question."""
+    handoff: _Handoff | None = getattr(_handoffs, "current", None)
+    if handoff is None:
+        raise LookupError("not inside a parallel_chat run")
+    box: dict[str, Any] = {}
+    answered = threading.Event()
+    with handoff.lock:
+        if handoff.closed:
+            raise LookupError("the parallel_chat run is ending")
+        handoff.work.put((fn, box, answered))
+    answered.wait()
+    if "error" in box:
+        error = box["error"]
+        if isinstance(error, Exception):
+            raise error
+        raise LookupError("interrupted")  # Ctrl-C at the caller: not raised in the loop's thread
+    return box["value"]  # type: ignore[no-any-return]
+
+
 def _in_private_loop(
     main: Callable[[], Coroutine[Any, Any, None]], line: _ProgressLine | None
 ) -> bool:
@@ -424,8 +497,10 @@ def _in_private_loop(
     ready = threading.Event()
     done = threading.Event()
     box: dict[str, Any] = {}
+    handoff = _Handoff()
 
     def work() -> None:
+        _handoffs.current = handoff
         loop = asyncio.new_event_loop()
         try:
             task = loop.create_task(main())
@@ -449,11 +524,13 @@ def _in_private_loop(
         line.show()
     thread.start()
     try:
-        while not done.wait(1.0 / PROGRESS_HZ):
+        while not done.is_set():
+            handoff.serve(1.0 / PROGRESS_HZ)
             if line is not None:
                 line.update()
     except KeyboardInterrupt:
         interrupted = True
+        handoff.close()
         ready.wait()
         loop, task = box.get("loop"), box.get("task")
         if loop is not None and task is not None and not loop.is_closed():
@@ -462,6 +539,7 @@ def _in_private_loop(
             except RuntimeError:  # the loop closed meanwhile: nothing left to cancel
                 pass
         done.wait()  # the cancel is quick: each task records its partial turn and returns
+    handoff.close()
     thread.join()
     if line is not None:
         line.update(final=True)

@@ -3,10 +3,11 @@
 Core module (no IPython): ``Chat`` passes the guard before each request; the notebook layer
 (``_bridge``) installs the budget on it; the magics use the replay keys and the footer.
 
-- ``request_hash`` keys an exchange by everything that decides the request: the prompt as sent
-  (after ``{{ }}`` and ``--with``), the history before it, provider, model, system prompt and
-  params. The key is stored in the user turn's ``meta`` (``request_hash``), so it travels with
-  the notebook's record and a re-run of an unchanged cell can show the recorded answer.
+- ``request_hash`` is the replay key's version 1: one hash of everything that decides the
+  request (the prompt as sent, after ``{{ }}`` and ``--with``, the history before it, provider,
+  model, system prompt and params), stored in the user turn's ``meta`` (``request_hash``) so it
+  travels with the notebook's record. ``_replay`` compares keys (its version 2 keeps the parts
+  apart) and still replays an exchange that holds only this one.
 - ``check_budget`` is the whole budget rule: refuse before anything is sent when the spend is
   already at the budget, or when this request's worst case (input estimate + max_tokens at the
   known price) would pass it.
@@ -18,6 +19,10 @@ Core module (no IPython): ``Chat`` passes the guard before each request; the not
   the budget together, and settles each when its answer's usage arrives (its ``on_spend``
   listeners hear it, the process ledger among them, and the rule), or releases it when nothing
   arrived.
+- Replay-only mode (``JUPYTER_LLMCHAT_REPLAY=only`` in the environment, or the notebook's
+  ``ChatMagics.replay = "only"`` set on the guard): the guard refuses every request with
+  ``ReplayOnlyError`` before anything is sent, so a CI run or docs build of a saved notebook
+  costs nothing whatever path asks (a cell, the panel, ``parallel_chat``, a ``Chat``).
 """
 
 from __future__ import annotations
@@ -25,18 +30,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from .._errors import BudgetExceeded
+from .._errors import BudgetExceeded, ReplayOnlyError
 from ._turns import Tokens, Turn
 from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cost, format_tokens
 
 __all__ = [
     "Budget",
+    "BudgetExceeded",
+    "REPLAY_ENV",
+    "ReplayOnlyError",
     "RequestPreview",
     "SpendGuard",
     "SpendRequest",
@@ -45,8 +54,8 @@ __all__ = [
     "check_budget",
     "check_request",
     "estimate_tokens",
-    "find_replay",
     "footer",
+    "history_hash",
     "request_estimate",
     "request_hash",
     "spend_guard",
@@ -55,6 +64,8 @@ __all__ = [
 ]
 
 HASH_KEY = "request_hash"
+#: The environment's replay mode: "only" never sends (CI, docs builds); it overrides the notebook.
+REPLAY_ENV = "JUPYTER_LLMCHAT_REPLAY"
 #: Output tokens assumed for the worst case when neither the cell nor the session sets max_tokens.
 DEFAULT_WORST_OUTPUT = 4096
 #: The largest budget ``%chat_budget`` and the record take: past it a typo, not a limit.
@@ -77,6 +88,15 @@ def _tail(prompt: str, provider: str, model: str | None, system_prompt: str | No
     ).encode()
 
 
+def history_hash(history: Sequence[Turn]) -> Any:
+    """The running sha256 of a history as the replay keys read it (each turn's role and text),
+    to continue with ``.copy()``: both key versions hash a history once."""
+    h = hashlib.sha256()
+    for t in history:
+        h.update(json.dumps(_history_item(t), ensure_ascii=False).encode() + b"\n")
+    return h
+
+
 def request_hash(
     prompt: str,
     history: Sequence[Turn],
@@ -85,46 +105,13 @@ def request_hash(
     model: str | None,
     system_prompt: str | None,
     params: Mapping[str, Any],
+    hashed: Any = None,
 ) -> str:
-    """The replay key of a request (hex sha256, shortened)."""
-    h = hashlib.sha256()
-    for t in history:
-        h.update(json.dumps(_history_item(t), ensure_ascii=False).encode() + b"\n")
+    """The replay key of a request, version 1 (hex sha256, shortened); ``hashed``: the
+    ``history_hash(history)`` already taken."""
+    h = (hashed if hashed is not None else history_hash(history)).copy()
     h.update(b"--\n" + _tail(prompt, provider, model, system_prompt, params))
-    return h.hexdigest()[:32]
-
-
-def find_replay(
-    turns: Sequence[Turn],
-    prompt: str,
-    *,
-    provider: str,
-    model: str | None,
-    system_prompt: str | None,
-    params: Mapping[str, Any],
-    at: int | None = None,
-) -> int | None:
-    """Index of a recorded user turn whose request had exactly these inputs, or None.
-
-    ``at``: look only at that index (the exchange a notebook cell recorded before). Only a
-    complete answer (not partial) is replayed. Hashing is incremental over the history, so a
-    lookup is linear in its length.
-    """
-    h = hashlib.sha256()
-    tail = b"--\n" + _tail(prompt, provider, model, system_prompt, params)
-    for i, t in enumerate(turns):
-        if at is not None and i > at:
-            break
-        if t.role == "user" and i + 1 < len(turns) and (at is None or i == at):
-            stored = t.meta.get(HASH_KEY)
-            reply = turns[i + 1]
-            if stored and reply.role == "assistant" and not reply.partial:
-                probe = h.copy()
-                probe.update(tail)
-                if probe.hexdigest()[:32] == stored:
-                    return i
-        h.update(json.dumps(_history_item(t), ensure_ascii=False).encode() + b"\n")
-    return None
+    return str(h.hexdigest()[:32])
 
 
 # -- budget ------------------------------------------------------------------------------------
@@ -393,6 +380,31 @@ class SpendGuard:
         self._rule: SpendRule | None = None
         self._held: list[Reservation] = []
         self._listeners: list[Callable[[str, Turn], None]] = []
+        self._replay_only: str | None = None
+
+    def set_replay_only(self, setting: str | None) -> None:
+        """Refuse every request from now on (``setting`` names who asked for it, for the
+        message, e.g. ``ChatMagics.replay = 'only'``), or no longer (None)."""
+        self._replay_only = setting
+
+    def replay_only(self) -> str | None:
+        """Why nothing may be sent now (the setting that says so), or None.
+
+        The environment wins over the notebook's setting, as CI sets it from outside. A value
+        other than "only" is refused too, not ignored: a typo must not spend in a CI run."""
+        env = os.environ.get(REPLAY_ENV, "").strip()
+        if env.lower() == "only":
+            return f"{REPLAY_ENV}=only"
+        if env:
+            return f"{REPLAY_ENV}={env[:40]!r}, which is not a mode (set it to 'only', or unset it)"
+        return self._replay_only
+
+    def check_sending(self) -> None:
+        """Raise ``ReplayOnlyError`` in replay-only mode; before anything is sent (a request,
+        and what comes before one: asking the server its model, starting the local model)."""
+        why = self.replay_only()
+        if why is not None:
+            raise ReplayOnlyError(f"replay-only mode ({why}): nothing is sent")
 
     def install(self, rule: SpendRule | None) -> None:
         """Make ``rule`` the budget every request passes (None: no budget)."""
@@ -430,6 +442,7 @@ class SpendGuard:
 
     def reserve(self, request: SpendRequest) -> Reservation:
         """Pass ``request`` (raises ``BudgetExceeded``) and hold its worst case until it settles."""
+        self.check_sending()
         with self._lock:
             rule = self._rule
             held = rule.check_spend(request, self._held_total()) if rule is not None else Spent()

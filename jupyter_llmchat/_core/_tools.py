@@ -2,9 +2,13 @@
 
 ``Tool.from_func(fn)`` reads the schema from ``fn``'s type hints and its docstring (the first
 paragraph describes the tool, a Google-style ``Args:`` section describes the parameters).
-``invoke`` and ``ainvoke`` run one call and always return a ``ContentToolResult``: a tool that
-raises sends its error text back to the model instead of ending the conversation, and
-``ToolRejectError`` refuses a call with its reason.
+``invoke`` and ``ainvoke`` run one call and always return a ``ContentToolResult`` (with its
+status and how long it ran): a tool that raises sends its error text back to the model instead
+of ending the conversation, and ``ToolRejectError`` refuses a call with its reason.
+
+``ToolCallbacks`` holds ``on_tool_request`` / ``on_tool_result`` callbacks: each ``Chat`` has
+its own, and ``tool_hooks`` is the process's, which every call of every ``Chat`` passes after
+the chat's own (the notebook layer's approval is one request callback there).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import enum
 import inspect
 import json
 import re
+import sys
 import threading
+import time
 import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +30,15 @@ from typing import Any, Union
 from .._errors import ConfigurationError, ToolRejectError
 from ._turns import ContentToolRequest, ContentToolResult
 
-__all__ = ["Tool", "is_typeddict", "json_schema_of", "tool_result_text"]
+__all__ = [
+    "ANNOTATION_KEYS",
+    "Tool",
+    "ToolCallbacks",
+    "is_typeddict",
+    "json_schema_of",
+    "tool_hooks",
+    "tool_result_text",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -34,9 +48,24 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TOOL_RESULT_CHARS = 32_000
 
 
+#: MCP's tool annotations (its ``ToolAnnotations``) and the type of each: hints about what a
+#: call does, which the approval policy reads (``readOnlyHint``, ``destructiveHint``).
+ANNOTATION_KEYS: dict[str, type] = {
+    "title": str,
+    "readOnlyHint": bool,
+    "destructiveHint": bool,
+    "idempotentHint": bool,
+    "openWorldHint": bool,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Tool:
-    """A function the model may call: its name, description, parameters' schema and the function."""
+    """A function the model may call: its name, description, parameters' schema and the function.
+
+    ``annotations`` are MCP's hints (``ANNOTATION_KEYS``) or None; ``server`` names the MCP
+    server the tool comes from (None: a Python function of the user's), which the approval
+    policy tells apart."""
 
     func: Callable[..., Any]
     name: str
@@ -45,10 +74,12 @@ class Tool:
     #: MCP's tool annotations (``title``, ``readOnlyHint``, ``destructiveHint``,
     #: ``idempotentHint``, ``openWorldHint``): an MCP server's own, or the user's.
     annotations: dict[str, Any] | None = None
+    server: str | None = None
 
     @classmethod
     def from_func(
-        cls, func: Callable[..., Any], *, name: str | None = None, description: str | None = None
+        cls, func: Callable[..., Any], *, name: str | None = None, description: str | None = None,
+        annotations: Mapping[str, Any] | None = None,
     ) -> Tool:
         if not callable(func):
             raise ConfigurationError(f"a tool must be a function, not a {type(func).__name__}")
@@ -64,6 +95,7 @@ class Tool:
             name=name,
             description=description if description is not None else summary,
             parameters=_parameters_schema(func, arg_docs),
+            annotations=check_annotations(annotations),
         )
 
     def schema(self) -> dict[str, Any]:
@@ -81,13 +113,14 @@ class Tool:
 
     def invoke(self, request: ContentToolRequest) -> ContentToolResult:
         """Run one call (an async tool on a private event loop); never raises an Exception."""
+        t0 = time.perf_counter()
         try:
             value = self.func(**request.arguments)
             if inspect.isawaitable(value):
                 value = _run_awaitable(value)
         except Exception as exc:
-            return _failed(request, exc)
-        return _succeeded(request, value)
+            return _timed(_failed(request, exc), t0)
+        return _timed(_succeeded(request, value), t0)
 
     async def ainvoke(self, request: ContentToolRequest) -> ContentToolResult:
         """Run one call on the running loop; a sync tool in a worker thread, so the loop stays
@@ -95,16 +128,124 @@ class Tool:
         to finish in its thread, has its result discarded."""
         import asyncio  # only here: the sync path and ``import jupyter_llmchat`` never need it
 
+        t0 = time.perf_counter()
         try:
             if _is_async(self.func):
                 value = self.func(**request.arguments)
             else:
+                # The loop's default executor: parallel_chat sizes it to max_active, so the sync
+                # tools of that many prompts run at once.
                 value = await asyncio.to_thread(self.func, **request.arguments)
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:
-            return _failed(request, exc)
-        return _succeeded(request, value)
+            return _timed(_failed(request, exc), t0)
+        return _timed(_succeeded(request, value), t0)
+
+
+def check_annotations(annotations: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """MCP's annotations, checked: known keys (``ANNOTATION_KEYS``), each of its type."""
+    if annotations is None:
+        return None
+    if not isinstance(annotations, Mapping):
+        raise ConfigurationError(
+            f"annotations must be a dict of MCP's tool hints, not a {type(annotations).__name__}"
+        )
+    known = ", ".join(ANNOTATION_KEYS)
+    out: dict[str, Any] = {}
+    for key, value in annotations.items():
+        kind = ANNOTATION_KEYS.get(key) if isinstance(key, str) else None
+        if kind is None:
+            raise ConfigurationError(
+                f"unknown tool annotation {key!r}", hint=f"MCP's annotations are {known}"
+            )
+        if not isinstance(value, kind) and value is not None:
+            raise ConfigurationError(
+                f"tool annotation {key!r} must be a {kind.__name__}, not {value!r}"
+            )
+        if value is not None:
+            out[key] = value
+    return out
+
+
+# -- callbacks --------------------------------------------------------------------------------
+
+RequestCallback = Callable[[ContentToolRequest], Any]
+ResultCallback = Callable[[ContentToolResult], Any]
+
+
+class ToolCallbacks:
+    """``on_tool_request`` / ``on_tool_result`` callbacks, in the order they were added.
+
+    A request callback that raises ``ToolRejectError`` refuses the call (the later callbacks
+    and the tool do not run); any other exception from a callback refuses it too, with that
+    error as the reason, since a policy that failed cannot be taken as a yes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._request: list[RequestCallback] = []
+        self._result: list[ResultCallback] = []
+
+    def on_tool_request(self, callback: RequestCallback) -> Callable[[], None]:
+        return self._add(self._request, callback)
+
+    def on_tool_result(self, callback: ResultCallback) -> Callable[[], None]:
+        return self._add(self._result, callback)
+
+    def _add(self, into: list[Any], callback: Callable[..., Any]) -> Callable[[], None]:
+        if not callable(callback):
+            raise ConfigurationError(f"a callback must be callable, not a {type(callback).__name__}")
+        with self._lock:
+            into.append(callback)
+
+        def remove() -> None:
+            """Unregister the callback (a second call does nothing)."""
+            with self._lock:
+                if callback in into:
+                    into.remove(callback)
+
+        return remove
+
+    def copy_into(self, other: ToolCallbacks) -> None:
+        with self._lock:
+            other._request, other._result = list(self._request), list(self._result)
+
+    def check_request(self, request: ContentToolRequest) -> ContentToolResult | None:
+        """Run the request callbacks; the refusal's result, or None: the call may run."""
+        with self._lock:
+            callbacks = list(self._request)
+        for cb in callbacks:
+            try:
+                cb(request)
+            except ToolRejectError as exc:
+                return refused(request, exc.message)
+            except Exception as exc:
+                return refused(request, f"the on_tool_request callback failed: {_describe(exc)}")
+        return None
+
+    def tell_result(self, result: ContentToolResult) -> None:
+        """Run the result callbacks; one that raises is reported and loses no turn."""
+        with self._lock:
+            callbacks = list(self._result)
+        for cb in callbacks:
+            try:
+                cb(result)
+            except Exception as exc:
+                print(f"jupyter_llmchat: on_tool_result callback failed: {exc!r}", file=sys.stderr)
+
+
+#: The process's callbacks: every tool call of every ``Chat`` passes them, after the chat's own.
+tool_hooks = ToolCallbacks()
+
+
+def refused(request: ContentToolRequest, reason: str) -> ContentToolResult:
+    """The result of a call refused before it ran: the model is told why."""
+    return ContentToolResult(request.id, None, f"Tool call rejected. {reason}", name=request.name,
+                             status="refused")
+
+
+def _timed(result: ContentToolResult, t0: float) -> ContentToolResult:
+    return dataclasses.replace(result, duration=time.perf_counter() - t0)
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
@@ -164,9 +305,8 @@ def _succeeded(request: ContentToolRequest, value: Any) -> ContentToolResult:
 
 def _failed(request: ContentToolRequest, exc: Exception) -> ContentToolResult:
     if isinstance(exc, ToolRejectError):
-        error = f"Tool call rejected. {exc.message}"
-    else:
-        error = f"Tool call failed with error: {_describe(exc)}"
+        return refused(request, exc.message)
+    error = f"Tool call failed with error: {_describe(exc)}"
     return ContentToolResult(request.id, None, error, name=request.name)
 
 

@@ -36,6 +36,8 @@ __all__ = [
 T = TypeVar("T")
 
 Role = Literal["system", "user", "assistant"]
+ToolStatus = Literal["ok", "refused", "error"]
+TOOL_STATUSES = ("ok", "refused", "error")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class ContentToolRequest:
     name: str
     arguments: dict[str, Any]
     type: Literal["tool_request"] = field(default="tool_request", init=False)
+    #: The ``Tool`` the call names, on the request ``on_tool_request`` callbacks receive (so a
+    #: policy can read its annotations); None elsewhere. Never compared, shown or recorded.
+    tool: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "tool_request", "id": self.id, "name": self.name, "arguments": self.arguments}
@@ -85,18 +90,32 @@ class ContentToolRequest:
 @dataclass(frozen=True)
 class ContentToolResult:
     """What the call ``id`` returned (``value``, JSON-able) or why it failed (``error``, sent back
-    to the model as the result); ``name`` is the tool's, for display."""
+    to the model as the result); ``name`` is the tool's, for display.
+
+    ``status`` is "ok", "refused" (``ToolRejectError``: by the tool, a callback or the approval)
+    or "error" (it raised, or never ran); left out, it follows ``error``. ``duration`` is how
+    long the call ran, in seconds (None: it did not run, or an older record did not say)."""
 
     id: str
     value: Any = None
     error: str | None = None
     name: str | None = None
+    status: ToolStatus | None = None
+    #: A measurement, not part of what the call returned: left out of comparisons.
+    duration: float | None = field(default=None, compare=False)
     type: Literal["tool_result"] = field(default="tool_result", init=False)
 
+    def __post_init__(self) -> None:
+        if self.status not in TOOL_STATUSES:
+            object.__setattr__(self, "status", "ok" if self.error is None else "error")
+
     def to_dict(self) -> dict[str, Any]:
-        d = {"type": "tool_result", "id": self.id, "value": self.value, "error": self.error}
+        d = {"type": "tool_result", "id": self.id, "value": self.value, "error": self.error,
+             "status": self.status}
         if self.name is not None:
             d["name"] = self.name
+        if self.duration is not None:
+            d["duration_s"] = round(self.duration, 3)
         return d
 
 
@@ -123,7 +142,12 @@ def content_from_dict(d: dict[str, Any]) -> Content:
             raise ValueError("tool_result error must be a string or null")
         if name is not None and not isinstance(name, str):
             raise ValueError("tool_result name must be a string or null")
-        return ContentToolResult(d["id"], d.get("value"), error, name)
+        # Additive fields: a value this reader does not know is left out, never an error.
+        status = d.get("status") if d.get("status") in TOOL_STATUSES else None
+        duration = d.get("duration_s")
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration < 0:
+            duration = None
+        return ContentToolResult(d["id"], d.get("value"), error, name, status, duration)
     raise ValueError(f"not a content: type={kind!r}")
 
 
@@ -275,6 +299,15 @@ class Turn:
             v = d.get(k)
             if isinstance(v, str) and len(v) <= 200:
                 meta[k] = v
+        # Its parts (see _replay), kept as they were, of any version: a key this reader cannot
+        # compare is still not dropped from the record it writes again.
+        rk = d.get("request_key")
+        if rk is not None:
+            if not isinstance(rk, dict) or not _plain_json(rk, MAX_KEY_CHARS):
+                raise ValueError(
+                    f"request_key must be a JSON object of at most {MAX_KEY_CHARS:,} characters"
+                )
+            meta["request_key"] = rk
         return cls(
             role=role,
             contents=contents,
@@ -294,6 +327,18 @@ class Turn:
         short = text if len(text) <= 60 else text[:57] + "..."
         extra = " partial" if self.partial else ""
         return f"<Turn {self.role}{extra} {short!r}>"
+
+
+#: The most characters of a user turn's ``request_key`` kept from a record.
+MAX_KEY_CHARS = 8_000
+
+
+def _plain_json(value: Any, limit: int) -> bool:
+    """``value`` is JSON (no NaN) of at most ``limit`` characters."""
+    try:
+        return len(json.dumps(value, allow_nan=False)) <= limit
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def check_tool_pairs(turns: list[Turn]) -> None:
@@ -385,11 +430,14 @@ def short_arguments(arguments: dict[str, Any], limit: int = SHORT_ARGUMENTS) -> 
 
 
 def call_line(name: str, arguments: dict[str, Any], result: ContentToolResult | None) -> str:
-    """A tool call on one line: name, short arguments, ok or error."""
+    """A tool call on one line: name, short arguments, ok / refused / error, how long it ran."""
     if result is None:
-        state = "no result"
+        return f"{name}({short_arguments(arguments)}) → no result"
+    state = (result.status or "ok") + (
+        f" · {result.duration:.2f} s" if result.duration is not None else "")
+    if result.status == "refused" and result.error is not None:
+        # A refusal's reason may say how to allow the call: room for it.
+        state += ": " + one_line(result.error.removeprefix("Tool call rejected.").strip(), 160)
     elif result.error is not None:
-        state = "error: " + one_line(result.error, SHORT_ERROR)
-    else:
-        state = "ok"
+        state += ": " + one_line(result.error, SHORT_ERROR)
     return f"{name}({short_arguments(arguments)}) → {state}"

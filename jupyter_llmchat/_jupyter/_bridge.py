@@ -718,10 +718,18 @@ def _holds_cells(record: Any, ids: list[str]) -> bool:
     """Whether the saved file's cells are the ones the record's exchanges were asked in: a
     tool that gave every cell a new id would otherwise make each exchange look deleted (and a
     Run All ask everything again). A record with no cell ids yet takes the file's order."""
-    recorded = {t.get("cell_id") for s in ((record or {}).get("sessions") or {}).values()
-                if isinstance(s, dict) for t in (s.get("turns") or []) if isinstance(t, dict)}
-    recorded.discard(None)
+    # Read as untrusted: a record of any shape is judged (and refused) by apply, not here.
+    sessions = record.get("sessions") if isinstance(record, dict) else None
+    recorded = {
+        t.get("cell_id")
+        for s in (sessions.values() if isinstance(sessions, dict) else ()) if isinstance(s, dict)
+        for t in _list(s.get("turns")) if isinstance(t, dict) and isinstance(t.get("cell_id"), str)
+    }
     return not recorded or bool(recorded & set(ids))
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _parent(shell: Any) -> dict[str, Any]:

@@ -33,8 +33,11 @@ __all__ = [
 _MISSING = object()
 
 
-def attachments(names: str | None, namespace: dict[str, Any], max_tokens: int) -> list[Attachment]:
-    """Summaries of the ``--with`` names; an unknown name is a UsageError (nothing is sent)."""
+def attachments(
+    names: str | None, namespace: dict[str, Any], max_tokens: int, *, fingerprint: bool = False
+) -> list[Attachment]:
+    """Summaries of the ``--with`` names (``fingerprint``: with their content's digest, for the
+    replay key); an unknown name is a UsageError (nothing is sent)."""
     if not names:
         return []
     wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -47,7 +50,7 @@ def attachments(names: str | None, namespace: dict[str, Any], max_tokens: int) -
         value = namespace.get(name, _MISSING)
         if value is _MISSING:
             raise UsageError(f"--with: no variable named {name!r} in the namespace; nothing sent")
-        out.append(summarize(name, value, max_tokens))
+        out.append(summarize(name, value, max_tokens, fingerprint=fingerprint))
     return out
 
 

@@ -6,7 +6,9 @@ the cell's exchange is in the notebook's order of cells (``_record/_order.py``: 
 it are its history, a re-run replaces its exchange in place), a recorded answer shown again, or the
 request streamed into the cell's display with its three error paths (Ctrl-C, the budget, the
 server). The spend guard itself is the core's (every request passes it); this module only says
-what a refusal means in a cell.
+what a refusal means in a cell. Whether a recorded answer still answers the cell is the core's
+replay key (``_replay``); a cell asked again instead says why in one line, and in replay-only
+mode (``ChatMagics.replay = "only"``, ``JUPYTER_LLMCHAT_REPLAY=only``) fails saying it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from IPython.core.error import UsageError
 from .. import _sessions
 from .._core import _spend
 from .._core._params import params as make_params
+from .._core._replay import ReplayCheck, Request, check_replay
+from .._core._spend import spend_guard
 from .._core._turns import exchange_end
 from .._errors import (
     AuthenticationError,
@@ -48,7 +52,7 @@ class Settings(Protocol):
     default_format: str
     display_rate_hz: float
     context_max_tokens: int
-    replay: bool
+    replay: bool | str
     footer: bool
     credentials_env: str
 
@@ -66,6 +70,9 @@ class _Question:
     fmt: str
     #: ``--tools``: offered for this cell's exchange only.
     tools: list[Any]
+    #: The question before its attachments, and (name, content key) of each ``--with`` value.
+    prompt: str = ""
+    attached: tuple[tuple[str, str], ...] = ()
 
 
 class CellRunner:
@@ -102,15 +109,28 @@ class CellRunner:
         if args.new:
             chat.reset()
             self.settings.refresh_session(args.session)
-            chat = _sessions.prepare(args.session, on_status=display.status)
+            chat = _sessions.prepare(args.session, on_status=display.status,
+                                     start=spend_guard.replay_only() is None)
         if args.system is not None:
             chat.system_prompt = args.system
-        key = request_key(chat, args.model, question.overrides)
         if args.new or args.no_history:
             rerun = None
-        if self._replayed(args, chat, question, key, display, cell_id, run_id, rerun):
+        check = self._replayed(args, chat, question, display, cell_id, run_id, rerun)
+        if check.index is not None:
             return None
-        return self._ask(args, chat, question, key, display, cell_id, run_id, rerun)
+        # Replay-only (the environment's or ChatMagics.replay = "only", set on the core's spend
+        # guard, which refuses any request then): the cell fails first, naming what changed.
+        only = spend_guard.replay_only()
+        if only is not None:
+            if check.reason():
+                what = f"its recorded answer does not match: {check.reason()}"
+            else:
+                what = ("a --no-history cell is never recorded" if args.no_history
+                        else "it has no recorded answer")
+            raise UsageError(f"replay-only mode ({only}): {what}; nothing sent")
+        if check.reason():
+            show_line(self.shell, f"asked again: {check.reason()}")
+        return self._ask(args, chat, question, display, cell_id, run_id, rerun)
 
     def _question(self, args: Any, prompt: str, template: bool) -> _Question:
         """Check the options, then the prompt with ``{{ }}`` filled and ``--with`` attached."""
@@ -125,18 +145,23 @@ class CellRunner:
             raise UsageError(str(exc)) from None
         if args.output is not None:
             check_output_name(args.output)
-        text = interpolate(prompt, self.shell.user_ns) if template else prompt
-        attached = ctx.attachments(args.with_names, self.shell.user_ns, self.settings.context_max_tokens)
-        text = _context.attach(text, attached)
+        bare = interpolate(prompt, self.shell.user_ns) if template else prompt
+        # The replay key holds each value's content, not only its summary (a dry run needs none).
+        attached = ctx.attachments(args.with_names, self.shell.user_ns,
+                                   self.settings.context_max_tokens, fingerprint=not args.dry_run)
+        text = _context.attach(bare, attached)
         tools = cell_tools(args.tool_names, self.shell, self.settings.context_max_tokens,
                            self.cell_runs)
         if attached and not args.dry_run:  # first, above the answer (a dry run shows them whole)
             show_line(self.shell, _context.describe_attachments(attached))
-        return _Question(text, overrides, args.format or self.settings.default_format, tools)
+        return _Question(text, overrides, args.format or self.settings.default_format, tools, bare,
+                         tuple((a.name, a.content_key()) for a in attached))
 
     def _session(self, args: Any, display: AnswerDisplay) -> Any:
         try:
-            chat = _sessions.prepare(args.session, on_status=display.status)
+            # Replay-only: nothing will be sent, so the local model is not started either.
+            chat = _sessions.prepare(args.session, on_status=display.status,
+                                     start=spend_guard.replay_only() is None)
         except LLMChatError as exc:
             raise UsageError(str(exc)) from None
         if chat.busy:
@@ -163,42 +188,44 @@ class CellRunner:
         return self._order.span(chat.get_turns(), cell_id)
 
     def _replayed(
-        self, args: Any, chat: Any, question: _Question, key: dict[str, Any], display: AnswerDisplay,
+        self, args: Any, chat: Any, question: _Question, display: AnswerDisplay,
         cell_id: str | None, run_id: str | None, rerun: tuple[int, int] | None,
-    ) -> bool:
-        """Show the recorded answer of this question if there is one (no request, no spend).
+    ) -> ReplayCheck:
+        """Show the recorded answer of this question if there is one (no request, no spend);
+        else say why not (nothing to say when nothing was recorded or replay is off).
 
-        A notebook cell replays only its own recorded exchange. Where cells have no id
-        (nbclient, terminal IPython), the notebook is taken in order: the next recorded one."""
+        A notebook cell replays only its own recorded exchange, found where the notebook's order
+        puts it. Where cells have no id (nbclient, terminal IPython), the notebook is taken in
+        order: the next recorded one."""
         turns = chat.get_turns()
         if cell_id is None:
             at: int | None = self._replay_next.get(chat, 0)
         elif rerun is not None and _holds(turns, rerun, cell_id):
-            at = rerun[0]  # only the cell's own exchange, found where the notebook's order puts it
+            at = rerun[0]
         else:
             at = None
-        if not self.settings.replay or args.refresh or args.no_history or at is None:
-            return False
-        found = _spend.find_replay(turns, question.text, at=at, **key)
-        if found is None:
-            return False
-        end = exchange_end(turns, found)
+        only = spend_guard.replay_only() is not None  # it overrides --refresh and replay = False
+        if not only and (not self.settings.replay or args.refresh) or args.no_history or at is None:
+            return ReplayCheck(None)
+        check = check_replay(turns, at, request_of(chat, args.model, question, turns[:at]))
+        if check.index is None:
+            return check
+        end = exchange_end(turns, check.index)
         self._replay_next[chat] = end
         self._note_run(cell_id, run_id, end, rerun[1] if rerun is not None else end)
-        self._replay(display, chat, args, question.fmt, found)
-        return True
+        self._replay(display, chat, args, question.fmt, check.index)
+        return check
 
     def _ask(
-        self, args: Any, chat: Any, question: _Question, key: dict[str, Any], display: AnswerDisplay,
+        self, args: Any, chat: Any, question: _Question, display: AnswerDisplay,
         cell_id: str | None, run_id: str | None, rerun: tuple[int, int] | None,
     ) -> Any:
         __tracebackhide__ = True  # noqa: F841 - as in run
         fmt = question.fmt
         turns = chat.get_turns()
         past = [] if args.no_history else turns[:rerun[0] if rerun is not None else len(turns)]
-        meta = {"cell_id": cell_id, "source": "cell",
-                "request_hash": _spend.request_hash(question.text, past, **key),
-                ABOVE_KEY: above_hash(past)}
+        keys = request_of(chat, args.model, question, past).meta()
+        meta = {"cell_id": cell_id, "source": "cell", **keys, ABOVE_KEY: above_hash(past)}
         # Until this answer is in, a second %chat line of this execution takes the same span.
         if rerun is not None:
             self._note_run(cell_id, run_id, *rerun)
@@ -303,7 +330,7 @@ class CellRunner:
         system = args.system if args.system is not None else chat.system_prompt
         preview = chat.request_preview(
             question.text, model=args.model or None, params=question.overrides,
-            history=not fresh, replace_from=rerun, system_prompt=system or None, source="cell",
+            history=not fresh, replace=rerun, system_prompt=system or None, source="cell",
         )
         view = ctx.dry_run_text(
             url=chat.provider.display_url, model=args.model or chat.provider.model, params=params,
@@ -323,9 +350,9 @@ class CellRunner:
                 if c.type in ("text", "thinking"):
                     display.fill(c.type, getattr(c, c.type))
                 elif c.type == "tool_request":
-                    display.tool_request(c.id, c.name, c.arguments, show=False)
+                    display.tool_request(c.id, c.name, c.arguments, replayed=True)
                 elif c.type == "tool_result":
-                    display.tool_result(c.id, c.value, c.error, show=False)
+                    display.tool_result(c.id, c.value, c.error, status=c.status, replayed=True)
         meta = display_metadata(args.session, chat, exchange, recorded=True)
         meta[KEY]["replayed"] = True
         display.final(fmt, meta)
@@ -345,14 +372,15 @@ class CellRunner:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def request_key(chat: Any, model: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """What, besides the prompt and history, decides a request (the replay key's inputs)."""
-    return {
-        "provider": chat.provider.name,
-        "model": model or chat.provider.model,
-        "system_prompt": chat.system_prompt,
-        "params": {**chat.provider.params, **overrides},
-    }
+def request_of(chat: Any, model: str | None, question: _Question, history: Any) -> Request:
+    """What decides this cell's request after ``history`` (the replay key's inputs)."""
+    return Request(
+        prompt=question.prompt, text=question.text, history=history, provider=chat.provider.name,
+        model=model or chat.provider.model, system_prompt=chat.system_prompt,
+        params={**chat.provider.params, **question.overrides},
+        tools=offered_tools(chat, question),
+        attached=question.attached,
+    )
 
 
 def offered_tools(chat: Any, question: _Question) -> list[Any]:
@@ -388,4 +416,5 @@ def show_item(display: AnswerDisplay, item: Any) -> None:
     elif kind == "tool_request":
         display.tool_request(item.id, item.name, item.arguments)
     elif kind == "tool_result":
-        display.tool_result(item.id, item.value, item.error)
+        display.tool_result(item.id, item.value, item.error, status=item.status,
+                            duration=item.duration)

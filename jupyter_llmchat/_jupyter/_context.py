@@ -78,6 +78,13 @@ class Attachment:
     def tokens(self) -> int:
         return estimate_tokens(len(self.text))
 
+    def content_key(self) -> str:
+        """What the replay key holds of this value: the summary the model reads and the digest
+        of its content (the summary alone when the content could not be read)."""
+        fp = None if self.fingerprint is None else self.fingerprint.digest
+        raw = json.dumps([self.kind, self.text, fp], ensure_ascii=False)
+        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
     def block(self) -> str:
         """The attachment as it goes into the user message: a fenced block headed by its name."""
         fence = "`" * max(3, _longest_backtick_run(self.text) + 1)

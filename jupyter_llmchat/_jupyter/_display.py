@@ -25,7 +25,7 @@ from .._core._turns import short_arguments
 
 __all__ = [
     "BYTES_PER_SECOND", "AnswerDisplay", "StreamDisplay", "TerminalDisplay", "error_bundle",
-    "formatwarning_hook", "kernel_display", "show_line", "tool_line",
+    "formatwarning_hook", "kernel_display", "show_line", "tool_line", "tool_state",
 ]
 
 #: Budget for intermediate updates (characters re-sent per second of streaming).
@@ -47,9 +47,12 @@ class AnswerDisplay(Protocol):
 
     def fill(self, kind: str, piece: str) -> None: ...
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None: ...
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None: ...
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None: ...
+    def tool_result(self, call_id: str, value: Any, error: str | None, *, status: str | None = None,
+                    duration: float | None = None, replayed: bool = False) -> None: ...
 
     def final(self, fmt: str, metadata: dict[str, Any], note: str | None = None) -> None: ...
 
@@ -126,9 +129,11 @@ class StreamDisplay:
         (self._text if kind == "text" else self._thinking).append(piece)
         self._chars += len(piece)
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None:
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None:
         """The model asked for a call: one line for it, under way until its result.
-        ``show=False``: no update now (a replayed answer is shown whole by ``final``)."""
+        ``replayed``: no update now (a replayed answer is shown whole by ``final``)."""
         with self._lock:
             if not self._calls:
                 # A new round: the text so far was the model's words before it asked; the
@@ -136,24 +141,31 @@ class StreamDisplay:
                 self._before.append(self._round_markdown())
                 self._text, self._thinking = [], []
             self._calls[call_id] = [name, arguments, self._clock(), None]
-            if show:
+            if not replayed:
                 self._update_now()
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None:
-        """A call's result: its line says ok or error and how long it took."""
+    def tool_result(self, call_id: str, value: Any, error: str | None, *, status: str | None = None,
+                    duration: float | None = None, replayed: bool = False) -> None:
+        """A call's result: its line says ok, refused or error and how long it ran (the
+        result's own ``duration``, or the time since its request: an older record's);
+        ``replayed``: the recorded result, and the line says the tool was not run again."""
         with self._lock:
             call = self._calls.get(call_id)
             if call is None:
                 return
             now = self._clock()
-            # Calls of one round run one after another (sync) or together (async): a call's time
-            # is counted from its request or the previous result, whichever came later.
-            call[3] = (value, error, now - max(call[2], self._last_result))
+            if replayed:
+                duration = None  # it did not run now
+            elif duration is None and status != "refused":
+                # Calls of one round run one after another (sync) or together (async): counted
+                # from its request or the previous result, whichever came later.
+                duration = now - max(call[2], self._last_result)
+            call[3] = (value, error, duration, status, replayed)
             self._last_result = now
             if all(c[3] is not None for c in self._calls.values()):
                 self._before.append("".join(self._call_markdown(c) for c in self._calls.values()))
                 self._calls = {}
-            if show:
+            if not replayed:
                 self._update_now()
 
     def _update_now(self) -> None:
@@ -172,10 +184,12 @@ class StreamDisplay:
 
     def _call_markdown(self, call: list[Any]) -> str:
         name, arguments, _, done = call
-        value, error, seconds = done if done is not None else (None, None, None)
+        value, error, seconds, status, replayed = (
+            done if done is not None else (None, None, None, None, False))
         # Still under way once the display is closed: the run stopped while it ran (Ctrl-C).
         stopped = done is None and self._closed
-        return tool_line(name, arguments, value, error, seconds, interrupted=stopped) + "\n\n"
+        return tool_line(name, arguments, value, error, seconds, status=status, done=done is not None,
+                         interrupted=stopped, replayed=replayed) + "\n\n"
 
     def _flush(self, now: float) -> None:
         md = self.markdown(partial_cursor=True)
@@ -306,12 +320,18 @@ class TerminalDisplay:
     def fill(self, kind: str, piece: str) -> None:
         self.delta(kind, piece)
 
-    def tool_request(self, call_id: str, name: str, arguments: dict[str, Any], *, show: bool = True) -> None:
+    def tool_request(
+        self, call_id: str, name: str, arguments: dict[str, Any], *, replayed: bool = False
+    ) -> None:
         self._text = []  # as in StreamDisplay: the answer is the last round's text
         sys.stdout.write(f"\n[tool call] {name}({short_arguments(arguments)})\n")
 
-    def tool_result(self, call_id: str, value: Any, error: str | None, *, show: bool = True) -> None:
-        sys.stdout.write(f"[tool {'error' if error is not None else 'ok'}]\n")
+    def tool_result(self, call_id: str, value: Any, error: str | None, *, status: str | None = None,
+                    duration: float | None = None, replayed: bool = False) -> None:
+        state = tool_state(error, status, None if replayed else duration)
+        if replayed:
+            state += ", recorded: not run again"
+        sys.stdout.write(f"[tool {state}]\n" if status != "refused" else f"[tool {state}] {error}\n")
 
     @property
     def text(self) -> str:
@@ -359,22 +379,38 @@ def _fenced(text: str, info: str = "") -> str:
 MAX_SHOWN_RESULT = 8_000
 
 
+def tool_state(error: str | None, status: str | None, seconds: float | None) -> str:
+    """A finished call's state, as every view shows it: "ok · 0.12 s", "refused", "error · ..."."""
+    state = status or ("ok" if error is None else "error")
+    return state if seconds is None else f"{state} · {seconds:.2f} s"
+
+
 def tool_line(name: str, arguments: dict[str, Any], value: Any, error: str | None,
-              seconds: float | None, *, interrupted: bool = False) -> str:
-    """One tool call as a compact line (name, short arguments, ok or error, time) that opens
-    on the full arguments and result. Everything in it comes from the model or the tool: the
-    line is HTML-escaped, the details go through ``safe_markdown`` (DESIGN §9).
-    ``interrupted``: the call never finished (the output is final: it must not say running)."""
+              seconds: float | None, *, status: str | None = None, done: bool | None = None,
+              interrupted: bool = False, replayed: bool = False) -> str:
+    """One tool call as a compact line (name, short arguments, ok / refused / error, time) that
+    opens on the full arguments and result. Everything in it comes from the model or the tool:
+    the line is HTML-escaped, the details go through ``safe_markdown`` (DESIGN §9).
+    ``done``: it has its result (default: when ``seconds`` is known; a refused call has none).
+    ``interrupted``: the call never finished (the output is final: it must not say running).
+    ``replayed``: the recorded call of a replayed answer: the tool was not run again."""
+    done = (replayed or seconds is not None or status is not None) if done is None else done
     if interrupted:
         state = "interrupted"
-    elif seconds is None:
+    elif not done:
         state = "running…"
     else:
-        state = f"{'error' if error is not None else 'ok'} · {seconds:.2f} s"
+        state = tool_state(error, status, None if replayed else seconds)
+        if status == "refused" and error:
+            # Why, on the line itself: it may say how to allow the call.
+            why = " ".join(error.removeprefix("Tool call rejected.").split())
+            state += f": {why[:157] + '…' if len(why) > 160 else why}"
+        if replayed:
+            state += " · recorded, not run again"
     summary = (f"🔧 <code>{html.escape(name)}</code>({html.escape(short_arguments(arguments))})"
                f" — {html.escape(state)}")
     body = "Arguments:\n\n" + _fenced(json.dumps(arguments, ensure_ascii=False, indent=2), "json")
-    if seconds is not None:
+    if done:
         result = result_text(value, error)
         if len(result) > MAX_SHOWN_RESULT:
             # The output is saved with the notebook: a large result is shown (and kept) cut.

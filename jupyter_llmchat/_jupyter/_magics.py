@@ -25,15 +25,29 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Dict,
+    Enum,
+    Float,
+    Int,
+    TraitError,
+    Unicode,
+    Union,
+    default,
+    observe,
+    validate,
+)
 
 from .. import _sessions
 from .._core._params import params as make_params
 from .._core._presets import chat_openai_compatible
 from .._core._provider import env_credentials
+from .._core._spend import spend_guard
 from .._errors import ChatBusyError, ConfigurationError
 from . import _cellcontext as ctx
 from . import _context
+from ._approval import POLICIES, ToolApproval
 from ._bridge import start_bridge
 from ._cellcontext import CellRuns
 from ._cellrun import CellRunner
@@ -98,12 +112,22 @@ class ChatMagics(Magics):
         2000, help="Most tokens (estimated as characters / 4) of each value attached with "
         "%%chat --with, whatever the value's size."
     ).tag(config=True)
-    replay = Bool(
-        True, help="Show the recorded answer, with no request, when a %%chat cell is re-run with "
-        "the same prompt, history, model, system prompt and params (--refresh asks again)."
+    replay = Union(
+        [Bool(), Enum(["only"])], default_value=True,
+        help="Show the recorded answer, with no request, when a %%chat cell is re-run with "
+        "the same prompt, conversation above, model, system prompt, params, tools and --with "
+        "values (--refresh asks again). \"only\": never send anything (CI, docs builds): a cell "
+        "with no matching recorded answer fails saying what changed. The environment's "
+        "JUPYTER_LLMCHAT_REPLAY=only does the same and wins over this setting.",
     ).tag(config=True)
     footer = Bool(
         True, help="Show a one-line footer under each answer: model, tokens in/out, cost."
+    ).tag(config=True)
+    tool_approval = Enum(
+        POLICIES, "ask", help='Which tool calls ask first. "ask": the calls of your own '
+        "functions and of tools annotated read-only run, the others (MCP tools) ask in the "
+        'cell (yes / no / always); refused where nobody can answer (nbclient, papermill). '
+        '"auto": every call runs. "never": every call is refused.'
     ).tag(config=True)
 
     @default("base_url")
@@ -135,11 +159,25 @@ class ChatMagics(Magics):
             raise TraitError("ChatMagics.base_url must be an http(s) URL, e.g. http://127.0.0.1:11434/v1")
         return value
 
+    @observe("replay")
+    def _replay_changed(self, change: Any) -> None:
+        # The core's one spend guard refuses every request in this mode (panel, parallel_chat).
+        only = change["new"] == "only"
+        spend_guard.set_replay_only("ChatMagics.replay = 'only'" if only else None)
+
+    @observe("tool_approval")
+    def _tool_approval_changed(self, change: Any) -> None:
+        self.approval.policy = change["new"]
+
     #: Magics are always registered on a shell (IPython types it Optional).
     shell: Any
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        #: The kernel's tool approval (an on_tool_request callback for every Chat), installed
+        #: by load(); its policy follows ``tool_approval``.
+        self.approval = ToolApproval()
         super().__init__(shell=shell, **kwargs)
+        self.approval.policy = self.tool_approval
         #: Sessions this object built: name -> (the Chat, the settings it last took).
         self._from_config: dict[str, tuple[Any, str]] = {}
         #: The last failed cell, for %chat_fix (fed by a post_run_cell hook, see load()).
@@ -296,6 +334,7 @@ def load(ipython: Any) -> None:
     warnings.formatwarning = formatwarning_hook(warnings.formatwarning)
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
+    magics.approval.install()
     ipython.register_magics(ChatReportMagics(shell=ipython, settings=magics))
     ipython.events.register("post_run_cell", magics.cell_runs.post_run_cell)
     _sessions.registry.magics[ipython] = magics
@@ -312,6 +351,9 @@ def unload(ipython: Any) -> None:
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
     if magics is not None:
+        if magics.replay == "only":
+            spend_guard.set_replay_only(None)
+        magics.approval.uninstall()
         ipython.events.unregister("post_run_cell", magics.cell_runs.post_run_cell)
         _sessions.set_factory(None)
         for kind in ("line", "cell"):

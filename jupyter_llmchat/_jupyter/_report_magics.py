@@ -138,6 +138,9 @@ class ChatReportMagics(Magics):
             "default_format": settings.default_format,
             "display_rate_hz": settings.display_rate_hz,
             "record_metadata": settings.record_metadata,
+            "tool_approval": settings.tool_approval + (
+                f" (always allowed: {', '.join(sorted(settings.approval.always))})"
+                if settings.approval.always else ""),
         }
         sessions = {
             name: f"{chat.provider.name} {chat.provider.model or '(auto)'} at {chat.provider.display_url}, "

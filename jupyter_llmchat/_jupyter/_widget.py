@@ -9,7 +9,8 @@ question's bubble, shown at once, queued while the kernel runs a cell; the kerne
 the question use it as ``user_id``), ``{"type": "stop"}``,
 ``{"type": "session", "name"}``, ``{"type": "names"}`` (the kernel's variable names, for ``@name``),
 ``{"type": "models"}`` (the server's ``/models``), ``{"type": "model", "name"}`` (the session's
-model for later questions, from the panel and cells alike).
+model for later questions, from the panel and cells alike), ``{"type": "approval", "call_id",
+"answer": "yes"|"no"|"always"}`` (Approve / Deny on a call's line).
 kernel -> front end: ``{"type": "history", "messages"}``, ``{"type": "user", "message"}``,
 ``{"type": "delta", "id", "kind", "text"}`` (appended text, batched at most every 0.1 s),
 ``{"type": "done", "message", "user_id", "recorded"}`` (the finished turn without its text, which
@@ -18,11 +19,12 @@ the deltas carried), ``{"type": "append", "messages"}`` (turns made elsewhere: `
 question's ``"id", "user_id"`` once it was accepted), ``{"type": "status", "text"}`` (e.g. the
 local model starting), ``{"type": "tool", "id", "call"}`` (a tool call of the streaming answer
 ``id``, sent when asked and again with its result: ``call`` is ``{"id", "name", "args",
-"arguments", "state": "running"|"ok"|"error"|"stopped", "result", "seconds"}``, as in a turn's
+"arguments", "state": "running"|"ok"|"refused"|"error"|"stopped", "result", "seconds"}``, as in a turn's
 ``tools``; "stopped": the answer was stopped while the call ran, its late result discarded;
 the front end shows it as text, never HTML), ``{"type": "notice", "text"}`` (a quiet line that
 stays until the next question: old turns left out of a request), ``{"type": "names", "names"}``,
-``{"type": "models", "models", "error"}``.
+``{"type": "models", "models", "error"}``, ``{"type": "approve", "id", "call_id"}`` (the tool
+approval asks: Approve / Deny on that call's line, until a result comes for it).
 
 ``@name`` in a question attaches the kernel value ``name`` as ``%%chat --with name`` does (the
 same bounded summary and block); an unknown name is refused and nothing is sent. A question that
@@ -65,10 +67,11 @@ from .. import __version__, _sessions
 from .._core._chat import AsyncChatStream, Chat, ChatExchange
 from .._core._turns import ContentToolRequest, ContentToolResult, Turn, short_arguments, tool_round
 from .._core._usage import UsageRow
-from .._errors import ChatBusyError, LLMChatError
+from .._errors import ChatBusyError, LLMChatError, ToolRejectError
 from .._local._model import LocalProvider
 from . import _cellcontext as ctx
 from . import _context
+from ._approval import ANSWERS, answered_by
 from ._bridge import current_bridge
 from ._display import result_text
 
@@ -89,16 +92,21 @@ _SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
 
 def tool_call(request: ContentToolRequest, result: ContentToolResult | None = None,
               seconds: float | None = None) -> dict[str, Any]:
-    """One call as the panel shows it: a line (name, short arguments, ok or error, time) that
-    opens on the full arguments and result. All of it is shown as text, never as HTML."""
+    """One call as the panel shows it: a line (name, short arguments, ok / refused / error,
+    time) that opens on the full arguments and result. All of it is shown as text, never as
+    HTML. The time is the result's own (kept in the record, so a reloaded panel shows it), else
+    ``seconds``."""
     call: dict[str, Any] = {
         "id": request.id, "name": request.name, "args": short_arguments(request.arguments),
         "arguments": json.dumps(request.arguments, ensure_ascii=False, indent=2),
         "state": "running", "result": None, "seconds": seconds,
     }
     if result is not None:
-        call["state"] = "error" if result.error is not None else "ok"
+        call["state"] = result.status
         call["result"] = result_text(result.value, result.error)
+        call["seconds"] = result.duration if result.duration is not None else seconds
+        if result.status == "refused":
+            call["seconds"] = None  # it never ran
     return call
 
 
@@ -186,6 +194,11 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         self._stream_binds: int | None = None
         #: The id of the question being checked by ask(): its refusals name it.
         self._asking: str | None = None
+        #: The answer streaming now, and its calls waiting for Approve / Deny: call id -> (the
+        #: event its answer sets, the answer).
+        self._answer_id: str | None = None
+        self._approvals: dict[str, tuple[threading.Event, list[str]]] = {}
+        self._approvals_lock = threading.Lock()
         self.on_msg(self._on_front_end)
         bridge = current_bridge()
         if bridge is not None:  # the status line shows the budget: hear of its changes
@@ -324,6 +337,35 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             _thread_here(self._send_models, (), f"jupyter_llmchat models {self.session}").start()
         elif kind == "model":
             self._set_model(str(content.get("name") or ""))
+        elif kind == "approval":
+            self._approved(str(content.get("call_id")), content.get("answer"))
+
+    # -- tool approval: Approve / Deny on the call's line ---------------------------------------
+
+    def _approve(self, request: ContentToolRequest) -> str:
+        """The approval asks (on the panel's thread, see ``_run``): the front end shows Approve /
+        Deny on the call's line; wait for its answer. Stop ends the wait with a refusal."""
+        answered = threading.Event()
+        box: list[str] = []
+        with self._approvals_lock:
+            self._approvals[request.id] = (answered, box)
+        try:
+            self.send({"type": "approve", "id": self._answer_id, "call_id": request.id})
+            while not answered.wait(0.1):
+                if self._stop.is_set():
+                    raise ToolRejectError("the answer was stopped before the call was approved")
+        finally:
+            with self._approvals_lock:
+                self._approvals.pop(request.id, None)
+        return box[0]
+
+    def _approved(self, call_id: str, answer: Any) -> None:
+        """The front end's Approve / Deny (anything but a known answer is a no)."""
+        with self._approvals_lock:
+            waiting = self._approvals.get(call_id)
+        if waiting is not None:
+            waiting[1].append(answer if answer in ANSWERS else "no")
+            waiting[0].set()
 
     def _send_models(self) -> None:
         """The server's ``/models`` (a blocking request: in its own thread); errors said quietly."""
@@ -437,7 +479,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         if self._stop.is_set():  # stopped before the task existed
             task.cancel()
         try:
-            loop.run_until_complete(task)
+            with answered_by(self._approve):  # the approval asks on the call's line
+                loop.run_until_complete(task)
         except asyncio.CancelledError:
             pass
         finally:
@@ -454,7 +497,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
 
     async def _astream(self, text: str, user_id: str) -> None:
         name = self.session
-        answer_id = uuid.uuid4().hex
+        answer_id = self._answer_id = uuid.uuid4().hex
         pending: list[tuple[str, str]] = []
         chat: Chat | None = None
         stream: AsyncChatStream[Any] | None = None

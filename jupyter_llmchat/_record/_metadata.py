@@ -152,6 +152,7 @@ def display_metadata(
             "source": user.meta.get("source", "cell"),
             "request_hash": user.meta.get("request_hash"),
             **({"above_hash": user.meta["above_hash"]} if "above_hash" in user.meta else {}),
+            **({"request_key": user.meta["request_key"]} if "request_key" in user.meta else {}),
             "recorded": recorded,
             "new": new,
             "provider": chat.provider.describe(),
@@ -169,7 +170,8 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
     common = {k: meta.get(k) for k in ("cell_id", "source") if isinstance(meta.get(k), str)}
     user = Turn.from_dict({
         "role": "user", "contents": [{"type": "text", "text": meta.get("prompt", "")}],
-        "started_at": meta.get("prompt_started_at") or meta.get("started_at"), "request_hash": meta.get("request_hash"), **common,
+        "started_at": meta.get("prompt_started_at") or meta.get("started_at"),
+        "request_hash": meta.get("request_hash"), "request_key": meta.get("request_key"), **common,
         # The conversation above the cell when it was asked: its stale mark (DESIGN §10).
         **({"above_hash": meta["above_hash"]} if "above_hash" in meta else {}),
     })

@@ -36,6 +36,7 @@ import type { ISignal } from '@lumino/signaling';
 import { Signal } from '@lumino/signaling';
 
 import type {
+  ApprovalAnswer,
   FrontEndPanelMessage,
   ITokens,
   IToolCall,
@@ -504,6 +505,9 @@ export class KernelChatModel extends AbstractChatModel {
       case 'tool':
         this._tool(msg.id, msg.call);
         break;
+      case 'approve':
+        this._asking(msg.id, msg.call_id, true);
+        break;
       case 'done':
         this._finish(
           msg.message.id,
@@ -579,6 +583,26 @@ export class KernelChatModel extends AbstractChatModel {
   private _delta(id: string, kind: 'text' | 'thinking', text: string): void {
     const stream = this._stream(id);
     stream[kind] += text;
+    this._showStream(id, stream);
+  }
+
+  /**
+   * Approve / Deny on a call's line: the answer goes to the kernel, and the
+   * buttons go (the call's result, or its refusal, comes as a `tool` message).
+   */
+  approve(answerId: string, callId: string, answer: ApprovalAnswer): void {
+    this._send({ type: 'approval', call_id: callId, answer });
+    this._asking(answerId, callId, false);
+  }
+
+  /** The kernel asks about a call of a streaming answer, or the question is answered. */
+  private _asking(id: string, callId: string, asking: boolean): void {
+    const stream = this._streams.get(id);
+    const index = stream?.tools.findIndex(c => c.id === callId) ?? -1;
+    if (stream === undefined || index === -1) {
+      return;
+    }
+    stream.tools[index] = { ...stream.tools[index], asking };
     this._showStream(id, stream);
   }
 

@@ -12,6 +12,7 @@ import * as React from 'react';
 
 import { formatCount, formatRowCost } from './costFormat';
 import type { ITurnInfo } from './panelChatModel';
+import type { ApprovalAnswer } from './panelProtocol';
 import { KernelChatModel, turnInfo } from './panelChatModel';
 
 /** `in 11 / out 200`, with `n/a` for what the server did not report. */
@@ -53,7 +54,8 @@ function callState(state: string): string {
 }
 
 /**
- * One line per tool call: name, short arguments, ok / error / running, time.
+ * One line per tool call: name, short arguments, ok / refused / error /
+ * running, time.
  * Everything in it comes from the model or the tool (DESIGN §9), so it is
  * rendered as React text (escaped), never as HTML or Markdown.
  */
@@ -62,30 +64,70 @@ function ToolCalls(props: MessagePreambleProps): JSX.Element | null {
   if (info === null || !info.tools || info.tools.length === 0) {
     return null;
   }
+  const { model, message } = props;
   return (
     <div className="jp-llmchat-tools">
       {info.tools.map(call => (
-        <details
-          key={call.id}
-          className={`jp-llmchat-tool jp-llmchat-tool-${call.state}`}
-        >
-          <summary>
-            {'🔧 '}
-            <code>{call.name}</code>
-            {`(${call.args}) — ${callState(call.state)}${formatSeconds(call.seconds)}`}
-          </summary>
-          <div className="jp-llmchat-tool-label">Arguments</div>
-          <pre className="jp-llmchat-tool-arguments">{call.arguments}</pre>
-          {call.result !== null && call.result !== undefined ? (
-            <>
-              <div className="jp-llmchat-tool-label">
-                {call.state === 'error' ? 'Error' : 'Result'}
-              </div>
-              <pre className="jp-llmchat-tool-result">{call.result}</pre>
-            </>
+        <React.Fragment key={call.id}>
+          <details
+            className={`jp-llmchat-tool jp-llmchat-tool-${call.state}`}
+          >
+            <summary>
+              {'🔧 '}
+              <code>{call.name}</code>
+              {`(${call.args}) — ${callState(call.state)}${formatSeconds(call.seconds)}`}
+            </summary>
+            <div className="jp-llmchat-tool-label">Arguments</div>
+            <pre className="jp-llmchat-tool-arguments">{call.arguments}</pre>
+            {call.result !== null && call.result !== undefined ? (
+              <>
+                <div className="jp-llmchat-tool-label">
+                  {call.state === 'error'
+                    ? 'Error'
+                    : call.state === 'refused'
+                      ? 'Refused'
+                      : 'Result'}
+                </div>
+                <pre className="jp-llmchat-tool-result">{call.result}</pre>
+              </>
+            ) : null}
+          </details>
+          {call.asking && model instanceof KernelChatModel ? (
+            <Approval model={model} answerId={message.id} callId={call.id} />
           ) : null}
-        </details>
+        </React.Fragment>
       ))}
+    </div>
+  );
+}
+
+/** The tool approval asks about a call: Approve (once or always) / Deny under its line. */
+function Approval(props: {
+  model: KernelChatModel;
+  answerId: string;
+  callId: string;
+}): JSX.Element {
+  const { model, answerId, callId } = props;
+  const button = (answer: ApprovalAnswer, label: string, title: string) => (
+    <button
+      type="button"
+      className={`jp-llmchat-approval-${answer}`}
+      title={title}
+      onClick={() => model.approve(answerId, callId, answer)}
+    >
+      {label}
+    </button>
+  );
+  return (
+    <div
+      className="jp-llmchat-approval"
+      role="group"
+      aria-label="Approve this tool call?"
+    >
+      <span className="jp-llmchat-approval-text">Run this tool call?</span>
+      {button('yes', 'Approve', 'Run this call')}
+      {button('always', 'Always', 'Run this tool without asking, for this kernel')}
+      {button('no', 'Deny', 'Refuse this call: the model is told it was refused')}
     </div>
   );
 }

@@ -20,10 +20,15 @@ export interface IToolCall {
   args: string;
   /** The full arguments, as indented JSON. */
   arguments: string;
-  /** `stopped`: the answer was stopped while it ran; a late result is discarded. */
-  state: 'running' | 'ok' | 'error' | 'stopped';
+  /**
+   * `refused`: not run (a callback or the approval said no; `result` says why).
+   * `stopped`: the answer was stopped while it ran; a late result is discarded.
+   */
+  state: 'running' | 'ok' | 'refused' | 'error' | 'stopped';
   result?: string | null;
   seconds?: number | null;
+  /** The tool approval asks: Approve / Deny on the line (front end only, until answered). */
+  asking?: boolean;
 }
 
 /** One turn as the kernel describes it. */
@@ -70,6 +75,8 @@ export type KernelPanelMessage =
   | { type: 'user'; message: ITurnMessage }
   | { type: 'delta'; id: string; kind: 'text' | 'thinking'; text: string }
   | { type: 'tool'; id: string; call: IToolCall }
+  /** The tool approval asks about call `call_id` of answer `id`: Approve / Deny on its line. */
+  | { type: 'approve'; id: string; call_id: string }
   | {
       type: 'done';
       message: ITurnMessage;
@@ -104,7 +111,11 @@ export type FrontEndPanelMessage =
   | { type: 'session'; name: string }
   | { type: 'names' }
   | { type: 'models' }
-  | { type: 'model'; name: string };
+  | { type: 'model'; name: string }
+  /** The user's answer to `approve`: `always` allows that tool for the kernel's life. */
+  | { type: 'approval'; call_id: string; answer: ApprovalAnswer };
+
+export type ApprovalAnswer = 'yes' | 'no' | 'always';
 
 const KERNEL_TYPES: ReadonlySet<string> = new Set([
   'history',
@@ -112,6 +123,7 @@ const KERNEL_TYPES: ReadonlySet<string> = new Set([
   'user',
   'delta',
   'tool',
+  'approve',
   'done',
   'error',
   'status',

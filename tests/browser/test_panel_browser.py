@@ -9,6 +9,7 @@ linear in its length. The kernels talk to the fake OpenAI server of this process
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -473,8 +474,38 @@ def test_tool_calls_show_one_line_each_as_text(notebook: NotebookPage, fake_serv
     wait_text(page, "Found it.")
     shown = messages(page)
     assert len(shown) == 3 and shown[0] == "Look it up" and shown[2] == "Found it."
-    assert dock(page).locator(".jp-llmchat-tool summary").first.inner_text() == (
-        '🔧 lookup({"q": "<b>bold</b>"}) — ok')
+    # Reloaded, the line still says how long the call ran (kept in the record, issue 19).
+    reloaded = dock(page).locator(".jp-llmchat-tool summary").first.inner_text()
+    assert re.fullmatch(r'🔧 lookup\(\{"q": "<b>bold</b>"\}\) — ok · 1\.\d\d s', reloaded), reloaded
+
+
+def test_approve_and_deny_on_the_calls_line(notebook: NotebookPage, fake_server: FakeOpenAI) -> None:
+    """A tool of an MCP server (not read-only) asks before it runs: Approve / Deny on its line
+    in the panel; the answer decides whether it runs, and the buttons go."""
+    nb, page = notebook, notebook.page
+    nb.run_cell("import dataclasses, jupyter_llmchat\nfrom jupyter_llmchat import Tool\n"
+                "ran = []\n"
+                "def search(q: str) -> str:\n    'Search q.'\n    ran.append(q)\n    return 'found'\n"
+                "jupyter_llmchat.session().set_tools("
+                "[dataclasses.replace(Tool.from_func(search), server='docs')])")
+    open_panel(nb)
+    for q, button, state, answer in (("one", "Approve", " — ok · ", "Ran it."),
+                                     ("two", "Deny", " — refused", "Not run.")):
+        fake_server.script(
+            Reply(text="", tool_calls=[tool_call("search", {"q": q})], finish_reason="tool_calls"),
+            Reply(text=answer),
+        )
+        ask(page, f"Search {q}")
+        approval = dock(page).locator(".jp-llmchat-approval")
+        approval.wait_for()
+        assert "Run this tool call?" in approval.inner_text()
+        approval.get_by_role("button", name=button).click()
+        wait_text(page, answer)
+        wait_idle(page)
+        assert dock(page).locator(".jp-llmchat-approval").count() == 0
+        lines = dock(page).locator(".jp-llmchat-tool summary").all_inner_texts()
+        assert state in lines[-1], lines
+    assert nb.output(nb.run_cell("print(ran)")).strip() == "['one']"
 
 
 # -- promises kept: a question asked while a cell runs, Stop on a sync tool (issue 16) ----------
