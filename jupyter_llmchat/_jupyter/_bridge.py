@@ -40,6 +40,9 @@ message meant for another notebook on the same kernel:
   Sent when that list changes.
 - A reorder (cells moved or deleted) sends the whole record (``set_metadata``): it happens when
   the user rearranges the notebook, not once per turn.
+- ``{"type": "insert_cell", "path", "cell", "source"}`` (``%%chat --insert``): put ``source``
+  into the code cell below cell ``cell`` that was inserted for it (its metadata
+  ``jupyter_llmchat.inserted_by`` is ``cell``), else into a new code cell below it.
 
 The record written is held to the limits it is read with (``validate_record``): a record the
 kernel would refuse to read is not sent (one warning). A record the kernel refused to read
@@ -560,6 +563,16 @@ class Bridge:
         self._replaced = True
         self._synced = None
         self.send()
+
+    def insert_code(self, cell_id: str, code: str) -> bool:
+        """``%%chat --insert`` where the extension listens: ``{"type": "insert_cell", "cell",
+        "source"}`` asks it to put ``code`` in the cell below ``cell_id`` that it inserted for
+        that cell before (marked in its metadata), or in a new code cell below. False where no
+        front end speaks the comm (the caller falls back to ``set_next_input``). Independent of
+        the record: a refused record or ``record_metadata = False`` still inserts."""
+        if self.comm is None or not self.hello_received or self.front_path is None:
+            return False
+        return self._post({"type": "insert_cell", "cell": cell_id, "source": code})
 
     def _post(self, data: dict[str, Any]) -> bool:
         try:

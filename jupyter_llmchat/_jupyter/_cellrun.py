@@ -41,7 +41,7 @@ from . import _context
 from ._bridge import current_bridge, missing_extension_note
 from ._display import AnswerDisplay, StreamDisplay, TerminalDisplay, show_line
 from ._kernel_tools import cell_tools
-from ._prompt import check_output_name, interpolate, output_value
+from ._prompt import check_output_name, code_block, interpolate, output_value
 
 __all__ = ["CellRunner", "Settings"]
 
@@ -275,6 +275,8 @@ class CellRunner:
             self._note_run(cell_id, run_id, after, after)
         if args.output:
             self.shell.user_ns[args.output] = answer
+        if args.insert:
+            self._insert(display.text, cell_id)
         return None
 
     # -- outputs --------------------------------------------------------------------------------
@@ -364,6 +366,20 @@ class CellRunner:
             show_line(self.shell, f"replayed (recorded {recorded}), no request")
         if args.output:
             self.shell.user_ns[args.output] = output_value(display.text, fmt)
+
+    def _insert(self, text: str, cell_id: str | None) -> None:
+        """``--insert``: the answer's code into the cell below. In JupyterLab the front end
+        upserts it (the cell it inserted for this asking cell gets the new code, so asking again
+        leaves one cell); elsewhere IPython's ``set_next_input`` (a new cell, or the terminal's
+        next prompt). A replayed answer never comes here: it was inserted when it was asked."""
+        code = code_block(text)
+        if code is None:
+            show_line(self.shell, "--insert: the answer has no code block, so no cell was inserted")
+            return
+        bridge = current_bridge()
+        if cell_id is not None and bridge is not None and bridge.insert_code(cell_id, code):
+            return
+        self.shell.set_next_input(code, replace=False)
 
     def _footer(self, chat: Any, exchange: list[Any], replayed_at: str | None = None) -> None:
         show_line(self.shell, _spend.exchange_footer(exchange, replayed_at=replayed_at))

@@ -40,6 +40,7 @@ from traitlets import (
 )
 
 from .. import _sessions
+from .._core._mcp_config import config_from_dict
 from .._core._params import params as make_params
 from .._core._presets import chat_openai_compatible
 from .._core._provider import env_credentials
@@ -52,6 +53,7 @@ from ._bridge import start_bridge
 from ._cellcontext import CellRuns
 from ._cellrun import CellRunner
 from ._display import formatwarning_hook, show_line
+from ._mcp_magics import MCPMagics
 from ._prompt import parse_options, protect_questions, split_line
 from ._report_magics import ChatReportMagics
 
@@ -59,7 +61,7 @@ __all__ = ["ChatMagics", "load", "unload"]
 
 #: Every magic of the extension (unload removes them).
 MAGIC_NAMES = ("chat", "chat_fix", "chat_usage", "chat_history", "chat_reset", "chat_config",
-               "chat_budget", "chat_panel")
+               "chat_budget", "chat_panel", "chat_export", "chat_mcp")
 
 FORMATS = ("markdown", "text", "code", "json")
 #: The settings a session is built from; a changed one applies to it at its next question.
@@ -129,6 +131,12 @@ class ChatMagics(Magics):
         'cell (yes / no / always); refused where nobody can answer (nbclient, papermill). '
         '"auto": every call runs. "never": every call is refused.'
     ).tag(config=True)
+    mcp_servers = Dict(
+        help="MCP servers connected at %load_ext (and when changed), their tools offered to every "
+        "session, in other MCP clients' shape: {'name': {'command': ..., 'args': [...], 'env': "
+        "{...}}} or {'name': {'url': ..., 'headers': {...}}}, plus 'ask', 'timeout', "
+        "'include_tools', 'exclude_tools', 'namespace'. Write secrets as ${env:VAR}."
+    ).tag(config=True)
 
     @default("base_url")
     def _default_base_url(self) -> str:
@@ -144,6 +152,16 @@ class ChatMagics(Magics):
             return make_params(**proposal["value"])
         except (ConfigurationError, TypeError) as exc:
             raise TraitError(f"ChatMagics.params: {exc}") from None
+
+    @validate("mcp_servers")
+    def _validate_mcp_servers(self, proposal: Any) -> dict[str, Any]:
+        value = dict(proposal["value"])
+        for name, spec in value.items():
+            try:
+                config_from_dict(str(name), spec)
+            except ConfigurationError as exc:
+                raise TraitError(f"ChatMagics.mcp_servers: {exc}") from None
+        return value
 
     @validate("display_rate_hz")
     def _validate_rate(self, proposal: Any) -> float:
@@ -246,6 +264,9 @@ class ChatMagics(Magics):
               help="Show what would be sent, with a token estimate; send and record nothing.")
     @argument("--refresh", action="store_true",
               help="Ask the server even when a recorded answer could be replayed.")
+    @argument("--insert", action="store_true",
+              help="Also put the answer's first code block into a new cell below (not when "
+              "replayed); asked again, JupyterLab replaces that cell's code.")
     # argparse formats help with %, so "%%%%" shows as "%%".
     @argument("prompt", nargs="*", metavar="PROMPT",
               help="The question, for %%%%chat on the line; for %%%%%%%%chat, the cell body.")
@@ -336,11 +357,14 @@ def load(ipython: Any) -> None:
     ipython.register_magics(magics)
     magics.approval.install()
     ipython.register_magics(ChatReportMagics(shell=ipython, settings=magics))
+    mcp = MCPMagics(shell=ipython, settings=magics)
+    ipython.register_magics(mcp)
     ipython.events.register("post_run_cell", magics.cell_runs.post_run_cell)
     _sessions.registry.magics[ipython] = magics
     if protect_questions not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(protect_questions)
     start_bridge(ipython, magics)
+    mcp.connect_configured()  # last: a server's start takes a second, and may fail
 
 
 def unload(ipython: Any) -> None:
@@ -350,6 +374,9 @@ def unload(ipython: Any) -> None:
         warnings.formatwarning = original
     if protect_questions in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.remove(protect_questions)
+    mcp = ipython.magics_manager.registry.get("MCPMagics")
+    if mcp is not None:
+        mcp.close()
     if magics is not None:
         if magics.replay == "only":
             spend_guard.set_replay_only(None)

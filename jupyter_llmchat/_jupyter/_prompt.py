@@ -113,6 +113,13 @@ def first_code_block(text: str) -> str:
     return m.group(1).rstrip("\n") if m else text.strip()
 
 
+def code_block(text: str) -> str | None:
+    """The answer's first fenced code block, or None when it has none (``--insert`` then
+    inserts nothing, rather than prose as code)."""
+    m = _FENCE.search(text)
+    return m.group(1).rstrip("\n") if m else None
+
+
 _VALUE_FLAGS = {"-s", "--session", "-m", "--model", "--system", "-t", "--temperature",
                 "--max-tokens", "-o", "--output", "-f", "--format", "--with", "--tools"}
 _TOKEN = re.compile(r"\s*(\"(?:[^\"\\]|\\.)*\"|'[^']*'|\S+)")

@@ -1,11 +1,13 @@
 """The reporting magics: ``%chat_usage``, ``%chat_history``, ``%chat_reset``, ``%chat_config``,
-``%chat_budget`` and ``%chat_panel``. They read the sessions and the settings of ``ChatMagics``
-(passed in, never looked up in IPython's registry) and send nothing to a model."""
+``%chat_budget``, ``%chat_panel`` and ``%chat_export``. They read the sessions and the settings
+of ``ChatMagics`` (passed in, never looked up in IPython's registry) and send nothing to a
+model."""
 
 from __future__ import annotations
 
 import math
 import os
+import pathlib
 import re
 from typing import Any
 
@@ -18,7 +20,8 @@ from .. import _sessions
 from .._core._process import token_usage
 from .._core._provider import safe_url
 from .._core._spend import MAX_BUDGET_TOKENS, MAX_BUDGET_USD, Budget
-from .._errors import LLMChatError
+from .._errors import ConfigurationError, LLMChatError, RecordError
+from .._record._export import export_format, export_record
 from . import _cellcontext as ctx
 from ._bridge import current_bridge, replace_record
 from ._display import show_line
@@ -197,3 +200,38 @@ class ChatReportMagics(Magics):
             return panel(args.session, context_max_tokens=self.settings.context_max_tokens)
         except LLMChatError as exc:
             raise UsageError(str(exc)) from None
+
+    @magic_arguments()
+    @argument("file", metavar="FILE",
+              help="FILE.md (Markdown) or FILE.html (one self-contained page).")
+    @argument("-s", "--session", help="Only this session (default: every session).")
+    @line_magic
+    def chat_export(self, line: str) -> None:
+        """Write the conversation to a Markdown or self-contained HTML file.
+
+        The record this notebook keeps (the one the JupyterLab extension saves), in the
+        notebook's order: tool calls on one line each, thinking folded, the spend at the end.
+        The HTML page is inert: no script, nothing fetched, images shown as links. The same
+        as `jupyter-llmchat export NOTEBOOK.ipynb -o FILE` on the saved notebook.
+        """
+        args = parse_options(self.chat_export, line)
+        path = pathlib.Path(args.file).expanduser()
+        try:
+            export_format(path)
+        except ConfigurationError as exc:
+            raise UsageError(str(exc)) from None
+        names = _existing(args.session)
+        if not names:
+            raise UsageError("nothing to export yet: no session has asked anything")
+        bridge = current_bridge()
+        if bridge is None:
+            raise UsageError("%chat_export needs %load_ext jupyter_llmchat first")
+        title = pathlib.Path(bridge.path).stem if bridge.path else None
+        try:
+            order = bridge.order.cells or None  # the notebook's order, as its cells stand
+            out = export_record(bridge.record(), order, path, args.session, title=title)
+        except (RecordError, ConfigurationError) as exc:
+            raise UsageError(f"the conversation cannot be exported: {str(exc)[:300]}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+        show_line(self.shell, f"conversation written to {out}")

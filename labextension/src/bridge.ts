@@ -29,6 +29,8 @@ import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import type { Kernel, KernelMessage } from '@jupyterlab/services';
 import type { JSONArray, JSONObject } from '@lumino/coreutils';
 import { JSONExt } from '@lumino/coreutils';
+import type { ISignal } from '@lumino/signaling';
+import { Signal } from '@lumino/signaling';
 
 import type {
   HelloMessage,
@@ -83,6 +85,10 @@ const COMM_ENDING_STATUSES: ReadonlySet<Kernel.Status> = new Set<Kernel.Status>(
 ]);
 
 export class MetadataBridge implements ILLMChatBridge {
+  get messageReceived(): ISignal<ILLMChatBridge, ILLMChatBridge.IMessageArgs> {
+    return this._messageReceived;
+  }
+
   getComm(panel: NotebookPanel): Kernel.IComm | null {
     const comm = this._states.get(panel)?.comm ?? null;
     return comm !== null && !comm.isDisposed ? comm : null;
@@ -367,6 +373,7 @@ export class MetadataBridge implements ILLMChatBridge {
         this._showStale(panel, state);
       }
     }
+    this._messageReceived.emit({ panel, comm, data });
   }
 
   /**
@@ -452,6 +459,10 @@ export class MetadataBridge implements ILLMChatBridge {
   }
 
   private readonly _states = new Map<NotebookPanel, IPanelState>();
+  private readonly _messageReceived = new Signal<
+    ILLMChatBridge,
+    ILLMChatBridge.IMessageArgs
+  >(this);
 }
 
 namespace Private {

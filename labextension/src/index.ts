@@ -1,11 +1,13 @@
 import type { JupyterFrontEndPlugin } from '@jupyterlab/application';
 
 import { metadataBridgePlugin } from './bridge';
+import { insertCellPlugin } from './insertCell';
 import { chatPanelPlugin } from './panel';
 
 const plugins: JupyterFrontEndPlugin<unknown>[] = [
   metadataBridgePlugin,
-  chatPanelPlugin
+  chatPanelPlugin,
+  insertCellPlugin
 ];
 
 export default plugins;

@@ -44,6 +44,7 @@ import type {
   KernelPanelMessage
 } from './panelProtocol';
 import { isKernelPanelMessage } from './panelProtocol';
+import { EarlierMessages } from './panelHistory';
 import { safeMarkdown } from './safeMarkdown';
 
 /** What the panel shows about a turn besides its text (in the message's metadata). */
@@ -181,6 +182,33 @@ export class KernelChatModel extends AbstractChatModel {
 
   get notice(): INotice | null {
     return this._notice;
+  }
+
+  /** How many messages of the history are not shown yet (panelHistory.ts). */
+  get earlierCount(): number {
+    return this._earlier.count;
+  }
+
+  /** Emitted when `earlierCount` changes. */
+  get earlierChanged(): ISignal<this, void> {
+    return this._earlierChanged;
+  }
+
+  /** Emitted when a whole history replaced the messages (the panel then shows its end). */
+  get historyShown(): ISignal<this, void> {
+    return this._historyShown;
+  }
+
+  /** Show the next page of the history's earlier messages, above the others. */
+  showEarlier(): void {
+    const page = this._earlier.take();
+    if (page.length) {
+      this.messagesInserted(
+        0,
+        page.map(m => this._content(m))
+      );
+      this._earlierChanged.emit();
+    }
   }
 
   /** Emitted with the server's models (and an error, empty if none) when they arrive. */
@@ -480,19 +508,24 @@ export class KernelChatModel extends AbstractChatModel {
 
   private _dispatch(msg: KernelPanelMessage): void {
     switch (msg.type) {
-      case 'history':
+      case 'history': {
         this._streams.clear();
         // A question in flight belongs to what was shown before (or is in this history).
         this._inFlight = null;
         this._inFlightSeenBusy = false;
         this.clearMessages();
-        if (msg.messages.length) {
+        // The latest exchanges only: the earlier ones show as the user scrolls up.
+        const shown = this._earlier.reset(msg.messages);
+        if (shown.length) {
           this.messagesInserted(
             0,
-            msg.messages.map(m => this._content(m))
+            shown.map(m => this._content(m))
           );
         }
+        this._earlierChanged.emit();
+        this._historyShown.emit();
         break;
+      }
       case 'append':
         msg.messages.forEach(m => this._addLast(m));
         break;
@@ -742,6 +775,9 @@ export class KernelChatModel extends AbstractChatModel {
   }
 
   private readonly _widget: WidgetModel;
+  private readonly _earlier = new EarlierMessages<ITurnMessage>();
+  private readonly _earlierChanged = new Signal<this, void>(this);
+  private readonly _historyShown = new Signal<this, void>(this);
   private readonly _streams = new Map<string, IStream>();
   private _notice: INotice | null = null;
   private readonly _kernel: Kernel.IKernelConnection | null;

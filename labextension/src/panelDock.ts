@@ -25,6 +25,7 @@ import {
   formatTokens
 } from './panelMessage';
 import type { IUsage } from './panelProtocol';
+import { EarlierControl } from './panelHistory';
 
 /** The session the widget is bound to (its `session` trait). */
 export function sessionOf(model: WidgetModel): string {
@@ -67,11 +68,14 @@ export class ChatDock extends Panel {
       area: 'sidebar'
     });
     this._chat.addClass('jp-llmchat-chat');
+    // A long history shows from its end; this line (and scrolling up) shows the rest.
+    this.addWidget(new EarlierControl(this.chatModel, this._chat.node));
     this.addWidget(this._chat);
 
     this._follow = new FollowBottom(this._chat.node);
     this.chatModel.messagesUpdated.connect(this._follow.watch, this._follow);
     this.chatModel.sent.connect(this._follow.pin, this._follow);
+    this.chatModel.historyShown.connect(this._follow.settle, this._follow);
 
     widgetModel.on('change:session', this._updateTitle, this);
     this._updateTitle();
@@ -128,6 +132,10 @@ class FollowBottom {
 
   /** Find the scroller once React has rendered it, and follow its content's size. */
   watch(): void {
+    if (this._scroller !== null && !this._scroller.isConnected) {
+      // @jupyter/chat may mount its message list again (a new scroller).
+      this._unwatch();
+    }
     if (this._scroller !== null || this._disposed) {
       return;
     }
@@ -147,13 +155,22 @@ class FollowBottom {
       scroller === null ||
       scroller === this._root
     ) {
+      // Not rendered yet (React renders on a later frame): look again then, or a
+      // history that arrives all at once would stay scrolled to its top.
+      if (!this._looking) {
+        this._looking = true;
+        requestAnimationFrame(() => {
+          this._looking = false;
+          this.watch();
+        });
+      }
       return;
     }
     this._scroller = scroller;
     scroller.addEventListener('scroll', this._onScroll, { passive: true });
     this._observer = new ResizeObserver(() => {
       if (this._stick && this._scroller !== null) {
-        this._scroller.scrollTop = this._scroller.scrollHeight;
+        this._toBottom(this._scroller);
       }
     });
     this._observer.observe(box);
@@ -165,20 +182,59 @@ class FollowBottom {
   pin(): void {
     this._stick = true;
     if (this._scroller !== null) {
-      this._scroller.scrollTop = this._scroller.scrollHeight;
+      this._toBottom(this._scroller);
     }
+  }
+
+  /**
+   * A whole history arrived: show its end once React and the rendermime have
+   * laid it out (over a few frames, however the observers raced with it).
+   */
+  settle(): void {
+    this._stick = true;
+    let frames = 0;
+    let height = -1;
+    const step = (): void => {
+      if (this._disposed || !this._stick) {
+        return;
+      }
+      this.watch();
+      const el = this._scroller;
+      if (el !== null) {
+        this._toBottom(el);
+      }
+      const now = el?.scrollHeight ?? -1;
+      frames = now === height ? frames + 1 : 0;
+      height = now;
+      if (frames < 10) {
+        requestAnimationFrame(step);
+      }
+    };
+    requestAnimationFrame(step);
+  }
+
+  private _toBottom(scroller: HTMLElement): void {
+    scroller.scrollTop = scroller.scrollHeight;
+    this._pinnedAt = scroller.scrollTop;
   }
 
   dispose(): void {
     this._disposed = true;
+    this._unwatch();
+  }
+
+  private _unwatch(): void {
     this._observer?.disconnect();
+    this._observer = null;
     this._scroller?.removeEventListener('scroll', this._onScroll);
     this._scroller = null;
   }
 
   private readonly _onScroll = (): void => {
     const el = this._scroller;
-    if (el !== null) {
+    // The event of our own scroll comes a frame later, when a history still
+    // rendering may have grown below it: only a scroll of the user's unpins.
+    if (el !== null && Math.abs(el.scrollTop - this._pinnedAt) > 1) {
       this._stick = el.scrollHeight - el.scrollTop - el.clientHeight < 48;
     }
   };
@@ -188,6 +244,8 @@ class FollowBottom {
   private _observer: ResizeObserver | null = null;
   private _stick = true;
   private _disposed = false;
+  private _looking = false;
+  private _pinnedAt = -1;
 }
 
 export namespace ChatDock {

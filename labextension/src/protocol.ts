@@ -144,6 +144,26 @@ export function staleCells(value: unknown): string[] | null {
   return value.cells.filter((c): c is string => typeof c === 'string');
 }
 
+/**
+ * Kernel -> front end (`%%chat --insert`): put `source` into the code cell
+ * below cell `cell` that was inserted for it, else into a new one below it.
+ */
+export type InsertCellMessage = JSONObject & {
+  type: 'insert_cell';
+  path: string;
+  cell: string;
+  source: string;
+};
+
+export function isInsertCell(value: unknown): value is InsertCellMessage {
+  return (
+    isPlainObject(value) &&
+    value.type === 'insert_cell' &&
+    typeof value.cell === 'string' &&
+    typeof value.source === 'string'
+  );
+}
+
 export function isPlainObject(value: unknown): value is JSONObject {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
