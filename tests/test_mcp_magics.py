@@ -45,7 +45,11 @@ def ip(_ip: InteractiveShell, fake: FakeOpenAI) -> Iterator[InteractiveShell]:
     _sessions.set_factory(magics._make_session, magics._refresh_from_config)
     _ip.run_line_magic("config", f"ChatMagics.base_url = {fake.base_url!r}")
     _ip.run_line_magic("config", "ChatMagics.model = 'test-model'")
+    # These calls are about MCP; whether they ask first is test_tool_approval.py's and
+    # test_mcp.py's (a shell with no stdin would refuse the calls that ask).
+    _ip.run_line_magic("config", "ChatMagics.tool_approval = 'auto'")
     yield _ip
+    _ip.run_line_magic("config", "ChatMagics.tool_approval = 'ask'")
     mcp = _ip.magics_manager.registry["MCPMagics"]
     for name in list(mcp.servers):
         mcp.remove(name)
@@ -178,7 +182,8 @@ def test_in_a_kernel_results_are_shown_safely_and_sigkill_leaves_no_server(
     try:
         k.ok("%load_ext jupyter_llmchat")
         k.ok(f"%config ChatMagics.base_url = {server.base_url!r}\n"
-             "%config ChatMagics.model = 'test-model'")
+             "%config ChatMagics.model = 'test-model'\n"
+             "%config ChatMagics.tool_approval = 'auto'")
         k.ok(ADD)
         k.ok("import jupyter_llmchat\n"
              "tools = {t.name: t for t in jupyter_llmchat.session().get_tools()}")
