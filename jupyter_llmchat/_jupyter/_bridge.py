@@ -86,14 +86,13 @@ from .._core._spend import (
     unreadable_budget,
 )
 from .._core._turns import Turn
-from .._errors import BudgetExceeded
+from .._errors import BudgetExceeded, RecordError
 from .._record._metadata import (
     KEY,
     MAX_RECORD_CHARS,
     MAX_TURNS,
     SCHEMA_VERSION,
     Ledger,
-    RecordError,
     record_from_outputs,
     session_record,
     turns_extend,
@@ -125,7 +124,8 @@ class Bridge:
         self.comm: Any = None
         self._budget_listeners: list[Callable[[], None]] = []
         self.hello_received = False
-        self.opened_in: int | None = None
+        #: When the comm opened: a front end's silence well after it means no extension.
+        self.opened_at: _dt.datetime | None = None
         #: The notebook file this kernel was started for (None: not known).
         self.path: str | None = self.notebook_path()
         #: The notebook's path as its front end names it (from the hello we accepted).
@@ -619,7 +619,6 @@ class Bridge:
         comm.on_msg(self._on_msg)
         comm.on_close(lambda msg: setattr(self, "comm", None))
         self.comm = comm
-        self.opened_in = getattr(self.shell, "execution_count", None)
         self.opened_at = _dt.datetime.now(_dt.timezone.utc)
 
     def missing_extension_note(self, cell_id: str | None) -> str | None:
@@ -632,7 +631,7 @@ class Bridge:
         """
         if cell_id is None or self.hello_received or self._noted_missing:
             return None
-        opened = getattr(self, "opened_at", None)
+        opened = self.opened_at
         sent = _request_date(self.shell)
         if opened is None or sent is None or sent < opened + _dt.timedelta(seconds=HELLO_GRACE_S):
             return None
@@ -641,15 +640,6 @@ class Bridge:
                 "chat is not saved in the notebook and %chat_panel shows inline. It needs JupyterLab "
                 "4.2+ or Notebook 7.2+; `jupyter labextension list` says if it is installed and "
                 "compatible (then reload the page).")
-
-    def front_end_may_be_ready(self) -> bool:
-        """False once it is clear no extension answered (the chat panel cannot be shown).
-
-        Its hello arrives between cells, so in the cell that opened the comm we cannot know yet.
-        """
-        if self.comm is None:
-            return False
-        return self.hello_received or self.opened_in == getattr(self.shell, "execution_count", None)
 
     def owns(self, path: Any, record_id: Any = None) -> bool:
         """Whether ``path`` (a front end's name for its notebook), whose record carries

@@ -35,12 +35,11 @@ from .._core._markdown import safe_markdown
 from .._core._spend import exchange_footer
 from .._core._turns import ContentImage, Turn, call_line, exchanges, tool_round
 from .._core._usage import UsageRow, format_row_cost, format_tokens
-from .._errors import ConfigurationError
-from ._metadata import KEY, RecordError, validate_record
+from .._errors import ConfigurationError, RecordError
+from ._metadata import KEY, validate_record
 
 __all__ = [
     "FORMATS",
-    "RecordError",
     "export_record",
     "notebook_record",
     "to_html",
