@@ -10,8 +10,15 @@ the question use it as ``user_id``), ``{"type": "stop"}``,
 ``{"type": "session", "name"}``, ``{"type": "names"}`` (the kernel's variable names, for ``@name``),
 ``{"type": "models"}`` (the server's ``/models``), ``{"type": "model", "name"}`` (the session's
 model for later questions, from the panel and cells alike), ``{"type": "approval", "call_id",
-"answer": "yes"|"no"|"always"}`` (Approve / Deny on a call's line).
-kernel -> front end: ``{"type": "history", "messages"}``, ``{"type": "user", "message"}``,
+"answer": "yes"|"no"|"always"}`` (Approve / Deny on a call's line), ``{"type": "history_page",
+"before"}`` (the user scrolled up to the earliest message shown, or pressed "Show earlier").
+kernel -> front end: ``{"type": "history", "messages", "earlier", "cursor"}`` (the latest whole
+exchanges of the session's history, about ``HISTORY_FIRST`` messages; ``earlier``: how many
+messages are before them; ``cursor``: what the front end sends as ``before`` for the page before
+them, null when nothing is), ``{"type": "history_page", "before", "messages", "earlier",
+"cursor"}`` (the whole exchanges before ``before``, about ``HISTORY_PAGE`` messages, from the
+history as it was sent; a ``before`` of an earlier ``history`` gets no answer),
+``{"type": "user", "message"}``,
 ``{"type": "delta", "id", "kind", "text"}`` (appended text, batched at most every 0.1 s),
 ``{"type": "done", "message", "user_id", "recorded"}`` (the finished turn without its text, which
 the deltas carried), ``{"type": "append", "messages"}`` (turns made elsewhere: ``%%chat`` cells),
@@ -65,7 +72,14 @@ from traitlets import Bool, Dict, List, Unicode
 
 from .. import __version__, _sessions
 from .._core._chat import AsyncChatStream, Chat, ChatExchange
-from .._core._turns import ContentToolRequest, ContentToolResult, Turn, short_arguments, tool_round
+from .._core._turns import (
+    ContentToolRequest,
+    ContentToolResult,
+    Turn,
+    exchanges,
+    short_arguments,
+    tool_round,
+)
 from .._core._usage import UsageRow
 from .._errors import ChatBusyError, LLMChatError, ToolRejectError
 from .._local._model import LocalProvider
@@ -82,10 +96,16 @@ MODULE = "jupyter-llmchat"
 #: (tokens.ts registers it, package.json ships it: tests/test_format_cases.py holds them equal).
 MODULE_VERSION = f"^{__version__}"
 DELTA_INTERVAL = 0.1
+#: Messages the panel is sent of a history at first (its latest whole exchanges), and in each
+#: earlier page it asks for as the user scrolls up: a long history opens as quickly as a short one.
+HISTORY_FIRST = 20
+HISTORY_PAGE = 40
 #: At most this many variable names go to the front end for ``@`` completion.
 MAX_NAMES = 500
 #: ``@name`` in a question: not after a word character, so an e-mail address is not one.
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z_][A-Za-z0-9_]*)")
+#: An exchange's index in a history cursor (ASCII: ``str.isdigit`` takes "²", ``int`` does not).
+_DIGITS = re.compile(r"[0-9]{1,9}")
 #: Names every IPython namespace has that are not the user's variables.
 _SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
 
@@ -149,6 +169,57 @@ def _message(turn: Turn, msg_id: str, *, with_text: bool = True,
     }
 
 
+def _turn_id(generation: int, index: int) -> str:
+    """The id of a history's turn ``index`` in the panel, after ``generation`` histories."""
+    return f"h{generation}-turn-{index}"
+
+
+class _Pages:
+    """A history as the panel was sent it, cut into whole exchanges, for its earlier pages.
+
+    A page's cursor is ``"<generation>:<exchange>"``: the generation of the ``history`` it
+    belongs to and the index of its first exchange; None when nothing is earlier."""
+
+    def __init__(self, generation: int, turns: Sequence[Turn]) -> None:
+        self.generation = generation
+        self.turns = list(turns)
+        self.exchanges = exchanges(self.turns)
+        self.starts: list[int] = []  # the index of each exchange's first turn
+        #: The messages each exchange shows as (its tool rounds show on their calls' lines).
+        self.sizes: list[int] = []
+        at = 0
+        for ex in self.exchanges:
+            self.starts.append(at)
+            self.sizes.append(sum(1 for t in ex if not tool_round(t)))
+            at += len(ex)
+
+    def exchange_at(self, cursor: Any) -> int | None:
+        """The exchange a cursor of this history names, or None (another history's, or not a
+        cursor at all: a message from the front end is checked, never trusted)."""
+        if not isinstance(cursor, str):
+            return None
+        generation, _, index = cursor.partition(":")
+        if generation != str(self.generation) or not _DIGITS.fullmatch(index):
+            return None
+        end = int(index)
+        return end if 0 < end <= len(self.exchanges) else None
+
+    def page(self, end: int, at_least: int) -> dict[str, Any]:
+        """The exchanges before exchange ``end`` showing at least ``at_least`` messages (fewer
+        at the history's start); ``earlier``: how many messages are before them."""
+        first = end
+        size = 0
+        while first > 0 and size < at_least:
+            first -= 1
+            size += self.sizes[first]
+        start = self.starts[first] if first < len(self.starts) else len(self.turns)
+        stop = self.starts[end] if end < len(self.starts) else len(self.turns)
+        ids = [_turn_id(self.generation, i) for i in range(start, stop)]
+        return {"messages": _messages(self.turns[start:stop], ids),
+                "earlier": sum(self.sizes[:first]),
+                "cursor": f"{self.generation}:{first}" if first > 0 else None}
+
+
 class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywidgets is untyped
     """A chat panel for one session of this kernel."""
 
@@ -183,6 +254,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         #: end's message components keep what they first showed under an id: a reused id would
         #: show an earlier session's turn, its model in the header, after switching back.)
         self._generation = 0
+        #: The history last sent, which ``history_page`` pages through.
+        self._pages: _Pages | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: The panel's questions run on this loop, one at a time, each in a new thread; stop()
@@ -252,14 +325,27 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         }
 
     def _send_history(self) -> None:
-        """Replace what the front end shows by the session's whole history."""
+        """Replace what the front end shows by the session's history: its latest exchanges
+        (about ``HISTORY_FIRST`` messages), the rest a page at a time when the front end asks
+        (``history_page``), so a long history costs the panel's opening one small message."""
         turns = self._chat.get_turns() if self._chat else []
         # Ids by position: between two "history" messages the front end only sees turns added
         # at the end (anything else sends the whole history again, see _on_turn).
         self._shown = len(turns)
         self._generation += 1
-        messages = _messages(turns, [self._turn_id(i) for i in range(len(turns))])
-        self.send({"type": "history", "messages": messages})
+        # Earlier pages come from this history as it was sent: their ids are its positions.
+        pages = self._pages = _Pages(self._generation, turns)
+        self.send({"type": "history", **pages.page(len(pages.exchanges), HISTORY_FIRST)})
+
+    def _send_page(self, before: Any) -> None:
+        """The page of whole exchanges before ``before`` (a cursor of the last ``history`` or
+        ``history_page``). A cursor of an earlier ``history`` is ignored: the front end shows
+        the newer one by the time it reads an answer."""
+        pages = self._pages
+        end = pages.exchange_at(before) if pages is not None else None
+        if pages is None or end is None:
+            return
+        self.send({"type": "history_page", "before": before, **pages.page(end, HISTORY_PAGE)})
 
     def _on_chat(self, chat: Chat, event: str, exchange: ChatExchange | None = None) -> None:
         if chat is not self._chat:
@@ -309,7 +395,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self.send({"type": "notice", "text": str(note)})
 
     def _turn_id(self, index: int) -> str:
-        return f"h{self._generation}-turn-{index}"
+        return _turn_id(self._generation, index)
 
     def _streaming_here(self) -> bool:
         return self._thread is not None and self._thread is threading.current_thread()
@@ -321,6 +407,8 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         if kind == "hello":
             self._refresh()
             self._send_history()
+        elif kind == "history_page":
+            self._send_page(content.get("before"))
         elif kind == "send":
             self.ask(str(content.get("text", "")), question_id=_question_id(content.get("id")))
         elif kind == "stop":

@@ -44,7 +44,6 @@ import type {
   KernelPanelMessage
 } from './panelProtocol';
 import { isKernelPanelMessage } from './panelProtocol';
-import { EarlierMessages } from './panelHistory';
 import { safeMarkdown } from './safeMarkdown';
 
 /** What the panel shows about a turn besides its text (in the message's metadata). */
@@ -186,12 +185,22 @@ export class KernelChatModel extends AbstractChatModel {
 
   /** How many messages of the history are not shown yet (panelHistory.ts). */
   get earlierCount(): number {
-    return this._earlier.count;
+    return this._earlierCount;
   }
 
-  /** Emitted when `earlierCount` changes. */
+  /** The kernel was asked for the page before those shown and has not answered yet. */
+  get earlierLoading(): boolean {
+    return this._pageAsked !== null;
+  }
+
+  /** Emitted when `earlierCount` or `earlierLoading` changes. */
   get earlierChanged(): ISignal<this, void> {
     return this._earlierChanged;
+  }
+
+  /** Emitted just before a page of earlier messages goes in above the others. */
+  get earlierArriving(): ISignal<this, void> {
+    return this._earlierArriving;
   }
 
   /** Emitted when a whole history replaced the messages (the panel then shows its end). */
@@ -199,16 +208,22 @@ export class KernelChatModel extends AbstractChatModel {
     return this._historyShown;
   }
 
-  /** Show the next page of the history's earlier messages, above the others. */
+  /**
+   * Ask the kernel for the page of the history before the messages shown (it
+   * answers `history_page`, shown above the others); once, until it answers.
+   */
   showEarlier(): void {
-    const page = this._earlier.take();
-    if (page.length) {
-      this.messagesInserted(
-        0,
-        page.map(m => this._content(m))
-      );
-      this._earlierChanged.emit();
+    const cursor = this._cursor;
+    if (cursor === null || this._pageAsked === cursor) {
+      return;
     }
+    if (!this._widget.comm_live) {
+      this._notConnected();
+      return;
+    }
+    this._pageAsked = cursor;
+    this._send({ type: 'history_page', before: cursor });
+    this._earlierChanged.emit();
   }
 
   /** Emitted with the server's models (and an error, empty if none) when they arrive. */
@@ -296,7 +311,7 @@ export class KernelChatModel extends AbstractChatModel {
     this._queueChanged.emit();
   }
 
-  /** Ask the kernel for the whole history (it answers `history`). */
+  /** Ask the kernel for the history (it answers `history`: its latest exchanges). */
   hello(): void {
     this._send({ type: 'hello' });
   }
@@ -514,18 +529,32 @@ export class KernelChatModel extends AbstractChatModel {
         this._inFlight = null;
         this._inFlightSeenBusy = false;
         this.clearMessages();
-        // The latest exchanges only: the earlier ones show as the user scrolls up.
-        const shown = this._earlier.reset(msg.messages);
-        if (shown.length) {
+        // The latest exchanges only: the kernel sends earlier ones as the user scrolls up.
+        this._setEarlier(msg.earlier, msg.cursor);
+        if (msg.messages.length) {
           this.messagesInserted(
             0,
-            shown.map(m => this._content(m))
+            msg.messages.map(m => this._content(m))
           );
         }
         this._earlierChanged.emit();
         this._historyShown.emit();
         break;
       }
+      case 'history_page':
+        // An answer for another cursor belongs to a history no longer shown.
+        if (msg.before === this._cursor) {
+          this._earlierArriving.emit();
+          this._setEarlier(msg.earlier, msg.cursor);
+          if (msg.messages.length) {
+            this.messagesInserted(
+              0,
+              msg.messages.map(m => this._content(m))
+            );
+          }
+          this._earlierChanged.emit();
+        }
+        break;
       case 'append':
         msg.messages.forEach(m => this._addLast(m));
         break;
@@ -595,6 +624,14 @@ export class KernelChatModel extends AbstractChatModel {
         break;
       }
     }
+  }
+
+  /** What the kernel said is before the messages shown (nothing asked for yet). */
+  private _setEarlier(earlier: unknown, cursor: unknown): void {
+    this._cursor = typeof cursor === 'string' ? cursor : null;
+    this._earlierCount =
+      this._cursor !== null && typeof earlier === 'number' && earlier > 0 ? earlier : 0;
+    this._pageAsked = null;
   }
 
   private _stream(id: string): IStream {
@@ -775,8 +812,14 @@ export class KernelChatModel extends AbstractChatModel {
   }
 
   private readonly _widget: WidgetModel;
-  private readonly _earlier = new EarlierMessages<ITurnMessage>();
+  /** The history's messages before those shown (the kernel keeps them). */
+  private _earlierCount = 0;
+  /** The kernel's cursor for the page before those shown; null when nothing is earlier. */
+  private _cursor: string | null = null;
+  /** The cursor of the page asked for and not arrived yet. */
+  private _pageAsked: string | null = null;
   private readonly _earlierChanged = new Signal<this, void>(this);
+  private readonly _earlierArriving = new Signal<this, void>(this);
   private readonly _historyShown = new Signal<this, void>(this);
   private readonly _streams = new Map<string, IStream>();
   private _notice: INotice | null = null;

@@ -3,59 +3,30 @@
  * 2,000-turn conversation shows in <= 0.5 s).
  *
  * @jupyter/chat renders every message it is given, each through the
- * rendermime, so giving it a whole 2,000-turn history took seconds. The
- * panel's model gives it the latest messages only and keeps the earlier ones
- * here, as the kernel sent them (not yet turned into chat messages); they are
- * shown a page at a time, above the others, when the user scrolls to the top
- * of the list or presses "Show earlier". The scroll position stays where the
- * user was reading.
+ * rendermime, and a whole 2,000-turn history is 650 kB in one comm message:
+ * the kernel sends the latest exchanges only (`history`), and the page before
+ * them when the user scrolls to the top of the list or presses "Show earlier"
+ * (`history_page`), shown above the others. The scroll position stays where
+ * the user was reading.
  */
 import { Widget } from '@lumino/widgets';
 import type { ISignal } from '@lumino/signaling';
 
-/** Messages shown when a history arrives: the latest exchanges. */
-export const FIRST_SHOWN = 20;
-/** Messages added above at each scroll to the top (or "Show earlier"). */
-export const PAGE = 40;
-/** Distance (px) from the top of the list at which earlier messages are added. */
+/** Distance (px) from the top of the list at which earlier messages are asked for. */
 const NEAR_TOP = 120;
-
-/** The history's messages not shown yet: all of them before the shown ones. */
-export class EarlierMessages<T> {
-  /** Keep all but the last ``shown`` of ``all``; return those last ones. */
-  reset(all: readonly T[], shown = FIRST_SHOWN): T[] {
-    const cut = Math.max(0, all.length - shown);
-    this._kept = all.slice(0, cut);
-    return all.slice(cut);
-  }
-
-  /** The last ``n`` kept messages (the ones just before those shown), no longer kept. */
-  take(n = PAGE): T[] {
-    const cut = Math.max(0, this._kept.length - n);
-    const page = this._kept.slice(cut);
-    this._kept = this._kept.slice(0, cut);
-    return page;
-  }
-
-  clear(): void {
-    this._kept = [];
-  }
-
-  get count(): number {
-    return this._kept.length;
-  }
-
-  private _kept: T[] = [];
-}
 
 /** What the control needs of the panel's chat model. */
 export interface IEarlierSource {
   /** How many earlier messages are not shown. */
   readonly earlierCount: number;
-  /** Show the next page of them above the others. */
+  /** The next page of them was asked for and has not arrived. */
+  readonly earlierLoading: boolean;
+  /** Ask for the next page of them, to show above the others. */
   showEarlier(): void;
-  /** Emitted when ``earlierCount`` changes. */
+  /** Emitted when ``earlierCount`` or ``earlierLoading`` changes. */
   readonly earlierChanged: ISignal<unknown, void>;
+  /** Emitted just before a page goes in above the others. */
+  readonly earlierArriving: ISignal<unknown, void>;
 }
 
 /**
@@ -77,6 +48,7 @@ export class EarlierControl extends Widget {
     this._button.addEventListener('click', () => this._showEarlier());
     this.node.append(this._text, ' · ', this._button);
     source.earlierChanged.connect(this._render, this);
+    source.earlierArriving.connect(this._keepInView, this);
     chatNode.addEventListener('scroll', this._onScroll, {
       capture: true,
       passive: true
@@ -90,6 +62,7 @@ export class EarlierControl extends Widget {
       return;
     }
     this._source.earlierChanged.disconnect(this._render, this);
+    this._source.earlierArriving.disconnect(this._keepInView, this);
     this._chatNode.removeEventListener('scroll', this._onScroll, {
       capture: true
     });
@@ -102,6 +75,9 @@ export class EarlierControl extends Widget {
     this.node.hidden = n === 0;
     this._text.textContent =
       n === 1 ? '1 earlier message' : `${n.toLocaleString('en-US')} earlier messages`;
+    const loading = this._source.earlierLoading;
+    this._button.disabled = loading;
+    this._button.textContent = loading ? 'Loading…' : 'Show earlier';
   }
 
   /**
@@ -128,31 +104,35 @@ export class EarlierControl extends Widget {
 
   private _nearTop(scroller: HTMLElement): void {
     if (scroller.scrollTop < NEAR_TOP && this._source.earlierCount > 0) {
-      this._showEarlier(scroller);
+      this._showEarlier(true);
     }
   }
 
-  /**
-   * Add a page above, keeping in view what the user was reading: the message
-   * that was first stays where it was while the new ones render above it
-   * (their Markdown lays out over a few frames).
-   */
-  private _showEarlier(scroller?: HTMLElement): void {
-    // A scroll near the top while a page lays out would add page after page;
-    // a press of the button always adds one.
-    if ((scroller !== undefined && this._loading) || this._source.earlierCount === 0) {
+  /** Ask for the page above (the kernel sends it: see ``_keepInView``). */
+  private _showEarlier(fromScroll = false): void {
+    // A scroll near the top while a page lays out would ask for page after
+    // page; a press of the button always asks for one.
+    if ((fromScroll && this._settling) || this._source.earlierCount === 0) {
       return;
     }
+    this._source.showEarlier();
+  }
+
+  /**
+   * A page is going in above: keep in view what the user was reading (the
+   * message that was first stays where it was while the new ones render above
+   * it; their Markdown lays out over a few frames).
+   */
+  private _keepInView(): void {
     const generation = ++this._generation;
-    const el = scroller ?? findScroller(this._chatNode);
+    const el = findScroller(this._chatNode);
     const anchor = el?.querySelector<HTMLElement>('.jp-chat-message') ?? null;
     const offset = (): number =>
       el !== null && anchor !== null
         ? anchor.getBoundingClientRect().top - el.getBoundingClientRect().top
         : 0;
     const before = offset();
-    this._loading = true;
-    this._source.showEarlier();
+    this._settling = true;
     let frames = 0;
     let stable = 0;
     let height = el?.scrollHeight ?? 0;
@@ -169,7 +149,7 @@ export class EarlierControl extends Widget {
       if (++frames < 120 && stable < 10) {
         requestAnimationFrame(keep);
       } else {
-        this._loading = false;
+        this._settling = false;
       }
     };
     requestAnimationFrame(keep);
@@ -179,7 +159,8 @@ export class EarlierControl extends Widget {
   private readonly _chatNode: HTMLElement;
   private readonly _text: HTMLSpanElement;
   private readonly _button: HTMLButtonElement;
-  private _loading = false;
+  /** A page is laying out under ``_keepInView``. */
+  private _settling = false;
   private _generation = 0;
 }
 

@@ -70,7 +70,25 @@ export interface IUsage {
 
 /** Kernel -> front end. */
 export type KernelPanelMessage =
-  | { type: 'history'; messages: ITurnMessage[] }
+  /**
+   * The latest whole exchanges of the session's history; `earlier`: how many
+   * messages are before them; `cursor`: what `history_page` sends as `before`
+   * for the page before them (null when nothing is earlier).
+   */
+  | {
+      type: 'history';
+      messages: ITurnMessage[];
+      earlier?: number;
+      cursor?: string | null;
+    }
+  /** The page before `before` (a cursor of the last `history` or `history_page`). */
+  | {
+      type: 'history_page';
+      before: string;
+      messages: ITurnMessage[];
+      earlier?: number;
+      cursor?: string | null;
+    }
   | { type: 'append'; messages: ITurnMessage[] }
   | { type: 'user'; message: ITurnMessage }
   | { type: 'delta'; id: string; kind: 'text' | 'thinking'; text: string }
@@ -105,6 +123,8 @@ export type KernelPanelMessage =
 /** Front end -> kernel. */
 export type FrontEndPanelMessage =
   | { type: 'hello' }
+  /** The page of the history before the cursor `before` (the user scrolled up). */
+  | { type: 'history_page'; before: string }
   /** `id`: the question's bubble in the page; the kernel answers under it (`user_id`). */
   | { type: 'send'; text: string; id?: string }
   | { type: 'stop' }
@@ -119,6 +139,7 @@ export type ApprovalAnswer = 'yes' | 'no' | 'always';
 
 const KERNEL_TYPES: ReadonlySet<string> = new Set([
   'history',
+  'history_page',
   'append',
   'user',
   'delta',
