@@ -369,9 +369,12 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         k = len(ex)
         turns = chat.get_turns()
         n = len(turns)
-        in_history = exchange.recorded and n >= k and all(a is b for a, b in zip(turns[n - k:], ex))
-        if in_history and n - k != self._shown:
-            # Not an addition at the end: a cell run again replaced its earlier exchange.
+        at = exchange.at if exchange.at is not None else n - k
+        in_history = (exchange.recorded and 0 <= at <= n - k
+                      and all(a is b for a, b in zip(turns[at:at + k], ex)))
+        if in_history and (at != n - k or at != self._shown):
+            # Not an addition at the end: a cell run again replaced its exchange in place (the
+            # notebook's order keeps the cells below), or a cell placed above others ran.
             self._send_history()
         elif self._streaming_here() and self._stream_binds == self._binds:
             # The panel's own question: the front end has it from the deltas and "tool"
