@@ -4,6 +4,7 @@ fake server, so what was sent is what the server received."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -155,3 +156,180 @@ def test_a_panel_question_sits_after_the_cell_that_ran_last(  # noqa: F811 - fix
     assert texts(turns) == ["question A2\n", "in the panel", "question B\n"]
     assert turns[2].meta["after_cell"] == "A"
     monkeypatch.setattr(ip, "parent_header", {}, raising=False)
+
+
+# -- --new, and a cell that leaves its session (DESIGN §10) -----------------------------------
+
+
+#: Execution numbers, unique in the test run: the shell (and its runner) is shared by the tests.
+_executions = itertools.count()
+
+
+class Cells:
+    """Runs sources as JupyterLab's cells by id, each run a new execution (its own msg_id)."""
+
+    def __init__(self, ip: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ip, self.monkeypatch = ip, monkeypatch
+
+    def __call__(self, cell: str, source: str) -> Any:
+        in_cell(self.monkeypatch, self.ip, cell, next(_executions))
+        try:
+            return run(self.ip, source)
+        finally:
+            self.monkeypatch.setattr(self.ip, "parent_header", {}, raising=False)
+
+
+def sent_texts(fake: FakeOpenAI) -> list[str]:
+    return [m["content"].strip() for m in fake.last_body()["messages"]]
+
+
+def session_texts(name: str = "default") -> list[str]:
+    from jupyter_llmchat import session
+
+    return [t.strip() for t in texts(session(name).get_turns())]
+
+
+def spent_requests(ip: Any) -> int:
+    from jupyter_llmchat._jupyter._bridge import current_bridge
+
+    bridge = current_bridge()
+    assert bridge is not None
+    return sum(row["turns"] or 0 for row in bridge.ledger.to_list())
+
+
+def test_new_starts_the_conversation_for_the_cells_below(  # noqa: F811 - fixtures
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_llmchat import session
+    from jupyter_llmchat._core._turns import NEW_KEY
+
+    cell = Cells(ip, monkeypatch)
+    fake.script(Reply(text="Hello Ada."), Reply(text="Paris is lovely."), Reply(text="In Paris."))
+    assert cell("A", "%%chat\nMy name is Ada").success
+    assert cell("B", "%%chat --new\nI live in Paris").success
+    assert sent_texts(fake) == ["I live in Paris"]  # nothing above a --new cell is sent
+    assert cell("C", "%%chat\nWhat is my name?").success
+    assert sent_texts(fake) == ["I live in Paris", "Paris is lovely.", "What is my name?"]
+    # The cells above keep their exchanges: the session holds all three, in order.
+    assert session_texts() == ["My name is Ada", "I live in Paris", "What is my name?"]
+    turns = session().get_turns()
+    assert turns[2].meta[NEW_KEY] is True and NEW_KEY not in turns[0].meta
+    assert turns[2].to_dict()[NEW_KEY] is True  # in the record, so it survives a restart
+    assert Turn.from_dict(turns[2].to_dict()).meta[NEW_KEY] is True
+    # Run All: every cell replays, its key unchanged, nothing is asked.
+    before = len(fake.chat_requests())
+    for c, source in [("A", "%%chat\nMy name is Ada"), ("B", "%%chat --new\nI live in Paris"),
+                      ("C", "%%chat\nWhat is my name?")]:
+        assert cell(c, source).success
+    assert len(fake.chat_requests()) == before
+    # A question from Python continues the conversation of the cells below B.
+    fake.script(Reply(text="Ada? I was not told."))
+    session().chat("Who am I?", echo="none")
+    assert sent_texts(fake)[:2] == ["I live in Paris", "Paris is lovely."]
+    # B run again without --new: it continues A now, and the cells below it stand on more.
+    fake.script(Reply(text="Noted."))
+    assert cell("B", "%%chat\nI live in Paris").success
+    assert sent_texts(fake) == ["My name is Ada", "Hello Ada.", "I live in Paris"]
+    assert NEW_KEY not in session().get_turns()[2].meta
+
+
+def test_history_shows_where_a_new_conversation_starts(  # noqa: F811 - fixtures
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = Cells(ip, monkeypatch)
+    cell("A", "%%chat\none")
+    cell("B", "%%chat --new\ntwo")
+    shown = ip.run_line_magic("chat_history", "")
+    text, md = repr(shown), shown._repr_markdown_()
+    assert text.index("[user] one") < text.index("new conversation") < text.index("[user] two")
+    assert md.index("one") < md.index("new conversation") < md.index("two")
+
+
+def test_rerun_in_another_session_leaves_the_old_one(  # noqa: F811 - fixtures
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = Cells(ip, monkeypatch)
+    cell("A", "%%chat\nfirst")
+    cell("B", "%%chat\nsecond")
+    spent = spent_requests(ip)
+    assert cell("A", "%%chat -s other\nfirst, elsewhere").success
+    assert session_texts() == ["second"]  # A shows another session's answer now
+    assert session_texts("other") == ["first, elsewhere"]
+    assert spent_requests(ip) == spent + 1  # the answer that left is still counted
+    fake.script(Reply(text="again"))
+    cell("B", "%%chat --refresh\nsecond")
+    assert sent_texts(fake) == ["second"]  # A's old exchange is not above B any more
+
+
+def test_two_lines_in_two_sessions_both_stay_and_replay(  # noqa: F811 - fixtures
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = Cells(ip, monkeypatch)
+    source = "%chat -s one to one\n%chat -s two to two"
+    assert cell("A", source).success
+    assert cell("A", source).success  # replayed, both
+    assert len(fake.chat_requests()) == 2
+    assert session_texts("one") == ["to one"] and session_texts("two") == ["to two"]
+
+
+def test_rerun_with_no_history_leaves_the_session(  # noqa: F811 - fixtures
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = Cells(ip, monkeypatch)
+    cell("A", "%%chat\nfirst")
+    cell("B", "%%chat\nsecond")
+    spent = spent_requests(ip)
+    assert cell("A", "%%chat --no-history\nan aside").success
+    assert sent_texts(fake) == ["an aside"]
+    assert session_texts() == ["second"]
+    assert spent_requests(ip) == spent + 1
+
+
+def test_a_rerun_that_fails_before_any_token_leaves_the_session(  # noqa: F811 - fixtures
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = Cells(ip, monkeypatch)
+    cell("A", "%%chat\nfirst")
+    cell("B", "%%chat\nsecond")
+    spent = spent_requests(ip)
+    fake.script(Reply(status=400, error_message="no such thing"))
+    cell("A", "%%chat\nfirst, changed")
+    assert session_texts() == ["second"]  # the cell shows an error now, not its old answer
+    assert spent_requests(ip) == spent  # the old answer's spend stays; the failure cost nothing
+    # Failing after some tokens keeps the partial answer in place, marked partial.
+    fake.script(Reply(text="a partial answer, cut", chunk_chars=4, cut_after=2))
+    cell("B", "%%chat\nsecond, changed")
+    from jupyter_llmchat import session
+
+    turns = session().get_turns()
+    assert session_texts() == ["second, changed"] and turns[-1].partial
+    assert turns[-1].text == "a partial answer, cut"[:8]
+
+
+def test_outputs_rebuild_a_new_cell_and_the_cells_above_it(  # noqa: F811 - fixtures
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headless (no extension), the record is rebuilt from the answers' outputs: a --new cell
+    keeps the cells above it and carries its mark, as the kernel's record does."""
+    from jupyter_llmchat import session
+    from jupyter_llmchat._core._turns import NEW_KEY
+    from jupyter_llmchat._record._metadata import (
+        KEY,
+        display_metadata,
+        record_from_outputs,
+        validate_record,
+    )
+
+    cell = Cells(ip, monkeypatch)
+    cell("A", "%%chat\none")
+    cell("B", "%%chat --new\ntwo")
+    chat = session()
+    turns = chat.get_turns()
+    cells = [{"cell_type": "code", "outputs": [{
+        "output_type": "display_data", "data": {"text/plain": turns[i + 1].text},
+        "metadata": display_metadata("default", chat, turns[i:i + 2], recorded=True, new=new)}]}
+        for i, new in [(0, False), (2, True)]]
+    rebuilt = validate_record(record_from_outputs({"cells": cells}))["sessions"]["default"]["turns"]
+    assert [t.text.strip() for t in rebuilt[0::2]] == ["one", "two"]
+    assert rebuilt[2].meta.get(NEW_KEY) is True and NEW_KEY not in rebuilt[0].meta
+    assert KEY in cells[1]["outputs"][0]["metadata"]

@@ -361,6 +361,7 @@ def load(ipython: Any) -> None:
     mcp = MCPMagics(shell=ipython, settings=magics)
     ipython.register_magics(mcp)
     ipython.events.register("post_run_cell", magics.cell_runs.post_run_cell)
+    ipython.events.register("post_execute", magics.runner.cell_done)
     _sessions.registry.magics[ipython] = magics
     if protect_questions not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(protect_questions)
@@ -383,6 +384,7 @@ def unload(ipython: Any) -> None:
             spend_guard.set_replay_only(None)
         magics.approval.uninstall()
         ipython.events.unregister("post_run_cell", magics.cell_runs.post_run_cell)
+        ipython.events.unregister("post_execute", magics.runner.cell_done)
         _sessions.set_factory(None)
         for kind in ("line", "cell"):
             for name in MAGIC_NAMES:

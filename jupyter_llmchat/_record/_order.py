@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .._core._turns import Turn, exchange_end
+from .._core._turns import NEW_KEY, Turn, exchange_end
 
 __all__ = [
     "ABOVE_KEY",
@@ -186,11 +186,14 @@ class CellOrder:
 
     def stale(self, turns: Sequence[Turn]) -> list[str]:
         """Cells whose recorded answer was made on another conversation above than their
-        exchange has now (a cell above was deleted, moved, or asked again since)."""
+        exchange has now (a cell above was deleted, moved, or asked again since). The
+        conversation above starts at the last ``--new`` exchange (``conversation_start``)."""
         found: list[str] = []
         h = hashlib.sha256()
         for ex in exchange_spans(turns):
             user = turns[ex.start]
+            if user.meta.get(NEW_KEY) is True:
+                h = hashlib.sha256()  # --new: nothing above it is its conversation
             recorded = user.meta.get(ABOVE_KEY)
             if ex.anchor is not None and not ex.panel and isinstance(recorded, str):
                 if h.hexdigest()[:24] != recorded and ex.anchor not in found:
