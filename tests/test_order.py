@@ -168,8 +168,8 @@ _executions = itertools.count()
 class Cells:
     """Runs sources as JupyterLab's cells by id, each run a new execution (its own msg_id)."""
 
-    def __init__(self, ip: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.ip, self.monkeypatch = ip, monkeypatch
+    def __init__(self, shell: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ip, self.monkeypatch = shell, monkeypatch
 
     def __call__(self, cell: str, source: str) -> Any:
         in_cell(self.monkeypatch, self.ip, cell, next(_executions))
@@ -189,7 +189,7 @@ def session_texts(name: str = "default") -> list[str]:
     return [t.strip() for t in texts(session(name).get_turns())]
 
 
-def spent_requests(ip: Any) -> int:
+def spent_requests() -> int:
     from jupyter_llmchat._jupyter._bridge import current_bridge
 
     bridge = current_bridge()
@@ -197,8 +197,8 @@ def spent_requests(ip: Any) -> int:
     return sum(row["turns"] or 0 for row in bridge.ledger.to_list())
 
 
-def test_new_starts_the_conversation_for_the_cells_below(  # noqa: F811 - fixtures
-    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+def test_new_starts_the_conversation_for_the_cells_below(
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     from jupyter_llmchat import session
     from jupyter_llmchat._core._turns import NEW_KEY
@@ -233,8 +233,8 @@ def test_new_starts_the_conversation_for_the_cells_below(  # noqa: F811 - fixtur
     assert NEW_KEY not in session().get_turns()[2].meta
 
 
-def test_history_shows_where_a_new_conversation_starts(  # noqa: F811 - fixtures
-    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+def test_history_shows_where_a_new_conversation_starts(
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     cell = Cells(ip, monkeypatch)
     cell("A", "%%chat\none")
@@ -245,24 +245,24 @@ def test_history_shows_where_a_new_conversation_starts(  # noqa: F811 - fixtures
     assert md.index("one") < md.index("new conversation") < md.index("two")
 
 
-def test_rerun_in_another_session_leaves_the_old_one(  # noqa: F811 - fixtures
-    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+def test_rerun_in_another_session_leaves_the_old_one(
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     cell = Cells(ip, monkeypatch)
     cell("A", "%%chat\nfirst")
     cell("B", "%%chat\nsecond")
-    spent = spent_requests(ip)
+    spent = spent_requests()
     assert cell("A", "%%chat -s other\nfirst, elsewhere").success
     assert session_texts() == ["second"]  # A shows another session's answer now
     assert session_texts("other") == ["first, elsewhere"]
-    assert spent_requests(ip) == spent + 1  # the answer that left is still counted
+    assert spent_requests() == spent + 1  # the answer that left is still counted
     fake.script(Reply(text="again"))
     cell("B", "%%chat --refresh\nsecond")
     assert sent_texts(fake) == ["second"]  # A's old exchange is not above B any more
 
 
-def test_two_lines_in_two_sessions_both_stay_and_replay(  # noqa: F811 - fixtures
-    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+def test_two_lines_in_two_sessions_both_stay_and_replay(
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     cell = Cells(ip, monkeypatch)
     source = "%chat -s one to one\n%chat -s two to two"
@@ -272,30 +272,30 @@ def test_two_lines_in_two_sessions_both_stay_and_replay(  # noqa: F811 - fixture
     assert session_texts("one") == ["to one"] and session_texts("two") == ["to two"]
 
 
-def test_rerun_with_no_history_leaves_the_session(  # noqa: F811 - fixtures
-    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+def test_rerun_with_no_history_leaves_the_session(
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     cell = Cells(ip, monkeypatch)
     cell("A", "%%chat\nfirst")
     cell("B", "%%chat\nsecond")
-    spent = spent_requests(ip)
+    spent = spent_requests()
     assert cell("A", "%%chat --no-history\nan aside").success
     assert sent_texts(fake) == ["an aside"]
     assert session_texts() == ["second"]
-    assert spent_requests(ip) == spent + 1
+    assert spent_requests() == spent + 1
 
 
-def test_a_rerun_that_fails_before_any_token_leaves_the_session(  # noqa: F811 - fixtures
-    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+def test_a_rerun_that_fails_before_any_token_leaves_the_session(
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     cell = Cells(ip, monkeypatch)
     cell("A", "%%chat\nfirst")
     cell("B", "%%chat\nsecond")
-    spent = spent_requests(ip)
+    spent = spent_requests()
     fake.script(Reply(status=400, error_message="no such thing"))
     cell("A", "%%chat\nfirst, changed")
     assert session_texts() == ["second"]  # the cell shows an error now, not its old answer
-    assert spent_requests(ip) == spent  # the old answer's spend stays; the failure cost nothing
+    assert spent_requests() == spent  # the old answer's spend stays; the failure cost nothing
     # Failing after some tokens keeps the partial answer in place, marked partial.
     fake.script(Reply(text="a partial answer, cut", chunk_chars=4, cut_after=2))
     cell("B", "%%chat\nsecond, changed")
@@ -306,8 +306,8 @@ def test_a_rerun_that_fails_before_any_token_leaves_the_session(  # noqa: F811 -
     assert turns[-1].text == "a partial answer, cut"[:8]
 
 
-def test_outputs_rebuild_a_new_cell_and_the_cells_above_it(  # noqa: F811 - fixtures
-    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+def test_outputs_rebuild_a_new_cell_and_the_cells_above_it(
+    ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     """Headless (no extension), the record is rebuilt from the answers' outputs: a --new cell
     keeps the cells above it and carries its mark, as the kernel's record does."""

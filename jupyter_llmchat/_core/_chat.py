@@ -70,13 +70,13 @@ from ._tools import (
     unknown_tool,
 )
 from ._turns import (
+    NEW_KEY,
     Content,
     ContentImage,
     ContentText,
     ContentThinking,
     ContentToolRequest,
     ContentToolResult,
-    NEW_KEY,
     Tokens,
     Turn,
     check_tool_pairs,
@@ -433,8 +433,8 @@ class Chat:
         ``ContentText`` and ``ContentThinking`` pieces, ``ContentToolRequest`` and
         ``ContentToolResult``. ``model`` and ``params`` apply to this call only;
         ``history=False`` sends the prompt alone and records nothing; ``meta`` annotates the
-        turns (``cell_id``, ``source``; ``{"new_conversation": True}`` starts a new conversation: sent
-        with no history, and the exchanges after it continue from it, not from those before);
+        turns (``cell_id``, ``source``; ``{"new_conversation": True}`` starts a new conversation:
+        sent with no history, and the exchanges after it continue from it, not those before);
         ``replace_from=i`` sends the conversation before ``i`` and replaces the turns from ``i``
         on once the answer is in; ``replace=(i, j)`` sends the conversation before ``i`` and puts
         the exchange in place of ``turns[i:j]`` (``i == j``: inserts it there), the turns after
