@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from jupyter_llmchat import ConfigurationError
-from jupyter_llmchat._core._turns import ContentText, Turn
-from jupyter_llmchat._record._order import ABOVE_KEY, CellOrder, above_hash, exchange_spans
+from jupyter_llmchat._core._replay import KEY_FIELD, Request
+from jupyter_llmchat._core._turns import NEW_KEY, ContentText, Turn
+from jupyter_llmchat._record._order import CellOrder, exchange_spans
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.helpers import new_chat
 from tests.test_magics import config, ip, run  # noqa: F401  (fixtures)
@@ -24,8 +25,9 @@ def exchange(
     meta: dict[str, str] = {"source": "panel"} if in_panel else {"source": "cell"}
     if cell is not None:
         meta["after_cell" if in_panel else "cell_id"] = cell
-    if above is not None:
-        meta[ABOVE_KEY] = above_hash(above)
+    if above is not None:  # asked on the conversation ``above``: its replay key says so
+        meta[KEY_FIELD] = Request(prompt=text, text=text, history=above, provider="p", model="m",
+                                  system_prompt=None, params={}).key().to_dict()
     return [Turn("user", [ContentText(text)], meta=meta),
             Turn("assistant", [ContentText(text + "!")])]
 
@@ -86,6 +88,25 @@ def test_stale_names_cells_whose_conversation_above_changed() -> None:
     assert order.stale([*a2, *b, *c]) == ["B", "C"]  # A asked again, with another answer
     assert order.stale([*c, *a, *b]) == ["C", "A", "B"]  # C moved to the top
     assert order.stale(exchange("D", "no mark")) == []  # restored without a mark: not known
+    # A record of the version before (both marks): the key decides, its above_hash is kept.
+    old = [Turn.from_dict({**t.to_dict(), "above_hash": "0" * 24}) for t in b]
+    assert old[0].meta["above_hash"] == "0" * 24 and old[0].to_dict()["above_hash"] == "0" * 24
+    assert order.stale([*a, *old]) == []
+    unread = exchange("B", "b")
+    unread[0].meta[KEY_FIELD] = {"v": 3, "history": "x"}  # a later version: not judged
+    assert order.stale([*a2, *unread]) == []
+
+
+def test_stale_starts_over_at_a_new_conversation() -> None:
+    order = CellOrder()
+    order.set(["A", "B", "C"])
+    a, a2 = exchange("A", "a", above=[]), exchange("A", "a again", above=[])
+    b = exchange("B", "b", above=[])
+    b[0].meta[NEW_KEY] = True
+    c = exchange("C", "c", above=b)
+    assert order.stale([*a, *b, *c]) == []
+    assert order.stale([*a2, *b, *c]) == []  # A asked again: nothing below B stood on it
+    assert order.stale([*b, *a, *c]) == ["A", "C"]  # A moved below B: both stand on more now
 
 
 def test_order_ignores_junk_ids() -> None:
@@ -201,7 +222,7 @@ def test_new_starts_the_conversation_for_the_cells_below(
     ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     from jupyter_llmchat import session
-    from jupyter_llmchat._core._turns import NEW_KEY
+
 
     cell = Cells(ip, monkeypatch)
     fake.script(Reply(text="Hello Ada."), Reply(text="Paris is lovely."), Reply(text="In Paris."))
@@ -312,7 +333,6 @@ def test_outputs_rebuild_a_new_cell_and_the_cells_above_it(
     """Headless (no extension), the record is rebuilt from the answers' outputs: a --new cell
     keeps the cells above it and carries its mark, as the kernel's record does."""
     from jupyter_llmchat import session
-    from jupyter_llmchat._core._turns import NEW_KEY
     from jupyter_llmchat._record._metadata import (
         KEY,
         display_metadata,

@@ -296,7 +296,8 @@ class Turn:
         if isinstance(rh, str) and len(rh) <= 64:
             meta["request_hash"] = rh
         # Where the turn sits in the notebook's conversation (DESIGN §10): the cell a panel
-        # question follows, and the conversation above the cell when it was asked.
+        # question follows; and a hash of the conversation above the cell, which records of an
+        # earlier version hold (the replay key's history part serves now): kept as it was.
         for k in ("after_cell", "above_hash"):
             v = d.get(k)
             if isinstance(v, str) and len(v) <= 200:

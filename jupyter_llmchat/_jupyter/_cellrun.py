@@ -38,7 +38,7 @@ from .._errors import (
     raise_clean,
 )
 from .._record._metadata import KEY, display_metadata
-from .._record._order import ABOVE_KEY, CellOrder, above_hash, exchange_spans
+from .._record._order import CellOrder, exchange_spans
 from . import _cellcontext as ctx
 from . import _context
 from ._bridge import current_bridge, missing_extension_note
@@ -277,7 +277,7 @@ class CellRunner:
         at = rerun[0] if rerun is not None else len(turns)
         past = [] if args.no_history or args.new else turns[conversation_start(turns, at):at]
         keys = request_of(chat, args.model, question, past).meta()
-        meta = {"cell_id": cell_id, "source": "cell", **keys, ABOVE_KEY: above_hash(past)}
+        meta = {"cell_id": cell_id, "source": "cell", **keys}
         if args.new:
             meta[NEW_KEY] = True
         # Until this answer is in, a second %chat line of this execution takes the same span.
