@@ -254,7 +254,9 @@ class ChatMagics(Magics):
     @argument("-o", "--output", metavar="VAR", help="Store the answer in variable VAR.")
     @argument("-f", "--format", choices=FORMATS, metavar="FORMAT",
               help="markdown, text, code or json: how the answer shows, and what -o stores.")
-    @argument("--new", action="store_true", help="Start the session's history afresh.")
+    @argument("--new", action="store_true",
+              help="Start a new conversation: send no history; the cells below continue from "
+                   "this one, the cells above keep theirs.")
     @argument("--no-history", action="store_true", help="Send this prompt alone and record nothing.")
     @argument("--with", dest="with_names", metavar="NAME[,NAME...]",
               help="Attach a bounded summary of these variables (DataFrames, arrays, ...).")
