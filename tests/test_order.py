@@ -258,12 +258,20 @@ def test_history_shows_where_a_new_conversation_starts(
     ip: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - fixtures
 ) -> None:
     cell = Cells(ip, monkeypatch)
-    cell("A", "%%chat\none")
-    cell("B", "%%chat --new\ntwo")
+    cell("A", "%%chat\nalpha")
+    cell("B", "%%chat --new\nomega")
     shown = ip.run_line_magic("chat_history", "")
     text, md = repr(shown), shown._repr_markdown_()
-    assert text.index("[user] one") < text.index("new conversation") < text.index("[user] two")
-    assert md.index("one") < md.index("new conversation") < md.index("two")
+    assert text.index("[user] alpha") < text.index("new conversation") < text.index("[user] omega")
+    assert md.index("alpha") < md.index("new conversation") < md.index("omega")
+    # An export says so at the same place, from the record.
+    from jupyter_llmchat._jupyter._bridge import current_bridge
+    from jupyter_llmchat._record._export import to_html, to_markdown
+
+    bridge = current_bridge()
+    assert bridge is not None
+    for page in (to_markdown(bridge.record(), ["A", "B"]), to_html(bridge.record(), ["A", "B"])):
+        assert page.index("alpha") < page.index("new conversation") < page.index("omega")
 
 
 def test_rerun_in_another_session_leaves_the_old_one(

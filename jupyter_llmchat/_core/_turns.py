@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar, Union
 
 __all__ = [
     "NEW_KEY",
+    "NEW_LINE",
     "SHORT_ARGUMENTS",
     "SHORT_ERROR",
     "Content",
@@ -32,6 +33,7 @@ __all__ = [
     "record_exchanges",
     "record_opens_exchange",
     "short_arguments",
+    "starts_conversation",
     "tool_round",
 ]
 
@@ -339,6 +341,14 @@ class Turn:
 #: conversation (``%%chat --new``): it is sent with no history, and the exchanges after it
 #: continue from it, not from those before it (``conversation_start``).
 NEW_KEY = "new_conversation"
+#: What every view (``%chat_history``, an export) shows before such an exchange: the turns above
+#: it are kept and shown, not sent with it or after it.
+NEW_LINE = "a new conversation starts here (--new): what is above is not sent with what follows"
+
+
+def starts_conversation(t: Turn) -> bool:
+    """Whether ``t`` is the prompt of an exchange that starts a new conversation (``NEW_KEY``)."""
+    return t.meta.get(NEW_KEY) is True and opens_exchange(t)
 
 #: The most characters of a user turn's ``request_key`` kept from a record.
 MAX_KEY_CHARS = 8_000
@@ -408,8 +418,7 @@ def conversation_start(turns: Sequence[Turn], end: int) -> int:
     exchange before it that started a new one (its prompt's ``NEW_KEY``), else at 0. What comes
     before that point is kept in the history and shown, but not sent (every sender's one rule)."""
     for i in range(min(end, len(turns)) - 1, -1, -1):
-        t = turns[i]
-        if t.meta.get(NEW_KEY) is True and opens_exchange(t):
+        if starts_conversation(turns[i]):
             return i
     return 0
 

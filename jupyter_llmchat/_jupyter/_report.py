@@ -11,12 +11,11 @@ from .._core._chat import Chat
 from .._core._markdown import safe_markdown
 from .._core._spend import exchange_spend
 from .._core._turns import (
-    NEW_KEY,
-    Turn,
+    NEW_LINE,
     call_line,
     exchange_starts,
     exchanges,
-    opens_exchange,
+    starts_conversation,
     tool_round,
 )
 from .._core._usage import UsageRow, format_row_cost, format_tokens
@@ -235,7 +234,7 @@ class HistoryView:
             # A rule before each question: one exchange per block, the same space everywhere.
             if t.role == "user" and out:
                 out.append("---")
-            if _starts_new(t) and i > 0:
+            if starts_conversation(t) and i > 0:
                 out.append(f"*{NEW_LINE}*")
             calls = self._calls(i)
             if calls and not _trim(t.text):  # a tool round: its calls only, no empty answer
@@ -260,20 +259,12 @@ class HistoryView:
         for i, t in enumerate(self.turns):
             if tool_round(t):
                 continue
-            if _starts_new(t) and i > 0:
+            if starts_conversation(t) and i > 0:
                 out.append(f"-- {NEW_LINE} --")
             calls = [f"[tool] {c}" for c in self._calls(i)]
             text = [f"[{t.role}{' partial' if t.partial else ''}] {_trim(t.text)}"] if _trim(t.text) or not calls else []
             out.append("\n".join(text + calls))
         return "\n\n".join(out)
-
-
-#: Where ``--new`` started a new conversation: the turns above it are kept and shown, not sent.
-NEW_LINE = "a new conversation starts here (--new): what is above is not sent with what follows"
-
-
-def _starts_new(t: Turn) -> bool:
-    return t.meta.get(NEW_KEY) is True and opens_exchange(t)
 
 
 class NoConversation:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .._core._replay import KEY_FIELD, RequestKey, history_digest
 from .._core._spend import history_hash
-from .._core._turns import NEW_KEY, Turn, exchange_end
+from .._core._turns import Turn, exchange_end, starts_conversation
 
 __all__ = [
     "CellOrder",
@@ -181,7 +181,7 @@ class CellOrder:
         h = history_hash([])
         for ex in exchange_spans(turns):
             user = turns[ex.start]
-            if user.meta.get(NEW_KEY) is True:
+            if starts_conversation(user):
                 h = history_hash([])  # --new: nothing above it is its conversation
             if ex.anchor is not None and not ex.panel and ex.anchor not in found:
                 key = RequestKey.from_dict(user.meta.get(KEY_FIELD))
