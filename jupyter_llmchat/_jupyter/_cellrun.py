@@ -8,9 +8,10 @@ the cells below it), a recorded answer shown again, or the request streamed into
 display with its three error paths (Ctrl-C, the budget, the server). When the cell's execution
 ends, its exchanges leave the sessions it no longer answers in (another ``-s``, ``--no-history``,
 a failure before any token), as a reader of the notebook sees it. The spend guard itself is the
-core's (every request passes it); this module only says what a refusal means in a cell. Whether a recorded answer still answers the cell is the core's
-replay key (``_replay``); a cell asked again instead says why in one line, and in replay-only
-mode (``ChatMagics.replay = "only"``, ``JUPYTER_LLMCHAT_REPLAY=only``) fails saying it.
+core's (every request passes it); this module only says what a refusal means in a cell. Whether
+a recorded answer still answers the cell is the core's replay key (``_replay``); a cell asked
+again instead says why in one line, and in replay-only mode (``ChatMagics.replay = "only"``,
+``JUPYTER_LLMCHAT_REPLAY=only``) fails saying it.
 """
 
 from __future__ import annotations
