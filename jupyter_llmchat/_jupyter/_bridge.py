@@ -40,8 +40,9 @@ message meant for another notebook on the same kernel:
   Sent when that list changes.
 - A session's turns set otherwise (cells moved or deleted, a cell that left the session, a
   ``--new`` mark) send one ``replace_exchange`` of the whole exchanges between the turns the
-  front end still holds at each end: a deletion is that exchange's size, a move the size of the
-  exchanges it passed.
+  front end still holds at each end (a deletion is that exchange's size), or, for a cell moved
+  past others, two: the moved exchanges out of their place, and into the new one (or the
+  exchanges it passed, when they are fewer turns).
 - ``{"type": "insert_cell", "path", "cell", "source"}`` (``%%chat --insert``): put ``source``
   into the code cell below cell ``cell`` that was inserted for it (its metadata
   ``jupyter_llmchat.inserted_by`` is ``cell``), else into a new code cell below it.
@@ -570,8 +571,23 @@ class Bridge:
         while tail > 0 and not (_boundary(old, len(old) - tail)
                                 and _boundary(turns, len(turns) - tail)):
             tail -= 1
-        self._post_replace(name, chat, head, len(old) - tail, len(old),
-                           turns[head:len(turns) - tail])
+        middle = old[head:len(old) - tail]
+        k = _rotation(middle, turns[head:len(turns) - tail])
+        if k is None:
+            self._post_replace(name, chat, head, len(old) - tail, len(old),
+                               turns[head:len(turns) - tail])
+            return
+        # One block of exchanges moved past the others: the smaller side travels, in two
+        # messages (out of its place, into the other), so a cell moved to the top costs its
+        # exchange, not the exchanges it passed.
+        m = len(middle)
+        if k <= m - k:
+            self._post_replace(name, chat, head, head + k, len(old), [])
+            self._post_replace(name, chat, head + m - k, head + m - k, len(old) - k,
+                               list(middle[:k]))
+        else:
+            self._post_replace(name, chat, head + k, head + m, len(old), [])
+            self._post_replace(name, chat, head, head, len(old) - (m - k), list(middle[k:]))
 
     def _post_replace(
         self, name: str, chat: Chat, start: int, end: int, length: int, new: list[Turn]
@@ -796,6 +812,18 @@ def _holds_cells(record: Any, ids: list[str]) -> bool:
 def _boundary(turns: tuple[Turn, ...] | list[Turn], i: int) -> bool:
     """Whether an exchange begins at ``turns[i]`` (or the turns end there)."""
     return i <= 0 or i >= len(turns) or opens_exchange(turns[i])
+
+
+def _rotation(old: tuple[Turn, ...], new: list[Turn]) -> int | None:
+    """``k`` where ``new`` is ``old[k:] + old[:k]`` (the same turns, by identity) and an
+    exchange begins at ``old[k]``; None when it is not such a move."""
+    if len(old) != len(new) or len(old) < 2:
+        return None
+    k = next((i for i in range(1, len(old)) if old[i] is new[0]), None)
+    if k is None or not _boundary(old, k):
+        return None
+    moved = (*old[k:], *old[:k])
+    return k if all(a is b for a, b in zip(moved, new)) else None
 
 
 def _list(value: Any) -> list[Any]:
