@@ -62,8 +62,6 @@ class Settings(Protocol):
 
     def made_from_config(self, session: str) -> bool: ...
 
-    def refresh_session(self, session: str) -> None: ...
-
 
 @dataclass
 class _Question:
