@@ -34,8 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
         chat_vllm,
     )
     from ._core._process import token_usage
-    from ._core._structured import StructuredOutputError
-    from ._core._tools import Tool, ToolError
+    from ._core._tools import Tool
     from ._core._turns import (
         ContentImage,
         ContentText,
@@ -49,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
         APIStatusError,
         AuthenticationError,
         BudgetExceeded,
+        ChatBusyError,
         ConfigurationError,
         LLMChatError,
         MCPError,
@@ -58,6 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover
         ReplayOnlyError,
         ServerError,
         StreamError,
+        StructuredOutputError,
+        ToolError,
         ToolRejectError,
         TransportError,
     )
@@ -70,6 +72,7 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceeded",
     "Chat",
+    "ChatBusyError",
     "ChatExchange",
     "ChatStream",
     "ConfigurationError",
@@ -130,6 +133,7 @@ _LAZY = {
     "APIStatusError": "_errors",
     "AuthenticationError": "_errors",
     "BudgetExceeded": "_errors",
+    "ChatBusyError": "_errors",
     "ConfigurationError": "_errors",
     "LLMChatError": "_errors",
     "MCPError": "_errors",
@@ -139,6 +143,9 @@ _LAZY = {
     "ReplayOnlyError": "_errors",
     "ServerError": "_errors",
     "StreamError": "_errors",
+    "StructuredOutputError": "_errors",
+    "ToolError": "_errors",
+    "ToolRejectError": "_errors",
     "TransportError": "_errors",
     "ParallelResults": "_core._parallel",
     "parallel_chat": "_core._parallel",
@@ -156,10 +163,7 @@ _LAZY = {
     "chat_vllm": "_core._presets",
     "session": "_sessions",
     "use": "_sessions",
-    "StructuredOutputError": "_core._structured",
     "Tool": "_core._tools",
-    "ToolError": "_core._tools",
-    "ToolRejectError": "_errors",
     "ContentImage": "_core._turns",
     "ContentText": "_core._turns",
     "ContentThinking": "_core._turns",

@@ -18,10 +18,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from ._errors import ConfigurationError, LLMChatError
+from ._errors import ConfigurationError, LLMChatError, RecordError
 from ._local._model import MODEL_ALIAS, LocalServer, check_installed
 from ._record._export import export_format, export_record, notebook_record
-from ._record._metadata import KEY, RecordError, merge_records, record_from_outputs, validate_record
+from ._record._metadata import KEY, merge_records, record_from_outputs, validate_record
 
 __all__ = ["COMMANDS", "Command", "main"]
 

@@ -3,19 +3,23 @@
 One tree, one root::
 
     LLMChatError
-    ├── ConfigurationError        bad option, unknown model, missing extra
+    ├── ConfigurationError        bad option, unknown model, missing extra (also a ValueError)
+    │   └── ChatBusyError         a message sent while the chat is still answering another
     ├── TransportError            server unreachable, timeout, connection dropped
     ├── APIStatusError            the server answered with an HTTP error status
     │   ├── AuthenticationError   401, 403, or a 400 that refuses the key
     │   ├── RateLimitError        429
     │   └── ServerError           5xx
     ├── StreamError               the answer's stream broke or could not be decoded
+    ├── StructuredOutputError     chat_structured(): the answer does not fit the data model (.raw)
+    ├── ToolError                 the tool loop cannot go on (too many rounds, a call cut off)
+    ├── ToolRejectError           a tool call refused (by the tool, a callback or the approval)
     ├── BudgetExceeded            the notebook's budget refused a request before it was sent
     │   └── ReplayOnlyError       replay-only mode (CI, docs builds): nothing is ever sent
-    ├── ToolRejectError           a tool call refused (by the tool, a callback or the approval)
     ├── ParallelChatError         parallel_chat(on_error="stop"): a prompt failed (keeps .results)
-    └── MCPError                  an MCP server failed to start, ended, or answered an error
-        └── MCPTimeoutError       an MCP tool call took longer than its timeout
+    ├── MCPError                  an MCP server failed to start, ended, or answered an error
+    │   └── MCPTimeoutError       an MCP tool call took longer than its timeout
+    └── RecordError               a notebook's chat record is not one to read (also a ValueError)
 
 Messages name the URL, the status and a hint; they never carry a key or a header value.
 """
@@ -28,15 +32,19 @@ __all__ = [
     "APIStatusError",
     "AuthenticationError",
     "BudgetExceeded",
+    "ChatBusyError",
     "ConfigurationError",
     "LLMChatError",
     "MCPError",
     "MCPTimeoutError",
     "ParallelChatError",
     "RateLimitError",
+    "RecordError",
     "ReplayOnlyError",
     "ServerError",
     "StreamError",
+    "StructuredOutputError",
+    "ToolError",
     "ToolRejectError",
     "TransportError",
 ]
@@ -57,6 +65,12 @@ class LLMChatError(Exception):
 
 class ConfigurationError(LLMChatError, ValueError):
     """A wrong option, an unknown model or a missing optional dependency."""
+
+
+class ChatBusyError(ConfigurationError):
+    """A second message was sent while an answer is still streaming: refused, never interleaved.
+
+    A ``%%chat`` cell and the panel share a session; the one that comes second is told to wait."""
 
 
 class TransportError(LLMChatError):
@@ -105,6 +119,22 @@ class StreamError(LLMChatError):
     """The streamed answer was cut, malformed, or reported an error mid-stream."""
 
     hint = "the answer so far is kept and marked partial"
+
+
+class StructuredOutputError(LLMChatError):
+    """The answer is not valid JSON for the requested data model; ``raw`` is the answer's text."""
+
+    hint = "the answer is kept in the history; try again, or a model that follows JSON schemas"
+
+    def __init__(self, message: str, *, raw: str) -> None:
+        self.raw = raw
+        super().__init__(message)
+
+
+class ToolError(LLMChatError):
+    """The tool loop could not go on (too many rounds in a row)."""
+
+    hint = "the answers so far are kept; raise max_tool_rounds or check the tools' results"
 
 
 class BudgetExceeded(LLMChatError):
@@ -162,6 +192,13 @@ class MCPTimeoutError(MCPError):
     """An MCP tool call got no answer within its timeout (``timeout=``, 60 s by default)."""
 
     hint = "the server is still connected; raise timeout= if the tool is slow"
+
+
+class RecordError(LLMChatError, ValueError):
+    """A notebook's chat record (``metadata.jupyter_llmchat``) is not a valid schema-1 record.
+
+    Records are untrusted input (DESIGN §9): the message says what is wrong, and the record is
+    never written over. A ValueError too, as a bad value read from a file is one."""
 
 
 def raise_clean(exc: BaseException) -> NoReturn:

@@ -139,6 +139,23 @@ def test_per_call_model_overrides_the_chat_model(fake: FakeOpenAI, fake_url: str
     assert fake.last_body()["model"] == "test-model"
 
 
+def test_set_model_changes_the_model_of_the_next_requests(fake: FakeOpenAI, fake_url: str) -> None:
+    chat = new_chat(fake_url)
+    heard: list[str] = []
+    chat.add_listener(lambda c, event, exchange: heard.append(event))
+    chat.set_model("  other-model ")
+    assert chat.get_model() == "other-model" and heard == ["model"]
+    chat.chat("hi")
+    assert fake.last_body()["model"] == "other-model"
+    assert last(chat).model == "other-model"
+    chat.set_model("other-model")  # no change: nothing to hear
+    assert heard == ["model", "start", "turn"]
+    for bad in ("", "   ", None, 3):
+        with pytest.raises(ConfigurationError, match="set_model\\(\\) takes a model's name"):
+            chat.set_model(bad)  # type: ignore[arg-type]
+    assert chat.get_model() == "other-model" and heard == ["model", "start", "turn"]
+
+
 # -- api_args and api_headers -----------------------------------------------------------------
 
 

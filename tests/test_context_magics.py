@@ -277,6 +277,19 @@ def test_chat_fix_sends_the_error_and_the_cell(
     assert "{{'a': 1}}['b']" in user_message(fake)
 
 
+def test_chat_fix_names_the_cell_as_ipythons_traceback_does(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+    """The frames of a cell are named by the shell's compiler (``format_code_name``), as
+    IPython's own traceback names them: "Cell In[N]", N the cell's execution count."""
+    defined = ip.run_cell("def halve(x):\n    return x / 0\n", store_history=True)
+    failed = ip.run_cell("halve(4)\n", store_history=True)
+    assert isinstance(failed.error_in_exec, ZeroDivisionError)
+    fake.script(Reply(text="Do not divide by 0."))
+    run(ip, "%chat_fix")
+    sent = user_message(fake)
+    assert f"Cell In[{failed.execution_count}], line 1, in <module>" in sent
+    assert f"Cell In[{defined.execution_count}], line 2, in halve" in sent
+
+
 def test_chat_fix_with_no_error_sends_nothing(
     ip: InteractiveShell, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

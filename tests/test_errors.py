@@ -31,6 +31,33 @@ def test_error_tree() -> None:
     assert issubclass(LLMChatError, Exception)
 
 
+def test_every_public_error_of_the_package_is_in_the_one_tree() -> None:
+    """One tree, one module: each exception class the package defines (but a private one used
+    for control flow) lives in ``_errors``, under ``LLMChatError``, and is drawn in its tree."""
+    import importlib
+    import pkgutil
+
+    import jupyter_llmchat
+    from jupyter_llmchat import _errors
+
+    errors = set()
+    for info in pkgutil.walk_packages(jupyter_llmchat.__path__, "jupyter_llmchat."):
+        if info.name.endswith("__main__"):
+            continue  # the CLI's entry point runs at import
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, BaseException)
+                    and value.__module__.startswith("jupyter_llmchat")
+                    and not value.__name__.startswith("_")):
+                errors.add(value)
+    assert errors and all(e.__module__ == "jupyter_llmchat._errors" for e in errors), errors
+    assert all(issubclass(e, LLMChatError) for e in errors)
+    assert all(f" {e.__name__} " in _errors.__doc__ for e in errors if e is not LLMChatError)
+    # Those a reader of records or a busy session's caller catches by their older bases still work.
+    assert issubclass(_errors.RecordError, ValueError)
+    assert issubclass(jupyter_llmchat.ChatBusyError, jupyter_llmchat.ConfigurationError)
+
+
 # -- statuses ---------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from jupyter_llmchat import Chat, chat_openai_compatible, token_usage
 from jupyter_llmchat._jupyter._report import UsageReport
-from jupyter_llmchat._core._spend import Spent, footer
+from jupyter_llmchat._core._spend import Spent, footer, spend_guard
 from jupyter_llmchat._core._turns import Tokens
 from jupyter_llmchat._core._process import process_ledger
 from jupyter_llmchat._core._usage import (
@@ -92,6 +92,59 @@ def test_every_view_agrees_on_a_session_with_an_unknown_answer(fake: FakeOpenAI,
     assert after["turns"] - turns_before == 2
     assert after["cost"] == after["cost_usd"]
     assert process_ledger().rows[("OpenAI", "gpt-4o")].unknown_cost >= 1
+
+
+def test_the_process_ledger_hears_each_request_from_the_spend_guard(
+    fake: FakeOpenAI, fake_url: str
+) -> None:
+    """Nothing in the core writes into the process ledger: it is a listener of the spend guard
+    every request passes, as any other ledger may be, and hears each answer as it arrives (a
+    tool exchange's every round), also while the exchange is still going."""
+    chat = _priced_chat(fake_url)
+    key = ("OpenAI", "gpt-4o")
+    heard: list[tuple[str, str | None]] = []
+    mid_exchange: list[int] = []
+
+    def rows() -> int:
+        row = process_ledger().rows.get(key)
+        return row.turns if row is not None else 0
+
+    def clock() -> str:
+        mid_exchange.append(rows())  # the first round is in the ledger before the next is sent
+        return "noon"
+
+    chat.register_tool(clock)
+    remove = spend_guard.on_spend(lambda provider, turn: heard.append((provider, turn.model)))
+    before = rows()
+    try:
+        call = {"id": "c1", "type": "function", "function": {"name": "clock", "arguments": "{}"}}
+        fake.script(Reply(text="", tool_calls=[call], finish_reason="tool_calls"), Reply(text="Noon."))
+        assert chat.chat("time?", echo="none") == "Noon."
+    finally:
+        remove()
+    assert heard == [key, key]  # one per request: the tool round and the answer
+    assert mid_exchange == [before + 1] and rows() == before + 2
+    fake.script(Reply(text="again"))
+    chat.chat("once more", echo="none")
+    assert heard == [key, key] and rows() == before + 3  # removed: no longer told
+
+
+def test_a_broken_spend_listener_loses_no_answer(
+    fake: FakeOpenAI, fake_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chat = _priced_chat(fake_url)
+
+    def broken(provider: str, turn: object) -> None:
+        raise RuntimeError("ledger on fire")
+
+    remove = spend_guard.on_spend(broken)
+    try:
+        fake.script(Reply(text="Kept."))
+        assert chat.chat("hi", echo="none") == "Kept."
+    finally:
+        remove()
+    assert [t.text for t in chat.get_turns()] == ["hi", "Kept."]
+    assert "spend listener failed: RuntimeError('ledger on fire')" in capsys.readouterr().err
 
 
 def test_the_bundled_model_is_free_in_one_place() -> None:

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -267,7 +268,8 @@ def test_hostile_results_and_errors_are_inert_in_exports(fake: FakeOpenAI, fake_
         "provider": {"name": "p", "base_url": "http://127.0.0.1:9/v1", "model": "test-model"},
         "system_prompt": None, "turns": [t.to_dict() for t in chat.get_turns()]}}}
     html, md = to_html(record), to_markdown(record)
-    assert "hostile_error({}) → error: Tool call failed with error: MCPError" in html
+    assert re.search(r"hostile_error\(\{\}\) → error( · [0-9.]+ s)?: Tool call failed with error: "
+                     r"MCPError", html)
     for text in (html, md):
         assert "<img src=x" not in text and "<script>window" not in text and "![y](" not in text
 

@@ -18,7 +18,7 @@ from IPython.core.interactiveshell import InteractiveShell
 import jupyter_llmchat
 from jupyter_llmchat._jupyter._bridge import current_bridge
 from jupyter_llmchat._errors import LLMChatError
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Reply
 from tests.panel_recorder import RecordingPanel
 from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
 
@@ -154,6 +154,50 @@ def test_models_come_from_the_server_and_picking_one_changes_the_session_model(
     # A cell of the same session uses it too: it is the session's model.
     run(ip, "%chat again")
     assert fake.chat_requests()[-1].body["model"] == "other-model"
+
+
+def test_the_model_picked_shows_in_every_panel_of_the_session_and_waits_for_an_answer(
+    ip: InteractiveShell, fake: FakeOpenAI, panel: RecordingPanel
+) -> None:
+    """The picker goes through ``Chat.set_model``: every panel on the session hears its "model"
+    event (one set from Python too), and a chat that is answering keeps its model."""
+    other = RecordingPanel("default")
+    try:
+        panel.front_end(type="model", name="other-model")
+        assert panel.model == other.model == "other-model"
+        jupyter_llmchat.session().set_model("third-model")
+        assert panel.model == other.model == "third-model"
+        fake.script(Reply(text="slow " * 40, delay=0.05))
+        panel.ask("take your time")
+        deadline = time.monotonic() + 10
+        while not jupyter_llmchat.session().busy and time.monotonic() < deadline:
+            time.sleep(0.005)  # the panel's thread takes the session's lock
+        assert jupyter_llmchat.session().busy
+        panel.front_end(type="model", name="fourth-model")
+        busy = [m for m in panel.sent if m["type"] == "error"]
+        assert busy and "busy answering" in busy[0]["message"]
+        assert busy[0]["hint"] == "change the model when the answer is in"
+        assert panel.model == "third-model"
+        panel.finish()
+        assert fake.chat_requests()[-1].body["model"] == "third-model"
+    finally:
+        other.close()
+
+
+def test_switch_binds_the_panel_to_another_session_and_shows_its_history(
+    ip: InteractiveShell, fake: FakeOpenAI, panel: RecordingPanel
+) -> None:
+    run(ip, "%chat -s second hello")
+    panel.sent.clear()
+    panel.switch("second")
+    assert panel.session == "second" and panel.chat is jupyter_llmchat.session("second")
+    history = panel.wait_for("history")
+    assert [m["role"] for m in history["messages"]] == ["user", "assistant"]
+    assert "second" in panel.sessions
+    # The front end's session picker goes the same way; a bad name is refused, the panel stays.
+    panel.sent.clear()
+    panel.front_end(type="session", name="bad name!")
+    assert [m["type"] for m in panel.sent] == ["error"] and panel.session == "second"
 
 
 def test_a_models_error_is_reported_quietly(

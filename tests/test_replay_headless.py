@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -163,10 +162,6 @@ def test_replay_only_under_jupyter_execute_fails_a_changed_value(
     assert "replay-only mode (JUPYTER_LLMCHAT_REPLAY=only)" in done.stderr + done.stdout
 
 
-@pytest.mark.skipif(
-    shutil.which("papermill") is None and not (Path(sys.executable).parent / "papermill").exists(),
-    reason="papermill is not installed (not a dependency)",
-)
 def test_replay_only_under_papermill(
     fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,3 +182,22 @@ def test_replay_only_under_papermill(
     )
     assert done.returncode == 0, done.stderr
     assert fake.chat_requests() == []
+
+
+def test_copies_of_one_notebook_hold_one_record_and_others_do_not(tmp_path: Path) -> None:
+    """papermill's output starts as a copy of its input, beside it: the same record, so the
+    headless look-up may take either; two notebooks with different records stay ambiguous."""
+    from jupyter_llmchat._jupyter._bridge import _one_record
+
+    def write(name: str, record: object) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({"cells": [], "metadata": {"jupyter_llmchat": record}}))
+        return str(path)
+
+    a = write("a.ipynb", {"version": 1, "sessions": {}})
+    b = write("b.ipynb", {"version": 1, "sessions": {}})
+    c = write("c.ipynb", {"version": 1, "sessions": {"default": {}}})
+    none = write("d.ipynb", None)
+    assert _one_record([a, b])
+    assert not _one_record([a, c])
+    assert not _one_record([none, write("e.ipynb", None)])  # nothing to replay from either

@@ -562,6 +562,8 @@ def test_a_second_send_on_a_busy_chat_is_refused(fake: FakeOpenAI, fake_url: str
         chat.set_turns([])
     with pytest.raises(ChatBusyError):
         chat.reset()
+    with pytest.raises(ChatBusyError):
+        chat.set_model("another")  # the answer under way keeps its model
     worker.join(timeout=10)
     assert result == [TEXT]
     assert [t.text for t in chat.get_turns()] == ["slow", TEXT]

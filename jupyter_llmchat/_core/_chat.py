@@ -25,10 +25,11 @@ The public stream, for callers that render an answer as it arrives (the magics, 
 ``close()`` (or ``aclose()``) ends the exchange at once and records the partial answer; the
 object is also a context manager. ``stream_async`` returns the same with ``async for``.
 
-Listeners (``add_listener``) hear of every change as ``fn(chat, event, exchange)``; on "turn"
-``exchange`` is the recorded ``ChatExchange`` (``user_turn``, ``turn``, ``turns``, ``recorded``),
-whichever of the send methods made it, so a layer watching the chat (the notebook record's
-ledger, the panel) needs nothing but public names.
+Listeners (``add_listener``) hear of every change as ``fn(chat, event, exchange)``, ``event``
+one of ``ChatEvent``; on "turn" ``exchange`` is the recorded ``ChatExchange`` (``user_turn``,
+``turn``, ``turns``, ``recorded``), whichever of the send methods made it, so a layer watching
+the chat (the notebook record, the panel) needs nothing but public names. Settings change
+through public methods too (``set_model``, ``set_provider``, ``system_prompt``), each heard.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ from typing import Any, Generic, Literal, TypeVar, overload
 from .._errors import (
     APIStatusError,
     BudgetExceeded,
+    ChatBusyError,
     ConfigurationError,
     LLMChatError,
     StreamError,
+    ToolError,
     raise_clean,
 )
 from ._process import warm_up_prices
@@ -63,7 +66,6 @@ from ._tools import (
     ResultCallback,
     Tool,
     ToolCallbacks,
-    ToolError,
     bad_arguments,
     check_annotations,
     tool_hooks,
@@ -86,7 +88,16 @@ from ._turns import (
 from ._usage import UsageRow, cost_of, format_row_cost
 from ._wire import _Answer, _check_not_empty, _wire
 
-__all__ = ["AsyncChatStream", "Chat", "ChatExchange", "ChatStream", "Echo", "StreamContent"]
+__all__ = [
+    "AsyncChatStream",
+    "Chat",
+    "ChatEvent",
+    "ChatExchange",
+    "ChatStream",
+    "Echo",
+    "Listener",
+    "StreamContent",
+]
 
 Echo = Literal["none", "output", "all"]
 _ECHOES = ("none", "output", "all")
@@ -98,11 +109,14 @@ T = TypeVar("T")
 #: Default bound on tool rounds in one exchange (requests that ended asking for tools).
 MAX_TOOL_ROUNDS = 10
 
-#: Called on every change: (chat, what happened, the exchange). "start": an answer begins
-#: streaming; "turn": an exchange was recorded (the third argument is its ``ChatExchange``,
-#: None for every other event); "abort": an answer failed with nothing to keep; "reset" and
-#: "set": history, system prompt or provider replaced.
-Listener = Callable[["Chat", str, "ChatExchange | None"], None]
+#: What a listener hears. "start": an answer begins streaming; "turn": an exchange was recorded
+#: (the only event that comes with its ``ChatExchange``); "abort": an answer failed with nothing
+#: to keep; "reset" and "set": history, system prompt or provider replaced; "model": the model
+#: of the next requests changed (``set_model``), nothing else did.
+ChatEvent = Literal["start", "turn", "abort", "reset", "set", "model"]
+
+#: Called on every change: (chat, what happened, the exchange or None).
+Listener = Callable[["Chat", ChatEvent, "ChatExchange | None"], None]
 
 
 def _check_echo(echo: str | None, default: Echo) -> Echo:
@@ -181,6 +195,20 @@ class Chat:
     def get_model(self) -> str:
         """The model's name; asks the server's /models once if none was given."""
         return self.provider.resolve_model()
+
+    def set_model(self, name: str) -> None:
+        """Ask model ``name`` from the next request on (a per-call ``model=`` still wins); the
+        provider, turns and tools stay. Listeners hear "model" when it changed. Refused while
+        the chat is answering (``ChatBusyError``): the answer under way keeps its model."""
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(
+                f"set_model() takes a model's name, not {name!r}",
+                hint="the server's /models lists them",
+            )
+        with self._guard():
+            old, self.provider.model = self.provider.model, name.strip()
+        if old != self.provider.model:
+            self._notify("model")
 
     def set_provider(self, provider: OpenAICompatible) -> None:
         """Send the next requests through ``provider`` (another server, model or params): the
@@ -747,8 +775,8 @@ class Chat:
         return _Guard(self)
 
     def add_listener(self, fn: Listener) -> None:
-        """Call ``fn(chat, event, exchange)`` after every change of history (see ``Listener``;
-        used by the Jupyter layer)."""
+        """Call ``fn(chat, event, exchange)`` after every change (``event``: see ``ChatEvent``);
+        how the Jupyter layer follows a chat."""
         if fn not in self._listeners:
             self._listeners.append(fn)
 
@@ -756,7 +784,7 @@ class Chat:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
-    def _notify(self, event: str, exchange: ChatExchange | None = None) -> None:
+    def _notify(self, event: ChatEvent, exchange: ChatExchange | None = None) -> None:
         for fn in list(self._listeners):
             try:
                 fn(self, event, exchange)
@@ -869,10 +897,6 @@ class _Guard:
         with self.chat._idle:  # released and told under the condition: no waiter misses it
             self.chat._lock.release()
             self.chat._idle.notify_all()
-
-
-class ChatBusyError(ConfigurationError):
-    """Raised when a second message is sent while an answer is still streaming."""
 
 
 def _cleanly(fn: Callable[..., T], *args: Any) -> T:

@@ -202,18 +202,18 @@ def _run(
                    max_active=max_active)
     batch = _Batch(template, args, send, max_active, float(rpm), on_error, state)
     line = _ProgressLine(label, state) if progress else None
-    outcome = _in_private_loop(batch.run, line)
-    if outcome.interrupted:
+    interrupted = _in_private_loop(batch.run, line)
+    if interrupted:
         kept = sum(1 for i, r in enumerate(batch.results) if r is not None and i not in batch.errors)
         print(
             f"{label}: interrupted; kept {kept} of {len(args)} results (the others are None)",
             file=sys.stderr,
         )
     results: ParallelResults[R | None] = ParallelResults(
-        batch.results, batch.errors, outcome.interrupted
+        batch.results, batch.errors, interrupted
     )
     refused = [e for e in batch.errors.values() if isinstance(e, BudgetExceeded)]
-    if refused and len(refused) == len(batch.errors) and state.done == 0 and not outcome.interrupted:
+    if refused and len(refused) == len(batch.errors) and state.done == 0 and not interrupted:
         # The budget (every request passes the spend guard) refused the batch before anything
         # was sent: nothing to return, so the refusal is the answer.
         first = min(batch.errors)
@@ -223,7 +223,7 @@ def _run(
             f"{label}: prompt {first + 1} of {len(args)} refused, nothing sent: "
             + (why.message if isinstance(why, BudgetExceeded) else str(why))
         ) from None
-    if on_error == "stop" and batch.errors and not outcome.interrupted:
+    if on_error == "stop" and batch.errors and not interrupted:
         first = min(batch.errors)
         exc = batch.errors[first]
         raise ParallelChatError(
@@ -421,13 +421,6 @@ class _Batch(Generic[R]):
                     task.cancel()
 
 
-class _Outcome:
-    __slots__ = ("interrupted",)
-
-    def __init__(self) -> None:
-        self.interrupted = False
-
-
 class _Handoff:
     """Work the private loop's thread hands to the caller's thread, which waits for the run
     anyway: what only the caller's thread can do (the tool approval's prompt, which reads the
@@ -493,13 +486,14 @@ def run_on_caller(fn: Callable[[], T]) -> T:
 
 def _in_private_loop(
     main: Callable[[], Coroutine[Any, Any, None]], line: _ProgressLine | None
-) -> _Outcome:
+) -> bool:
     """Run ``main()`` on a new loop in a new thread; this thread shows progress and takes Ctrl-C.
 
-    A thread of our own works the same whether or not the caller's thread runs a loop (a
-    notebook's does, and ``asyncio.run`` would refuse to nest); and the calling thread stays free
-    to receive KeyboardInterrupt and to own the notebook output."""
-    outcome = _Outcome()
+    Returns whether Ctrl-C interrupted it (the results so far are kept). A thread of our own
+    works the same whether or not the caller's thread runs a loop (a notebook's does, and
+    ``asyncio.run`` would refuse to nest); and the calling thread stays free to receive
+    KeyboardInterrupt and to own the notebook output."""
+    interrupted = False
     ready = threading.Event()
     done = threading.Event()
     box: dict[str, Any] = {}
@@ -535,7 +529,7 @@ def _in_private_loop(
             if line is not None:
                 line.update()
     except KeyboardInterrupt:
-        outcome.interrupted = True
+        interrupted = True
         handoff.close()
         ready.wait()
         loop, task = box.get("loop"), box.get("task")
@@ -551,7 +545,7 @@ def _in_private_loop(
         line.update(final=True)
     if "error" in box:
         raise box["error"]
-    return outcome
+    return interrupted
 
 
 #: Returns IPython's ``display`` when running in a Jupyter kernel, else None; wired by the

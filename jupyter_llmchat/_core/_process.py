@@ -1,7 +1,9 @@
 """What every ``Chat`` of this process shares: the core's one piece of process-wide state.
 
 The session registry (``_sessions``) sits above the core and reads this; the core never imports
-the registry. Kept on one object so a reader finds it in one place."""
+the registry. Kept on one object so a reader finds it in one place. The ledger is fed as the
+notebook's is: it listens to the spend guard every request passes, and hears each answer's
+usage as it arrives; nothing else writes into it."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import ssl
 import threading
 from typing import Any
 
-from ._turns import Tokens
+from ._spend import spend_guard
 from ._usage import Ledger, price_lock
 
-__all__ = ["Process", "process", "process_ledger", "record_usage", "token_usage", "warm_up_prices"]
+__all__ = ["Process", "process", "process_ledger", "token_usage", "warm_up_prices"]
 
 
 class Process:
@@ -30,16 +32,13 @@ class Process:
 
 
 process = Process()
+# Every answer of every Chat passes the guard; the process ledger is one of its listeners.
+spend_guard.on_spend(process.ledger.add)
 
 
 def process_ledger() -> Ledger:
     """This process's ledger: every answer of every Chat."""
     return process.ledger
-
-
-def record_usage(provider: str, model: str, tokens: Tokens | None, cost: float | None,
-                 free: bool = False) -> None:
-    process_ledger().add_tokens(provider, model, tokens, cost, free)
 
 
 def token_usage() -> list[dict[str, Any]]:

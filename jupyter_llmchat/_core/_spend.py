@@ -16,8 +16,9 @@ Core module (no IPython): ``Chat`` passes the guard before each request; the not
   resolved and its worst case estimated by ``request_estimate`` (the number ``--dry-run`` shows).
   The notebook layer installs its budget on it (a ``SpendRule``); without one nothing is
   refused. The guard holds the worst case of the requests in flight, so two at once cannot pass
-  the budget together, and settles each when its answer's usage arrives (that feeds the process
-  ledger and the rule's), or releases it when nothing arrived.
+  the budget together, and settles each when its answer's usage arrives (its ``on_spend``
+  listeners hear it, the process ledger among them, and the rule), or releases it when nothing
+  arrived.
 - Replay-only mode (``JUPYTER_LLMCHAT_REPLAY=only`` in the environment, or the notebook's
   ``ChatMagics.replay = "only"`` set on the guard): the guard refuses every request with
   ``ReplayOnlyError`` before anything is sent, so a CI run or docs build of a saved notebook
@@ -30,13 +31,13 @@ import hashlib
 import json
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from .._errors import BudgetExceeded, ReplayOnlyError
-from ._process import record_usage
 from ._turns import Tokens, Turn
 from ._usage import UsageRow, cost_of, format_cost, format_limit, format_row_cost, format_tokens
 
@@ -379,6 +380,7 @@ class SpendGuard:
         self._lock = threading.Lock()
         self._rule: SpendRule | None = None
         self._held: list[Reservation] = []
+        self._listeners: list[Callable[[str, Turn], None]] = []
         self._replay_only: str | None = None
 
     def set_replay_only(self, setting: str | None) -> None:
@@ -414,6 +416,20 @@ class SpendGuard:
     def rule(self) -> SpendRule | None:
         return self._rule
 
+    def on_spend(self, listener: Callable[[str, Turn], None]) -> Callable[[], None]:
+        """Call ``listener(provider, turn)`` with every answer's usage as it arrives (each tool
+        round's too: one per request sent); returns a remover. How a ledger is fed."""
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
     def held(self) -> Spent:
         """The worst case of the requests in flight."""
         with self._lock:
@@ -444,8 +460,11 @@ class SpendGuard:
             if turn is None:
                 return
             provider = reservation.request.provider
-            record_usage(provider, turn.model or "unknown", turn.tokens or Tokens(), turn.cost,
-                         turn.free)
+            for listener in list(self._listeners):
+                try:
+                    listener(provider, turn)
+                except Exception as exc:  # a broken ledger must not lose the answer
+                    print(f"jupyter_llmchat: spend listener failed: {exc!r}", file=sys.stderr)
             if self._rule is not None:
                 self._rule.add_spend(provider, turn)
 

@@ -13,20 +13,10 @@ import re
 import typing
 from typing import Any
 
-from .._errors import ConfigurationError, LLMChatError
+from .._errors import ConfigurationError, StructuredOutputError
 from ._tools import is_typeddict, json_schema_of
 
-__all__ = ["StructuredOutputError", "parse_structured", "response_format"]
-
-
-class StructuredOutputError(LLMChatError):
-    """The answer is not valid JSON for the requested data model; ``raw`` is the answer's text."""
-
-    hint = "the answer is kept in the history; try again, or a model that follows JSON schemas"
-
-    def __init__(self, message: str, *, raw: str) -> None:
-        self.raw = raw
-        super().__init__(message)
+__all__ = ["parse_structured", "response_format"]
 
 
 def _is_pydantic(tp: Any) -> bool:

@@ -27,15 +27,14 @@ import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Union
 
-from .._errors import ConfigurationError, LLMChatError, ToolRejectError
+from .._errors import ConfigurationError, ToolRejectError
 from ._turns import ContentToolRequest, ContentToolResult
 
 __all__ = [
     "ANNOTATION_KEYS",
     "Tool",
     "ToolCallbacks",
-    "ToolError",
-    "ToolRejectError",
+    "is_typeddict",
     "json_schema_of",
     "tool_hooks",
     "tool_result_text",
@@ -58,12 +57,6 @@ ANNOTATION_KEYS: dict[str, type] = {
     "idempotentHint": bool,
     "openWorldHint": bool,
 }
-
-
-class ToolError(LLMChatError):
-    """The tool loop could not go on (too many rounds in a row)."""
-
-    hint = "the answers so far are kept; raise max_tool_rounds or check the tools' results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +98,6 @@ class Tool:
             annotations=check_annotations(annotations),
         )
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func) or inspect.iscoroutinefunction(
-            getattr(self.func, "__call__", None)
-        )
-
     def schema(self) -> dict[str, Any]:
         """The tool in the chat-completions ``tools`` format."""
         return {
@@ -143,7 +130,7 @@ class Tool:
 
         t0 = time.perf_counter()
         try:
-            if self.is_async:
+            if _is_async(self.func):
                 value = self.func(**request.arguments)
             else:
                 # The loop's default executor: parallel_chat sizes it to max_active, so the sync
@@ -259,6 +246,13 @@ def refused(request: ContentToolRequest, reason: str) -> ContentToolResult:
 
 def _timed(result: ContentToolResult, t0: float) -> ContentToolResult:
     return dataclasses.replace(result, duration=time.perf_counter() - t0)
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one: called on the loop."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)
+    )
 
 
 def _run_awaitable(aw: Awaitable[Any]) -> Any:
@@ -502,4 +496,6 @@ def _object(properties: dict[str, Any], required: list[str], tp: type) -> dict[s
 
 
 def is_typeddict(tp: Any) -> bool:
+    """Whether ``tp`` is a TypedDict class, ``typing``'s or ``typing_extensions``' (whose own
+    metaclass ``typing.is_typeddict`` does not know); tools and structured output both ask."""
     return isinstance(tp, type) and issubclass(tp, dict) and hasattr(tp, "__total__") and hasattr(tp, "__annotations__")

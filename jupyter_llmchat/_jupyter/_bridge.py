@@ -89,14 +89,13 @@ from .._core._spend import (
     unreadable_budget,
 )
 from .._core._turns import Turn, opens_exchange
-from .._errors import BudgetExceeded
+from .._errors import BudgetExceeded, RecordError
 from .._record._metadata import (
     KEY,
     MAX_RECORD_CHARS,
     MAX_TURNS,
     SCHEMA_VERSION,
     Ledger,
-    RecordError,
     record_from_outputs,
     session_record,
     turns_extend,
@@ -128,7 +127,8 @@ class Bridge:
         self.comm: Any = None
         self._budget_listeners: list[Callable[[], None]] = []
         self.hello_received = False
-        self.opened_in: int | None = None
+        #: When the comm opened: a front end's silence well after it means no extension.
+        self.opened_at: _dt.datetime | None = None
         #: The notebook file this kernel was started for (None: not known).
         self.path: str | None = self.notebook_path()
         #: The notebook's path as its front end names it (from the hello we accepted).
@@ -187,6 +187,10 @@ class Bridge:
         # Headless (nbclient, `jupyter execute`): told no path, but run in the notebook's folder.
         source = _executing_source(self.shell)
         found = find_notebook(os.getcwd(), source) if source else []
+        if len(found) > 1 and _one_record(found):
+            # Copies of one notebook (papermill's output, written beside its input as it runs,
+            # starts as a copy of it): any of them holds the record to replay.
+            return found[0]
         if len(found) > 1:
             names = ", ".join(os.path.basename(f) for f in found[:5])
             print(f"jupyter_llmchat: several notebooks here hold this cell ({names}): no answer is "
@@ -673,7 +677,6 @@ class Bridge:
         comm.on_msg(self._on_msg)
         comm.on_close(lambda msg: setattr(self, "comm", None))
         self.comm = comm
-        self.opened_in = getattr(self.shell, "execution_count", None)
         self.opened_at = _dt.datetime.now(_dt.timezone.utc)
 
     def missing_extension_note(self, cell_id: str | None) -> str | None:
@@ -686,7 +689,7 @@ class Bridge:
         """
         if cell_id is None or self.hello_received or self._noted_missing:
             return None
-        opened = getattr(self, "opened_at", None)
+        opened = self.opened_at
         sent = _request_date(self.shell)
         if opened is None or sent is None or sent < opened + _dt.timedelta(seconds=HELLO_GRACE_S):
             return None
@@ -695,15 +698,6 @@ class Bridge:
                 "chat is not saved in the notebook and %chat_panel shows inline. It needs JupyterLab "
                 "4.2+ or Notebook 7.2+; `jupyter labextension list` says if it is installed and "
                 "compatible (then reload the page).")
-
-    def front_end_may_be_ready(self) -> bool:
-        """False once it is clear no extension answered (the chat panel cannot be shown).
-
-        Its hello arrives between cells, so in the cell that opened the comm we cannot know yet.
-        """
-        if self.comm is None:
-            return False
-        return self.hello_received or self.opened_in == getattr(self.shell, "execution_count", None)
 
     def owns(self, path: Any, record_id: Any = None) -> bool:
         """Whether ``path`` (a front end's name for its notebook), whose record carries
@@ -884,6 +878,19 @@ def find_notebook(directory: str, source: str) -> list[str]:
                 found.append(path)
                 break
     return found
+
+
+def _one_record(paths: list[str]) -> bool:
+    """Whether the notebooks ``paths`` (found by ``find_notebook``, so bounded) hold one and the
+    same chat record."""
+    records = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                records.append((json.load(f).get("metadata") or {}).get(KEY))
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return False
+    return records[0] is not None and all(r == records[0] for r in records[1:])
 
 
 def _held_elsewhere(path: str, record_id: str) -> bool:

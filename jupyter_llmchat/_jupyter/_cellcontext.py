@@ -93,15 +93,20 @@ def last_error(shell: Any) -> ErrorContext | None:
     tb = getattr(sys, "last_traceback", None)
     if exc is None:
         return None
-    compiler = getattr(shell, "compile", None)
-    names: dict[str, int] = getattr(compiler, "_filename_map", None) or {}
+    # The shell's compiler names its cells' code as IPython's own tracebacks do: a (label, name)
+    # pair such as ("Cell", "In[3]") for a cell's file name, None for any other file.
+    format_code_name = getattr(getattr(shell, "compile", None), "format_code_name", None)
+
+    def code_name(filename: str) -> tuple[str, str] | None:
+        found = format_code_name(filename) if format_code_name is not None else None
+        return found if isinstance(found, tuple) and len(found) == 2 else None
 
     def is_cell(filename: str) -> bool:
-        return filename in names or filename.startswith("<ipython-input-")
+        return code_name(filename) is not None or filename.startswith("<ipython-input-")
 
     def cell_name(filename: str) -> str:
-        n = names.get(filename)
-        return f"Cell In[{n}]" if n is not None else "Cell"
+        found = code_name(filename)
+        return f"{found[0]} {found[1]}" if found is not None else "Cell"
 
     return error_context(exc, tb, is_cell=is_cell, cell_name=cell_name)
 

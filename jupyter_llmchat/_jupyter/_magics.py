@@ -40,13 +40,12 @@ from traitlets import (
 )
 
 from .. import _sessions
-from .._core._chat import ChatBusyError
 from .._core._mcp_config import config_from_dict
 from .._core._params import params as make_params
 from .._core._presets import chat_openai_compatible
 from .._core._provider import env_credentials
 from .._core._spend import spend_guard
-from .._errors import ConfigurationError
+from .._errors import ChatBusyError, ConfigurationError
 from . import _cellcontext as ctx
 from . import _context
 from ._approval import POLICIES, ToolApproval

@@ -20,9 +20,8 @@ from .. import _sessions
 from .._core._process import token_usage
 from .._core._provider import safe_url
 from .._core._spend import MAX_BUDGET_TOKENS, MAX_BUDGET_USD, Budget
-from .._errors import ConfigurationError, LLMChatError
+from .._errors import ConfigurationError, LLMChatError, RecordError
 from .._record._export import export_format, export_record
-from .._record._metadata import RecordError
 from . import _cellcontext as ctx
 from ._bridge import current_bridge, replace_record
 from ._display import show_line

@@ -67,7 +67,7 @@ from .. import __version__, _sessions
 from .._core._chat import AsyncChatStream, Chat, ChatExchange
 from .._core._turns import ContentToolRequest, ContentToolResult, Turn, short_arguments, tool_round
 from .._core._usage import UsageRow
-from .._errors import LLMChatError, ToolRejectError
+from .._errors import ChatBusyError, LLMChatError, ToolRejectError
 from .._local._model import LocalProvider
 from . import _cellcontext as ctx
 from . import _context
@@ -207,6 +207,21 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
 
     # -- binding to a session -----------------------------------------------------------------
 
+    @property
+    def chat(self) -> Chat | None:
+        """The session's Chat the panel talks through (None only while it is being made)."""
+        return self._chat
+
+    def switch(self, name: str) -> None:
+        """Talk through session ``name`` from now on, and show its whole history (also when a
+        session of that name was replaced by another Chat: the panel follows it)."""
+        self._bind(name)
+        self._send_history()
+
+    def refresh(self) -> None:
+        """Show the session's settings and totals as they are now (model, busy, usage, budget)."""
+        self._refresh()
+
     def _bind(self, name: str) -> None:
         chat = _sessions.session(name)
         self._binds += 1
@@ -257,7 +272,7 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
             self._context_note(exchange)
         elif event in ("reset", "set"):
             self._send_history()
-        self._refresh()
+        self._refresh()  # "model" too: the picker shows the session's model
         if event in ("turn", "abort") and threading.current_thread() is not self._thread:
             # A cell's answer ended. The panel's own question clears busy in its thread, after
             # its last message to the front end ("done" or "error").
@@ -313,11 +328,9 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         elif kind == "session":
             try:
                 _sessions.check_name(str(content.get("name")))
-                self._bind(str(content.get("name")))
+                self.switch(str(content.get("name")))  # making the session may fail: said here
             except LLMChatError as exc:
                 self.send({"type": "error", "message": exc.message, "hint": exc.hint})
-                return
-            self._send_history()
         elif kind == "names":
             self.send({"type": "names", "names": _user_names()})
         elif kind == "models":
@@ -376,13 +389,12 @@ class ChatPanel(widgets.DOMWidget):  # type: ignore[misc,unused-ignore]  # ipywi
         chat = self._chat
         if chat is None or not name.strip():
             return
-        if chat.busy:
+        try:
+            chat.set_model(name)  # every panel on the session hears "model" and shows it
+        except ChatBusyError:
             self.send({"type": "error", "message": f"session {self.session!r} is busy answering",
                        "hint": "change the model when the answer is in"})
-            self._refresh()
-            return
-        chat.provider.model = name.strip()
-        self._refresh()
+            self._refresh()  # the picker goes back to the model in force
 
     def _refuse(self, message: str, hint: str = "") -> None:
         """A question not sent: the front end drops its bubble and gives the text back."""
@@ -646,7 +658,7 @@ def _user_names() -> list[str]:
 def refresh_panels() -> None:
     """The budget changed (``%chat_budget``): every panel's status line says so."""
     for p in _live_panels():
-        p._refresh()
+        p.refresh()
 
 
 def _live_panels() -> list[ChatPanel]:
@@ -659,11 +671,10 @@ def _on_session(name: str, chat: Chat) -> None:
     # A session made by a cell (or replaced by use()) shows up in every panel's picker,
     # and a panel on a replaced session follows the new Chat.
     for p in _live_panels():
-        if p.session == name and p._chat is not chat:
-            p._bind(name)
-            p._send_history()
+        if p.session == name and p.chat is not chat:
+            p.switch(name)
         else:
-            p._refresh()
+            p.refresh()
 
 
 def panel(session: str = "default", *, context_max_tokens: int | None = None) -> Any:

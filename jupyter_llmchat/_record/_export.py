@@ -43,12 +43,11 @@ from .._core._turns import (
     tool_round,
 )
 from .._core._usage import UsageRow, format_row_cost, format_tokens
-from .._errors import ConfigurationError
-from ._metadata import KEY, RecordError, validate_record
+from .._errors import ConfigurationError, RecordError
+from ._metadata import KEY, validate_record
 
 __all__ = [
     "FORMATS",
-    "RecordError",
     "export_record",
     "notebook_record",
     "to_html",

@@ -28,6 +28,7 @@ from .._core._turns import (
     record_exchanges,
 )
 from .._core._usage import Ledger
+from .._errors import RecordError
 
 __all__ = [
     "KEY",
@@ -191,10 +192,6 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
 
 
 # -- reading untrusted records -------------------------------------------------------------------
-
-
-class RecordError(ValueError):
-    """The notebook's record is not a valid schema-1 record."""
 
 
 def _str_or_none(v: Any, what: str, limit: int = 10_000) -> str | None:

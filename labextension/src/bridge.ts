@@ -85,10 +85,6 @@ const COMM_ENDING_STATUSES: ReadonlySet<Kernel.Status> = new Set<Kernel.Status>(
 ]);
 
 export class MetadataBridge implements ILLMChatBridge {
-  get commChanged(): ISignal<ILLMChatBridge, ILLMChatBridge.ICommChangedArgs> {
-    return this._commChanged;
-  }
-
   get messageReceived(): ISignal<ILLMChatBridge, ILLMChatBridge.IMessageArgs> {
     return this._messageReceived;
   }
@@ -122,7 +118,7 @@ export class MetadataBridge implements ILLMChatBridge {
     });
     sessionContext.statusChanged.connect((_, status) => {
       if (COMM_ENDING_STATUSES.has(status)) {
-        this._setComm(panel, state, null);
+        state.comm = null;
       }
     });
     // The signal's value may carry a drive prefix; the hello says localPath.
@@ -167,7 +163,7 @@ export class MetadataBridge implements ILLMChatBridge {
     state.kernel = kernel;
     state.helloPath = null;
     state.formerPaths.clear();
-    this._setComm(panel, state, null);
+    state.comm = null;
     if (kernel !== null) {
       kernel.registerCommTarget(COMM_TARGET, state.onCommOpen);
       void this._reconnect(panel, state, kernel);
@@ -214,18 +210,6 @@ export class MetadataBridge implements ILLMChatBridge {
     }
   }
 
-  private _setComm(
-    panel: NotebookPanel,
-    state: IPanelState,
-    comm: Kernel.IComm | null
-  ): void {
-    if (state.comm === comm) {
-      return;
-    }
-    state.comm = comm;
-    this._commChanged.emit({ panel, comm });
-  }
-
   private _onCommOpen(
     panel: NotebookPanel,
     state: IPanelState,
@@ -239,10 +223,10 @@ export class MetadataBridge implements ILLMChatBridge {
       };
       comm.onClose = () => {
         if (state.comm === comm) {
-          this._setComm(panel, state, null);
+          state.comm = null;
         }
       };
-      this._setComm(panel, state, comm);
+      state.comm = comm;
       this._whenReady(panel, () => this._sendHello(panel, state, comm));
     } catch (error) {
       console.error('jupyter-llmchat: could not open the comm', error);
@@ -475,10 +459,6 @@ export class MetadataBridge implements ILLMChatBridge {
   }
 
   private readonly _states = new Map<NotebookPanel, IPanelState>();
-  private readonly _commChanged = new Signal<
-    ILLMChatBridge,
-    ILLMChatBridge.ICommChangedArgs
-  >(this);
   private readonly _messageReceived = new Signal<
     ILLMChatBridge,
     ILLMChatBridge.IMessageArgs

@@ -26,17 +26,11 @@ export namespace PluginIDs {
   export const insertCell = `${EXTENSION_ID}:insert-cell`;
 }
 
-/** Command ids. */
-export namespace CommandIDs {
-  /** Reserved for the chat panel plugin (`%chat_panel`); not registered yet. */
-  export const openChatPanel = `${EXTENSION_ID}:open-chat-panel`;
-}
-
 /**
  * Finds the `jupyter_llmchat` comm of a notebook's kernel.
  *
  * The bridge owns each comm's `onMsg` and `onClose`: consumers must not
- * replace them; listen to `messageReceived` and `commChanged` instead.
+ * replace them; listen to `messageReceived` instead.
  */
 export interface ILLMChatBridge {
   /**
@@ -44,9 +38,6 @@ export interface ILLMChatBridge {
    * kernel, the kernel has not loaded the extension, or it restarted since.
    */
   getComm(panel: NotebookPanel): Kernel.IComm | null;
-
-  /** Emitted when a notebook's comm opens, closes, or goes away with its kernel. */
-  readonly commChanged: ISignal<ILLMChatBridge, ILLMChatBridge.ICommChangedArgs>;
 
   /**
    * Emitted for every message the kernel sends on a notebook's comm, after the
@@ -56,11 +47,6 @@ export interface ILLMChatBridge {
 }
 
 export namespace ILLMChatBridge {
-  export interface ICommChangedArgs {
-    readonly panel: NotebookPanel;
-    readonly comm: Kernel.IComm | null;
-  }
-
   export interface IMessageArgs {
     readonly panel: NotebookPanel;
     readonly comm: Kernel.IComm;

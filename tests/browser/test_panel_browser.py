@@ -499,6 +499,8 @@ def test_approve_and_deny_on_the_calls_line(notebook: NotebookPage, fake_server:
         approval = dock(page).locator(".jp-llmchat-approval")
         approval.wait_for()
         assert "Run this tool call?" in approval.inner_text()
+        if button == "Approve":
+            nb.screenshot("panel-approval.png")
         approval.get_by_role("button", name=button).click()
         wait_text(page, answer)
         wait_idle(page)
