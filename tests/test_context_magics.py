@@ -210,7 +210,7 @@ def test_other_history_model_or_params_ask_again(
     run(ip, "%%chat -t 0.5\nq")  # unchanged since: replayed
     assert len(fake.chat_requests()) == 3
     run(ip, "%%chat --new\nq")
-    assert len(fake.chat_requests()) == 4  # --new emptied the history: nothing to replay from
+    assert len(fake.chat_requests()) == 4  # its params are not the recorded ones (-t 0.5)
 
 
 # -- footer ------------------------------------------------------------------------------------

@@ -256,12 +256,15 @@ def test_system_sets_the_prompt_from_then_on(ip: InteractiveShell, fake: FakeOpe
     assert len(fake.last_body()["messages"]) == 6
 
 
-def test_new_starts_the_history_afresh(ip: InteractiveShell, fake: FakeOpenAI) -> None:
+def test_new_starts_the_conversation_afresh(ip: InteractiveShell, fake: FakeOpenAI) -> None:
     run(ip, "%chat one")
     run(ip, "%chat two")
     run(ip, "%%chat --new\nthree\n")
     assert messages(fake.last_body()) == [("user", "three\n")]
-    assert [t for t, _ in texts(jupyter_llmchat.session())] == ["user", "assistant"]
+    # The turns above stay in the session (shown, replayed), not in what the next cell sends.
+    assert [t for _, t in texts(jupyter_llmchat.session())][0::2] == ["one", "two", "three\n"]
+    run(ip, "%chat four")
+    assert [text for _, text in messages(fake.last_body())][0::2] == ["three\n", "four"]
 
 
 def test_no_history_sends_the_cell_alone_and_records_nothing(
@@ -741,11 +744,14 @@ def test_session_and_use_share_history_with_the_magics(ip: InteractiveShell, fak
     assert jupyter_llmchat.session() is custom
     assert fake.last_body()["model"] == "custom-model"
 
+    assert messages(fake.last_body()) == [("system", "custom system"), ("user", "again\n")]
+
     jupyter_llmchat.use(custom.copy(), name="twin")
     run(ip, "%chat -s twin twin question")
     assert fake.last_body()["model"] == "custom-model"
-    assert len(fake.last_body()["messages"]) == 4  # system + the copied exchange + question
-    assert len(custom.get_turns()) == 2
+    # system + the copied conversation (the --new exchange only) + question
+    assert len(fake.last_body()["messages"]) == 4
+    assert len(custom.get_turns()) == 4  # --new kept the exchange above it
 
     run(ip, "%chat_reset")
     assert jupyter_llmchat.session() is custom and custom.get_turns() == []

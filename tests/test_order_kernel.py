@@ -118,10 +118,17 @@ def test_rerunning_the_first_of_six_keeps_six_exchanges(
         ask(k, server, "c3", "question 3", "answer 3, anew")
         assert sent(server)[0] == "user: question 0, again\n" and len(sent(server)) == 7
         assert fe.stale == ["c1", "c2", "c4", "c5"]  # c3's own answer is fresh
-        # A cell moved to the top takes its exchange there.
+        # A cell moved to the top takes its exchange there, and only its exchange travels: out
+        # of its place, into the new one (not the five exchanges it passed).
+        first = len(fe.received)
         fe.order(["c5", "c0", "c1", "c2", "c3", "c4"])
         k.sync()
         assert record_texts(fe.record)[0] == "question 5\n"
+        moved = [(d, n) for d, n in fe.received[first:] if d["type"] != "stale"]
+        assert [(d["type"], d["start"], d["end"], len(d["turns"])) for d, _ in moved] == [
+            ("replace_exchange", 10, 12, 0), ("replace_exchange", 0, 0, 2)]
+        assert sum(n for _, n in moved) < 3000
+        assert fe.record == k.value(BRIDGE + ".record()")
 
 
 def test_a_cell_inserted_above_goes_between(
@@ -208,3 +215,48 @@ def test_a_file_whose_cells_are_not_the_records_keeps_the_record(
         load(k, server.base_url)
         texts = [t[1] for t in ast.literal_eval(k.ok(HISTORY).strip())]
         assert texts == ["u A", "a A", "u B", "a B"]
+
+
+def test_new_survives_a_restart_and_a_cell_leaves_its_session(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
+    """``--new`` starts the conversation of the cells below it, and the record keeps it: after
+    a restart Run All replays all three cells. A cell re-run in another session leaves the
+    first, sent as a delta; its spend stays counted."""
+    server.reset()
+    nb = notebook_file(tmp_path / "new.ipynb")
+    with kernel(nb) as k:
+        fe = k.attach(FrontEnd("new.ipynb"))
+        load(k, server.base_url)
+        ask(k, server, "A", "My name is Ada", "Hello Ada.")
+        server.script(Reply(text="Paris is lovely."))
+        k.ok("%%chat --new\nI live in Paris", cell="B")
+        assert sent(server) == ["user: I live in Paris\n"]
+        ask(k, server, "C", "What is my name?", "You did not say.")
+        assert sent(server) == ["user: I live in Paris\n", "assistant: Paris is lovely.",
+                                "user: What is my name?\n"]
+        saved = json.loads(json.dumps(fe.record))
+        assert saved["sessions"]["default"]["turns"][2].get("new_conversation") is True
+        first = len(fe.received)
+        server.script(Reply(text="Elsewhere, Ada."))
+        k.ok("%%chat -s other\nMy name is Ada", cell="A")
+        assert record_texts(fe.record) == ["I live in Paris\n", "Paris is lovely.",
+                                           "What is my name?\n", "You did not say."]
+        assert record_texts(fe.record, "other") == ["My name is Ada\n", "Elsewhere, Ada."]
+        # The exchange left as a delta (the new session came with the whole record, as any does).
+        left = [d for d, _ in fe.received[first:] if d["type"] == "replace_exchange"]
+        assert [(d["session"], d["start"], d["end"], d["turns"]) for d in left] == [
+            ("default", 0, 2, [])]
+        assert fe.record == k.value(BRIDGE + ".record()")
+        assert sum(row["turns"] for row in k.value(LEDGER)) == 4  # every answer still counted
+    nb = saved_notebook(tmp_path / "again.ipynb", ["A", "B", "C"], saved)
+    with kernel(nb) as k:
+        fe = k.attach(FrontEnd("again.ipynb", saved))
+        load(k, server.base_url)
+        before = len(server.chat_requests())
+        k.ok("%%chat\nMy name is Ada", cell="A")
+        k.ok("%%chat --new\nI live in Paris", cell="B")
+        k.ok("%%chat\nWhat is my name?", cell="C")
+        assert len(server.chat_requests()) == before  # Run All after a restart: all replayed
+        ask(k, server, "D", "And where do I live?", "In Paris.")
+        assert sent(server)[0] == "user: I live in Paris\n" and len(sent(server)) == 5

@@ -72,6 +72,7 @@ from ._tools import (
     unknown_tool,
 )
 from ._turns import (
+    NEW_KEY,
     Content,
     ContentImage,
     ContentText,
@@ -81,6 +82,7 @@ from ._turns import (
     Tokens,
     Turn,
     check_tool_pairs,
+    conversation_start,
     short_arguments,
 )
 from ._usage import UsageRow, cost_of, format_row_cost
@@ -459,11 +461,14 @@ class Chat:
         ``ContentText`` and ``ContentThinking`` pieces, ``ContentToolRequest`` and
         ``ContentToolResult``. ``model`` and ``params`` apply to this call only;
         ``history=False`` sends the prompt alone and records nothing; ``meta`` annotates the
-        turns (``cell_id``, ``source``); ``replace_from=i`` sends only the turns before ``i`` and
-        replaces them from ``i`` on once the answer is in; ``replace=(i, j)`` sends only the
-        turns before ``i`` and puts the exchange in place of ``turns[i:j]`` (``i == j``: inserts
-        it there), the turns after ``j`` staying (a notebook cell run again, or one placed
-        above cells that ran before it). Give at most one of the two.
+        turns (``cell_id``, ``source``; ``{"new_conversation": True}`` starts a new conversation:
+        sent with no history, and the exchanges after it continue from it, not those before);
+        ``replace_from=i`` sends the conversation before ``i`` and replaces the turns from ``i``
+        on once the answer is in; ``replace=(i, j)`` sends the conversation before ``i`` and puts
+        the exchange in place of ``turns[i:j]`` (``i == j``: inserts it there), the turns after
+        ``j`` staying (a notebook cell run again, or one placed above cells that ran before it).
+        Give at most one of the two. The conversation before ``i`` is the turns before it, from
+        the last exchange that started a new one (``conversation_start``).
         The returned ``ChatStream`` has ``user_turn``, ``turn`` and ``turns`` once it is done.
         Stopping early (``break``, ``close()``) keeps the text so far as a partial answer."""
         _check_content(content)
@@ -621,11 +626,16 @@ class Chat:
         resolved = model or self.provider.resolve_model()
         if self.provider.priced:
             warm_up_prices()
-        past = self._turns[:_span(self._turns, replace_from, replace)[0]] if history else []
+        fresh = not history or user.meta.get(NEW_KEY) is True
+        past = [] if fresh else self._past(_span(self._turns, replace_from, replace)[0])
         messages = self._messages([*past, user])
         body = self.provider.body(messages, model=resolved, stream=stream, params=params)
         user.model = resolved
         return user, body
+
+    def _past(self, end: int) -> list[Turn]:
+        """What an exchange placed at ``end`` is sent as its history: the conversation before it."""
+        return self._turns[conversation_start(self._turns, end):end]
 
     def request_preview(
         self,
@@ -643,7 +653,7 @@ class Chat:
         the server: the model is the one given or known (None: the server would be asked).
         ``system_prompt``: another one for this preview (False: the chat's own)."""
         user = Turn("user", _contents(args))
-        past = self._turns[:_span(self._turns, replace_from, replace)[0]] if history else []
+        past = self._past(_span(self._turns, replace_from, replace)[0]) if history else []
         messages = self._messages([*past, user], system_prompt)
         body = self.provider.body(messages, model=model or self.provider.model or "", stream=True,
                                   params=params)

@@ -31,7 +31,15 @@ from ._spend import HASH_KEY, history_hash, request_hash
 from ._tools import Tool
 from ._turns import Turn, exchanges
 
-__all__ = ["KEY_FIELD", "KEY_VERSION", "ReplayCheck", "Request", "RequestKey", "check_replay"]
+__all__ = [
+    "KEY_FIELD",
+    "KEY_VERSION",
+    "ReplayCheck",
+    "Request",
+    "RequestKey",
+    "check_replay",
+    "history_digest",
+]
 
 KEY_FIELD = "request_key"
 KEY_VERSION = 2
@@ -64,6 +72,12 @@ _REASONS = {
 def _digest(value: Any) -> str:
     raw = json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS]
+
+
+def history_digest(hashed: Any) -> str:
+    """The key's ``history`` part of a running ``history_hash`` (a reader of the notebook's
+    order compares it exchange by exchange: ``_record/_order.py``'s stale cells)."""
+    return str(hashed.hexdigest()[:_DIGEST_CHARS])
 
 
 def _is_digest(v: Any) -> bool:
@@ -148,7 +162,7 @@ class Request:
             attached = ((f"{len(attached)} values", _digest(attached)),)
         return RequestKey(
             prompt=_digest(self.prompt),
-            history=self._history.hexdigest()[:_DIGEST_CHARS],
+            history=history_digest(self._history),
             model=_digest([self.provider, self.model or ""]),
             system=_digest(self.system_prompt or ""),
             params=_digest(dict(self.params)),

@@ -88,10 +88,11 @@ def _tail(prompt: str, provider: str, model: str | None, system_prompt: str | No
     ).encode()
 
 
-def history_hash(history: Sequence[Turn]) -> Any:
+def history_hash(history: Sequence[Turn], into: Any = None) -> Any:
     """The running sha256 of a history as the replay keys read it (each turn's role and text),
-    to continue with ``.copy()``: both key versions hash a history once."""
-    h = hashlib.sha256()
+    to continue with ``.copy()``: both key versions hash a history once. ``into``: a running
+    hash to continue with ``history`` (updated in place), as a reader of many keys does."""
+    h = hashlib.sha256() if into is None else into
     for t in history:
         h.update(json.dumps(_history_item(t), ensure_ascii=False).encode() + b"\n")
     return h

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union
 
 __all__ = [
+    "NEW_KEY",
+    "NEW_LINE",
     "SHORT_ARGUMENTS",
     "SHORT_ERROR",
     "Content",
@@ -22,6 +24,7 @@ __all__ = [
     "call_line",
     "check_tool_pairs",
     "content_from_dict",
+    "conversation_start",
     "exchange_end",
     "exchange_starts",
     "exchanges",
@@ -30,6 +33,7 @@ __all__ = [
     "record_exchanges",
     "record_opens_exchange",
     "short_arguments",
+    "starts_conversation",
     "tool_round",
 ]
 
@@ -294,11 +298,15 @@ class Turn:
         if isinstance(rh, str) and len(rh) <= 64:
             meta["request_hash"] = rh
         # Where the turn sits in the notebook's conversation (DESIGN §10): the cell a panel
-        # question follows, and the conversation above the cell when it was asked.
+        # question follows; and a hash of the conversation above the cell, which records of an
+        # earlier version hold (the replay key's history part serves now): kept as it was.
         for k in ("after_cell", "above_hash"):
             v = d.get(k)
             if isinstance(v, str) and len(v) <= 200:
                 meta[k] = v
+        # An exchange that starts a new conversation (``%%chat --new``): a boolean, only where true.
+        if d.get(NEW_KEY) is True:
+            meta[NEW_KEY] = True
         # Its parts (see _replay), kept as they were, of any version: a key this reader cannot
         # compare is still not dropped from the record it writes again.
         rk = d.get("request_key")
@@ -328,6 +336,19 @@ class Turn:
         extra = " partial" if self.partial else ""
         return f"<Turn {self.role}{extra} {short!r}>"
 
+
+#: The prompt's meta key (and record field, ``true`` where set) of an exchange that starts a new
+#: conversation (``%%chat --new``): it is sent with no history, and the exchanges after it
+#: continue from it, not from those before it (``conversation_start``).
+NEW_KEY = "new_conversation"
+#: What every view (``%chat_history``, an export) shows before such an exchange: the turns above
+#: it are kept and shown, not sent with it or after it.
+NEW_LINE = "a new conversation starts here (--new): what is above is not sent with what follows"
+
+
+def starts_conversation(t: Turn) -> bool:
+    """Whether ``t`` is the prompt of an exchange that starts a new conversation (``NEW_KEY``)."""
+    return t.meta.get(NEW_KEY) is True and opens_exchange(t)
 
 #: The most characters of a user turn's ``request_key`` kept from a record.
 MAX_KEY_CHARS = 8_000
@@ -390,6 +411,16 @@ def _starts(turns: Sequence[T], opens: Callable[[T], bool]) -> list[int]:
 
 def _cut(turns: Sequence[T], starts: list[int]) -> list[list[T]]:
     return [list(turns[a:b]) for a, b in zip(starts, [*starts[1:], len(turns)])]
+
+
+def conversation_start(turns: Sequence[Turn], end: int) -> int:
+    """Where the conversation that an exchange at ``turns[end]`` continues begins: at the last
+    exchange before it that started a new one (its prompt's ``NEW_KEY``), else at 0. What comes
+    before that point is kept in the history and shown, but not sent (every sender's one rule)."""
+    for i in range(min(end, len(turns)) - 1, -1, -1):
+        if starts_conversation(turns[i]):
+            return i
+    return 0
 
 
 def exchange_end(turns: Sequence[Turn], start: int) -> int:

@@ -38,8 +38,11 @@ message meant for another notebook on the same kernel:
 - ``{"type": "stale", "path", "cells": [ids]}``: the cells whose recorded answer was made on
   another conversation above them than the one they have now; the front end marks them.
   Sent when that list changes.
-- A reorder (cells moved or deleted) sends the whole record (``set_metadata``): it happens when
-  the user rearranges the notebook, not once per turn.
+- A session's turns set otherwise (cells moved or deleted, a cell that left the session, a
+  ``--new`` mark) send one ``replace_exchange`` of the whole exchanges between the turns the
+  front end still holds at each end (a deletion is that exchange's size), or, for a cell moved
+  past others, two: the moved exchanges out of their place, and into the new one (or the
+  exchanges it passed, when they are fewer turns).
 - ``{"type": "insert_cell", "path", "cell", "source"}`` (``%%chat --insert``): put ``source``
   into the code cell below cell ``cell`` that was inserted for it (its metadata
   ``jupyter_llmchat.inserted_by`` is ``cell``), else into a new code cell below it.
@@ -85,7 +88,7 @@ from .._core._spend import (
     spend_guard,
     unreadable_budget,
 )
-from .._core._turns import Turn
+from .._core._turns import Turn, opens_exchange
 from .._errors import BudgetExceeded, RecordError
 from .._record._metadata import (
     KEY,
@@ -413,6 +416,9 @@ class Bridge:
             self._show_notices()
             self.send_update(chat, exchange)
             return
+        if event == "set":
+            self.send_changed(chat)
+            return
         self._synced = None
         self.send()
 
@@ -541,7 +547,59 @@ class Bridge:
         if not same:
             self.send()
             return
-        part = session_record(chat, turns[at:at + new])
+        self._post_replace(name, chat, at, at + gone, len(old), turns[at:at + new])
+
+    def send_changed(self, chat: Chat) -> None:
+        """A session's turns set outside an answer (cells moved or deleted, a cell that left
+        the session, a system prompt): the turns that differ from what the front end holds, as
+        one ``replace_exchange`` of the span between the turns both still share at each end
+        (O(what changed), DESIGN §7); else the whole record."""
+        if not self._may_send():
+            return
+        name = next((n for n, c in _sessions.sessions().items() if c is chat), None)
+        synced = self._synced.get(name) if self._synced is not None and name else None
+        if name is None or synced is None or synced.chat() is not chat:
+            self._synced = None
+            self.send()
+            return
+        old, turns = synced.turns, chat.get_turns()
+        head = 0
+        while head < min(len(old), len(turns)) and old[head] is turns[head]:
+            head += 1
+        tail = 0
+        while tail < min(len(old), len(turns)) - head and old[-1 - tail] is turns[-1 - tail]:
+            tail += 1
+        # Whole exchanges only, so the part is a valid run of turns (tool pairs together).
+        while head > 0 and not (_boundary(old, head) and _boundary(turns, head)):
+            head -= 1
+        while tail > 0 and not (_boundary(old, len(old) - tail)
+                                and _boundary(turns, len(turns) - tail)):
+            tail -= 1
+        middle = old[head:len(old) - tail]
+        k = _rotation(middle, turns[head:len(turns) - tail])
+        if k is None:
+            self._post_replace(name, chat, head, len(old) - tail, len(old),
+                               turns[head:len(turns) - tail])
+            return
+        # One block of exchanges moved past the others: the smaller side travels, in two
+        # messages (out of its place, into the other), so a cell moved to the top costs its
+        # exchange, not the exchanges it passed.
+        m = len(middle)
+        if k <= m - k:
+            self._post_replace(name, chat, head, head + k, len(old), [])
+            self._post_replace(name, chat, head + m - k, head + m - k, len(old) - k,
+                               list(middle[:k]))
+        else:
+            self._post_replace(name, chat, head + k, head + m, len(old), [])
+            self._post_replace(name, chat, head, head, len(old) - (m - k), list(middle[k:]))
+
+    def _post_replace(
+        self, name: str, chat: Chat, start: int, end: int, length: int, new: list[Turn]
+    ) -> None:
+        """``replace_exchange``: ``new`` in place of the front end's turns ``start`` to ``end``
+        of the ``length`` it holds; held to the limits of the record as a whole."""
+        turns = chat.get_turns()
+        part = session_record(chat, new)
         usage = self.ledger.to_list()
         try:
             validate_record({"version": SCHEMA_VERSION, "sessions": {name: part}, "usage": usage})
@@ -553,8 +611,8 @@ class Bridge:
         except RecordError as exc:
             self._too_large(str(exc))
             return
-        message = {"type": "replace_exchange", "session": name, "start": at, "end": at + gone,
-                   "length": len(old), "turns": part["turns"], "provider": part["provider"],
+        message = {"type": "replace_exchange", "session": name, "start": start, "end": end,
+                   "length": length, "turns": part["turns"], "provider": part["provider"],
                    "system_prompt": part["system_prompt"], "usage": usage}
         self._post_part(name, chat, message, size)
 
@@ -743,6 +801,23 @@ def _holds_cells(record: Any, ids: list[str]) -> bool:
         for t in _list(s.get("turns")) if isinstance(t, dict) and isinstance(t.get("cell_id"), str)
     }
     return not recorded or bool(recorded & set(ids))
+
+
+def _boundary(turns: tuple[Turn, ...] | list[Turn], i: int) -> bool:
+    """Whether an exchange begins at ``turns[i]`` (or the turns end there)."""
+    return i <= 0 or i >= len(turns) or opens_exchange(turns[i])
+
+
+def _rotation(old: tuple[Turn, ...], new: list[Turn]) -> int | None:
+    """``k`` where ``new`` is ``old[k:] + old[:k]`` (the same turns, by identity) and an
+    exchange begins at ``old[k]``; None when it is not such a move."""
+    if len(old) != len(new) or len(old) < 2:
+        return None
+    k = next((i for i in range(1, len(old)) if old[i] is new[0]), None)
+    if k is None or not _boundary(old, k):
+        return None
+    moved = (*old[k:], *old[:k])
+    return k if all(a is b for a, b in zip(moved, new)) else None
 
 
 def _list(value: Any) -> list[Any]:

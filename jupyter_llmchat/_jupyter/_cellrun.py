@@ -3,19 +3,23 @@
 ``CellRunner.run`` is what ``%%chat``, ``%chat`` and ``%chat_fix`` do once their options are
 parsed, in steps of its own: the question (checks, ``{{ }}``, ``--with``), the session, where
 the cell's exchange is in the notebook's order of cells (``_record/_order.py``: the cells above
-it are its history, a re-run replaces its exchange in place), a recorded answer shown again, or the
-request streamed into the cell's display with its three error paths (Ctrl-C, the budget, the
-server). The spend guard itself is the core's (every request passes it); this module only says
-what a refusal means in a cell. Whether a recorded answer still answers the cell is the core's
-replay key (``_replay``); a cell asked again instead says why in one line, and in replay-only
-mode (``ChatMagics.replay = "only"``, ``JUPYTER_LLMCHAT_REPLAY=only``) fails saying it.
+it are its history, a re-run replaces its exchange in place, ``--new`` starts the conversation of
+the cells below it), a recorded answer shown again, or the request streamed into the cell's
+display with its three error paths (Ctrl-C, the budget, the server). When the cell's execution
+ends, its exchanges leave the sessions it no longer answers in (another ``-s``, ``--no-history``,
+a failure before any token), as a reader of the notebook sees it. The spend guard itself is the
+core's (every request passes it); this module only says what a refusal means in a cell. Whether
+a recorded answer still answers the cell is the core's replay key (``_replay``); a cell asked
+again instead says why in one line, and in replay-only mode (``ChatMagics.replay = "only"``,
+``JUPYTER_LLMCHAT_REPLAY=only``) fails saying it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from IPython.core.error import UsageError
@@ -25,7 +29,7 @@ from .._core import _spend
 from .._core._params import params as make_params
 from .._core._replay import ReplayCheck, Request, check_replay
 from .._core._spend import spend_guard
-from .._core._turns import exchange_end
+from .._core._turns import NEW_KEY, conversation_start, exchange_end
 from .._errors import (
     AuthenticationError,
     BudgetExceeded,
@@ -35,7 +39,7 @@ from .._errors import (
     raise_clean,
 )
 from .._record._metadata import KEY, display_metadata
-from .._record._order import ABOVE_KEY, CellOrder, above_hash
+from .._record._order import CellOrder, exchange_spans
 from . import _cellcontext as ctx
 from . import _context
 from ._bridge import current_bridge, missing_extension_note
@@ -58,8 +62,6 @@ class Settings(Protocol):
 
     def made_from_config(self, session: str) -> bool: ...
 
-    def refresh_session(self, session: str) -> None: ...
-
 
 @dataclass
 class _Question:
@@ -75,6 +77,17 @@ class _Question:
     attached: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass
+class _Execution:
+    """One execution of a notebook cell (by its request's id): whether a question of it was
+    asked or replayed, and the sessions that hold its exchanges now."""
+
+    cell: str
+    run: str | None
+    asked: bool = False
+    kept: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+
+
 class CellRunner:
     """Runs the questions of a shell's cells; keeps where each cell's exchange is."""
 
@@ -83,10 +96,14 @@ class CellRunner:
         self.settings = settings
         #: The last failed cell, for %chat_fix (a chat request that failed is noted there).
         self.cell_runs = cell_runs
-        #: cell id -> (the execution (its request's msg_id) that last sent from that cell, and
-        #: the span of the history its next exchange takes: a second %chat line of the same
-        #: execution goes after the first, in place of what is left of the cell's earlier run).
-        self._runs: dict[str, tuple[str, int, int]] = {}
+        #: Per session, cell id -> (the execution (its request's msg_id) that last sent from that
+        #: cell, and the span of the history its next exchange takes: a second %chat line of the
+        #: same execution goes after the first, in place of what is left of the cell's earlier
+        #: run). Per session: the lines of one cell may ask in several.
+        self._runs: weakref.WeakKeyDictionary[Any, dict[str, tuple[str, int, int]]] = (
+            weakref.WeakKeyDictionary())
+        #: The cell execution under way (ended by ``cell_done``).
+        self._current: _Execution | None = None
         #: The order of first runs, for a shell with no front-end bridge.
         self._order = CellOrder()
         #: Where cells have no id: per session, the index of the next recorded exchange a re-run
@@ -103,17 +120,13 @@ class CellRunner:
         cell_id, run_id = parent_ids(self.shell)
         if (note := missing_extension_note(cell_id)) is not None:  # once: JupyterLab, no extension
             show_line(self.shell, note)
+        self._execution(cell_id, run_id)
         rerun = self._slot(chat, cell_id, run_id)
         if args.dry_run:
             return self._dry_run(args, chat, question, rerun)
-        if args.new:
-            chat.reset()
-            self.settings.refresh_session(args.session)
-            chat = _sessions.prepare(args.session, on_status=display.status,
-                                     start=spend_guard.replay_only() is None)
         if args.system is not None:
             chat.system_prompt = args.system
-        if args.new or args.no_history:
+        if args.no_history:
             rerun = None
         check = self._replayed(args, chat, question, display, cell_id, run_id, rerun)
         if check.index is not None:
@@ -171,13 +184,45 @@ class CellRunner:
             )
         return chat
 
+    def _execution(self, cell_id: str | None, run_id: str | None) -> None:
+        """Note the cell execution this question belongs to (one that ends another ends it)."""
+        current = self._current
+        if current is not None and (current.cell, current.run) == (cell_id, run_id):
+            return
+        if current is not None:
+            self.cell_done()
+        self._current = _Execution(cell_id, run_id) if cell_id is not None else None
+
+    def cell_done(self) -> None:
+        """IPython's post_execute: the cell that ran a question leaves the sessions it did not
+        answer in this time (DESIGN §10): its exchanges there are taken out, as a reader of the
+        notebook no longer sees them in the cell. That is a session of an earlier ``-s``, or its
+        own after ``--no-history`` or a failure before any token (a partial answer is kept in
+        place). Their spend stays in the ledger: nothing the user asked is dropped."""
+        done, self._current = self._current, None
+        if done is None or not done.asked:
+            return
+        left = False
+        for chat in list(_sessions.sessions().values()):
+            if chat in done.kept or chat.busy:
+                continue
+            turns = chat.get_turns()
+            gone = [e for e in exchange_spans(turns) if e.anchor == done.cell and not e.panel]
+            if gone:
+                out = {i for e in gone for i in range(e.start, e.end)}
+                chat.set_turns([t for i, t in enumerate(turns) if i not in out])
+                left = True
+        bridge = current_bridge()
+        if left and bridge is not None:
+            bridge.send_stale()  # the cells below it stand on another conversation now
+
     def _slot(self, chat: Any, cell_id: str | None, run_id: str | None) -> tuple[int, int] | None:
         """The span of the history this execution's exchange takes (None: the end): the cell's
         earlier exchange, or, for a cell that has none, the place after the cells above it. A
         second %chat line of the same execution comes after the first (both are kept)."""
         if cell_id is None:
             return None
-        run = self._runs.get(cell_id)
+        run = self._runs.get(chat, {}).get(cell_id)
         if run is not None and run_id is not None and run[0] == run_id:
             return run[1], run[2]
         bridge = current_bridge()
@@ -207,13 +252,18 @@ class CellRunner:
         only = spend_guard.replay_only() is not None  # it overrides --refresh and replay = False
         if not only and (not self.settings.replay or args.refresh) or args.no_history or at is None:
             return ReplayCheck(None)
-        check = check_replay(turns, at, request_of(chat, args.model, question, turns[:at]))
+        past = [] if args.new else turns[conversation_start(turns, at):at]
+        check = check_replay(turns, at, request_of(chat, args.model, question, past))
         if check.index is None:
             return check
         end = exchange_end(turns, check.index)
         self._replay_next[chat] = end
-        self._note_run(cell_id, run_id, end, rerun[1] if rerun is not None else end)
+        self._note_run(chat, cell_id, run_id, end, rerun[1] if rerun is not None else end)
         self._replay(display, chat, args, question.fmt, check.index)
+        if self._current is not None:
+            self._current.asked = True
+            self._current.kept.add(chat)
+        _mark_new(chat, check.index, args.new)
         return check
 
     def _ask(
@@ -223,12 +273,17 @@ class CellRunner:
         __tracebackhide__ = True  # noqa: F841 - as in run
         fmt = question.fmt
         turns = chat.get_turns()
-        past = [] if args.no_history else turns[:rerun[0] if rerun is not None else len(turns)]
+        at = rerun[0] if rerun is not None else len(turns)
+        past = [] if args.no_history or args.new else turns[conversation_start(turns, at):at]
         keys = request_of(chat, args.model, question, past).meta()
-        meta = {"cell_id": cell_id, "source": "cell", **keys, ABOVE_KEY: above_hash(past)}
+        meta = {"cell_id": cell_id, "source": "cell", **keys}
+        if args.new:
+            meta[NEW_KEY] = True
         # Until this answer is in, a second %chat line of this execution takes the same span.
         if rerun is not None:
-            self._note_run(cell_id, run_id, *rerun)
+            self._note_run(chat, cell_id, run_id, *rerun)
+        if self._current is not None:
+            self._current.asked = True
         stream = chat.stream(
             question.text, content="all", model=args.model or None, params=question.overrides,
             history=not args.no_history, meta=meta, replace=rerun,
@@ -268,11 +323,13 @@ class CellRunner:
         finally:
             if question.tools:  # --tools is for this cell only
                 chat.set_tools(session_tools)
+            if stream.at is not None and self._current is not None:  # recorded (partial too)
+                self._current.kept.add(chat)
         answer = self._finish(display, chat, args, fmt, stream)
         self._replay_next[chat] = len(chat.get_turns())
         if stream.at is not None:
             after = stream.at + len(stream.turns)
-            self._note_run(cell_id, run_id, after, after)
+            self._note_run(chat, cell_id, run_id, after, after)
         if args.output:
             self.shell.user_ns[args.output] = answer
         if args.insert:
@@ -286,10 +343,13 @@ class CellRunner:
             return TerminalDisplay()
         return StreamDisplay(self.settings.display_rate_hz)
 
-    def _note_run(self, cell_id: str | None, run_id: str | None, start: int, end: int) -> None:
-        """Remember this execution of the cell, and the span its next exchange would take."""
+    def _note_run(
+        self, chat: Any, cell_id: str | None, run_id: str | None, start: int, end: int
+    ) -> None:
+        """Remember this execution of the cell, and the span its next exchange in ``chat``
+        would take."""
         if cell_id is not None and run_id is not None:
-            self._runs[cell_id] = (run_id, start, end)
+            self._runs.setdefault(chat, {})[cell_id] = (run_id, start, end)
 
     def _hint(self, exc: LLMChatError, session: str) -> str:
         """The error's hint, in a cell user's terms where the library's would not help."""
@@ -327,7 +387,9 @@ class CellRunner:
         self, args: Any, chat: Any, question: _Question, rerun: tuple[int, int] | None
     ) -> None:
         fresh = args.new or args.no_history
-        history = [] if fresh else chat.get_turns()[:rerun[0] if rerun is not None else None]
+        turns = chat.get_turns()
+        at = rerun[0] if rerun is not None else len(turns)
+        history = [] if fresh else turns[conversation_start(turns, at):at]
         params = {**chat.provider.params, **question.overrides}
         system = args.system if args.system is not None else chat.system_prompt
         preview = chat.request_preview(
@@ -403,6 +465,18 @@ def offered_tools(chat: Any, question: _Question) -> list[Any]:
     """The tools this cell's request offers: the session's and its ``--tools`` (which win a
     name they share)."""
     return list({t.name: t for t in [*chat.get_tools(), *question.tools]}.values())
+
+
+def _mark_new(chat: Any, index: int, new: bool) -> None:
+    """A replayed exchange starts a new conversation exactly when its cell says ``--new`` now
+    (its key matched, so nothing above it was sent either way; the cells below follow the mark)."""
+    turns = chat.get_turns()
+    user = turns[index]
+    if (user.meta.get(NEW_KEY) is True) == new:
+        return
+    meta = {k: v for k, v in user.meta.items() if k != NEW_KEY}
+    turns[index] = dataclasses.replace(user, meta={**meta, NEW_KEY: True} if new else meta)
+    chat.set_turns(turns)
 
 
 def _holds(turns: Any, span: tuple[int, int], cell_id: str) -> bool:

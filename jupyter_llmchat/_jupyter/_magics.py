@@ -253,7 +253,9 @@ class ChatMagics(Magics):
     @argument("-o", "--output", metavar="VAR", help="Store the answer in variable VAR.")
     @argument("-f", "--format", choices=FORMATS, metavar="FORMAT",
               help="markdown, text, code or json: how the answer shows, and what -o stores.")
-    @argument("--new", action="store_true", help="Start the session's history afresh.")
+    @argument("--new", action="store_true",
+              help="Start a new conversation: send no history; the cells below continue from "
+                   "this one, the cells above keep theirs.")
     @argument("--no-history", action="store_true", help="Send this prompt alone and record nothing.")
     @argument("--with", dest="with_names", metavar="NAME[,NAME...]",
               help="Attach a bounded summary of these variables (DataFrames, arrays, ...).")
@@ -360,6 +362,7 @@ def load(ipython: Any) -> None:
     mcp = MCPMagics(shell=ipython, settings=magics)
     ipython.register_magics(mcp)
     ipython.events.register("post_run_cell", magics.cell_runs.post_run_cell)
+    ipython.events.register("post_execute", magics.runner.cell_done)
     _sessions.registry.magics[ipython] = magics
     if protect_questions not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(protect_questions)
@@ -382,6 +385,7 @@ def unload(ipython: Any) -> None:
             spend_guard.set_replay_only(None)
         magics.approval.uninstall()
         ipython.events.unregister("post_run_cell", magics.cell_runs.post_run_cell)
+        ipython.events.unregister("post_execute", magics.runner.cell_done)
         _sessions.set_factory(None)
         for kind in ("line", "cell"):
             for name in MAGIC_NAMES:

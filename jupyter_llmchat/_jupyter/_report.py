@@ -10,7 +10,14 @@ from typing import Any
 from .._core._chat import Chat
 from .._core._markdown import safe_markdown
 from .._core._spend import exchange_spend
-from .._core._turns import call_line, exchange_starts, exchanges, tool_round
+from .._core._turns import (
+    NEW_LINE,
+    call_line,
+    exchange_starts,
+    exchanges,
+    starts_conversation,
+    tool_round,
+)
 from .._core._usage import UsageRow, format_row_cost, format_tokens
 
 __all__ = ["ConfigView", "HistoryView", "NoConversation", "UsageReport", "usage_rows"]
@@ -227,6 +234,8 @@ class HistoryView:
             # A rule before each question: one exchange per block, the same space everywhere.
             if t.role == "user" and out:
                 out.append("---")
+            if starts_conversation(t) and i > 0:
+                out.append(f"*{NEW_LINE}*")
             calls = self._calls(i)
             if calls and not _trim(t.text):  # a tool round: its calls only, no empty answer
                 out.append("\n".join(f"- 🔧 {safe_markdown(c)}" for c in calls))
@@ -250,6 +259,8 @@ class HistoryView:
         for i, t in enumerate(self.turns):
             if tool_round(t):
                 continue
+            if starts_conversation(t) and i > 0:
+                out.append(f"-- {NEW_LINE} --")
             calls = [f"[tool] {c}" for c in self._calls(i)]
             text = [f"[{t.role}{' partial' if t.partial else ''}] {_trim(t.text)}"] if _trim(t.text) or not calls else []
             out.append("\n".join(text + calls))

@@ -33,7 +33,15 @@ from typing import Any
 
 from .._core._markdown import safe_markdown
 from .._core._spend import exchange_footer
-from .._core._turns import ContentImage, Turn, call_line, exchanges, tool_round
+from .._core._turns import (
+    NEW_LINE,
+    ContentImage,
+    Turn,
+    call_line,
+    exchanges,
+    starts_conversation,
+    tool_round,
+)
 from .._core._usage import UsageRow, format_row_cost, format_tokens
 from .._errors import ConfigurationError, RecordError
 from ._metadata import KEY, validate_record
@@ -281,6 +289,8 @@ def to_markdown(record: Any, order: Sequence[str] | None = None, session: str | 
         if not s.exchanges:
             out.append("*No exchanges.*")
         for n, ex in enumerate(s.exchanges, 1):
+            if n > 1 and starts_conversation(ex.turns[0]):
+                out.append(f"*{safe_markdown(NEW_LINE)}*")
             out.append(f"### {n}. you *· {safe_markdown(_where(ex))}*")
             answered = False
             for i, t in enumerate(ex.turns):
@@ -429,6 +439,8 @@ def to_html(record: Any, order: Sequence[str] | None = None, session: str | None
         if not s.exchanges:
             out.append('<p class="note">No exchanges.</p>')
         for n, ex in enumerate(s.exchanges, 1):
+            if n > 1 and starts_conversation(ex.turns[0]):
+                out.append(f'<p class="note">{esc(NEW_LINE)}</p>')
             out.append(f'<div class="exchange"><div class="you">{n}. you '
                        f'<span class="where">· {esc(_where(ex))}</span></div>')
             answered = False

@@ -19,6 +19,7 @@ from typing import Any
 from .._core._chat import Chat
 from .._core._spend import Budget
 from .._core._turns import (
+    NEW_KEY,
     Content,
     ContentImage,
     ContentText,
@@ -174,6 +175,8 @@ def turns_from_display(meta: dict[str, Any], text: str) -> list[Turn]:
         "request_hash": meta.get("request_hash"), "request_key": meta.get("request_key"), **common,
         # The conversation above the cell when it was asked: its stale mark (DESIGN §10).
         **({"above_hash": meta["above_hash"]} if "above_hash" in meta else {}),
+        # A --new cell starts the conversation of the cells below it; those above stay.
+        **({NEW_KEY: True} if meta.get("new") is True else {}),
     })
     contents = [{"type": "thinking", "thinking": meta["thinking"]}] if meta.get("thinking") else []
     contents.append({"type": "text", "text": text})
@@ -353,8 +356,6 @@ def record_from_outputs(nb: dict[str, Any]) -> dict[str, Any]:
             if not meta.get("recorded", True):
                 continue
             s = sessions.setdefault(name, {"provider": provider, "system_prompt": None, "turns": []})
-            if meta.get("new"):
-                s["turns"] = []
             s["provider"] = provider
             s["system_prompt"] = meta.get("system_prompt")
             s["turns"].extend(bounded_turn(t) for t in turns)

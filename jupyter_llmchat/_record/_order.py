@@ -13,29 +13,25 @@ A session's turns are kept in this order: ``arrange`` sorts its exchanges by the
 place and takes out those of deleted cells (kept aside, so a paste or an undo that brings the
 cell back brings its exchange back); ``span`` says where a cell's exchange is, or where it
 would go, so a re-run replaces it in place and the cells below stay. ``stale`` names the cells
-whose answer was made on another conversation above them than the one they have now.
+whose answer was made on another conversation above them than the one they have now: the
+``history`` part of its replay key (``_core/_replay.py``) no longer matches, so the badge says
+exactly what running the cell will do (ask again).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .._core._turns import Turn, exchange_end
+from .._core._replay import KEY_FIELD, RequestKey, history_digest
+from .._core._spend import history_hash
+from .._core._turns import Turn, exchange_end, starts_conversation
 
 __all__ = [
-    "ABOVE_KEY",
     "CellOrder",
     "Exchange",
-    "above_hash",
     "exchange_spans",
 ]
-
-#: The user turn's meta key (and record field) holding the hash of the conversation above it
-#: when it was asked: a cell whose conversation above has changed since is stale.
-ABOVE_KEY = "above_hash"
 
 
 @dataclass(frozen=True)
@@ -61,14 +57,6 @@ def exchange_spans(turns: Sequence[Turn]) -> list[Exchange]:
         out.append(Exchange(i, end, anchor if isinstance(anchor, str) else None, panel))
         i = end
     return out
-
-
-def above_hash(turns: Iterable[Turn]) -> str:
-    """A short hash of a conversation (roles and texts), to tell later whether it changed."""
-    h = hashlib.sha256()
-    for t in turns:
-        h.update(json.dumps([t.role, t.text], ensure_ascii=False).encode() + b"\n")
-    return h.hexdigest()[:24]
 
 
 class CellOrder:
@@ -186,15 +174,18 @@ class CellOrder:
 
     def stale(self, turns: Sequence[Turn]) -> list[str]:
         """Cells whose recorded answer was made on another conversation above than their
-        exchange has now (a cell above was deleted, moved, or asked again since)."""
+        exchange has now (a cell above was deleted, moved, or asked again since): the history
+        part of its replay key differs. The conversation above starts at the last ``--new``
+        exchange (``conversation_start``). An exchange with no version 2 key is not judged."""
         found: list[str] = []
-        h = hashlib.sha256()
+        h = history_hash([])
         for ex in exchange_spans(turns):
             user = turns[ex.start]
-            recorded = user.meta.get(ABOVE_KEY)
-            if ex.anchor is not None and not ex.panel and isinstance(recorded, str):
-                if h.hexdigest()[:24] != recorded and ex.anchor not in found:
+            if starts_conversation(user):
+                h = history_hash([])  # --new: nothing above it is its conversation
+            if ex.anchor is not None and not ex.panel and ex.anchor not in found:
+                key = RequestKey.from_dict(user.meta.get(KEY_FIELD))
+                if key is not None and key.history != history_digest(h):
                     found.append(ex.anchor)
-            for t in turns[ex.start:ex.end]:
-                h.update(json.dumps([t.role, t.text], ensure_ascii=False).encode() + b"\n")
+            history_hash(turns[ex.start:ex.end], into=h)
         return found
