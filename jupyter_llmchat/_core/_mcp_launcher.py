@@ -5,7 +5,8 @@ kernel is killed (SIGKILL, the OOM killer) nothing signals the server: a well-be
 when its stdin closes, but a busy or hung one, or its children, live on. The SDK starts this
 launcher instead, as ``python _mcp_launcher.py PARENT_PID -- COMMAND ARGS...``: it leads that
 new session's process group, runs the server in it with the same stdin and stdout, and when
-its parent is gone ends the whole group (SIGTERM, then SIGKILL after a grace period).
+its parent is gone, or the server has ended, ends the whole group (SIGTERM, then SIGKILL
+after a grace period).
 
 Standard library only, and run as a file (not ``-m``): the SDK gives a server a minimal
 environment, without the kernel's ``PYTHONPATH``.
@@ -17,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 #: How often the parent is looked at, and how long the group has between SIGTERM and SIGKILL.
 POLL_S = 0.2
@@ -31,10 +33,13 @@ def _end_group(child: subprocess.Popen[bytes]) -> None:
         os.killpg(group, signal.SIGTERM)
     except ProcessLookupError:
         return
-    try:
-        child.wait(timeout=GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
+    if child.poll() is not None:
+        time.sleep(POLL_S)  # the server is gone already: a moment for the rest to end cleanly
+    else:
+        try:
+            child.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
     os.killpg(group, signal.SIGKILL)  # this launcher goes too
 
 
@@ -53,12 +58,15 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: None)
     while True:
         try:
-            return child.wait(timeout=POLL_S)
+            child.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
-            pass
-        if os.getppid() != parent:  # re-parented: the kernel is gone
-            _end_group(child)
-            return 1
+            if os.getppid() == parent:
+                continue
+        # The server ended, or the kernel is gone (re-parented): what the server started goes
+        # with it. A well-behaved server exits as soon as the kernel's death closes its stdin,
+        # maybe before this process sees its new parent, and its children would live on.
+        _end_group(child)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@
  * the user was reading.
  */
 import { Widget } from '@lumino/widgets';
+
+import { formatCount } from './costFormat';
 import type { ISignal } from '@lumino/signaling';
 
 /** Distance (px) from the top of the list at which earlier messages are asked for. */
@@ -74,7 +76,7 @@ export class EarlierControl extends Widget {
     const n = this._source.earlierCount;
     this.node.hidden = n === 0;
     this._text.textContent =
-      n === 1 ? '1 earlier message' : `${n.toLocaleString('en-US')} earlier messages`;
+      n === 1 ? '1 earlier message' : `${formatCount(n)} earlier messages`;
     const loading = this._source.earlierLoading;
     this._button.disabled = loading;
     this._button.textContent = loading ? 'Loading…' : 'Show earlier';
