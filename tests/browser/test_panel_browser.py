@@ -173,7 +173,8 @@ def test_panel_streams_and_shares_history_with_cells(
     assert messages(page)[2:] == ["What did I just ask?", "You asked how to add 0 to 9."]
     assert dock(page).locator(".jp-llmchat-origin").all_inner_texts() == ["from a %%chat cell"]
 
-    # The cell run again replaces its exchange and what followed, in the kernel and in the panel.
+    # The cell run again replaces only its exchange, in the kernel and in the panel: the panel
+    # question asked after it stays after it (DESIGN §10).
     fake_server.script(Reply(text="Later answer."))
     ask(page, "A later question")
     wait_text(page, "Later answer.")
@@ -185,7 +186,8 @@ def test_panel_streams_and_shares_history_with_cells(
     rerun(nb, cell)
     wait_text(page, "Again: how to add 0 to 9.")
     assert messages(page) == [
-        "How do I add 0 to 9?", final, "What did I just ask?", "Again: how to add 0 to 9."]
+        "How do I add 0 to 9?", final, "What did I just ask?", "Again: how to add 0 to 9.",
+        "A later question", "Later answer."]
 
     # %chat_panel again focuses the same panel; closed, it comes back with the history.
     open_panel(nb)
@@ -195,7 +197,7 @@ def test_panel_streams_and_shares_history_with_cells(
     assert "is closed" in nb.output(i)
     open_panel(nb)
     page.wait_for_function(
-        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 4"
+        "() => document.querySelectorAll('.jp-llmchat-dock .jp-chat-rendered-message').length === 6"
     )
     assert page.locator(DOCK).count() == 1
     assert messages(page)[3] == "Again: how to add 0 to 9."
