@@ -310,3 +310,32 @@ def test_run_all_over_200_chat_cells_records_400_turns(tmp_path: Path, server: F
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert json.loads(path.read_text(encoding="utf-8"))["metadata"]["jupyter_llmchat"] == record
+
+
+def test_the_hello_wins_over_the_saved_file_and_keeps_its_order(
+    tmp_path: Path, server: FakeOpenAIProcess
+) -> None:
+    """The file holds A, B; the front end's unsaved record B run again (then B moved above A):
+    a kernel that only read the file takes the front end's record whole, in its order, rather
+    than keeping the file's older answer because the hello is no append to it (DESIGN §7)."""
+    from tests.test_restore import turn
+
+    def record(*exchanges: tuple[str, str, str]) -> dict[str, Any]:
+        turns = [t for cell, q, a in exchanges
+                 for t in (turn("user", q, cell_id=cell), turn("assistant", a, cell_id=cell))]
+        provider = {"name": "OpenAI-compatible", "base_url": "http://127.0.0.1:9/v1",
+                    "model": "test-model"}
+        return {"version": 1, "usage": [], "sessions": {
+            "default": {"provider": provider, "system_prompt": None, "turns": turns}}}
+
+    saved = record(("a", "A?", "a1"), ("b", "B?", "b1"))
+    unsaved = record(("b", "B?", "b2"), ("a", "A?", "a1"))
+    nb = notebook_file(tmp_path / "x.ipynb", saved)
+    with kernel(nb) as k:
+        fe = k.attach(FrontEnd("x.ipynb", unsaved, hello=False))
+        load(k, server.base_url)
+        assert record_texts(k.value(RECORD)) == ["A?", "a1", "B?", "b1"]
+        fe.say_hello()
+        k.sync()
+        assert record_texts(k.value(RECORD)) == ["B?", "b2", "A?", "a1"]
+        assert record_texts(fe.record) == ["B?", "b2", "A?", "a1"]

@@ -361,3 +361,18 @@ def test_outputs_rebuild_a_new_cell_and_the_cells_above_it(
     assert [t.text.strip() for t in rebuilt[0::2]] == ["one", "two"]
     assert rebuilt[2].meta.get(NEW_KEY) is True and NEW_KEY not in rebuilt[0].meta
     assert KEY in cells[1]["outputs"][0]["metadata"]
+
+
+def test_a_record_follows_ours_when_it_holds_all_of_our_exchanges() -> None:
+    """The merge at a hello (DESIGN §7): the front end's record is taken when it holds every
+    exchange of ours, appended to or in another order; never when it lacks one of ours."""
+    from jupyter_llmchat._record._metadata import turns_follow
+
+    a, b, c = exchange("A", "a"), exchange("B", "b"), exchange("C", "c")
+    b_again = exchange("B", "b, asked again")
+    assert turns_follow([*a, *b], [*b, *a])  # moved
+    assert turns_follow([*a, *b], [*a, *b, *c])  # appended
+    assert turns_follow([*a, *b], [*c, *a, *b])  # inserted above
+    assert not turns_follow([*a, *b], [*a, *b])  # nothing new
+    assert not turns_follow([*a, *b], [*a])  # ours has more: keep ours
+    assert not turns_follow([*a, *b], [*a, *b_again])  # ours was asked here: keep it

@@ -13,6 +13,7 @@ import copy
 import gc
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,6 +162,9 @@ def ip(
     if "jupyter_llmchat" in shell.extension_manager.loaded:
         shell.run_line_magic("unload_ext", "jupyter_llmchat")
     shell.user_ns.pop("__session__", None)
+    # load(via="JPY_SESSION_NAME") sets it outright: kernels of later tests must not inherit it
+    # (they would restore this test's notebook).
+    os.environ.pop("JPY_SESSION_NAME", None)
     _sessions.registry.sessions.clear()
     _sessions.registry.sessions.update(saved[0])
     _sessions.registry.hooks[:] = saved[1]

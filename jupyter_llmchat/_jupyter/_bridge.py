@@ -98,7 +98,7 @@ from .._record._metadata import (
     Ledger,
     record_from_outputs,
     session_record,
-    turns_extend,
+    turns_follow,
     validate_record,
 )
 from .._record._order import CellOrder
@@ -172,6 +172,8 @@ class Bridge:
         #: Per session, the turns its stale cells were last found in, and them.
         self._stale_cache: weakref.WeakKeyDictionary[Chat, tuple[tuple[Turn, ...], list[str]]] = (
             weakref.WeakKeyDictionary())
+        #: Per session, the turns restored from the saved file (until the kernel changes them).
+        self._restored: weakref.WeakKeyDictionary[Chat, list[Turn]] = weakref.WeakKeyDictionary()
         #: The stale cells the front end was last told of.
         self._stale_sent: list[str] = []
 
@@ -263,10 +265,19 @@ class Bridge:
             turns = s["turns"]
             # Creating a session is cheap: no request, no server start until it is used.
             chat = _sessions.session(name)
-            if (replace and not chat.get_turns()) or turns_extend(chat.get_turns(), turns):
+            ours = chat.get_turns()
+            # The front end's copy is the notebook as it stands: it wins over what this kernel
+            # only read from the saved file, and over turns of ours it holds all of (appended
+            # to, or in another order: cells moved while no kernel heard of it).
+            from_file = not replace and _same_turns(ours, self._restored.get(chat))
+            if (replace and not ours) or from_file or turns_follow(ours, turns):
                 if chat.busy:
                     continue
                 chat.set_turns(turns)
+                if replace:
+                    self._restored[chat] = list(chat.get_turns())
+                else:
+                    self.order.follow(turns)
                 if s["system_prompt"] and not chat.system_prompt:
                     chat.system_prompt = s["system_prompt"]
         # A budget set in this kernel (say, by a cell of Run All before the hello) wins.
@@ -818,6 +829,13 @@ def _rotation(old: tuple[Turn, ...], new: list[Turn]) -> int | None:
         return None
     moved = (*old[k:], *old[:k])
     return k if all(a is b for a, b in zip(moved, new)) else None
+
+
+def _same_turns(ours: list[Turn], restored: list[Turn] | None) -> bool:
+    """Whether a session still holds exactly the turns it was restored with, in any order (the
+    notebook's order may have arranged them), and none of its own."""
+    return (restored is not None and bool(ours) and len(ours) == len(restored)
+            and {id(t) for t in ours} == {id(t) for t in restored})
 
 
 def _list(value: Any) -> list[Any]:

@@ -25,6 +25,7 @@ from .._core._turns import (
     ContentText,
     Turn,
     check_tool_pairs,
+    exchanges,
     record_exchanges,
 )
 from .._core._usage import Ledger
@@ -41,6 +42,7 @@ __all__ = [
     "record_from_outputs",
     "session_record",
     "turns_extend",
+    "turns_follow",
     "validate_record",
 ]
 
@@ -317,6 +319,27 @@ def turns_extend(old: list[Turn], new: list[Turn]) -> bool:
     if len(new) <= len(old):
         return False
     return all(a.role == b.role and a.text == b.text for a, b in zip(old, new))
+
+
+def turns_follow(old: list[Turn], new: list[Turn]) -> bool:
+    """True when ``new`` holds every exchange of ``old`` and is not ``old`` itself: more turns,
+    or the same exchanges in another order (cells moved while no kernel heard of it: the record
+    follows the notebook's order, DESIGN §7). Exchanges are compared by cell, role and text."""
+    def key(ex: list[Turn]) -> tuple[Any, ...]:
+        return (ex[0].meta.get("cell_id"), *((t.role, t.text) for t in ex))
+
+    if turns_extend(old, new):
+        return True
+    theirs = [key(ex) for ex in exchanges(new)]
+    ours = [key(ex) for ex in exchanges(old)]
+    if not ours or theirs == ours:
+        return False
+    remaining = list(theirs)
+    for k in ours:
+        if k not in remaining:
+            return False
+        remaining.remove(k)
+    return True
 
 
 # -- rebuilding from outputs (no extension: nbclient, VS Code, classic) --------------------------

@@ -120,6 +120,17 @@ class CellOrder:
             return False
         return anchor in self._deleted or (self.from_notebook and anchor not in self._pos)
 
+    def follow(self, turns: Sequence[Turn]) -> None:
+        """A front end's record was taken (at its hello): with no notebook order yet, its cells
+        go first, in the record's order (the notebook as it stands), before cells only run here."""
+        if self.from_notebook:
+            return
+        theirs = [ex.anchor for ex in exchange_spans(turns)
+                  if ex.anchor is not None and not ex.panel and ex.anchor not in self._deleted]
+        first = list(dict.fromkeys(theirs))
+        self._cells = first + [c for c in self._cells if c not in set(first)]
+        self._pos = {c: i for i, c in enumerate(self._cells)}
+
     def arrange(self, turns: Sequence[Turn]) -> tuple[list[Turn], list[list[Turn]]]:
         """``turns`` in the notebook's order, and the exchanges of deleted cells taken out.
 
