@@ -24,7 +24,6 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-from .._core._parallel import run_on_caller
 from .._core._tools import Tool, tool_hooks
 from .._core._turns import ContentToolRequest, short_arguments
 from .._errors import ToolRejectError
@@ -121,6 +120,10 @@ class ToolApproval:
             answer = self._prompt(request)
         else:
             try:  # parallel_chat's thread: asked on the caller's, if that is the cell's
+                # Imported here: _parallel brings asyncio (34 more modules at %load_ext) for a
+                # call that only a parallel_chat worker makes.
+                from .._core._parallel import run_on_caller
+
                 answer = run_on_caller(lambda: self._prompt_on_cell_thread(request))
             except LookupError:
                 raise ToolRejectError(
