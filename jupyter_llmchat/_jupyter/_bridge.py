@@ -512,20 +512,10 @@ class Bridge:
         if not appended:
             self._send_replaced(name, chat, synced, exchange)
             return
-        new = turns[start:]
-        part = session_record(chat, new)
-        usage = self.ledger.to_list()
-        # The same limits as on read: checked on the part, with the record's size and length.
-        try:
-            validate_record({"version": SCHEMA_VERSION, "sessions": {name: part}, "usage": usage})
-            size = len(json.dumps(part["turns"]))
-            if len(turns) > MAX_TURNS:
-                raise RecordError(f"session {name!r} has more than {MAX_TURNS} turns")
-            if self._sent_chars + size > MAX_RECORD_CHARS:
-                raise RecordError("the record is too large")
-        except RecordError as exc:
-            self._too_large(str(exc))
+        checked = self._checked_part(name, chat, turns[start:])
+        if checked is None:
             return
+        part, usage, size = checked
         message = {"type": "append_turns", "session": name, "from": start, "turns": part["turns"],
                    "provider": part["provider"], "system_prompt": part["system_prompt"], "usage": usage}
         self._post_part(name, chat, message, size)
@@ -604,24 +594,34 @@ class Bridge:
             self._post_replace(name, chat, head + k, head + m, len(old), [])
             self._post_replace(name, chat, head, head, len(old) - (m - k), list(middle[k:]))
 
-    def _post_replace(
-        self, name: str, chat: Chat, start: int, end: int, length: int, new: list[Turn]
-    ) -> None:
-        """``replace_exchange``: ``new`` in place of the front end's turns ``start`` to ``end``
-        of the ``length`` it holds; held to the limits of the record as a whole."""
-        turns = chat.get_turns()
+    def _checked_part(
+        self, name: str, chat: Chat, new: list[Turn]
+    ) -> tuple[dict[str, Any], list[Any], int] | None:
+        """The record of ``new`` turns of a session, its usage and size, held to the same limits
+        as on read (with the whole record's size and length); None, and said, when past them."""
         part = session_record(chat, new)
         usage = self.ledger.to_list()
         try:
             validate_record({"version": SCHEMA_VERSION, "sessions": {name: part}, "usage": usage})
             size = len(json.dumps(part["turns"]))
-            if len(turns) > MAX_TURNS:
+            if len(chat.get_turns()) > MAX_TURNS:
                 raise RecordError(f"session {name!r} has more than {MAX_TURNS} turns")
             if self._sent_chars + size > MAX_RECORD_CHARS:
                 raise RecordError("the record is too large")
         except RecordError as exc:
             self._too_large(str(exc))
+            return None
+        return part, usage, size
+
+    def _post_replace(
+        self, name: str, chat: Chat, start: int, end: int, length: int, new: list[Turn]
+    ) -> None:
+        """``replace_exchange``: ``new`` in place of the front end's turns ``start`` to ``end``
+        of the ``length`` it holds; held to the limits of the record as a whole."""
+        checked = self._checked_part(name, chat, new)
+        if checked is None:
             return
+        part, usage, size = checked
         message = {"type": "replace_exchange", "session": name, "start": start, "end": end,
                    "length": length, "turns": part["turns"], "provider": part["provider"],
                    "system_prompt": part["system_prompt"], "usage": usage}
