@@ -156,7 +156,8 @@ export class KernelChatModel extends AbstractChatModel {
     this._widget.on('msg:custom', this._onCustom, this);
     this._widget.on('change:busy', this._onBusy, this);
     this._kernel = kernelOf(this._widget);
-    this._kernel?.statusChanged.connect(this._pump, this);
+    this._kernel?.statusChanged.connect(this._onKernelStatus, this);
+    this._kernel?.anyMessage?.connect(this._onKernelMessage, this);
     // Nothing here is unread: it is the user's own conversation. (Unread messages
     // would add "go to unread" buttons over the messages.)
     this.lastRead = Number.POSITIVE_INFINITY;
@@ -378,7 +379,8 @@ export class KernelChatModel extends AbstractChatModel {
       return;
     }
     this._widget.off(null, null, this);
-    this._kernel?.statusChanged.disconnect(this._pump, this);
+    this._kernel?.statusChanged.disconnect(this._onKernelStatus, this);
+    this._kernel?.anyMessage?.disconnect(this._onKernelMessage, this);
     this._streams.clear();
     super.dispose();
     Signal.clearData(this);
@@ -417,6 +419,37 @@ export class KernelChatModel extends AbstractChatModel {
     this._pump();
   }
 
+  private _onKernelStatus(): void {
+    const status = this._kernel?.status;
+    if (status !== 'busy' && status !== 'idle') {
+      this._executing.clear(); // restarted, dead or unknown: no running cell will say it ended
+    }
+    this._pump();
+  }
+
+  /**
+   * Cells running, told by their own status messages. The kernel's status alone
+   * is not enough: a comm message handled on a subshell while a cell runs (the
+   * notebook's `order`, a widget's message) ends with an "idle" that JupyterLab
+   * takes for the whole kernel's, and a queued question would go out mid-cell.
+   */
+  private _onKernelMessage(_: unknown, args: Kernel.IAnyMessageArgs): void {
+    const msg = args.msg;
+    if (args.direction !== 'recv' || msg.header.msg_type !== 'status') {
+      return;
+    }
+    const parent = msg.parent_header as { msg_type?: string; msg_id?: string };
+    if (parent?.msg_type !== 'execute_request' || !parent.msg_id) {
+      return;
+    }
+    const state = (msg.content as { execution_state?: string }).execution_state;
+    if (state === 'busy') {
+      this._executing.add(parent.msg_id);
+    } else if (state === 'idle' && this._executing.delete(parent.msg_id)) {
+      this._pump();
+    }
+  }
+
   /** Send the first queued question if nothing is in the way of it. */
   private _pump(): void {
     if (
@@ -424,6 +457,7 @@ export class KernelChatModel extends AbstractChatModel {
       this._queue.length === 0 ||
       this._inFlight !== null ||
       this._widget.get('busy') === true ||
+      this._executing.size > 0 ||
       (this._kernel !== null && KERNEL_WAITING.has(this._kernel.status))
     ) {
       return;
@@ -824,6 +858,8 @@ export class KernelChatModel extends AbstractChatModel {
   private readonly _streams = new Map<string, IStream>();
   private _notice: INotice | null = null;
   private readonly _kernel: Kernel.IKernelConnection | null;
+  /** The execute requests the kernel said it runs and has not said it ended. */
+  private readonly _executing = new Set<string>();
   /** Questions asked and not sent yet, in order. */
   private readonly _queue: IQueued[] = [];
   /** The question sent and not yet answered, refused or failed. */
