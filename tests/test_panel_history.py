@@ -10,27 +10,17 @@ tests/browser/test_panel_history_browser.py drives the same messages through the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_llmchat
-from jupyter_llmchat import ContentText, ContentToolRequest, ContentToolResult, Turn, _sessions
+from jupyter_llmchat import ContentText, ContentToolRequest, ContentToolResult, Turn
 from jupyter_llmchat._jupyter._widget import HISTORY_FIRST, HISTORY_PAGE
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.panel_recorder import RecordingPanel
 from tests.test_magics import config, ip, run  # noqa: F401  (a fixture)
-
-
-@pytest.fixture
-def panel(ip: InteractiveShell) -> Iterator[RecordingPanel]:
-    p = RecordingPanel("default")
-    _sessions.registry.panels.append(p)
-    yield p
-    _sessions.registry.panels.remove(p)
-    p.close()
+from tests.test_panel_stop import panel  # noqa: F401  (a fixture: a recording panel on 'default')
 
 
 def plain(n: int, start: int = 1) -> list[Turn]:
